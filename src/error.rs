@@ -1,0 +1,102 @@
+//! Typed errors of the library. Every variant names the file, node or tensor it is about.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while loading, folding, verifying or writing a model.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bytes are not an ONNX model (not protobuf, truncated, wrong wire types).
+    #[error("not a valid ONNX model: {0}")]
+    Decode(#[from] prost::DecodeError),
+    /// The model was written by a newer ONNX than the vendored schema knows.
+    #[error(
+        "model has ir_version {found}, newer than the {supported} this bnfold understands; \
+         refusing rather than silently dropping fields it does not know"
+    )]
+    UnsupportedIrVersion {
+        /// The model's `ir_version`.
+        found: i64,
+        /// The newest `ir_version` of the vendored `onnx.proto`.
+        supported: i64,
+    },
+    /// The model has no graph.
+    #[error("model has no graph")]
+    MissingGraph,
+    /// A tensor's stored data is inconsistent with its type or shape.
+    #[error("tensor '{tensor}': {problem}")]
+    BadTensor {
+        /// The tensor's name.
+        tensor: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A tensor uses a data type bnfold cannot read where it needs its values.
+    #[error("tensor '{tensor}': unsupported data type {data_type}")]
+    UnsupportedDtype {
+        /// The tensor's name.
+        tensor: String,
+        /// The ONNX `TensorProto.DataType` code.
+        data_type: i32,
+    },
+    /// External data that is absolute, escapes the model's folder, or lies outside its file.
+    #[error("tensor '{tensor}': external data location '{location}' refused: {problem}")]
+    ExternalData {
+        /// The tensor's name.
+        tensor: String,
+        /// The `location` entry as written in the model.
+        location: String,
+        /// Why it was refused.
+        problem: String,
+    },
+    /// A node is malformed (missing inputs, attribute of the wrong type, ...).
+    #[error("node '{node}' ({op_type}): {problem}")]
+    BadNode {
+        /// The node's name (or its first output when unnamed).
+        node: String,
+        /// The node's op type.
+        op_type: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The graph is structurally invalid (duplicate names, undefined inputs, cycles).
+    #[error("invalid graph: {0}")]
+    InvalidGraph(String),
+    /// The output path is the input path and overwriting was not asked for.
+    #[error("refusing to overwrite the input file {0}")]
+    WouldOverwriteInput(PathBuf),
+    /// The output exists and overwriting was not asked for.
+    #[error("output {0} exists (use --force to overwrite)")]
+    OutputExists(PathBuf),
+    /// The verification engine could not run a model.
+    #[error("verification: {0}")]
+    Verify(String),
+}
+
+/// The library's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn tensor(tensor: &str, problem: impl Into<String>) -> Self {
+        Error::BadTensor {
+            tensor: tensor.to_string(),
+            problem: problem.into(),
+        }
+    }
+}

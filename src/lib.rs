@@ -1,0 +1,96 @@
+//! bnfold folds inference BatchNormalization into the Conv, ConvTranspose, Gemm or MatMul that
+//! produces its input, computing in f64 and rounding once into each tensor's own dtype, and
+//! proves the fused model equivalent to the original with tract.
+//!
+//! ```no_run
+//! use bnfold::{fold, FoldOptions, Model, SaveOptions};
+//!
+//! let mut model = Model::load("model.onnx")?;
+//! let report = fold(&mut model, &FoldOptions::default())?;
+//! println!("{} folded, {} left", report.folds.len(), report.skips.len());
+//! model.save("fused.onnx", SaveOptions::default())?;
+//! # Ok::<(), bnfold::Error>(())
+//! ```
+
+#![deny(missing_docs)]
+
+pub mod attr;
+pub mod consts;
+pub mod error;
+pub mod external;
+pub mod folds;
+pub mod graph;
+pub mod model;
+pub mod pass;
+pub mod report;
+pub mod tensor;
+pub mod verify;
+
+pub mod proto {
+    //! The ONNX protobuf types, generated from the vendored `proto/onnx.proto`.
+    #![allow(missing_docs, clippy::all, clippy::pedantic)]
+    include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
+}
+
+use std::collections::BTreeMap;
+
+pub use error::{Error, Result};
+pub use folds::{FoldKind, SkipReason};
+pub use model::{Model, SaveOptions};
+pub use pass::FoldOptions;
+pub use report::Report;
+pub use verify::{verify, Verification, VerifyOptions};
+
+use graph::OuterScope;
+use pass::{PassContext, PassOutcome};
+use proto::GraphProto;
+
+/// Folds every foldable BatchNormalization of `model` in place and reports what it did.
+pub fn fold(model: &mut Model, options: &FoldOptions) -> Result<Report> {
+    let opset = model.opset();
+    let ir_version = model.proto.ir_version();
+    let store = model.store.clone();
+    let graph = model.proto.graph.as_mut().ok_or(Error::MissingGraph)?;
+    let ops_before = op_counts(graph);
+    let ctx = PassContext {
+        store: &store,
+        opset,
+        ir_version,
+        options,
+    };
+    let mut outcome = PassOutcome::default();
+    pass::fold_graph(graph, &ctx, "main", OuterScope::default(), &mut outcome)?;
+    pass::validate(graph)?;
+    Ok(Report {
+        ops_before,
+        ops_after: op_counts(graph),
+        folds: outcome.folds,
+        skips: outcome.skips,
+        non_foldable_normalizations: outcome.normalizations,
+        verification: None,
+    })
+}
+
+/// Folds a model held in memory and returns the fused model's bytes with the report.
+pub fn fold_bytes(bytes: impl Into<bytes::Bytes>, options: &FoldOptions) -> Result<(Vec<u8>, Report)> {
+    let mut model = Model::from_bytes(bytes)?;
+    let report = fold(&mut model, options)?;
+    Ok((model.to_bytes()?, report))
+}
+
+/// Counts the nodes of each op type, subgraphs included.
+pub fn op_counts(graph: &GraphProto) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    fn walk(g: &GraphProto, counts: &mut BTreeMap<String, usize>) {
+        for n in &g.node {
+            *counts.entry(n.op_type().to_string()).or_default() += 1;
+            for a in &n.attribute {
+                for sub in a.g.iter().chain(&a.graphs) {
+                    walk(sub, counts);
+                }
+            }
+        }
+    }
+    walk(graph, &mut counts);
+    counts
+}

@@ -1,0 +1,790 @@
+//! The fold pass: finds every BatchNormalization chain (read-only), asks the fold of its
+//! producer's kind for a plan, and applies plans in the one function that mutates the graph.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use crate::attr::{self, node_error};
+use crate::consts::{broadcast_to, ConstEval, NotConstant};
+use crate::error::{Error, Result};
+use crate::external::ExternalStore;
+use crate::folds::{
+    self, Affine, FoldInput, FoldKind, NodeChange, ProducerRewrite, SkipReason,
+};
+use crate::graph::{is_graph_attribute, node_label, GraphIndex, OuterScope};
+use crate::proto::{GraphProto, NodeProto, TensorProto, TypeProto, ValueInfoProto};
+use crate::report::{FoldRecord, NormalizationRecord, SkipRecord};
+use crate::tensor::{self, Tensor};
+
+/// What the user allows the pass to do.
+#[derive(Clone, Debug, Default)]
+pub struct FoldOptions {
+    /// Treat initializers that are also graph inputs (IR ≥ 4) as constants.
+    pub inputs_are_constants: bool,
+    /// Fold only into these kinds (all when `None`).
+    pub only: Option<BTreeSet<FoldKind>>,
+    /// BatchNormalization nodes (by name or first output) to leave alone.
+    pub skip_nodes: BTreeSet<String>,
+}
+
+/// The model-wide facts the pass needs.
+pub struct PassContext<'a> {
+    /// Where external data is read from.
+    pub store: &'a ExternalStore,
+    /// The opset of the default domain.
+    pub opset: i64,
+    /// The model's IR version.
+    pub ir_version: i64,
+    /// The user's options.
+    pub options: &'a FoldOptions,
+}
+
+/// Everything the pass found.
+#[derive(Default)]
+pub struct PassOutcome {
+    /// Folds applied.
+    pub folds: Vec<FoldRecord>,
+    /// BatchNormalization nodes left in place.
+    pub skips: Vec<SkipRecord>,
+    /// Normalizations that never fold.
+    pub normalizations: Vec<NormalizationRecord>,
+}
+
+/// A fold ready to apply: which nodes go, what the producer becomes.
+struct ChainPlan {
+    bn: usize,
+    producer: usize,
+    passthrough: Vec<usize>,
+    kind: FoldKind,
+    weight_name: String,
+    weight_in_place: bool,
+    bias_name: Option<String>,
+    bias_in_place: bool,
+    rewrite: ProducerRewrite,
+    detached: Vec<String>,
+    max_rel_weight_change: f64,
+}
+
+/// Folds every foldable BatchNormalization of `graph` and of its subgraphs.
+pub fn fold_graph(
+    graph: &mut GraphProto,
+    ctx: &PassContext,
+    path: &str,
+    outer: OuterScope,
+    out: &mut PassOutcome,
+) -> Result<()> {
+    fold_subgraphs(graph, ctx, path, outer, out)?;
+    let mut pos = 0;
+    loop {
+        let found = {
+            let index = GraphIndex::new(graph, outer);
+            let eval = ConstEval::new(&index, ctx.store, ctx.opset, inputs_are_constants(ctx));
+            let mut found = None;
+            for i in pos..graph.node.len() {
+                if is_batch_norm(&graph.node[i]) {
+                    if let Ok(plan) = plan_chain(&index, &eval, i, ctx)? {
+                        found = Some(plan);
+                        break;
+                    }
+                }
+            }
+            found
+        };
+        match found {
+            Some(plan) => {
+                pos = plan.producer;
+                let record = apply(graph, plan, ctx, path)?;
+                out.folds.push(record);
+            }
+            None if pos == 0 => break,
+            None => pos = 0,
+        }
+    }
+    let index = GraphIndex::new(graph, outer);
+    let eval = ConstEval::new(&index, ctx.store, ctx.opset, inputs_are_constants(ctx));
+    for (i, node) in graph.node.iter().enumerate() {
+        if is_batch_norm(node) {
+            if let Err(reason) = plan_chain(&index, &eval, i, ctx)? {
+                out.skips.push(SkipRecord {
+                    graph: path.to_string(),
+                    node: node_label(node),
+                    message: reason.message(),
+                    reason,
+                });
+            }
+        } else if matches!(
+            node.op_type(),
+            "LayerNormalization" | "GroupNormalization" | "InstanceNormalization"
+        ) {
+            out.normalizations.push(NormalizationRecord {
+                graph: path.to_string(),
+                node: node_label(node),
+                op_type: node.op_type().to_string(),
+            });
+        }
+    }
+    drop_stale_value_info(graph);
+    Ok(())
+}
+
+fn inputs_are_constants(ctx: &PassContext) -> bool {
+    ctx.options.inputs_are_constants || ctx.ir_version < 4
+}
+
+fn is_batch_norm(node: &NodeProto) -> bool {
+    node.op_type() == "BatchNormalization" && matches!(node.domain(), "" | "ai.onnx")
+}
+
+fn fold_subgraphs(
+    graph: &mut GraphProto,
+    ctx: &PassContext,
+    path: &str,
+    outer: OuterScope,
+    out: &mut PassOutcome,
+) -> Result<()> {
+    if !graph.node.iter().any(|n| n.attribute.iter().any(is_graph_attribute)) {
+        return Ok(());
+    }
+    let mut visible: HashMap<String, TensorProto> = outer
+        .initializers
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default();
+    for t in &graph.initializer {
+        visible.insert(t.name().to_string(), t.clone());
+    }
+    let scope = OuterScope {
+        initializers: Some(&visible),
+    };
+    for node in &mut graph.node {
+        let label = node_label(node);
+        for a in &mut node.attribute {
+            let sub_path = format!("{path}/{label}/{}", a.name());
+            if let Some(g) = a.g.as_mut() {
+                fold_graph(g, ctx, &sub_path, scope, out)?;
+            }
+            for (k, g) in a.graphs.iter_mut().enumerate() {
+                fold_graph(g, ctx, &format!("{sub_path}[{k}]"), scope, out)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The read-only step: everything about one BN chain, or why it does not fold.
+fn plan_chain(
+    index: &GraphIndex,
+    eval: &ConstEval,
+    bn_index: usize,
+    ctx: &PassContext,
+) -> Result<std::result::Result<ChainPlan, SkipReason>> {
+    macro_rules! skip_if {
+        ($cond:expr, $reason:expr) => {
+            if $cond {
+                return Ok(Err($reason));
+            }
+        };
+    }
+    macro_rules! or_skip {
+        ($e:expr) => {
+            match $e {
+                Ok(v) => v,
+                Err(reason) => return Ok(Err(reason)),
+            }
+        };
+    }
+    let bn = index.node(bn_index);
+    let label = node_label(bn);
+    skip_if!(
+        ctx.options.skip_nodes.contains(&label)
+            || ctx.options.skip_nodes.contains(bn.name())
+            || bn.output.first().is_some_and(|o| ctx.options.skip_nodes.contains(o)),
+        SkipReason::NodeExcluded
+    );
+    if bn.input.len() < 5 || bn.output.is_empty() || bn.input[..5].iter().any(|i| i.is_empty()) {
+        return Err(node_error(bn, "needs 5 inputs and an output"));
+    }
+    skip_if!(
+        attr::int(bn, "training_mode")?.unwrap_or(0) != 0,
+        SkipReason::TrainingMode
+    );
+    skip_if!(
+        ctx.opset < 7 && attr::int(bn, "is_test")?.unwrap_or(0) == 0,
+        SkipReason::TrainingMode
+    );
+    skip_if!(
+        ctx.opset < 9 && attr::int(bn, "spatial")?.unwrap_or(1) != 1,
+        SkipReason::NotSpatial
+    );
+    skip_if!(
+        bn.output[1..]
+            .iter()
+            .any(|o| !o.is_empty() && (!index.consumers(o).is_empty() || index.is_graph_output(o))),
+        SkipReason::ExtraOutputsUsed
+    );
+
+    // Walk back from the BN through Identity and Add-of-a-constant to the producer.
+    let mut consumer = bn_index;
+    let mut name = bn.input[0].as_str();
+    let mut passthrough = Vec::new();
+    let mut added: Vec<(String, std::rc::Rc<Tensor>)> = Vec::new();
+    let producer = loop {
+        skip_if!(
+            index.is_graph_output(name),
+            SkipReason::ProducerOutputIsGraphOutput {
+                tensor: name.to_string()
+            }
+        );
+        skip_if!(
+            !index.feeds_only(name, consumer),
+            SkipReason::ProducerOutputShared {
+                tensor: name.to_string()
+            }
+        );
+        let Some(p) = index.producer(name) else {
+            return Ok(Err(SkipReason::NoProducer));
+        };
+        let node = index.node(p);
+        match node.op_type() {
+            "Identity" if node.input.len() == 1 => {
+                passthrough.push(p);
+                consumer = p;
+                name = &node.input[0];
+            }
+            "Add" if node.input.len() == 2 => {
+                let constant = (0..2).find_map(|k| match eval.value(&node.input[k]) {
+                    Ok(Ok(v)) => Some(Ok((k, v))),
+                    Ok(Err(_)) => None,
+                    Err(e) => Some(Err(e)),
+                });
+                let Some((k, value)) = constant.transpose()? else {
+                    return Ok(Err(SkipReason::UnsupportedProducer {
+                        op_type: "Add".into(),
+                    }));
+                };
+                added.push((node.input[k].clone(), value));
+                passthrough.push(p);
+                consumer = p;
+                name = &node.input[1 - k];
+            }
+            op => match FoldKind::from_op_type(op).filter(|_| matches!(node.domain(), "" | "ai.onnx"))
+            {
+                Some(_) => break p,
+                None => {
+                    return Ok(Err(SkipReason::UnsupportedProducer {
+                        op_type: op.to_string(),
+                    }))
+                }
+            },
+        }
+    };
+    let prod = index.node(producer);
+    let Some(kind) = FoldKind::from_op_type(prod.op_type()) else {
+        return Ok(Err(SkipReason::NoProducer));
+    };
+    if let Some(only) = &ctx.options.only {
+        skip_if!(!only.contains(&kind), SkipReason::KindExcluded { kind });
+    }
+    if prod.output.len() != 1 || prod.input.len() < 2 {
+        return Err(node_error(prod, "expected at least 2 inputs and one output"));
+    }
+
+    // BN parameters.
+    let mut params = Vec::with_capacity(4);
+    for name in &bn.input[1..5] {
+        let value = or_skip!(constant(eval, name)?);
+        skip_if!(
+            !value.dtype.is_float(),
+            SkipReason::UnsupportedDtype {
+                tensor: name.clone(),
+                dtype: value.dtype.name().into()
+            }
+        );
+        params.push(value);
+    }
+    let channels = params[0].len();
+    for (name, p) in bn.input[1..5].iter().zip(&params) {
+        skip_if!(
+            p.dims.len() != 1 || p.len() != channels,
+            SkipReason::ShapeMismatch {
+                tensor: name.clone(),
+                detail: format!("shape {:?}, expected [{channels}]", p.dims),
+            }
+        );
+    }
+    let epsilon = attr::float(bn, "epsilon")?.unwrap_or(1e-5) as f64;
+    let mut affine = Affine {
+        scale: Vec::with_capacity(channels),
+        shift: Vec::with_capacity(channels),
+    };
+    for c in 0..channels {
+        let (gamma, beta, mean, var) = (
+            params[0].data[c],
+            params[1].data[c],
+            params[2].data[c],
+            params[3].data[c],
+        );
+        let denominator = var + epsilon;
+        skip_if!(
+            !(denominator > 0.0) || !denominator.is_finite(),
+            SkipReason::NonPositiveVariance { channel: c }
+        );
+        let s = gamma / denominator.sqrt();
+        affine.scale.push(s);
+        affine.shift.push(beta - mean * s);
+    }
+
+    // Producer weight and bias.
+    let weight_slot = match kind {
+        FoldKind::MatMul => {
+            let right = constant(eval, &prod.input[1])?;
+            let left = constant(eval, &prod.input[0])?;
+            match (right, left) {
+                (Err(_), Ok(_)) => return Ok(Err(SkipReason::MatMulWeightOnLeft)),
+                _ => 1,
+            }
+        }
+        _ => 1,
+    };
+    let weight_name = prod.input[weight_slot].clone();
+    if let Some(q) = index.producer(&weight_name) {
+        skip_if!(
+            index.node(q).op_type() == "DequantizeLinear",
+            SkipReason::QuantizedWeight {
+                tensor: weight_name.clone()
+            }
+        );
+    }
+    let weight = or_skip!(constant(eval, &weight_name)?);
+    skip_if!(
+        !weight.dtype.is_float(),
+        SkipReason::UnsupportedDtype {
+            tensor: weight_name.clone(),
+            dtype: weight.dtype.name().into()
+        }
+    );
+    let bias_name = match kind {
+        FoldKind::MatMul => None,
+        _ => prod.input.get(2).filter(|b| !b.is_empty()).cloned(),
+    };
+    let bias = match &bias_name {
+        Some(b) => {
+            let v = or_skip!(constant(eval, b)?);
+            skip_if!(
+                !v.dtype.is_float(),
+                SkipReason::UnsupportedDtype {
+                    tensor: b.clone(),
+                    dtype: v.dtype.name().into()
+                }
+            );
+            Some(v)
+        }
+        None => None,
+    };
+
+    let output_rank = match kind {
+        FoldKind::Conv | FoldKind::ConvTranspose => Some(weight.dims.len()),
+        FoldKind::Gemm => Some(2),
+        FoldKind::MatMul => matmul_rank(eval, prod, &weight),
+    };
+    for (added_name, value) in &added {
+        let per_channel = output_rank.and_then(|rank| per_channel_values(value, rank, channels));
+        let Some(c) = per_channel else {
+            return Ok(Err(SkipReason::AddNotPerChannel {
+                tensor: added_name.clone(),
+            }));
+        };
+        for (k, v) in c.iter().enumerate() {
+            affine.shift[k] += affine.scale[k] * v;
+        }
+    }
+
+    let new_bias_name = bias_name.clone().unwrap_or_else(|| format!("{weight_name}_bias"));
+    let input = FoldInput {
+        node: prod,
+        weight_name: &weight_name,
+        bias_name: &new_bias_name,
+        weight: &weight,
+        weight_slot,
+        bias: bias.as_deref(),
+        affine: &affine,
+        output_rank,
+        opset: ctx.opset,
+    };
+    let rewrite = or_skip!(match kind {
+        FoldKind::Conv => folds::conv::plan(&input)?,
+        FoldKind::ConvTranspose => folds::conv_transpose::plan(&input)?,
+        FoldKind::Gemm => folds::gemm::plan(&input)?,
+        FoldKind::MatMul => folds::matmul::plan(&input)?,
+    });
+
+    let exclusive = |name: &str| {
+        index.graph.initializer.iter().any(|t| t.name() == name)
+            && index.consumers(name) == [producer]
+            && !index.is_graph_input(name)
+            && !index.is_graph_output(name)
+    };
+    let mut detached: Vec<String> = bn.input[1..5].to_vec();
+    detached.push(weight_name.clone());
+    detached.extend(bias_name.iter().cloned());
+    detached.extend(added.iter().map(|(n, _)| n.clone()));
+    let max_rel_weight_change = affine
+        .scale
+        .iter()
+        .map(|s| (s - 1.0).abs())
+        .fold(0.0, f64::max);
+    Ok(Ok(ChainPlan {
+        bn: bn_index,
+        producer,
+        passthrough,
+        kind,
+        weight_in_place: exclusive(&weight_name),
+        bias_in_place: bias_name.as_deref().is_some_and(exclusive),
+        weight_name,
+        bias_name,
+        rewrite,
+        detached,
+        max_rel_weight_change,
+    }))
+}
+
+fn constant(
+    eval: &ConstEval,
+    name: &str,
+) -> Result<std::result::Result<std::rc::Rc<Tensor>, SkipReason>> {
+    Ok(eval.value(name)?.map_err(|not| match not {
+        NotConstant::OverridableInput(t) => SkipReason::ParamOverridable { tensor: t },
+        NotConstant::Runtime(_) => SkipReason::ParamNotConstant {
+            tensor: name.to_string(),
+        },
+    }))
+}
+
+/// The rank of a MatMul's product, from declarations or from its operands' ranks.
+fn matmul_rank(eval: &ConstEval, node: &NodeProto, weight: &Tensor) -> Option<usize> {
+    if let Some(r) = node.output.first().and_then(|o| eval.rank(o)) {
+        return Some(r);
+    }
+    let a = eval.rank(&node.input[0])?;
+    match (a, weight.dims.len()) {
+        (1, 1) => Some(0),
+        (1, w) => Some(w - 1),
+        (a, 1) => Some(a - 1),
+        (a, w) => Some(a.max(w)),
+    }
+}
+
+/// The per-channel values of a constant added to a tensor of rank `rank` with `channels`
+/// channels on axis 1, when it adds one value per channel and does not grow the tensor.
+fn per_channel_values(value: &Tensor, rank: usize, channels: usize) -> Option<Vec<f64>> {
+    if value.dims.len() > rank || rank < 2 {
+        return None;
+    }
+    let offset = rank - value.dims.len();
+    for (axis, &d) in value.dims.iter().enumerate() {
+        let allowed = if axis + offset == 1 { d == channels || d == 1 } else { d == 1 };
+        if !allowed {
+            return None;
+        }
+    }
+    let column = broadcast_to(value, &{
+        let mut dims = vec![1; value.dims.len()];
+        if value.dims.len() + 1 > rank {
+            dims[1 - offset] = channels;
+        }
+        dims
+    });
+    match column {
+        Some(c) if c.len() == channels => Some(c.data),
+        _ if value.len() == 1 => Some(vec![value.data[0]; channels]),
+        _ => None,
+    }
+}
+
+/// The one function that mutates the graph.
+fn apply(graph: &mut GraphProto, plan: ChainPlan, ctx: &PassContext, path: &str) -> Result<FoldRecord> {
+    let mut names: BTreeSet<String> = GraphIndex::new(graph, OuterScope::default()).all_names();
+    let bn = graph.node[plan.bn].clone();
+    let out_name = bn.output[0].clone();
+    let ProducerRewrite {
+        weight_slot,
+        weight,
+        bias,
+        change,
+    } = plan.rewrite;
+
+    let weight_template = find_initializer(graph, &plan.weight_name).cloned();
+    let new_weight = write_tensor(
+        graph,
+        &mut names,
+        &plan.weight_name,
+        plan.weight_in_place,
+        weight,
+        weight_template.as_ref(),
+        ctx,
+    );
+    let bias_base = plan
+        .bias_name
+        .clone()
+        .unwrap_or_else(|| format!("{}_bias", plan.weight_name));
+    let bias_template = plan
+        .bias_name
+        .as_deref()
+        .and_then(|b| find_initializer(graph, b))
+        .cloned()
+        .or(weight_template);
+    let new_bias = write_tensor(
+        graph,
+        &mut names,
+        &bias_base,
+        plan.bias_in_place,
+        bias,
+        bias_template.as_ref(),
+        ctx,
+    );
+
+    let producer = &mut graph.node[plan.producer];
+    let old_out = std::mem::replace(&mut producer.output[0], out_name.clone());
+    producer.input[weight_slot] = new_weight.clone();
+    let mut extra_node = None;
+    match change {
+        NodeChange::None | NodeChange::GemmBetaOne => {
+            if producer.input.len() < 3 {
+                producer.input.resize(3, String::new());
+            }
+            producer.input[2] = new_bias.clone();
+            if change == NodeChange::GemmBetaOne && attr::has(producer, "beta") {
+                attr::set_float(producer, "beta", 1.0);
+            }
+        }
+        NodeChange::MatMulToGemm => {
+            producer.op_type = Some("Gemm".into());
+            producer.input.truncate(2);
+            producer.input.push(new_bias.clone());
+        }
+        NodeChange::MatMulThenAdd => {
+            let product = unique_name(&mut names, &format!("{out_name}_matmul"));
+            producer.output[0] = product.clone();
+            extra_node = Some(NodeProto {
+                name: Some(unique_name(&mut names, &format!("{}_bias_add", node_label(producer)))),
+                op_type: Some("Add".into()),
+                input: vec![product, new_bias.clone()],
+                output: vec![out_name.clone()],
+                ..Default::default()
+            });
+        }
+    }
+    let producer_label = node_label(&graph.node[plan.producer]);
+    let passthrough_labels: Vec<String> = plan
+        .passthrough
+        .iter()
+        .map(|&i| node_label(&graph.node[i]))
+        .collect();
+    let mut removed: Vec<usize> = plan.passthrough.clone();
+    removed.push(plan.bn);
+    removed.sort_unstable();
+    for &i in removed.iter().rev() {
+        graph.node.remove(i);
+    }
+    if let Some(add) = extra_node {
+        let at = plan.producer - removed.iter().filter(|&&r| r < plan.producer).count() + 1;
+        graph.node.insert(at, add);
+    }
+    graph.value_info.retain(|v| v.name() != old_out);
+
+    let mut detached = plan.detached;
+    detached.retain(|d| d != &new_weight && d != &new_bias);
+    remove_dead(graph, detached, ctx);
+    if ctx.ir_version < 4 {
+        list_initializers_as_inputs(graph);
+    }
+    let followed_by = {
+        let consumers: Vec<&NodeProto> = graph
+            .node
+            .iter()
+            .filter(|n| n.input.iter().any(|i| i == &out_name))
+            .collect();
+        match consumers.as_slice() {
+            [only] => Some(only.op_type().to_string()),
+            _ => None,
+        }
+    };
+    Ok(FoldRecord {
+        graph: path.to_string(),
+        kind: plan.kind,
+        producer: producer_label,
+        batch_norm: node_label(&bn),
+        passthrough: passthrough_labels,
+        output: out_name,
+        followed_by,
+        weight: new_weight,
+        weight_in_place: plan.weight_in_place,
+        bias: new_bias,
+        max_rel_weight_change: plan.max_rel_weight_change,
+    })
+}
+
+fn find_initializer<'g>(graph: &'g GraphProto, name: &str) -> Option<&'g TensorProto> {
+    graph.initializer.iter().find(|t| t.name() == name)
+}
+
+fn unique_name(names: &mut BTreeSet<String>, base: &str) -> String {
+    let mut candidate = base.to_string();
+    let mut k = 1;
+    while names.contains(&candidate) {
+        candidate = format!("{base}_{k}");
+        k += 1;
+    }
+    names.insert(candidate.clone());
+    candidate
+}
+
+/// Stores `value` under `name` (in place) or under a new unique name derived from it, keeping
+/// the storage of `template`: a tensor derived from an external one stays external (its new bytes
+/// ride in `raw_data` until the writer streams them out).
+fn write_tensor(
+    graph: &mut GraphProto,
+    names: &mut BTreeSet<String>,
+    name: &str,
+    in_place: bool,
+    value: Tensor,
+    template: Option<&TensorProto>,
+    _ctx: &PassContext,
+) -> String {
+    let final_name = if in_place {
+        name.to_string()
+    } else {
+        unique_name(names, &format!("{name}_bnfold"))
+    };
+    let mut proto = value.to_proto(&final_name);
+    if let Some(t) = template.filter(|t| tensor::is_external(t)) {
+        proto.data_location = t.data_location;
+        proto.external_data = t
+            .external_data
+            .iter()
+            .filter(|e| e.key() == "location")
+            .cloned()
+            .collect();
+    }
+    if in_place {
+        if let Some(slot) = graph.initializer.iter_mut().find(|t| t.name() == name) {
+            proto.doc_string = slot.doc_string.take();
+            proto.metadata_props = std::mem::take(&mut slot.metadata_props);
+            *slot = proto;
+            return final_name;
+        }
+    }
+    graph.initializer.push(proto);
+    final_name
+}
+
+/// Removes initializers and nodes that nothing uses any more, starting from `candidates`.
+fn remove_dead(graph: &mut GraphProto, candidates: Vec<String>, ctx: &PassContext) {
+    let mut work = candidates;
+    while let Some(name) = work.pop() {
+        let index = GraphIndex::new(graph, OuterScope::default());
+        if !index.consumers(&name).is_empty()
+            || index.is_graph_output(&name)
+            || (index.is_graph_input(&name) && ctx.ir_version >= 4)
+        {
+            continue;
+        }
+        if let Some(p) = index.producer(&name) {
+            let node = &graph.node[p];
+            let unused = node
+                .output
+                .iter()
+                .all(|o| o.is_empty() || (index.consumers(o).is_empty() && !index.is_graph_output(o)));
+            if unused && matches!(node.domain(), "" | "ai.onnx") {
+                let node = graph.node.remove(p);
+                work.extend(node.input.into_iter().filter(|i| !i.is_empty()));
+            }
+            continue;
+        }
+        graph.initializer.retain(|t| t.name() != name);
+        if ctx.ir_version < 4 {
+            graph.input.retain(|v| v.name() != name);
+        }
+    }
+}
+
+/// IR < 4 requires every initializer to be listed in `graph.input`.
+fn list_initializers_as_inputs(graph: &mut GraphProto) {
+    let listed: HashSet<String> = graph.input.iter().map(|v| v.name().to_string()).collect();
+    let missing: Vec<ValueInfoProto> = graph
+        .initializer
+        .iter()
+        .filter(|t| !listed.contains(t.name()))
+        .map(|t| value_info_of(t))
+        .collect();
+    graph.input.extend(missing);
+}
+
+fn value_info_of(t: &TensorProto) -> ValueInfoProto {
+    use crate::proto::{tensor_shape_proto::dimension, tensor_shape_proto::Dimension, type_proto};
+    ValueInfoProto {
+        name: Some(t.name().to_string()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: t.data_type,
+                shape: Some(crate::proto::TensorShapeProto {
+                    dim: t
+                        .dims
+                        .iter()
+                        .map(|&d| Dimension {
+                            value: Some(dimension::Value::DimValue(d)),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// `value_info` entries for tensors that no longer exist.
+fn drop_stale_value_info(graph: &mut GraphProto) {
+    let live: HashSet<String> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.output.iter().cloned())
+        .chain(graph.initializer.iter().map(|t| t.name().to_string()))
+        .chain(graph.input.iter().map(|v| v.name().to_string()))
+        .collect();
+    graph.value_info.retain(|v| live.contains(v.name()));
+}
+
+/// Checks the graph after the pass: every tensor produced once, every input defined.
+pub fn validate(graph: &GraphProto) -> Result<()> {
+    let mut defined: HashSet<&str> = graph.input.iter().map(|v| v.name()).collect();
+    defined.extend(graph.initializer.iter().map(|t| t.name()));
+    let mut produced: HashSet<&str> = HashSet::new();
+    for node in &graph.node {
+        for o in node.output.iter().filter(|o| !o.is_empty()) {
+            if !produced.insert(o) {
+                return Err(Error::InvalidGraph(format!("tensor '{o}' is produced twice")));
+            }
+        }
+    }
+    defined.extend(produced.iter().copied());
+    for node in &graph.node {
+        for i in node.input.iter().filter(|i| !i.is_empty()) {
+            if !defined.contains(i.as_str()) {
+                return Err(Error::InvalidGraph(format!(
+                    "node '{}' ({}) reads '{i}', which nothing defines",
+                    node_label(node),
+                    node.op_type()
+                )));
+            }
+        }
+    }
+    for o in &graph.output {
+        if !defined.contains(o.name()) {
+            return Err(Error::InvalidGraph(format!(
+                "graph output '{}' is not defined",
+                o.name()
+            )));
+        }
+    }
+    Ok(())
+}

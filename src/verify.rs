@@ -1,0 +1,522 @@
+//! Proof of equivalence: the original and the candidate run side by side with tract on seeded
+//! random inputs. The reference uses tract's typed model *without* `into_optimized()`, whose
+//! decluttering folds BatchNormalization into Conv by itself.
+
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Instant;
+
+use prost::Message;
+use serde::Serialize;
+use tract_onnx::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::proto::{tensor_proto::DataLocation, type_proto, ModelProto};
+use crate::tensor::Dtype;
+
+/// How the check runs.
+#[derive(Clone, Debug)]
+pub struct VerifyOptions {
+    /// Seed of the random inputs.
+    pub seed: u64,
+    /// How many random samples.
+    pub samples: usize,
+    /// Values of symbolic dimensions, by name.
+    pub dims: BTreeMap<String, usize>,
+    /// Whole shapes of inputs, by input name.
+    pub input_shapes: BTreeMap<String, Vec<usize>>,
+    /// Absolute tolerance (default: derived from dtype and output magnitude).
+    pub atol: Option<f64>,
+    /// Relative tolerance (default: derived from dtype).
+    pub rtol: Option<f64>,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        VerifyOptions {
+            seed: 0x5eed_b9f0,
+            samples: 3,
+            dims: BTreeMap::new(),
+            input_shapes: BTreeMap::new(),
+            atol: None,
+            rtol: None,
+        }
+    }
+}
+
+/// The outcome of the check.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Every compared tensor is within tolerance.
+    Passed,
+    /// Some tensor differs beyond tolerance, or the outputs do not correspond.
+    Failed,
+    /// tract could not run a model; nothing was compared.
+    NotVerified,
+}
+
+/// The comparison of one tensor present in both models.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct OutputCheck {
+    /// The tensor's name.
+    pub name: String,
+    /// Whether it is a graph output (else the output of a folded chain).
+    pub graph_output: bool,
+    /// Largest `|a − b|` over all samples.
+    pub max_abs_error: f64,
+    /// Largest `|a − b| / |a|` over elements with `|a|` above the absolute tolerance.
+    pub max_rel_error: f64,
+    /// `max |a − b| / max |a|`.
+    pub normalized_error: f64,
+    /// Largest `|a|` of the reference.
+    pub max_magnitude: f64,
+    /// Absolute tolerance held to.
+    pub atol: f64,
+    /// Relative tolerance held to.
+    pub rtol: f64,
+    /// Whether every element satisfied `|a − b| ≤ atol + rtol·|a|`.
+    pub passed: bool,
+}
+
+/// What the check did.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Verification {
+    /// Passed, failed, or not verified.
+    pub status: Status,
+    /// Why it failed or could not run.
+    pub reason: Option<String>,
+    /// Per compared tensor.
+    pub outputs: Vec<OutputCheck>,
+    /// Symbolic dimensions that were given a guessed value (`input:axis=value`).
+    pub guessed_dims: Vec<String>,
+    /// Samples run.
+    pub samples: usize,
+    /// The seed.
+    pub seed: u64,
+}
+
+impl Verification {
+    fn not_verified(reason: String, seed: u64) -> Verification {
+        Verification {
+            status: Status::NotVerified,
+            reason: Some(reason),
+            outputs: vec![],
+            guessed_dims: vec![],
+            samples: 0,
+            seed,
+        }
+    }
+}
+
+/// Runs `original` and `candidate` on the same random inputs and compares their graph outputs
+/// and the tensors named in `intermediates` (present in both models).
+pub fn verify(
+    original: &Model,
+    candidate: &Model,
+    intermediates: &[String],
+    options: &VerifyOptions,
+) -> Result<Verification> {
+    let started = Instant::now();
+    let _ = started;
+    let (orig_graph, cand_graph) = match (&original.proto.graph, &candidate.proto.graph) {
+        (Some(a), Some(b)) => (a, b),
+        _ => return Err(Error::MissingGraph),
+    };
+    let outputs_a: Vec<&str> = orig_graph.output.iter().map(|o| o.name()).collect();
+    let outputs_b: Vec<&str> = cand_graph.output.iter().map(|o| o.name()).collect();
+    if outputs_a != outputs_b {
+        return Ok(Verification {
+            status: Status::Failed,
+            reason: Some(format!(
+                "graph outputs differ: {outputs_a:?} against {outputs_b:?}"
+            )),
+            ..Verification::not_verified(String::new(), options.seed)
+        });
+    }
+    let inputs = match plan_inputs(original, options) {
+        Ok(i) => i,
+        Err(reason) => return Ok(Verification::not_verified(reason, options.seed)),
+    };
+    let mut names: Vec<String> = outputs_a.iter().map(|s| s.to_string()).collect();
+    names.extend(intermediates.iter().filter(|n| !outputs_a.contains(&n.as_str())).cloned());
+
+    let shapes = inputs.shape_sets(options.samples);
+    let mut errors: Vec<Accumulator> = names.iter().map(|_| Accumulator::default()).collect();
+    let mut rng = SplitMix(options.seed);
+    for (shape_set, samples) in &shapes {
+        let run_a = match Runner::new(original, &inputs.specs, shape_set, &names) {
+            Ok(r) => r,
+            Err(reason) => return Ok(Verification::not_verified(format!("original: {reason}"), options.seed)),
+        };
+        let run_b = match Runner::new(candidate, &inputs.specs, shape_set, &names) {
+            Ok(r) => r,
+            Err(reason) => return Ok(Verification::not_verified(format!("candidate: {reason}"), options.seed)),
+        };
+        for _ in 0..*samples {
+            let feed = inputs.random(shape_set, &mut rng);
+            let a = run_a.run(&feed).map_err(|e| Error::Verify(format!("original: {e}")));
+            let b = run_b.run(&feed).map_err(|e| Error::Verify(format!("candidate: {e}")));
+            let (a, b) = match (a, b) {
+                (Ok(a), Ok(b)) => (a, b),
+                (Err(e), _) | (_, Err(e)) => {
+                    return Ok(Verification::not_verified(e.to_string(), options.seed))
+                }
+            };
+            for (k, (x, y)) in a.iter().zip(&b).enumerate() {
+                if x.len() != y.len() {
+                    return Ok(Verification {
+                        status: Status::Failed,
+                        reason: Some(format!("'{}' has {} values against {}", names[k], x.len(), y.len())),
+                        ..Verification::not_verified(String::new(), options.seed)
+                    });
+                }
+                errors[k].add(x, y);
+            }
+        }
+    }
+    let dtypes: Vec<Option<Dtype>> = names
+        .iter()
+        .map(|n| declared_dtype(orig_graph, n))
+        .collect();
+    let outputs: Vec<OutputCheck> = names
+        .iter()
+        .zip(&errors)
+        .zip(&dtypes)
+        .map(|((name, acc), dtype)| acc.check(name, outputs_a.contains(&name.as_str()), *dtype, options))
+        .collect();
+    let failed: Vec<&str> = outputs.iter().filter(|o| !o.passed).map(|o| o.name.as_str()).collect();
+    Ok(Verification {
+        status: if failed.is_empty() { Status::Passed } else { Status::Failed },
+        reason: (!failed.is_empty()).then(|| format!("beyond tolerance: {}", failed.join(", "))),
+        outputs,
+        guessed_dims: inputs.guessed,
+        samples: shapes.iter().map(|(_, n)| n).sum(),
+        seed: options.seed,
+    })
+}
+
+fn declared_dtype(graph: &crate::proto::GraphProto, name: &str) -> Option<Dtype> {
+    graph
+        .output
+        .iter()
+        .chain(&graph.value_info)
+        .find(|v| v.name() == name)
+        .and_then(|v| match v.r#type.as_ref()?.value.as_ref()? {
+            type_proto::Value::TensorType(t) => Dtype::from_code(t.elem_type()),
+            _ => None,
+        })
+}
+
+/// The default relative tolerance of a dtype: a few hundred ulps of accumulated rounding.
+pub fn default_tolerance(dtype: Option<Dtype>) -> f64 {
+    match dtype {
+        Some(Dtype::F64) => 1e-9,
+        Some(Dtype::F16) => 1e-2,
+        Some(Dtype::Bf16) => 5e-2,
+        _ => 1e-4,
+    }
+}
+
+#[derive(Default)]
+struct Accumulator {
+    max_abs: f64,
+    max_ref: f64,
+    pairs: Vec<(f64, f64)>,
+}
+
+impl Accumulator {
+    fn add(&mut self, a: &[f64], b: &[f64]) {
+        for (&x, &y) in a.iter().zip(b) {
+            let diff = if x == y { 0.0 } else { (x - y).abs() };
+            self.max_abs = self.max_abs.max(if diff.is_nan() { f64::INFINITY } else { diff });
+            self.max_ref = self.max_ref.max(x.abs());
+            self.pairs.push((x, diff));
+        }
+    }
+
+    fn check(&self, name: &str, graph_output: bool, dtype: Option<Dtype>, o: &VerifyOptions) -> OutputCheck {
+        let tol = default_tolerance(dtype);
+        let rtol = o.rtol.unwrap_or(tol);
+        let atol = o.atol.unwrap_or(tol * self.max_ref.max(f64::MIN_POSITIVE));
+        let mut max_rel: f64 = 0.0;
+        let mut passed = true;
+        for &(x, diff) in &self.pairs {
+            if !(diff <= atol + rtol * x.abs()) {
+                passed = false;
+            }
+            if x.abs() > atol {
+                max_rel = max_rel.max(diff / x.abs());
+            }
+        }
+        OutputCheck {
+            name: name.to_string(),
+            graph_output,
+            max_abs_error: self.max_abs,
+            max_rel_error: max_rel,
+            normalized_error: if self.max_ref > 0.0 { self.max_abs / self.max_ref } else { self.max_abs },
+            max_magnitude: self.max_ref,
+            atol,
+            rtol,
+            passed,
+        }
+    }
+}
+
+/// A graph input: its name, dtype and shape with symbolic axes as `None`.
+struct InputSpec {
+    name: String,
+    dtype: Dtype,
+    dims: Vec<Option<usize>>,
+    symbols: Vec<Option<String>>,
+}
+
+struct Inputs {
+    specs: Vec<InputSpec>,
+    options_dims: Vec<Vec<usize>>,
+    batch_two: Option<Vec<Vec<usize>>>,
+    guessed: Vec<String>,
+}
+
+impl Inputs {
+    fn shape_sets(&self, samples: usize) -> Vec<(Vec<Vec<usize>>, usize)> {
+        let samples = samples.max(1);
+        match &self.batch_two {
+            Some(two) if samples > 1 => vec![(self.options_dims.clone(), samples - 1), (two.clone(), 1)],
+            _ => vec![(self.options_dims.clone(), samples)],
+        }
+    }
+
+    fn random(&self, shapes: &[Vec<usize>], rng: &mut SplitMix) -> Vec<Tensor> {
+        self.specs
+            .iter()
+            .zip(shapes)
+            .map(|(spec, shape)| {
+                let n: usize = shape.iter().product();
+                let values: Vec<f64> = (0..n)
+                    .map(|_| match spec.dtype {
+                        d if d.is_float() => rng.normal(),
+                        Dtype::Bool => (rng.next() & 1) as f64,
+                        _ => (rng.next() % 4) as f64,
+                    })
+                    .collect();
+                to_tract(spec.dtype, shape, &values)
+            })
+            .collect()
+    }
+}
+
+fn plan_inputs(model: &Model, options: &VerifyOptions) -> std::result::Result<Inputs, String> {
+    let graph = model.proto.graph.as_ref().ok_or("no graph")?;
+    let initializers: std::collections::HashSet<&str> =
+        graph.initializer.iter().map(|t| t.name()).collect();
+    let mut specs = Vec::new();
+    for input in graph.input.iter().filter(|i| !initializers.contains(i.name())) {
+        let Some(type_proto::Value::TensorType(t)) = input.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
+            return Err(format!("input '{}' is not a tensor", input.name()));
+        };
+        let dtype = Dtype::from_code(t.elem_type())
+            .ok_or_else(|| format!("input '{}' has unsupported type {}", input.name(), t.elem_type()))?;
+        if dtype == Dtype::Bf16 {
+            return Err(format!("input '{}' is bfloat16, which tract does not run", input.name()));
+        }
+        let dims = t.shape.as_ref().map(|s| s.dim.as_slice()).unwrap_or_default();
+        let (dims, symbols) = dims
+            .iter()
+            .map(|d| match &d.value {
+                Some(crate::proto::tensor_shape_proto::dimension::Value::DimValue(v)) if *v >= 0 => {
+                    (Some(*v as usize), None)
+                }
+                Some(crate::proto::tensor_shape_proto::dimension::Value::DimParam(p)) => (None, Some(p.clone())),
+                _ => (None, None),
+            })
+            .unzip();
+        specs.push(InputSpec { name: input.name().to_string(), dtype, dims, symbols });
+    }
+    let mut guessed = Vec::new();
+    let mut resolved = Vec::new();
+    let mut batch_two = Vec::new();
+    let mut batch_free = false;
+    for spec in &specs {
+        if let Some(shape) = options.input_shapes.get(&spec.name) {
+            resolved.push(shape.clone());
+            batch_two.push(shape.clone());
+            continue;
+        }
+        let mut shape = Vec::new();
+        let mut two = Vec::new();
+        for (axis, (d, sym)) in spec.dims.iter().zip(&spec.symbols).enumerate() {
+            let value = match (d, sym) {
+                (Some(v), _) => *v,
+                (None, Some(s)) if options.dims.contains_key(s) => options.dims[s],
+                (None, sym) => {
+                    guessed.push(format!("{}:{}{}=1", spec.name, axis, sym.as_ref().map(|s| format!(" ({s})")).unwrap_or_default()));
+                    if axis == 0 {
+                        batch_free = true;
+                    }
+                    1
+                }
+            };
+            shape.push(value);
+            two.push(if axis == 0 && d.is_none() && !sym.as_ref().is_some_and(|s| options.dims.contains_key(s)) { 2 } else { value });
+        }
+        resolved.push(shape);
+        batch_two.push(two);
+    }
+    Ok(Inputs {
+        specs,
+        options_dims: resolved,
+        batch_two: batch_free.then_some(batch_two),
+        guessed,
+    })
+}
+
+fn to_tract(dtype: Dtype, shape: &[usize], values: &[f64]) -> Tensor {
+    let f32s: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+    let build = || -> TractResult<Tensor> {
+        Ok(match dtype {
+            Dtype::F64 => Tensor::from_shape(shape, values)?,
+            Dtype::F32 => Tensor::from_shape(shape, &f32s)?,
+            Dtype::F16 => Tensor::from_shape(shape, &f32s)?.cast_to_dt(DatumType::F16)?.into_owned(),
+            Dtype::Bool => Tensor::from_shape(shape, &values.iter().map(|&v| v != 0.0).collect::<Vec<_>>())?,
+            Dtype::I64 => Tensor::from_shape(shape, &values.iter().map(|&v| v as i64).collect::<Vec<_>>())?,
+            other => Tensor::from_shape(shape, &values.iter().map(|&v| v as i64).collect::<Vec<_>>())?
+                .cast_to_dt(tract_dt(other))?
+                .into_owned(),
+        })
+    };
+    build().unwrap_or_else(|_| Tensor::from_shape(shape, &f32s).unwrap_or_else(|_| tensor0(0f32)))
+}
+
+fn tract_dt(d: Dtype) -> DatumType {
+    match d {
+        Dtype::F32 => DatumType::F32,
+        Dtype::F16 => DatumType::F16,
+        Dtype::F64 => DatumType::F64,
+        Dtype::I8 => DatumType::I8,
+        Dtype::U8 => DatumType::U8,
+        Dtype::I16 => DatumType::I16,
+        Dtype::U16 => DatumType::U16,
+        Dtype::I32 => DatumType::I32,
+        Dtype::U32 => DatumType::U32,
+        Dtype::I64 => DatumType::I64,
+        Dtype::U64 => DatumType::U64,
+        Dtype::Bool => DatumType::Bool,
+        Dtype::Bf16 => DatumType::F32,
+    }
+}
+
+/// One model prepared for tract: typed, not optimized.
+struct Runner {
+    plan: Arc<TypedRunnableModel>,
+}
+
+impl Runner {
+    fn new(model: &Model, specs: &[InputSpec], shapes: &[Vec<usize>], outputs: &[String]) -> std::result::Result<Runner, String> {
+        if let Some(bf16) = bf16_tensor(&model.proto) {
+            return Err(format!("tensor '{bf16}' is bfloat16, which tract does not know"));
+        }
+        let bytes = inline_pending(&model.proto).encode_to_vec();
+        let dir = model.store.base_dir().and_then(|d| d.to_str()).map(|s| s.to_string());
+        let build = || -> TractResult<Arc<TypedRunnableModel>> {
+            let onnx = tract_onnx::onnx();
+            let pb = onnx.proto_model_for_read(&mut bytes.as_slice())?;
+            let parsed = onnx.parse(&pb, dir.as_deref())?;
+            if !parsed.unresolved_inputs.is_empty() {
+                return Err(TractError::msg(format!("unresolved inputs {:?}", parsed.unresolved_inputs)));
+            }
+            let mut m = parsed.model;
+            for (i, (spec, shape)) in specs.iter().zip(shapes).enumerate() {
+                m.set_input_fact(i, InferenceFact::dt_shape(tract_dt(spec.dtype), shape.clone()))?;
+            }
+            m.select_outputs_by_name(outputs)?;
+            m.into_typed()?.into_runnable()
+        };
+        match catch_unwind(AssertUnwindSafe(build)) {
+            Ok(Ok(plan)) => Ok(Runner { plan }),
+            Ok(Err(e)) => Err(format!("tract cannot run it: {}", one_line(&e))),
+            Err(_) => Err("tract panicked while loading it".into()),
+        }
+    }
+
+    fn run(&self, feed: &[Tensor]) -> std::result::Result<Vec<Vec<f64>>, String> {
+        let inputs: TVec<TValue> = feed.iter().map(|t| t.clone().into()).collect();
+        let outputs = match catch_unwind(AssertUnwindSafe(|| self.plan.run(inputs))) {
+            Ok(Ok(o)) => o,
+            Ok(Err(e)) => return Err(format!("tract failed to run it: {}", one_line(&e))),
+            Err(_) => return Err("tract panicked while running it".into()),
+        };
+        outputs
+            .iter()
+            .map(|t| {
+                let t = t.cast_to::<f64>().map_err(|e| one_line(&e))?;
+                let view = t.try_as_plain_ram().map_err(|e| one_line(&e))?;
+                view.as_slice::<f64>().map(|s| s.to_vec()).map_err(|e| one_line(&e))
+            })
+            .collect()
+    }
+}
+
+fn one_line(e: &TractError) -> String {
+    format!("{e:#}").replace('\n', " ")
+}
+
+fn bf16_tensor(model: &ModelProto) -> Option<String> {
+    let mut found = None;
+    if let Some(g) = &model.graph {
+        crate::model::visit_tensors(g, &mut |t| {
+            if found.is_none() && t.data_type() == Dtype::Bf16.code() {
+                found = Some(t.name().to_string());
+            }
+        });
+    }
+    found
+}
+
+/// A copy of the model whose rewritten external tensors (bytes pending in `raw_data`) are inline,
+/// so tract reads them and not the stale bytes of the original file.
+fn inline_pending(model: &ModelProto) -> ModelProto {
+    let mut copy = model.clone();
+    fn walk(g: &mut crate::proto::GraphProto) {
+        for t in &mut g.initializer {
+            if t.raw_data.as_ref().is_some_and(|r| !r.is_empty()) && crate::tensor::is_external(t) {
+                t.external_data.clear();
+                t.data_location = Some(DataLocation::Default as i32);
+            }
+        }
+        for n in &mut g.node {
+            for a in &mut n.attribute {
+                for sub in a.g.iter_mut().chain(a.graphs.iter_mut()) {
+                    walk(sub);
+                }
+            }
+        }
+    }
+    if let Some(g) = copy.graph.as_mut() {
+        walk(g);
+    }
+    copy
+}
+
+/// splitmix64 with a Box–Muller normal: small, seeded, identical on every platform.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn uniform(&mut self) -> f64 {
+        ((self.next() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+
+    fn normal(&mut self) -> f64 {
+        let (u, v) = (self.uniform(), self.uniform());
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+    }
+}
