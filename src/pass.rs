@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::attr::{self, node_error};
-use crate::consts::{broadcast_to, ConstEval, NotConstant};
+use crate::consts::{ConstEval, NotConstant};
 use crate::error::{Error, Result};
 use crate::external::ExternalStore;
 use crate::folds::{
@@ -479,22 +479,17 @@ fn per_channel_values(value: &Tensor, rank: usize, channels: usize) -> Option<Ve
         return None;
     }
     let offset = rank - value.dims.len();
+    let mut varies_per_channel = false;
     for (axis, &d) in value.dims.iter().enumerate() {
-        let allowed = if axis + offset == 1 { d == channels || d == 1 } else { d == 1 };
-        if !allowed {
+        if axis + offset == 1 && d == channels {
+            varies_per_channel = true;
+        } else if d != 1 {
             return None;
         }
     }
-    let column = broadcast_to(value, &{
-        let mut dims = vec![1; value.dims.len()];
-        if value.dims.len() + 1 > rank {
-            dims[1 - offset] = channels;
-        }
-        dims
-    });
-    match column {
-        Some(c) if c.len() == channels => Some(c.data),
-        _ if value.len() == 1 => Some(vec![value.data[0]; channels]),
+    match (varies_per_channel, value.len()) {
+        (true, _) => Some(value.data.clone()),
+        (false, 1) => Some(vec![value.data[0]; channels]),
         _ => None,
     }
 }
