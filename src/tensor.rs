@@ -119,11 +119,28 @@ impl Dtype {
         let rounded = match self {
             Dtype::F64 => value,
             Dtype::F32 => value as f32 as f64,
-            Dtype::F16 => half::f16::from_f64(value).to_f64(),
-            Dtype::Bf16 => half::bf16::from_f64(value).to_f64(),
+            Dtype::F16 => round_binary(value, 10, -14, 65504.0),
+            Dtype::Bf16 => round_binary(value, 7, -126, 3.389_531_389_251_535_5e38),
             _ => value.round(),
         };
         (rounded.is_finite() || !value.is_finite()).then_some(rounded)
+    }
+}
+
+/// Rounds `value` to the nearest number (ties to even) of a binary format with `mantissa_bits`
+/// stored bits, smallest normal exponent `min_exp` and largest finite value `max`, in one step
+/// from f64 (`half`'s `from_f64` goes through f32, which rounds twice). Overflow gives infinity.
+fn round_binary(value: f64, mantissa_bits: i32, min_exp: i32, max: f64) -> f64 {
+    if value == 0.0 || !value.is_finite() {
+        return value;
+    }
+    let exponent = ((value.abs().to_bits() >> 52) & 0x7ff) as i32 - 1023;
+    let quantum = exponent.max(min_exp) - mantissa_bits;
+    let rounded = (value * 2f64.powi(-quantum)).round_ties_even() * 2f64.powi(quantum);
+    if rounded.abs() > max {
+        f64::INFINITY.copysign(value)
+    } else {
+        rounded
     }
 }
 
@@ -172,8 +189,12 @@ impl Tensor {
             match self.dtype {
                 Dtype::F32 => raw.extend_from_slice(&(v as f32).to_le_bytes()),
                 Dtype::F64 => raw.extend_from_slice(&v.to_le_bytes()),
-                Dtype::F16 => raw.extend_from_slice(&half::f16::from_f64(v).to_le_bytes()),
-                Dtype::Bf16 => raw.extend_from_slice(&half::bf16::from_f64(v).to_le_bytes()),
+                Dtype::F16 => raw.extend_from_slice(
+                    &half::f16::from_f64(Dtype::F16.round(v).unwrap_or(v)).to_le_bytes(),
+                ),
+                Dtype::Bf16 => raw.extend_from_slice(
+                    &half::bf16::from_f64(Dtype::Bf16.round(v).unwrap_or(v)).to_le_bytes(),
+                ),
                 Dtype::I8 => raw.push(v as i8 as u8),
                 Dtype::U8 | Dtype::Bool => raw.push(v as u8),
                 Dtype::I16 => raw.extend_from_slice(&(v as i16).to_le_bytes()),
@@ -355,6 +376,24 @@ mod tests {
         // 2^-40 is lost, the midpoint ties to even (1.0), while one rounding gives 1 + 2^-10.
         let v = 1.0 + 2f64.powi(-11) + 2f64.powi(-40);
         assert_eq!(Dtype::F16.round(v), Some(1.0 + 2f64.powi(-10)));
+        assert_ne!(half::f16::from_f64(v).to_f64(), 1.0 + 2f64.powi(-10));
+    }
+
+    #[test]
+    fn half_precision_rounding_agrees_with_half_on_values_f32_holds_exactly() {
+        for bits in (0u16..=0xffff).step_by(7) {
+            let h = half::f16::from_bits(bits);
+            let v = h.to_f64();
+            if v.is_finite() {
+                assert_eq!(Dtype::F16.round(v), Some(v));
+                let mid = v + 2f64.powi(-30);
+                assert_eq!(Dtype::F16.round(mid).unwrap_or(f64::INFINITY), half::f16::from_f32(mid as f32).to_f64());
+            }
+            let b = half::bf16::from_bits(bits).to_f64();
+            if b.is_finite() {
+                assert_eq!(Dtype::Bf16.round(b), Some(b));
+            }
+        }
     }
 
     #[test]

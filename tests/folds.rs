@@ -1,0 +1,294 @@
+//! Every fixture folds as `fixtures/manifest.json` says, and the fused model computes what the
+//! original computes, checked by tract (an engine independent of the fold) and, for the values
+//! themselves, by the BatchNormalization formula written out here.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use bnfold::tensor::{decode, Dtype};
+use bnfold::verify::Status;
+use bnfold::{fold, verify, FoldOptions, Model, SaveOptions, VerifyOptions};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+#[derive(serde::Deserialize)]
+struct Expectation {
+    folds: usize,
+    skips: Vec<String>,
+    verify: bool,
+}
+
+fn manifest() -> BTreeMap<String, Expectation> {
+    let text = std::fs::read_to_string(fixtures().join("manifest.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn bn_count(model: &Model) -> usize {
+    bnfold::op_counts(model.proto.graph.as_ref().unwrap())
+        .get("BatchNormalization")
+        .copied()
+        .unwrap_or(0)
+}
+
+#[test]
+fn every_fixture_folds_and_skips_as_expected_and_verifies_with_tract() {
+    let mut failures = Vec::new();
+    for (name, expected) in manifest() {
+        let original = Model::load(fixtures().join(&name)).unwrap();
+        let mut fused = original.clone();
+        let report = fold(&mut fused, &FoldOptions::default()).unwrap();
+        let mut codes: Vec<String> = report.skips.iter().map(|s| s.reason.code()).collect();
+        codes.sort();
+        if report.folds.len() != expected.folds || codes != expected.skips {
+            failures.push(format!(
+                "{name}: {} folds, skips {codes:?}; expected {} and {:?}",
+                report.folds.len(),
+                expected.folds,
+                expected.skips
+            ));
+            continue;
+        }
+        assert_eq!(bn_count(&original) - bn_count(&fused), expected.folds, "{name}");
+        if expected.verify {
+            let chains: Vec<String> = report.folds.iter().map(|f| f.output.clone()).collect();
+            let v = verify(&original, &fused, &chains, &VerifyOptions::default()).unwrap();
+            if v.status != Status::Passed {
+                failures.push(format!("{name}: verification {:?}: {:?}", v.status, v.reason));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// `s = γ/√(σ²+ε)`, `W' = s·W`, `b' = s·(b − μ) + β`, straight from the definition.
+fn expected_conv_fold(model: &Model) -> (Vec<f64>, Vec<f64>) {
+    let g = model.proto.graph.as_ref().unwrap();
+    let get = |n: &str| {
+        let t = g.initializer.iter().find(|t| t.name() == n).unwrap();
+        decode(t, &model.store).unwrap()
+    };
+    let (w, gamma, beta, mean, var) = (get("w"), get("bn.gamma"), get("bn.beta"), get("bn.mean"), get("bn.var"));
+    let b = g
+        .initializer
+        .iter()
+        .any(|t| t.name() == "b")
+        .then(|| get("b").data)
+        .unwrap_or(vec![0.0; gamma.len()]);
+    let eps = 1e-5f32 as f64;
+    let per = w.len() / gamma.len();
+    let mut weight = Vec::new();
+    for (i, v) in w.data.iter().enumerate() {
+        let c = i / per;
+        weight.push(gamma.data[c] / (var.data[c] + eps).sqrt() * v);
+    }
+    let bias = (0..gamma.len())
+        .map(|c| gamma.data[c] / (var.data[c] + eps).sqrt() * (b[c] - mean.data[c]) + beta.data[c])
+        .collect();
+    (weight, bias)
+}
+
+fn folded_conv_params(model: &Model) -> (bnfold::tensor::Tensor, bnfold::tensor::Tensor) {
+    let g = model.proto.graph.as_ref().unwrap();
+    let conv = g.node.iter().find(|n| n.op_type() == "Conv").unwrap();
+    let get = |n: &str| {
+        let t = g.initializer.iter().find(|t| t.name() == n).unwrap();
+        decode(t, &model.store).unwrap()
+    };
+    (get(&conv.input[1]), get(&conv.input[2]))
+}
+
+#[test]
+fn folded_values_are_the_bn_formula_rounded_once_in_each_dtype() {
+    for (file, dtype) in [
+        ("conv_bn.onnx", Dtype::F32),
+        ("conv_bn_f16.onnx", Dtype::F16),
+        ("conv_bn_f64.onnx", Dtype::F64),
+        ("conv_bn_bf16.onnx", Dtype::Bf16),
+    ] {
+        let original = Model::load(fixtures().join(file)).unwrap();
+        let (weight, bias) = expected_conv_fold(&original);
+        let mut fused = original.clone();
+        fold(&mut fused, &FoldOptions::default()).unwrap();
+        let (w, b) = folded_conv_params(&fused);
+        assert_eq!(w.dtype, dtype, "{file}: the weight keeps its dtype");
+        assert_eq!(b.dtype, dtype, "{file}: the bias takes the weight's dtype");
+        let round = |v: f64| match dtype {
+            Dtype::F32 => v as f32 as f64,
+            Dtype::F16 => half::f16::from_f32(v as f32).to_f64(),
+            Dtype::Bf16 => half::bf16::from_f32(v as f32).to_f64(),
+            _ => v,
+        };
+        let close = |a: f64, b: f64| a == b || (a - b).abs() <= 1e-12 * b.abs().max(1.0);
+        for (got, want) in w.data.iter().zip(&weight) {
+            assert!(close(*got, round(*want)), "{file}: weight {got} != {}", round(*want));
+        }
+        for (got, want) in b.data.iter().zip(&bias) {
+            assert!(close(*got, round(*want)), "{file}: bias {got} != {}", round(*want));
+        }
+    }
+}
+
+#[test]
+fn a_weight_shared_with_another_node_is_copied_not_edited() {
+    let original = Model::load(fixtures().join("conv_shared_weight.onnx")).unwrap();
+    let mut fused = original.clone();
+    let report = fold(&mut fused, &FoldOptions::default()).unwrap();
+    assert!(!report.folds[0].weight_in_place);
+    let g = fused.proto.graph.as_ref().unwrap();
+    let old = g.initializer.iter().find(|t| t.name() == "w").unwrap();
+    let before = original.proto.graph.as_ref().unwrap().initializer.iter().find(|t| t.name() == "w").unwrap();
+    assert_eq!(old, before, "the shared tensor is left alone");
+    let twin = g.node.iter().find(|n| n.name() == "conv_twin").unwrap();
+    assert_eq!(twin.input[1], "w");
+    let conv = g.node.iter().find(|n| n.name() == "conv").unwrap();
+    assert_eq!(conv.input[1], "w_bnfold");
+}
+
+#[test]
+fn graph_output_names_never_change() {
+    for (name, _) in manifest() {
+        let original = Model::load(fixtures().join(&name)).unwrap();
+        let mut fused = original.clone();
+        fold(&mut fused, &FoldOptions::default()).unwrap();
+        let names = |m: &Model| -> Vec<String> {
+            m.proto.graph.as_ref().unwrap().output.iter().map(|o| o.name().to_string()).collect()
+        };
+        assert_eq!(names(&original), names(&fused), "{name}");
+    }
+}
+
+#[test]
+fn folding_is_deterministic_to_the_byte() {
+    for name in ["torch_conv2d_grouped_depthwise_op11.onnx", "gemm_transb1_c_3x6.onnx", "matmul_transposed_weight_bn.onnx"] {
+        let run = || {
+            let mut m = Model::load(fixtures().join(name)).unwrap();
+            fold(&mut m, &FoldOptions::default()).unwrap();
+            m.to_bytes().unwrap()
+        };
+        assert_eq!(run(), run(), "{name}");
+    }
+}
+
+#[test]
+fn overridable_initializers_fold_when_the_user_says_they_are_constants() {
+    let mut m = Model::load(fixtures().join("bn_param_overridable.onnx")).unwrap();
+    let options = FoldOptions { inputs_are_constants: true, ..FoldOptions::default() };
+    assert_eq!(fold(&mut m, &options).unwrap().folds.len(), 1);
+}
+
+#[test]
+fn only_and_skip_node_leave_bn_in_place_with_their_reasons() {
+    let mut m = Model::load(fixtures().join("conv_bn.onnx")).unwrap();
+    let only = FoldOptions { only: Some([bnfold::FoldKind::Gemm].into()), ..FoldOptions::default() };
+    let r = fold(&mut m, &only).unwrap();
+    assert_eq!(r.skips[0].reason.code(), "kind_excluded");
+    let skip = FoldOptions { skip_nodes: ["bn".to_string()].into(), ..FoldOptions::default() };
+    let r = fold(&mut m, &skip).unwrap();
+    assert_eq!(r.skips[0].reason, bnfold::SkipReason::NodeExcluded);
+}
+
+#[test]
+fn external_data_is_read_folded_and_written_beside_the_output() {
+    let original = Model::load(fixtures().join("external/conv_bn_external.onnx")).unwrap();
+    assert!(original.has_external_data());
+    let mut fused = original.clone();
+    fold(&mut fused, &FoldOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fused.onnx");
+    fused.save(&out, SaveOptions::default()).unwrap();
+    assert!(dir.path().join("conv_bn_external.data").exists());
+    let reloaded = Model::load(&out).unwrap();
+    assert!(reloaded.has_external_data());
+    assert_eq!(bn_count(&reloaded), 0);
+    let v = verify(&original, &reloaded, &[], &VerifyOptions::default()).unwrap();
+    assert_eq!(v.status, Status::Passed, "{:?}", v.reason);
+}
+
+#[test]
+fn writing_beside_the_input_never_touches_the_input_data_file() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["conv_bn_external.onnx", "conv_bn_external.data"] {
+        std::fs::copy(fixtures().join("external").join(f), dir.path().join(f)).unwrap();
+    }
+    let data_before = std::fs::read(dir.path().join("conv_bn_external.data")).unwrap();
+    let mut m = Model::load(dir.path().join("conv_bn_external.onnx")).unwrap();
+    fold(&mut m, &FoldOptions::default()).unwrap();
+    m.save(dir.path().join("fused.onnx"), SaveOptions::default()).unwrap();
+    assert_eq!(std::fs::read(dir.path().join("conv_bn_external.data")).unwrap(), data_before);
+    assert!(dir.path().join("fused.conv_bn_external.data").exists());
+    let original = Model::load(dir.path().join("conv_bn_external.onnx")).unwrap();
+    let fused = Model::load(dir.path().join("fused.onnx")).unwrap();
+    assert_eq!(verify(&original, &fused, &[], &VerifyOptions::default()).unwrap().status, Status::Passed);
+}
+
+#[test]
+fn external_locations_that_escape_the_model_folder_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = Model::load(fixtures().join("external/conv_bn_external.onnx")).unwrap();
+    for loc in ["../conv_bn_external.data", "/etc/passwd"] {
+        for t in &mut m.proto.graph.as_mut().unwrap().initializer {
+            for e in &mut t.external_data {
+                if e.key() == "location" {
+                    e.value = Some(loc.to_string());
+                }
+            }
+        }
+        let path = dir.path().join("hostile.onnx");
+        std::fs::write(&path, prost::Message::encode_to_vec(&m.proto)).unwrap();
+        let mut hostile = Model::load(&path).unwrap();
+        let err = fold(&mut hostile, &FoldOptions::default()).unwrap_err();
+        assert!(matches!(err, bnfold::Error::ExternalData { .. }), "{loc}: {err}");
+    }
+}
+
+#[test]
+fn a_model_newer_than_the_vendored_schema_is_refused() {
+    let mut m = Model::load(fixtures().join("conv_bn.onnx")).unwrap();
+    m.proto.ir_version = Some(bnfold::model::SUPPORTED_IR_VERSION + 1);
+    let bytes = prost::Message::encode_to_vec(&m.proto);
+    let err = Model::from_bytes(bytes).unwrap_err();
+    assert!(matches!(err, bnfold::Error::UnsupportedIrVersion { .. }), "{err}");
+}
+
+#[test]
+fn verification_catches_a_weight_altered_by_one_part_in_a_thousand() {
+    let original = Model::load(fixtures().join("torch_conv_bn_bn_op13.onnx")).unwrap();
+    let mut fused = original.clone();
+    fold(&mut fused, &FoldOptions::default()).unwrap();
+    let g = fused.proto.graph.as_mut().unwrap();
+    let conv = g.node.iter().find(|n| n.op_type() == "Conv").unwrap().input[1].clone();
+    let t = g.initializer.iter_mut().find(|t| t.name() == conv).unwrap();
+    let mut w = decode(t, &bnfold::external::ExternalStore::none()).unwrap();
+    w.data.iter_mut().for_each(|v| *v *= 1.001);
+    *t = w.to_proto(&conv);
+    let v = verify(&original, &fused, &[], &VerifyOptions::default()).unwrap();
+    assert_eq!(v.status, Status::Failed);
+}
+
+#[test]
+fn verification_catches_renamed_outputs_and_passes_identical_models_with_zero_error() {
+    let original = Model::load(fixtures().join("conv_bn.onnx")).unwrap();
+    let v = verify(&original, &original, &[], &VerifyOptions::default()).unwrap();
+    assert_eq!(v.status, Status::Passed);
+    assert!(v.outputs.iter().all(|o| o.max_abs_error == 0.0));
+    let mut renamed = original.clone();
+    let g = renamed.proto.graph.as_mut().unwrap();
+    g.output[0].name = Some("renamed".into());
+    g.node.last_mut().unwrap().output[0] = "renamed".into();
+    let v = verify(&original, &renamed, &[], &VerifyOptions::default()).unwrap();
+    assert_eq!(v.status, Status::Failed);
+}
+
+#[test]
+fn a_model_tract_cannot_run_is_reported_not_verified_naming_the_op() {
+    let mut m = Model::load(fixtures().join("no_bn.onnx")).unwrap();
+    let g = m.proto.graph.as_mut().unwrap();
+    g.node[0].op_type = Some("FancyCustomOp".into());
+    g.node[0].domain = Some("com.example".into());
+    m.proto.opset_import.push(bnfold::proto::OperatorSetIdProto { domain: Some("com.example".into()), version: Some(1) });
+    let v = verify(&m, &m, &[], &VerifyOptions::default()).unwrap();
+    assert_eq!(v.status, Status::NotVerified);
+    assert!(v.reason.as_deref().unwrap_or_default().contains("FancyCustomOp"), "{:?}", v.reason);
+}
