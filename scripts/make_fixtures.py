@@ -23,8 +23,8 @@ def record(name, folds, skips=(), verify=True, check=True):
     manifest[name] = {"folds": folds, "skips": sorted(skips), "verify": verify, "check": check}
 
 
-def save(model, name, folds, skips=(), verify=True, check=True):
-    # Graph outputs get their inferred types; intermediate value_info stays absent on purpose.
+def fill_output_types(model):
+    """Graph outputs get their inferred types; intermediate value_info stays absent on purpose."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
         for out, inf in zip(model.graph.output, inferred.graph.output):
@@ -32,6 +32,10 @@ def save(model, name, folds, skips=(), verify=True, check=True):
                 out.type.CopyFrom(inf.type)
     except Exception:
         pass
+
+
+def save(model, name, folds, skips=(), verify=True, check=True):
+    fill_output_types(model)
     if check:
         onnx.checker.check_model(model)
     onnx.save(model, os.path.join(OUT, name))
@@ -348,6 +352,7 @@ def hand_fixtures():
     # External data: weights in a separate file beside the model.
     nodes, inits = conv_bn(c=8)
     m = model(nodes, inits, [X], [Y])
+    fill_output_types(m)
     ext_dir = os.path.join(OUT, "external")
     os.makedirs(ext_dir, exist_ok=True)
     onnx.save_model(m, os.path.join(ext_dir, "conv_bn_external.onnx"), save_as_external_data=True,
