@@ -25,7 +25,10 @@ fn checked<'a>(
     match find(node, name) {
         Some(a) if a.r#type.is_some() && a.r#type() != expected => Err(node_error(
             node,
-            format!("attribute '{name}' is not of type {}", expected.as_str_name()),
+            format!(
+                "attribute '{name}' is not of type {}",
+                expected.as_str_name()
+            ),
         )),
         other => Ok(other),
     }

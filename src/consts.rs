@@ -127,7 +127,9 @@ impl<'a> ConstEval<'a> {
             return None;
         }
         match node.op_type() {
-            "Cast" => attr::int(node, "to").ok()?.and_then(|c| Dtype::from_code(c as i32)),
+            "Cast" => attr::int(node, "to")
+                .ok()?
+                .and_then(|c| Dtype::from_code(c as i32)),
             "CastLike" => self.dtype_at(node.input.get(1)?, depth + 1),
             "Shape" | "Size" | "NonZero" | "ArgMax" | "ArgMin" => Some(Dtype::I64),
             "Constant" => self.value(name).ok()?.ok().map(|t| t.dtype),
@@ -178,13 +180,42 @@ impl<'a> ConstEval<'a> {
                 (a, b) => Some(a.max(b)),
             },
             "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Where" | "PRelu" => {
-                (0..node.input.len()).map(input_rank).try_fold(0, |m, r| Some(m.max(r?)))
+                (0..node.input.len())
+                    .map(input_rank)
+                    .try_fold(0, |m, r| Some(m.max(r?)))
             }
-            "Relu" | "LeakyRelu" | "Sigmoid" | "Tanh" | "HardSigmoid" | "HardSwish" | "Clip"
-            | "Identity" | "Dropout" | "Cast" | "CastLike" | "Softmax" | "LogSoftmax" | "Elu"
-            | "Selu" | "Gelu" | "Erf" | "Exp" | "Log" | "Neg" | "Abs" | "Sqrt" | "Softplus"
-            | "Mish" | "Transpose" | "BatchNormalization" | "Conv" | "ConvTranspose"
-            | "MaxPool" | "AveragePool" | "LayerNormalization" | "InstanceNormalization"
+            "Relu"
+            | "LeakyRelu"
+            | "Sigmoid"
+            | "Tanh"
+            | "HardSigmoid"
+            | "HardSwish"
+            | "Clip"
+            | "Identity"
+            | "Dropout"
+            | "Cast"
+            | "CastLike"
+            | "Softmax"
+            | "LogSoftmax"
+            | "Elu"
+            | "Selu"
+            | "Gelu"
+            | "Erf"
+            | "Exp"
+            | "Log"
+            | "Neg"
+            | "Abs"
+            | "Sqrt"
+            | "Softplus"
+            | "Mish"
+            | "Transpose"
+            | "BatchNormalization"
+            | "Conv"
+            | "ConvTranspose"
+            | "MaxPool"
+            | "AveragePool"
+            | "LayerNormalization"
+            | "InstanceNormalization"
             | "LpNormalization" => input_rank(0),
             _ => None,
         }
@@ -206,14 +237,21 @@ impl<'a> ConstEval<'a> {
                     _ => None,
                 }
             }
-            "Shape" => node.input.first().and_then(|n| self.static_shape(n)).map(|dims| {
-                let rank = dims.len() as i64;
-                let clamp = |v: i64| (if v < 0 { v + rank } else { v }).clamp(0, rank) as usize;
-                let start = clamp(attr::int(node, "start").ok().flatten().unwrap_or(0));
-                let end = clamp(attr::int(node, "end").ok().flatten().unwrap_or(rank));
-                let dims: Vec<f64> = dims[start..end.max(start)].iter().map(|&d| d as f64).collect();
-                Tensor::new(Dtype::I64, vec![dims.len()], dims)
-            }),
+            "Shape" => node
+                .input
+                .first()
+                .and_then(|n| self.static_shape(n))
+                .map(|dims| {
+                    let rank = dims.len() as i64;
+                    let clamp = |v: i64| (if v < 0 { v + rank } else { v }).clamp(0, rank) as usize;
+                    let start = clamp(attr::int(node, "start").ok().flatten().unwrap_or(0));
+                    let end = clamp(attr::int(node, "end").ok().flatten().unwrap_or(rank));
+                    let dims: Vec<f64> = dims[start..end.max(start)]
+                        .iter()
+                        .map(|&d| d as f64)
+                        .collect();
+                    Tensor::new(Dtype::I64, vec![dims.len()], dims)
+                }),
             "ConstantOfShape" => match inp(0)? {
                 Some(shape) => {
                     let fill = match attr::tensor(node, "value")? {
@@ -258,7 +296,9 @@ impl<'a> ConstEval<'a> {
                     attr::ints(node, "axes")?.map(|a| a.to_vec())
                 };
                 match inp(0)? {
-                    Some(t) if node.op_type() == "Unsqueeze" => unsqueeze(&t, &axes.unwrap_or_default()),
+                    Some(t) if node.op_type() == "Unsqueeze" => {
+                        unsqueeze(&t, &axes.unwrap_or_default())
+                    }
                     Some(t) => squeeze(&t, axes.as_deref()),
                     None => None,
                 }
@@ -353,16 +393,28 @@ fn strides(dims: &[usize]) -> Vec<usize> {
 }
 
 fn map(t: &Tensor, f: impl Fn(f64) -> f64) -> Tensor {
-    Tensor::new(t.dtype, t.dims.clone(), t.data.iter().map(|&v| f(v)).collect())
+    Tensor::new(
+        t.dtype,
+        t.dims.clone(),
+        t.data.iter().map(|&v| f(v)).collect(),
+    )
 }
 
 fn cast(t: &Tensor, to: Dtype) -> Tensor {
     let convert = |v: f64| match to {
         Dtype::Bool => (v != 0.0) as u8 as f64,
-        d if d.is_float() => d.round(v).unwrap_or(if v > 0.0 { f64::INFINITY } else { f64::NEG_INFINITY }),
+        d if d.is_float() => d.round(v).unwrap_or(if v > 0.0 {
+            f64::INFINITY
+        } else {
+            f64::NEG_INFINITY
+        }),
         _ => v.trunc(),
     };
-    Tensor::new(to, t.dims.clone(), t.data.iter().map(|&v| convert(v)).collect())
+    Tensor::new(
+        to,
+        t.dims.clone(),
+        t.data.iter().map(|&v| convert(v)).collect(),
+    )
 }
 
 /// The numpy broadcast of two shapes.
@@ -370,8 +422,16 @@ pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
     let rank = a.len().max(b.len());
     (0..rank)
         .map(|i| {
-            let da = if i + a.len() >= rank { a[i + a.len() - rank] } else { 1 };
-            let db = if i + b.len() >= rank { b[i + b.len() - rank] } else { 1 };
+            let da = if i + a.len() >= rank {
+                a[i + a.len() - rank]
+            } else {
+                1
+            };
+            let db = if i + b.len() >= rank {
+                b[i + b.len() - rank]
+            } else {
+                1
+            };
             match (da, db) {
                 (x, y) if x == y => Some(x),
                 (1, y) => Some(y),
@@ -449,7 +509,10 @@ fn reshape(t: &Tensor, shape: &[i64]) -> Option<Tensor> {
 pub fn transpose(t: &Tensor, perm: Option<&[i64]>) -> Option<Tensor> {
     let rank = t.dims.len();
     let perm: Vec<usize> = match perm {
-        Some(p) => p.iter().map(|&a| usize::try_from(a).ok().filter(|&a| a < rank)).collect::<Option<_>>()?,
+        Some(p) => p
+            .iter()
+            .map(|&a| usize::try_from(a).ok().filter(|&a| a < rank))
+            .collect::<Option<_>>()?,
         None => (0..rank).rev().collect(),
     };
     let mut seen = vec![false; rank];
@@ -482,7 +545,10 @@ fn normalize_axis(axis: i64, rank: usize) -> Option<usize> {
 
 fn unsqueeze(t: &Tensor, axes: &[i64]) -> Option<Tensor> {
     let rank = t.dims.len() + axes.len();
-    let mut axes: Vec<usize> = axes.iter().map(|&a| normalize_axis(a, rank)).collect::<Option<_>>()?;
+    let mut axes: Vec<usize> = axes
+        .iter()
+        .map(|&a| normalize_axis(a, rank))
+        .collect::<Option<_>>()?;
     axes.sort_unstable();
     let mut dims = t.dims.clone();
     for a in axes {
@@ -497,13 +563,19 @@ fn unsqueeze(t: &Tensor, axes: &[i64]) -> Option<Tensor> {
 fn squeeze(t: &Tensor, axes: Option<&[i64]>) -> Option<Tensor> {
     let rank = t.dims.len();
     let drop: Vec<usize> = match axes {
-        Some(a) => a.iter().map(|&a| normalize_axis(a, rank)).collect::<Option<_>>()?,
+        Some(a) => a
+            .iter()
+            .map(|&a| normalize_axis(a, rank))
+            .collect::<Option<_>>()?,
         None => (0..rank).filter(|&a| t.dims[a] == 1).collect(),
     };
     if drop.iter().any(|&a| t.dims[a] != 1) {
         return None;
     }
-    let dims = (0..rank).filter(|a| !drop.contains(a)).map(|a| t.dims[a]).collect();
+    let dims = (0..rank)
+        .filter(|a| !drop.contains(a))
+        .map(|a| t.dims[a])
+        .collect();
     Some(Tensor::new(t.dtype, dims, t.data.clone()))
 }
 
@@ -536,7 +608,11 @@ fn gather(data: &Tensor, indices: &Tensor, axis: i64) -> Option<Tensor> {
     let idx: Vec<usize> = indices
         .as_i64()
         .iter()
-        .map(|&i| usize::try_from(if i < 0 { i + len } else { i }).ok().filter(|&i| (i as i64) < len))
+        .map(|&i| {
+            usize::try_from(if i < 0 { i + len } else { i })
+                .ok()
+                .filter(|&i| (i as i64) < len)
+        })
         .collect::<Option<_>>()?;
     let outer: usize = data.dims[..axis].iter().product();
     let inner: usize = data.dims[axis + 1..].iter().product();
@@ -562,7 +638,10 @@ fn slice(
 ) -> Option<Tensor> {
     let rank = t.dims.len();
     let axes: Vec<usize> = match axes {
-        Some(a) => a.iter().map(|&a| normalize_axis(a, rank)).collect::<Option<_>>()?,
+        Some(a) => a
+            .iter()
+            .map(|&a| normalize_axis(a, rank))
+            .collect::<Option<_>>()?,
         None => (0..starts.len()).collect(),
     };
     let steps = steps.unwrap_or_else(|| vec![1; starts.len()]);
@@ -620,7 +699,10 @@ mod tests {
     #[test]
     fn transpose_swaps_rows_and_columns() {
         let m = t(&[2, 3], &[1., 2., 3., 4., 5., 6.]);
-        assert_eq!(transpose(&m, None).unwrap(), t(&[3, 2], &[1., 4., 2., 5., 3., 6.]));
+        assert_eq!(
+            transpose(&m, None).unwrap(),
+            t(&[3, 2], &[1., 4., 2., 5., 3., 6.])
+        );
     }
 
     #[test]
@@ -637,7 +719,10 @@ mod tests {
         let z = Tensor::scalar(Dtype::F32, 0.5);
         assert_eq!(broadcast_to(&z, &[3]).unwrap().data, vec![0.5; 3]);
         let col = t(&[2, 1], &[1., 2.]);
-        assert_eq!(broadcast_to(&col, &[2, 2]).unwrap().data, vec![1., 1., 2., 2.]);
+        assert_eq!(
+            broadcast_to(&col, &[2, 2]).unwrap().data,
+            vec![1., 1., 2., 2.]
+        );
     }
 
     #[test]

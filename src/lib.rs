@@ -72,7 +72,10 @@ pub fn fold(model: &mut Model, options: &FoldOptions) -> Result<Report> {
 }
 
 /// Folds a model held in memory and returns the fused model's bytes with the report.
-pub fn fold_bytes(bytes: impl Into<bytes::Bytes>, options: &FoldOptions) -> Result<(Vec<u8>, Report)> {
+pub fn fold_bytes(
+    bytes: impl Into<bytes::Bytes>,
+    options: &FoldOptions,
+) -> Result<(Vec<u8>, Report)> {
     let mut model = Model::from_bytes(bytes)?;
     let report = fold(&mut model, options)?;
     Ok((model.to_bytes()?, report))

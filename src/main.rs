@@ -269,7 +269,10 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
                 );
             }
             if out.exists() && !args.force && !args.in_place {
-                bail!("{}: output exists (use --force to overwrite)", out.display());
+                bail!(
+                    "{}: output exists (use --force to overwrite)",
+                    out.display()
+                );
             }
         }
     }
@@ -280,7 +283,9 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
 
     if args.check {
         let json = json_report(&report, &input, None, fold_seconds, None);
-        emit(&args.output_args, &json, || text_report(&report, &input, None))?;
+        emit(&args.output_args, &json, || {
+            text_report(&report, &input, None)
+        })?;
         return Ok(ExitCode::from(if report.folds.is_empty() { 0 } else { 1 }));
     }
 
@@ -323,7 +328,13 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    let json = json_report(&report, &input, written.as_deref(), fold_seconds, verify_seconds);
+    let json = json_report(
+        &report,
+        &input,
+        written.as_deref(),
+        fold_seconds,
+        verify_seconds,
+    );
     emit(&args.output_args, &json, || {
         text_report(&report, &input, written.as_deref())
     })?;
@@ -465,8 +476,8 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir)
-        .with_context(|| format!("{}", dir.display()))?;
+    let mut tmp =
+        tempfile::NamedTempFile::new_in(&dir).with_context(|| format!("{}", dir.display()))?;
     tmp.write_all(bytes)?;
     tmp.persist(path)
         .map_err(|e| e.error)
@@ -494,11 +505,7 @@ fn text_report(report: &Report, input: &Path, output: Option<&Path>) -> String {
     if !report.folds.is_empty() {
         let _ = writeln!(s, "\nfolded ({}):", report.folds.len());
         for f in &report.folds {
-            let through: String = f
-                .passthrough
-                .iter()
-                .map(|p| format!(" ← {p}"))
-                .collect();
+            let through: String = f.passthrough.iter().map(|p| format!(" ← {p}")).collect();
             let then = f
                 .followed_by
                 .as_ref()
@@ -516,7 +523,13 @@ fn text_report(report: &Report, input: &Path, output: Option<&Path>) -> String {
     if !report.skips.is_empty() {
         let _ = writeln!(s, "\nleft in place ({}):", report.skips.len());
         for k in &report.skips {
-            let _ = writeln!(s, "  BatchNormalization {}: {} [{}]", k.node, k.message, k.reason.code());
+            let _ = writeln!(
+                s,
+                "  BatchNormalization {}: {} [{}]",
+                k.node,
+                k.message,
+                k.reason.code()
+            );
         }
     }
     if !report.non_foldable_normalizations.is_empty() {
@@ -558,7 +571,12 @@ fn verification_text(v: &Verification, s: &mut String) {
     let graph_outputs: Vec<_> = v.outputs.iter().filter(|o| o.graph_output).collect();
     let chains = v.outputs.len() - graph_outputs.len();
     if !graph_outputs.is_empty() {
-        let width = graph_outputs.iter().map(|o| o.name.len()).max().unwrap_or(6).max(6);
+        let width = graph_outputs
+            .iter()
+            .map(|o| o.name.len())
+            .max()
+            .unwrap_or(6)
+            .max(6);
         let _ = writeln!(
             s,
             "  {:<width$}  {:>10}  {:>10}  {:>10}  {:>10}",
@@ -584,7 +602,11 @@ fn verification_text(v: &Verification, s: &mut String) {
             .filter(|o| !o.graph_output)
             .map(|o| o.normalized_error)
             .fold(0.0, f64::max);
-        let failing = v.outputs.iter().filter(|o| !o.graph_output && !o.passed).count();
+        let failing = v
+            .outputs
+            .iter()
+            .filter(|o| !o.graph_output && !o.passed)
+            .count();
         let _ = writeln!(
             s,
             "  folded chain outputs: {chains} compared, worst normalized error {worst:.3e}, {failing} beyond tolerance"

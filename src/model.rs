@@ -124,7 +124,10 @@ impl Model {
                 return Err(Error::WouldOverwriteInput(path.to_path_buf()));
             }
         }
-        if path.exists() && !options.force && !self.source.as_deref().is_some_and(|s| same_file(s, path)) {
+        if path.exists()
+            && !options.force
+            && !self.source.as_deref().is_some_and(|s| same_file(s, path))
+        {
             return Err(Error::OutputExists(path.to_path_buf()));
         }
         let dir = match path.parent() {
@@ -142,7 +145,8 @@ impl Model {
             });
             failure?;
         }
-        let mut model_file = tempfile::NamedTempFile::new_in(&dir).map_err(|e| Error::io(&dir, e))?;
+        let mut model_file =
+            tempfile::NamedTempFile::new_in(&dir).map_err(|e| Error::io(&dir, e))?;
         model_file
             .write_all(&proto.encode_to_vec())
             .and_then(|_| model_file.as_file().sync_all())
@@ -166,7 +170,10 @@ fn check_tensor(t: &TensorProto) -> Result<()> {
     proto_dims(t)?;
     if tensor::is_external(t) {
         if t.raw_data.as_ref().is_some_and(|r| !r.is_empty()) {
-            return Err(Error::tensor(t.name(), "has both external data and raw_data"));
+            return Err(Error::tensor(
+                t.name(),
+                "has both external data and raw_data",
+            ));
         }
         external::external_ref(t)?;
         proto_dtype(t)?;
@@ -215,9 +222,7 @@ impl DataFiles {
     fn new(dir: &Path, model_path: &Path, input: &ExternalStore) -> DataFiles {
         // Writing into the input's own folder must not replace the data files the input still
         // points to: name them after the output model instead.
-        let shares_folder = input
-            .base_dir()
-            .is_some_and(|b| same_file(b, dir));
+        let shares_folder = input.base_dir().is_some_and(|b| same_file(b, dir));
         let prefix = shares_folder.then(|| {
             model_path
                 .file_stem()
@@ -248,7 +253,8 @@ impl DataFiles {
                 let target = self.dir.join(&location);
                 let parent = target.parent().unwrap_or(&self.dir).to_path_buf();
                 std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-                let file = tempfile::NamedTempFile::new_in(&parent).map_err(|e| Error::io(&parent, e))?;
+                let file =
+                    tempfile::NamedTempFile::new_in(&parent).map_err(|e| Error::io(&parent, e))?;
                 self.files.push((location.clone(), file, 0));
                 self.files.len() - 1
             }
@@ -273,8 +279,11 @@ impl DataFiles {
     fn persist(self) -> Result<()> {
         for (location, file, _) in self.files {
             let target = self.dir.join(&location);
-            file.as_file().sync_all().map_err(|e| Error::io(&target, e))?;
-            file.persist(&target).map_err(|e| Error::io(&target, e.error))?;
+            file.as_file()
+                .sync_all()
+                .map_err(|e| Error::io(&target, e))?;
+            file.persist(&target)
+                .map_err(|e| Error::io(&target, e.error))?;
         }
         Ok(())
     }

@@ -7,9 +7,7 @@ use crate::attr::{self, node_error};
 use crate::consts::{ConstEval, NotConstant};
 use crate::error::{Error, Result};
 use crate::external::ExternalStore;
-use crate::folds::{
-    self, Affine, FoldInput, FoldKind, NodeChange, ProducerRewrite, SkipReason,
-};
+use crate::folds::{self, Affine, FoldInput, FoldKind, NodeChange, ProducerRewrite, SkipReason};
 use crate::graph::{is_graph_attribute, node_label, GraphIndex, OuterScope};
 use crate::proto::{GraphProto, NodeProto, TensorProto, TypeProto, ValueInfoProto};
 use crate::report::{FoldRecord, NormalizationRecord, SkipRecord};
@@ -141,7 +139,11 @@ fn fold_subgraphs(
     outer: OuterScope,
     out: &mut PassOutcome,
 ) -> Result<()> {
-    if !graph.node.iter().any(|n| n.attribute.iter().any(is_graph_attribute)) {
+    if !graph
+        .node
+        .iter()
+        .any(|n| n.attribute.iter().any(is_graph_attribute))
+    {
         return Ok(());
     }
     let mut visible: HashMap<String, TensorProto> = outer
@@ -196,7 +198,10 @@ fn plan_chain(
     skip_if!(
         ctx.options.skip_nodes.contains(&label)
             || ctx.options.skip_nodes.contains(bn.name())
-            || bn.output.first().is_some_and(|o| ctx.options.skip_nodes.contains(o)),
+            || bn
+                .output
+                .first()
+                .is_some_and(|o| ctx.options.skip_nodes.contains(o)),
         SkipReason::NodeExcluded
     );
     if bn.input.len() < 5 || bn.output.is_empty() || bn.input[..5].iter().any(|i| i.is_empty()) {
@@ -265,7 +270,8 @@ fn plan_chain(
                 consumer = p;
                 name = &node.input[1 - k];
             }
-            op => match FoldKind::from_op_type(op).filter(|_| matches!(node.domain(), "" | "ai.onnx"))
+            op => match FoldKind::from_op_type(op)
+                .filter(|_| matches!(node.domain(), "" | "ai.onnx"))
             {
                 Some(_) => break p,
                 None => {
@@ -284,7 +290,10 @@ fn plan_chain(
         skip_if!(!only.contains(&kind), SkipReason::KindExcluded { kind });
     }
     if prod.output.len() != 1 || prod.input.len() < 2 {
-        return Err(node_error(prod, "expected at least 2 inputs and one output"));
+        return Err(node_error(
+            prod,
+            "expected at least 2 inputs and one output",
+        ));
     }
 
     // BN parameters.
@@ -397,7 +406,9 @@ fn plan_chain(
         }
     }
 
-    let new_bias_name = bias_name.clone().unwrap_or_else(|| format!("{weight_name}_bias"));
+    let new_bias_name = bias_name
+        .clone()
+        .unwrap_or_else(|| format!("{weight_name}_bias"));
     let input = FoldInput {
         node: prod,
         weight_name: &weight_name,
@@ -495,7 +506,12 @@ fn per_channel_values(value: &Tensor, rank: usize, channels: usize) -> Option<Ve
 }
 
 /// The one function that mutates the graph.
-fn apply(graph: &mut GraphProto, plan: ChainPlan, ctx: &PassContext, path: &str) -> Result<FoldRecord> {
+fn apply(
+    graph: &mut GraphProto,
+    plan: ChainPlan,
+    ctx: &PassContext,
+    path: &str,
+) -> Result<FoldRecord> {
     let mut names: BTreeSet<String> = GraphIndex::new(graph, OuterScope::default()).all_names();
     let bn = graph.node[plan.bn].clone();
     let out_name = bn.output[0].clone();
@@ -559,7 +575,10 @@ fn apply(graph: &mut GraphProto, plan: ChainPlan, ctx: &PassContext, path: &str)
             let product = unique_name(&mut names, &format!("{out_name}_matmul"));
             producer.output[0] = product.clone();
             extra_node = Some(NodeProto {
-                name: Some(unique_name(&mut names, &format!("{}_bias_add", node_label(producer)))),
+                name: Some(unique_name(
+                    &mut names,
+                    &format!("{}_bias_add", node_label(producer)),
+                )),
                 op_type: Some("Add".into()),
                 input: vec![product, new_bias.clone()],
                 output: vec![out_name.clone()],
@@ -684,10 +703,9 @@ fn remove_dead(graph: &mut GraphProto, candidates: Vec<String>, ctx: &PassContex
         }
         if let Some(p) = index.producer(&name) {
             let node = &graph.node[p];
-            let unused = node
-                .output
-                .iter()
-                .all(|o| o.is_empty() || (index.consumers(o).is_empty() && !index.is_graph_output(o)));
+            let unused = node.output.iter().all(|o| {
+                o.is_empty() || (index.consumers(o).is_empty() && !index.is_graph_output(o))
+            });
             if unused && matches!(node.domain(), "" | "ai.onnx") {
                 let node = graph.node.remove(p);
                 work.extend(node.input.into_iter().filter(|i| !i.is_empty()));
@@ -757,7 +775,9 @@ pub fn validate(graph: &GraphProto) -> Result<()> {
     for node in &graph.node {
         for o in node.output.iter().filter(|o| !o.is_empty()) {
             if !produced.insert(o) {
-                return Err(Error::InvalidGraph(format!("tensor '{o}' is produced twice")));
+                return Err(Error::InvalidGraph(format!(
+                    "tensor '{o}' is produced twice"
+                )));
             }
         }
     }

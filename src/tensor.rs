@@ -319,7 +319,10 @@ fn decode_raw(name: &str, dtype: Dtype, raw: &[u8], numel: usize) -> Result<Vec<
 
 fn decode_typed(t: &TensorProto, dtype: Dtype, numel: usize) -> Result<Vec<f64>> {
     let (field, values): (&str, Vec<f64>) = match dtype {
-        Dtype::F32 => ("float_data", t.float_data.iter().map(|&v| v as f64).collect()),
+        Dtype::F32 => (
+            "float_data",
+            t.float_data.iter().map(|&v| v as f64).collect(),
+        ),
         Dtype::F64 => ("double_data", t.double_data.clone()),
         Dtype::F16 => (
             "int32_data",
@@ -339,7 +342,10 @@ fn decode_typed(t: &TensorProto, dtype: Dtype, numel: usize) -> Result<Vec<f64>>
             "int32_data",
             t.int32_data.iter().map(|&v| v as f64).collect(),
         ),
-        Dtype::I64 => ("int64_data", t.int64_data.iter().map(|&v| v as f64).collect()),
+        Dtype::I64 => (
+            "int64_data",
+            t.int64_data.iter().map(|&v| v as f64).collect(),
+        ),
         Dtype::U32 | Dtype::U64 => (
             "uint64_data",
             t.uint64_data.iter().map(|&v| v as f64).collect(),
@@ -387,7 +393,10 @@ mod tests {
             if v.is_finite() {
                 assert_eq!(Dtype::F16.round(v), Some(v));
                 let mid = v + 2f64.powi(-30);
-                assert_eq!(Dtype::F16.round(mid).unwrap_or(f64::INFINITY), half::f16::from_f32(mid as f32).to_f64());
+                assert_eq!(
+                    Dtype::F16.round(mid).unwrap_or(f64::INFINITY),
+                    half::f16::from_f32(mid as f32).to_f64()
+                );
             }
             let b = half::bf16::from_bits(bits).to_f64();
             if b.is_finite() {
@@ -420,6 +429,9 @@ mod tests {
         let mut p = Tensor::new(Dtype::F32, vec![2], vec![1.0, 2.0]).to_proto("w");
         p.dims = vec![3];
         let err = decode(&p, &ExternalStore::none()).unwrap_err().to_string();
-        assert!(err.contains("'w'") && err.contains("raw_data has 8 bytes"), "{err}");
+        assert!(
+            err.contains("'w'") && err.contains("raw_data has 8 bytes"),
+            "{err}"
+        );
     }
 }

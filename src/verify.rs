@@ -140,7 +140,9 @@ pub fn verify(
         Err(reason) => return Ok(Verification::not_verified(reason, options.seed)),
     };
     let mut names: Vec<String> = outputs_a.iter().map(|s| s.to_string()).collect();
-    let produced = |g: &crate::proto::GraphProto, n: &str| g.node.iter().any(|node| node.output.iter().any(|o| o == n));
+    let produced = |g: &crate::proto::GraphProto, n: &str| {
+        g.node.iter().any(|node| node.output.iter().any(|o| o == n))
+    };
     names.extend(
         intermediates
             .iter()
@@ -155,16 +157,30 @@ pub fn verify(
     for (shape_set, samples) in &shapes {
         let run_a = match Runner::new(original, &inputs.specs, shape_set, &names) {
             Ok(r) => r,
-            Err(reason) => return Ok(Verification::not_verified(format!("original: {reason}"), options.seed)),
+            Err(reason) => {
+                return Ok(Verification::not_verified(
+                    format!("original: {reason}"),
+                    options.seed,
+                ))
+            }
         };
         let run_b = match Runner::new(candidate, &inputs.specs, shape_set, &names) {
             Ok(r) => r,
-            Err(reason) => return Ok(Verification::not_verified(format!("candidate: {reason}"), options.seed)),
+            Err(reason) => {
+                return Ok(Verification::not_verified(
+                    format!("candidate: {reason}"),
+                    options.seed,
+                ))
+            }
         };
         for _ in 0..*samples {
             let feed = inputs.random(shape_set, &mut rng);
-            let a = run_a.run(&feed).map_err(|e| Error::Verify(format!("original: {e}")));
-            let b = run_b.run(&feed).map_err(|e| Error::Verify(format!("candidate: {e}")));
+            let a = run_a
+                .run(&feed)
+                .map_err(|e| Error::Verify(format!("original: {e}")));
+            let b = run_b
+                .run(&feed)
+                .map_err(|e| Error::Verify(format!("candidate: {e}")));
             let (a, b) = match (a, b) {
                 (Ok(a), Ok(b)) => (a, b),
                 (Err(e), _) | (_, Err(e)) => {
@@ -175,7 +191,12 @@ pub fn verify(
                 if x.len() != y.len() {
                     return Ok(Verification {
                         status: Status::Failed,
-                        reason: Some(format!("'{}' has {} values against {}", names[k], x.len(), y.len())),
+                        reason: Some(format!(
+                            "'{}' has {} values against {}",
+                            names[k],
+                            x.len(),
+                            y.len()
+                        )),
                         ..Verification::not_verified(String::new(), options.seed)
                     });
                 }
@@ -191,11 +212,21 @@ pub fn verify(
         .iter()
         .zip(&errors)
         .zip(&dtypes)
-        .map(|((name, acc), dtype)| acc.check(name, outputs_a.contains(&name.as_str()), *dtype, options))
+        .map(|((name, acc), dtype)| {
+            acc.check(name, outputs_a.contains(&name.as_str()), *dtype, options)
+        })
         .collect();
-    let failed: Vec<&str> = outputs.iter().filter(|o| !o.passed).map(|o| o.name.as_str()).collect();
+    let failed: Vec<&str> = outputs
+        .iter()
+        .filter(|o| !o.passed)
+        .map(|o| o.name.as_str())
+        .collect();
     Ok(Verification {
-        status: if failed.is_empty() { Status::Passed } else { Status::Failed },
+        status: if failed.is_empty() {
+            Status::Passed
+        } else {
+            Status::Failed
+        },
         reason: (!failed.is_empty()).then(|| format!("beyond tolerance: {}", failed.join(", "))),
         outputs,
         guessed_dims: inputs.guessed,
@@ -238,13 +269,21 @@ impl Accumulator {
         for (&x, &y) in a.iter().zip(b) {
             let same = x == y || (x.is_nan() && y.is_nan());
             let diff = if same { 0.0 } else { (x - y).abs() };
-            self.max_abs = self.max_abs.max(if diff.is_nan() { f64::INFINITY } else { diff });
+            self.max_abs = self
+                .max_abs
+                .max(if diff.is_nan() { f64::INFINITY } else { diff });
             self.max_ref = self.max_ref.max(x.abs());
             self.pairs.push((x, diff));
         }
     }
 
-    fn check(&self, name: &str, graph_output: bool, dtype: Option<Dtype>, o: &VerifyOptions) -> OutputCheck {
+    fn check(
+        &self,
+        name: &str,
+        graph_output: bool,
+        dtype: Option<Dtype>,
+        o: &VerifyOptions,
+    ) -> OutputCheck {
         let tol = default_tolerance(dtype);
         let rtol = o.rtol.unwrap_or(tol);
         let atol = o.atol.unwrap_or(tol * self.max_ref.max(f64::MIN_POSITIVE));
@@ -263,7 +302,11 @@ impl Accumulator {
             graph_output,
             max_abs_error: self.max_abs,
             max_rel_error: max_rel,
-            normalized_error: if self.max_ref > 0.0 { self.max_abs / self.max_ref } else { self.max_abs },
+            normalized_error: if self.max_ref > 0.0 {
+                self.max_abs / self.max_ref
+            } else {
+                self.max_abs
+            },
             max_magnitude: self.max_ref,
             atol,
             rtol,
@@ -291,7 +334,9 @@ impl Inputs {
     fn shape_sets(&self, samples: usize) -> Vec<(Vec<Vec<usize>>, usize)> {
         let samples = samples.max(1);
         match &self.batch_two {
-            Some(two) if samples > 1 => vec![(self.options_dims.clone(), samples - 1), (two.clone(), 1)],
+            Some(two) if samples > 1 => {
+                vec![(self.options_dims.clone(), samples - 1), (two.clone(), 1)]
+            }
             _ => vec![(self.options_dims.clone(), samples)],
         }
     }
@@ -320,27 +365,54 @@ fn plan_inputs(model: &Model, options: &VerifyOptions) -> std::result::Result<In
     let initializers: std::collections::HashSet<&str> =
         graph.initializer.iter().map(|t| t.name()).collect();
     let mut specs = Vec::new();
-    for input in graph.input.iter().filter(|i| !initializers.contains(i.name())) {
-        let Some(type_proto::Value::TensorType(t)) = input.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
+    for input in graph
+        .input
+        .iter()
+        .filter(|i| !initializers.contains(i.name()))
+    {
+        let Some(type_proto::Value::TensorType(t)) =
+            input.r#type.as_ref().and_then(|t| t.value.as_ref())
+        else {
             return Err(format!("input '{}' is not a tensor", input.name()));
         };
-        let dtype = Dtype::from_code(t.elem_type())
-            .ok_or_else(|| format!("input '{}' has unsupported type {}", input.name(), t.elem_type()))?;
+        let dtype = Dtype::from_code(t.elem_type()).ok_or_else(|| {
+            format!(
+                "input '{}' has unsupported type {}",
+                input.name(),
+                t.elem_type()
+            )
+        })?;
         if dtype == Dtype::Bf16 {
-            return Err(format!("input '{}' is bfloat16, which tract does not run", input.name()));
+            return Err(format!(
+                "input '{}' is bfloat16, which tract does not run",
+                input.name()
+            ));
         }
-        let dims = t.shape.as_ref().map(|s| s.dim.as_slice()).unwrap_or_default();
+        let dims = t
+            .shape
+            .as_ref()
+            .map(|s| s.dim.as_slice())
+            .unwrap_or_default();
         let (dims, symbols) = dims
             .iter()
             .map(|d| match &d.value {
-                Some(crate::proto::tensor_shape_proto::dimension::Value::DimValue(v)) if *v >= 0 => {
+                Some(crate::proto::tensor_shape_proto::dimension::Value::DimValue(v))
+                    if *v >= 0 =>
+                {
                     (Some(*v as usize), None)
                 }
-                Some(crate::proto::tensor_shape_proto::dimension::Value::DimParam(p)) => (None, Some(p.clone())),
+                Some(crate::proto::tensor_shape_proto::dimension::Value::DimParam(p)) => {
+                    (None, Some(p.clone()))
+                }
                 _ => (None, None),
             })
             .unzip();
-        specs.push(InputSpec { name: input.name().to_string(), dtype, dims, symbols });
+        specs.push(InputSpec {
+            name: input.name().to_string(),
+            dtype,
+            dims,
+            symbols,
+        });
     }
     let mut guessed = Vec::new();
     let mut resolved = Vec::new();
@@ -359,7 +431,12 @@ fn plan_inputs(model: &Model, options: &VerifyOptions) -> std::result::Result<In
                 (Some(v), _) => *v,
                 (None, Some(s)) if options.dims.contains_key(s) => options.dims[s],
                 (None, sym) => {
-                    guessed.push(format!("{}:{}{}=1", spec.name, axis, sym.as_ref().map(|s| format!(" ({s})")).unwrap_or_default()));
+                    guessed.push(format!(
+                        "{}:{}{}=1",
+                        spec.name,
+                        axis,
+                        sym.as_ref().map(|s| format!(" ({s})")).unwrap_or_default()
+                    ));
                     if axis == 0 {
                         batch_free = true;
                     }
@@ -367,7 +444,16 @@ fn plan_inputs(model: &Model, options: &VerifyOptions) -> std::result::Result<In
                 }
             };
             shape.push(value);
-            two.push(if axis == 0 && d.is_none() && !sym.as_ref().is_some_and(|s| options.dims.contains_key(s)) { 2 } else { value });
+            two.push(
+                if axis == 0
+                    && d.is_none()
+                    && !sym.as_ref().is_some_and(|s| options.dims.contains_key(s))
+                {
+                    2
+                } else {
+                    value
+                },
+            );
         }
         resolved.push(shape);
         batch_two.push(two);
@@ -386,12 +472,20 @@ fn to_tract(dtype: Dtype, shape: &[usize], values: &[f64]) -> Tensor {
         Ok(match dtype {
             Dtype::F64 => Tensor::from_shape(shape, values)?,
             Dtype::F32 => Tensor::from_shape(shape, &f32s)?,
-            Dtype::F16 => Tensor::from_shape(shape, &f32s)?.cast_to_dt(DatumType::F16)?.into_owned(),
-            Dtype::Bool => Tensor::from_shape(shape, &values.iter().map(|&v| v != 0.0).collect::<Vec<_>>())?,
-            Dtype::I64 => Tensor::from_shape(shape, &values.iter().map(|&v| v as i64).collect::<Vec<_>>())?,
-            other => Tensor::from_shape(shape, &values.iter().map(|&v| v as i64).collect::<Vec<_>>())?
-                .cast_to_dt(tract_dt(other))?
+            Dtype::F16 => Tensor::from_shape(shape, &f32s)?
+                .cast_to_dt(DatumType::F16)?
                 .into_owned(),
+            Dtype::Bool => {
+                Tensor::from_shape(shape, &values.iter().map(|&v| v != 0.0).collect::<Vec<_>>())?
+            }
+            Dtype::I64 => {
+                Tensor::from_shape(shape, &values.iter().map(|&v| v as i64).collect::<Vec<_>>())?
+            }
+            other => {
+                Tensor::from_shape(shape, &values.iter().map(|&v| v as i64).collect::<Vec<_>>())?
+                    .cast_to_dt(tract_dt(other))?
+                    .into_owned()
+            }
         })
     };
     build().unwrap_or_else(|_| Tensor::from_shape(shape, &f32s).unwrap_or_else(|_| tensor0(0f32)))
@@ -421,22 +515,39 @@ struct Runner {
 }
 
 impl Runner {
-    fn new(model: &Model, specs: &[InputSpec], shapes: &[Vec<usize>], outputs: &[String]) -> std::result::Result<Runner, String> {
+    fn new(
+        model: &Model,
+        specs: &[InputSpec],
+        shapes: &[Vec<usize>],
+        outputs: &[String],
+    ) -> std::result::Result<Runner, String> {
         if let Some(bf16) = bf16_tensor(&model.proto) {
-            return Err(format!("tensor '{bf16}' is bfloat16, which tract does not know"));
+            return Err(format!(
+                "tensor '{bf16}' is bfloat16, which tract does not know"
+            ));
         }
         let bytes = inline_pending(&model.proto).encode_to_vec();
-        let dir = model.store.base_dir().and_then(|d| d.to_str()).map(|s| s.to_string());
+        let dir = model
+            .store
+            .base_dir()
+            .and_then(|d| d.to_str())
+            .map(|s| s.to_string());
         let build = || -> TractResult<Arc<TypedRunnableModel>> {
             let onnx = tract_onnx::onnx();
             let pb = onnx.proto_model_for_read(&mut bytes.as_slice())?;
             let parsed = onnx.parse(&pb, dir.as_deref())?;
             if !parsed.unresolved_inputs.is_empty() {
-                return Err(TractError::msg(format!("unresolved inputs {:?}", parsed.unresolved_inputs)));
+                return Err(TractError::msg(format!(
+                    "unresolved inputs {:?}",
+                    parsed.unresolved_inputs
+                )));
             }
             let mut m = parsed.model;
             for (i, (spec, shape)) in specs.iter().zip(shapes).enumerate() {
-                m.set_input_fact(i, InferenceFact::dt_shape(tract_dt(spec.dtype), shape.clone()))?;
+                m.set_input_fact(
+                    i,
+                    InferenceFact::dt_shape(tract_dt(spec.dtype), shape.clone()),
+                )?;
             }
             m.select_outputs_by_name(outputs)?;
             m.into_typed()?.into_runnable()
@@ -460,7 +571,9 @@ impl Runner {
             .map(|t| {
                 let t = t.cast_to::<f64>().map_err(|e| one_line(&e))?;
                 let view = t.try_as_plain_ram().map_err(|e| one_line(&e))?;
-                view.as_slice::<f64>().map(|s| s.to_vec()).map_err(|e| one_line(&e))
+                view.as_slice::<f64>()
+                    .map(|s| s.to_vec())
+                    .map_err(|e| one_line(&e))
             })
             .collect()
     }

@@ -50,12 +50,19 @@ fn every_fixture_folds_and_skips_as_expected_and_verifies_with_tract() {
             ));
             continue;
         }
-        assert_eq!(bn_count(&original) - bn_count(&fused), expected.folds, "{name}");
+        assert_eq!(
+            bn_count(&original) - bn_count(&fused),
+            expected.folds,
+            "{name}"
+        );
         if expected.verify {
             let chains: Vec<String> = report.folds.iter().map(|f| f.output.clone()).collect();
             let v = verify(&original, &fused, &chains, &VerifyOptions::default()).unwrap();
             if v.status != Status::Passed {
-                failures.push(format!("{name}: verification {:?}: {:?}", v.status, v.reason));
+                failures.push(format!(
+                    "{name}: verification {:?}: {:?}",
+                    v.status, v.reason
+                ));
             }
         }
     }
@@ -69,7 +76,13 @@ fn expected_conv_fold(model: &Model) -> (Vec<f64>, Vec<f64>) {
         let t = g.initializer.iter().find(|t| t.name() == n).unwrap();
         decode(t, &model.store).unwrap()
     };
-    let (w, gamma, beta, mean, var) = (get("w"), get("bn.gamma"), get("bn.beta"), get("bn.mean"), get("bn.var"));
+    let (w, gamma, beta, mean, var) = (
+        get("w"),
+        get("bn.gamma"),
+        get("bn.beta"),
+        get("bn.mean"),
+        get("bn.var"),
+    );
     let b = g
         .initializer
         .iter()
@@ -122,10 +135,18 @@ fn folded_values_are_the_bn_formula_rounded_once_in_each_dtype() {
         };
         let close = |a: f64, b: f64| a == b || (a - b).abs() <= 1e-12 * b.abs().max(1.0);
         for (got, want) in w.data.iter().zip(&weight) {
-            assert!(close(*got, round(*want)), "{file}: weight {got} != {}", round(*want));
+            assert!(
+                close(*got, round(*want)),
+                "{file}: weight {got} != {}",
+                round(*want)
+            );
         }
         for (got, want) in b.data.iter().zip(&bias) {
-            assert!(close(*got, round(*want)), "{file}: bias {got} != {}", round(*want));
+            assert!(
+                close(*got, round(*want)),
+                "{file}: bias {got} != {}",
+                round(*want)
+            );
         }
     }
 }
@@ -138,7 +159,15 @@ fn a_weight_shared_with_another_node_is_copied_not_edited() {
     assert!(!report.folds[0].weight_in_place);
     let g = fused.proto.graph.as_ref().unwrap();
     let old = g.initializer.iter().find(|t| t.name() == "w").unwrap();
-    let before = original.proto.graph.as_ref().unwrap().initializer.iter().find(|t| t.name() == "w").unwrap();
+    let before = original
+        .proto
+        .graph
+        .as_ref()
+        .unwrap()
+        .initializer
+        .iter()
+        .find(|t| t.name() == "w")
+        .unwrap();
     assert_eq!(old, before, "the shared tensor is left alone");
     let twin = g.node.iter().find(|n| n.name() == "conv_twin").unwrap();
     assert_eq!(twin.input[1], "w");
@@ -153,7 +182,14 @@ fn graph_output_names_never_change() {
         let mut fused = original.clone();
         fold(&mut fused, &FoldOptions::default()).unwrap();
         let names = |m: &Model| -> Vec<String> {
-            m.proto.graph.as_ref().unwrap().output.iter().map(|o| o.name().to_string()).collect()
+            m.proto
+                .graph
+                .as_ref()
+                .unwrap()
+                .output
+                .iter()
+                .map(|o| o.name().to_string())
+                .collect()
         };
         assert_eq!(names(&original), names(&fused), "{name}");
     }
@@ -161,7 +197,11 @@ fn graph_output_names_never_change() {
 
 #[test]
 fn folding_is_deterministic_to_the_byte() {
-    for name in ["torch_conv2d_grouped_depthwise_op11.onnx", "gemm_transb1_c_3x6.onnx", "matmul_transposed_weight_bn.onnx"] {
+    for name in [
+        "torch_conv2d_grouped_depthwise_op11.onnx",
+        "gemm_transb1_c_3x6.onnx",
+        "matmul_transposed_weight_bn.onnx",
+    ] {
         let run = || {
             let mut m = Model::load(fixtures().join(name)).unwrap();
             fold(&mut m, &FoldOptions::default()).unwrap();
@@ -174,17 +214,26 @@ fn folding_is_deterministic_to_the_byte() {
 #[test]
 fn overridable_initializers_fold_when_the_user_says_they_are_constants() {
     let mut m = Model::load(fixtures().join("bn_param_overridable.onnx")).unwrap();
-    let options = FoldOptions { inputs_are_constants: true, ..FoldOptions::default() };
+    let options = FoldOptions {
+        inputs_are_constants: true,
+        ..FoldOptions::default()
+    };
     assert_eq!(fold(&mut m, &options).unwrap().folds.len(), 1);
 }
 
 #[test]
 fn only_and_skip_node_leave_bn_in_place_with_their_reasons() {
     let mut m = Model::load(fixtures().join("conv_bn.onnx")).unwrap();
-    let only = FoldOptions { only: Some([bnfold::FoldKind::Gemm].into()), ..FoldOptions::default() };
+    let only = FoldOptions {
+        only: Some([bnfold::FoldKind::Gemm].into()),
+        ..FoldOptions::default()
+    };
     let r = fold(&mut m, &only).unwrap();
     assert_eq!(r.skips[0].reason.code(), "kind_excluded");
-    let skip = FoldOptions { skip_nodes: ["bn".to_string()].into(), ..FoldOptions::default() };
+    let skip = FoldOptions {
+        skip_nodes: ["bn".to_string()].into(),
+        ..FoldOptions::default()
+    };
     let r = fold(&mut m, &skip).unwrap();
     assert_eq!(r.skips[0].reason, bnfold::SkipReason::NodeExcluded);
 }
@@ -215,12 +264,21 @@ fn writing_beside_the_input_never_touches_the_input_data_file() {
     let data_before = std::fs::read(dir.path().join("conv_bn_external.data")).unwrap();
     let mut m = Model::load(dir.path().join("conv_bn_external.onnx")).unwrap();
     fold(&mut m, &FoldOptions::default()).unwrap();
-    m.save(dir.path().join("fused.onnx"), SaveOptions::default()).unwrap();
-    assert_eq!(std::fs::read(dir.path().join("conv_bn_external.data")).unwrap(), data_before);
+    m.save(dir.path().join("fused.onnx"), SaveOptions::default())
+        .unwrap();
+    assert_eq!(
+        std::fs::read(dir.path().join("conv_bn_external.data")).unwrap(),
+        data_before
+    );
     assert!(dir.path().join("fused.conv_bn_external.data").exists());
     let original = Model::load(dir.path().join("conv_bn_external.onnx")).unwrap();
     let fused = Model::load(dir.path().join("fused.onnx")).unwrap();
-    assert_eq!(verify(&original, &fused, &[], &VerifyOptions::default()).unwrap().status, Status::Passed);
+    assert_eq!(
+        verify(&original, &fused, &[], &VerifyOptions::default())
+            .unwrap()
+            .status,
+        Status::Passed
+    );
 }
 
 #[test]
@@ -239,7 +297,10 @@ fn external_locations_that_escape_the_model_folder_are_refused() {
         std::fs::write(&path, prost::Message::encode_to_vec(&m.proto)).unwrap();
         let mut hostile = Model::load(&path).unwrap();
         let err = fold(&mut hostile, &FoldOptions::default()).unwrap_err();
-        assert!(matches!(err, bnfold::Error::ExternalData { .. }), "{loc}: {err}");
+        assert!(
+            matches!(err, bnfold::Error::ExternalData { .. }),
+            "{loc}: {err}"
+        );
     }
 }
 
@@ -249,7 +310,10 @@ fn a_model_newer_than_the_vendored_schema_is_refused() {
     m.proto.ir_version = Some(bnfold::model::SUPPORTED_IR_VERSION + 1);
     let bytes = prost::Message::encode_to_vec(&m.proto);
     let err = Model::from_bytes(bytes).unwrap_err();
-    assert!(matches!(err, bnfold::Error::UnsupportedIrVersion { .. }), "{err}");
+    assert!(
+        matches!(err, bnfold::Error::UnsupportedIrVersion { .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -287,8 +351,20 @@ fn a_model_tract_cannot_run_is_reported_not_verified_naming_the_op() {
     let g = m.proto.graph.as_mut().unwrap();
     g.node[0].op_type = Some("FancyCustomOp".into());
     g.node[0].domain = Some("com.example".into());
-    m.proto.opset_import.push(bnfold::proto::OperatorSetIdProto { domain: Some("com.example".into()), version: Some(1) });
+    m.proto
+        .opset_import
+        .push(bnfold::proto::OperatorSetIdProto {
+            domain: Some("com.example".into()),
+            version: Some(1),
+        });
     let v = verify(&m, &m, &[], &VerifyOptions::default()).unwrap();
     assert_eq!(v.status, Status::NotVerified);
-    assert!(v.reason.as_deref().unwrap_or_default().contains("FancyCustomOp"), "{:?}", v.reason);
+    assert!(
+        v.reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("FancyCustomOp"),
+        "{:?}",
+        v.reason
+    );
 }

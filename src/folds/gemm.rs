@@ -38,7 +38,11 @@ pub fn plan(input: &FoldInput) -> Planned {
         .iter()
         .enumerate()
         .map(|(flat, &v)| {
-            let n = if trans_b { flat / b.dims[1] } else { flat % channels };
+            let n = if trans_b {
+                flat / b.dims[1]
+            } else {
+                flat % channels
+            };
             affine.scale[n] * v
         })
         .collect();

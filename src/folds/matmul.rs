@@ -48,7 +48,12 @@ pub fn plan(input: &FoldInput) -> Planned {
         Ok(ProducerRewrite {
             weight_slot: 1,
             weight: round_into(w.dtype, w.dims.clone(), weight, input.weight_name)?,
-            bias: round_into(w.dtype, vec![channels], affine.shift.clone(), input.bias_name)?,
+            bias: round_into(
+                w.dtype,
+                vec![channels],
+                affine.shift.clone(),
+                input.bias_name,
+            )?,
             change: if gemm_supports {
                 NodeChange::MatMulToGemm
             } else {
