@@ -333,7 +333,7 @@ fn plan_chain(
         );
         let denominator = var + epsilon;
         skip_if!(
-            !(denominator > 0.0) || !denominator.is_finite(),
+            !denominator.is_finite() || denominator <= 0.0,
             SkipReason::NonPositiveVariance { channel: c }
         );
         let s = gamma / denominator.sqrt();
@@ -726,7 +726,7 @@ fn list_initializers_as_inputs(graph: &mut GraphProto) {
         .initializer
         .iter()
         .filter(|t| !listed.contains(t.name()))
-        .map(|t| value_info_of(t))
+        .map(value_info_of)
         .collect();
     graph.input.extend(missing);
 }

@@ -290,7 +290,8 @@ impl Accumulator {
         let mut max_rel: f64 = 0.0;
         let mut passed = true;
         for &(x, diff) in &self.pairs {
-            if diff > 0.0 && !(diff <= atol + rtol * x.abs()) {
+            let bound = atol + rtol * x.abs();
+            if diff > 0.0 && (diff.is_nan() || bound.is_nan() || diff > bound) {
                 passed = false;
             }
             if x.abs() > atol {
