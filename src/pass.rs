@@ -392,7 +392,7 @@ fn plan_chain(
     let output_rank = match kind {
         FoldKind::Conv | FoldKind::ConvTranspose => Some(weight.dims.len()),
         FoldKind::Gemm => Some(2),
-        FoldKind::MatMul => matmul_rank(eval, prod, &weight),
+        FoldKind::MatMul => eval.rank(&prod.output[0]),
     };
     for (added_name, value) in &added {
         let per_channel = output_rank.and_then(|rank| per_channel_values(value, rank, channels));
@@ -469,20 +469,6 @@ fn constant(
     }))
 }
 
-/// The rank of a MatMul's product, from declarations or from its operands' ranks.
-fn matmul_rank(eval: &ConstEval, node: &NodeProto, weight: &Tensor) -> Option<usize> {
-    if let Some(r) = node.output.first().and_then(|o| eval.rank(o)) {
-        return Some(r);
-    }
-    let a = eval.rank(&node.input[0])?;
-    match (a, weight.dims.len()) {
-        (1, 1) => Some(0),
-        (1, w) => Some(w - 1),
-        (a, 1) => Some(a - 1),
-        (a, w) => Some(a.max(w)),
-    }
-}
-
 /// The per-channel values of a constant added to a tensor of rank `rank` with `channels`
 /// channels on axis 1, when it adds one value per channel and does not grow the tensor.
 fn per_channel_values(value: &Tensor, rank: usize, channels: usize) -> Option<Vec<f64>> {
@@ -530,7 +516,6 @@ fn apply(
         plan.weight_in_place,
         weight,
         weight_template.as_ref(),
-        ctx,
     );
     let bias_base = plan
         .bias_name
@@ -549,7 +534,6 @@ fn apply(
         plan.bias_in_place,
         bias,
         bias_template.as_ref(),
-        ctx,
     );
 
     let producer = &mut graph.node[plan.producer];
@@ -661,7 +645,6 @@ fn write_tensor(
     in_place: bool,
     value: Tensor,
     template: Option<&TensorProto>,
-    _ctx: &PassContext,
 ) -> String {
     let final_name = if in_place {
         name.to_string()

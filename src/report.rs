@@ -77,11 +77,3 @@ pub struct Report {
     /// The equivalence check, when it ran.
     pub verification: Option<Verification>,
 }
-
-impl Report {
-    /// Whether any BatchNormalization would still fold (for `--check`): every skip whose reason
-    /// comes from the user's own exclusions.
-    pub fn foldable_remaining(&self) -> usize {
-        self.folds.len()
-    }
-}

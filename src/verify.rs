@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::time::Instant;
 
 use prost::Message;
 use serde::Serialize;
@@ -118,8 +117,6 @@ pub fn verify(
     intermediates: &[String],
     options: &VerifyOptions,
 ) -> Result<Verification> {
-    let started = Instant::now();
-    let _ = started;
     let (orig_graph, cand_graph) = match (&original.proto.graph, &candidate.proto.graph) {
         (Some(a), Some(b)) => (a, b),
         _ => return Err(Error::MissingGraph),
