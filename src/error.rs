@@ -77,6 +77,14 @@ pub enum Error {
     /// The output exists and overwriting was not asked for.
     #[error("output {0} exists (use --force to overwrite)")]
     OutputExists(PathBuf),
+    /// Data given for a graph input (`--input NAME=file.npy`) is unreadable or does not fit.
+    #[error("input data {source_file}: {problem}")]
+    InputData {
+        /// The file, or the input's name.
+        source_file: String,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// The verification engine could not run a model.
     #[error("verification: {0}")]
     Verify(String),

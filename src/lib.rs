@@ -21,6 +21,7 @@ pub mod external;
 pub mod folds;
 pub mod graph;
 pub mod model;
+pub mod npy;
 pub mod pass;
 pub mod report;
 pub mod tensor;

@@ -279,8 +279,13 @@ fn decode_raw(name: &str, dtype: Dtype, raw: &[u8], numel: usize) -> Result<Vec<
             ),
         ));
     }
-    let chunks = raw.chunks_exact(size);
-    let values = match dtype {
+    Ok(decode_le(dtype, raw))
+}
+
+/// Little-endian values of `dtype`, widened to f64 (a trailing partial element is ignored).
+pub(crate) fn decode_le(dtype: Dtype, raw: &[u8]) -> Vec<f64> {
+    let chunks = raw.chunks_exact(dtype.size());
+    match dtype {
         Dtype::F32 => chunks
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
             .collect(),
@@ -313,8 +318,7 @@ fn decode_raw(name: &str, dtype: Dtype, raw: &[u8], numel: usize) -> Result<Vec<
         Dtype::U64 => chunks
             .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f64)
             .collect(),
-    };
-    Ok(values)
+    }
 }
 
 fn decode_typed(t: &TensorProto, dtype: Dtype, numel: usize) -> Result<Vec<f64>> {

@@ -11,6 +11,7 @@ use tract_onnx::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::model::Model;
+use crate::npy::NpyArray;
 use crate::proto::{tensor_proto::DataLocation, type_proto, ModelProto};
 use crate::tensor::Dtype;
 
@@ -29,6 +30,9 @@ pub struct VerifyOptions {
     pub atol: Option<f64>,
     /// Relative tolerance (default: derived from dtype).
     pub rtol: Option<f64>,
+    /// Real data for some graph inputs, by input name: fed in every sample instead of random
+    /// values, its shape fixing the input's shape.
+    pub input_data: BTreeMap<String, NpyArray>,
 }
 
 impl Default for VerifyOptions {
@@ -40,6 +44,7 @@ impl Default for VerifyOptions {
             input_shapes: BTreeMap::new(),
             atol: None,
             rtol: None,
+            input_data: BTreeMap::new(),
         }
     }
 }
@@ -65,7 +70,8 @@ pub struct OutputCheck {
     pub graph_output: bool,
     /// Largest `|a − b|` over all samples.
     pub max_abs_error: f64,
-    /// Largest `|a − b| / |a|` over elements with `|a|` above the absolute tolerance.
+    /// Largest `|a − b| / |a|` over elements whose `|a|` is at least the absolute tolerance
+    /// rounded up to a power of two.
     pub max_rel_error: f64,
     /// `max |a − b| / max |a|`.
     pub normalized_error: f64,
@@ -136,6 +142,7 @@ pub fn verify(
         Ok(i) => i,
         Err(reason) => return Ok(Verification::not_verified(reason, options.seed)),
     };
+    check_input_data(&inputs.specs, options)?;
     let mut names: Vec<String> = outputs_a.iter().map(|s| s.to_string()).collect();
     let produced = |g: &crate::proto::GraphProto, n: &str| {
         g.node.iter().any(|node| node.output.iter().any(|o| o == n))
@@ -147,41 +154,31 @@ pub fn verify(
             .filter(|n| produced(orig_graph, n) && produced(cand_graph, n))
             .cloned(),
     );
+    let dtypes: Vec<Option<Dtype>> = names
+        .iter()
+        .map(|n| declared_dtype(orig_graph, n))
+        .collect();
 
-    let shapes = inputs.shape_sets(options.samples);
-    let mut errors: Vec<Accumulator> = names.iter().map(|_| Accumulator::default()).collect();
+    let plans = match Plans::build(original, candidate, &inputs, &names, options.samples) {
+        Ok(p) => p,
+        Err(reason) => return Ok(Verification::not_verified(reason, options.seed)),
+    };
+    let mut errors: Vec<Accumulator> = dtypes
+        .iter()
+        .map(|&d| Accumulator::new(options.rtol.unwrap_or(default_tolerance(d))))
+        .collect();
     let mut rng = SplitMix(options.seed);
-    for (shape_set, samples) in &shapes {
-        let run_a = match Runner::new(original, &inputs.specs, shape_set, &names) {
-            Ok(r) => r,
-            Err(reason) => {
-                return Ok(Verification::not_verified(
-                    format!("original: {reason}"),
-                    options.seed,
-                ))
-            }
-        };
-        let run_b = match Runner::new(candidate, &inputs.specs, shape_set, &names) {
-            Ok(r) => r,
-            Err(reason) => {
-                return Ok(Verification::not_verified(
-                    format!("candidate: {reason}"),
-                    options.seed,
-                ))
-            }
-        };
-        for _ in 0..*samples {
+    let mut samples = 0;
+    for (run_a, run_b, shape_set, count) in plans.iter() {
+        for _ in 0..count {
+            samples += 1;
             let feed = inputs.random(shape_set, &mut rng);
-            let a = run_a
-                .run(&feed)
-                .map_err(|e| Error::Verify(format!("original: {e}")));
-            let b = run_b
-                .run(&feed)
-                .map_err(|e| Error::Verify(format!("candidate: {e}")));
+            let a = run_a.run(&feed).map_err(|e| format!("original: {e}"));
+            let b = run_b.run(&feed).map_err(|e| format!("candidate: {e}"));
             let (a, b) = match (a, b) {
                 (Ok(a), Ok(b)) => (a, b),
                 (Err(e), _) | (_, Err(e)) => {
-                    return Ok(Verification::not_verified(e.to_string(), options.seed))
+                    return Ok(Verification::not_verified(e, options.seed))
                 }
             };
             for (k, (x, y)) in a.iter().zip(&b).enumerate() {
@@ -201,16 +198,12 @@ pub fn verify(
             }
         }
     }
-    let dtypes: Vec<Option<Dtype>> = names
-        .iter()
-        .map(|n| declared_dtype(orig_graph, n))
-        .collect();
     let outputs: Vec<OutputCheck> = names
         .iter()
         .zip(&errors)
         .zip(&dtypes)
-        .map(|((name, acc), dtype)| {
-            acc.check(name, outputs_a.contains(&name.as_str()), *dtype, options)
+        .map(|((name, acc), &dtype)| {
+            acc.check(name, outputs_a.contains(&name.as_str()), dtype, options)
         })
         .collect();
     let failed: Vec<&str> = outputs
@@ -227,7 +220,7 @@ pub fn verify(
         reason: (!failed.is_empty()).then(|| format!("beyond tolerance: {}", failed.join(", "))),
         outputs,
         guessed_dims: inputs.guessed,
-        samples: shapes.iter().map(|(_, n)| n).sum(),
+        samples,
         seed: options.seed,
     })
 }
@@ -254,23 +247,49 @@ pub fn default_tolerance(dtype: Option<Dtype>) -> f64 {
     }
 }
 
-#[derive(Default)]
+/// Streaming error statistics of one tensor: memory does not grow with the tensor's size.
 struct Accumulator {
+    rtol: f64,
     max_abs: f64,
     max_ref: f64,
-    pairs: Vec<(f64, f64)>,
+    /// Largest `|a − b| − rtol·|a|`: the tensor passes when it is at most `atol`.
+    worst_excess: f64,
+    /// Largest relative error per binary exponent of `|a|`.
+    max_rel_by_exponent: BTreeMap<i32, f64>,
 }
 
 impl Accumulator {
+    fn new(rtol: f64) -> Accumulator {
+        Accumulator {
+            rtol,
+            max_abs: 0.0,
+            max_ref: 0.0,
+            worst_excess: f64::NEG_INFINITY,
+            max_rel_by_exponent: BTreeMap::new(),
+        }
+    }
+
     fn add(&mut self, a: &[f64], b: &[f64]) {
         for (&x, &y) in a.iter().zip(b) {
             let same = x == y || (x.is_nan() && y.is_nan());
             let diff = if same { 0.0 } else { (x - y).abs() };
-            self.max_abs = self
-                .max_abs
-                .max(if diff.is_nan() { f64::INFINITY } else { diff });
+            let diff = if diff.is_nan() { f64::INFINITY } else { diff };
+            self.max_abs = self.max_abs.max(diff);
             self.max_ref = self.max_ref.max(x.abs());
-            self.pairs.push((x, diff));
+            if diff > 0.0 {
+                let excess = diff - self.rtol * x.abs();
+                let excess = if excess.is_nan() {
+                    f64::INFINITY
+                } else {
+                    excess
+                };
+                self.worst_excess = self.worst_excess.max(excess);
+                if x.abs() > 0.0 && x.is_finite() {
+                    let exponent = x.abs().log2().floor() as i32;
+                    let rel = self.max_rel_by_exponent.entry(exponent).or_insert(0.0);
+                    *rel = rel.max(diff / x.abs());
+                }
+            }
         }
     }
 
@@ -282,19 +301,13 @@ impl Accumulator {
         o: &VerifyOptions,
     ) -> OutputCheck {
         let tol = default_tolerance(dtype);
-        let rtol = o.rtol.unwrap_or(tol);
         let atol = o.atol.unwrap_or(tol * self.max_ref.max(f64::MIN_POSITIVE));
-        let mut max_rel: f64 = 0.0;
-        let mut passed = true;
-        for &(x, diff) in &self.pairs {
-            let bound = atol + rtol * x.abs();
-            if diff > 0.0 && (diff.is_nan() || bound.is_nan() || diff > bound) {
-                passed = false;
-            }
-            if x.abs() > atol {
-                max_rel = max_rel.max(diff / x.abs());
-            }
-        }
+        let max_rel = self
+            .max_rel_by_exponent
+            .iter()
+            .filter(|(&e, _)| 2f64.powi(e) >= atol)
+            .map(|(_, &r)| r)
+            .fold(0.0, f64::max);
         OutputCheck {
             name: name.to_string(),
             graph_output,
@@ -307,8 +320,8 @@ impl Accumulator {
             },
             max_magnitude: self.max_ref,
             atol,
-            rtol,
-            passed,
+            rtol: self.rtol,
+            passed: self.worst_excess <= atol,
         }
     }
 }
@@ -319,6 +332,23 @@ struct InputSpec {
     dtype: Dtype,
     dims: Vec<Option<usize>>,
     symbols: Vec<Option<String>>,
+    data: Option<NpyArray>,
+}
+
+impl InputSpec {
+    fn declared_shape(&self) -> String {
+        let dims: Vec<String> = self
+            .dims
+            .iter()
+            .zip(&self.symbols)
+            .map(|(d, s)| match (d, s) {
+                (Some(v), _) => v.to_string(),
+                (None, Some(s)) => s.clone(),
+                (None, None) => "?".into(),
+            })
+            .collect();
+        format!("[{}]", dims.join(", "))
+    }
 }
 
 struct Inputs {
@@ -329,8 +359,11 @@ struct Inputs {
 }
 
 impl Inputs {
+    /// The input shapes of each group of samples. Real data for every input makes every sample
+    /// the same, so one is run.
     fn shape_sets(&self, samples: usize) -> Vec<(Vec<Vec<usize>>, usize)> {
-        let samples = samples.max(1);
+        let all_given = !self.specs.is_empty() && self.specs.iter().all(|s| s.data.is_some());
+        let samples = if all_given { 1 } else { samples.max(1) };
         match &self.batch_two {
             Some(two) if samples > 1 => {
                 vec![(self.options_dims.clone(), samples - 1), (two.clone(), 1)]
@@ -339,11 +372,29 @@ impl Inputs {
         }
     }
 
+    /// The shapes of the first set with the varying batch axis left symbolic (`None`).
+    fn symbolic_batch_template(&self) -> Vec<Vec<Option<usize>>> {
+        let two = self.batch_two.as_ref().unwrap_or(&self.options_dims);
+        self.options_dims
+            .iter()
+            .zip(two)
+            .map(|(one, two)| {
+                one.iter()
+                    .zip(two)
+                    .map(|(&a, &b)| (a == b).then_some(a))
+                    .collect()
+            })
+            .collect()
+    }
+
     fn random(&self, shapes: &[Vec<usize>], rng: &mut SplitMix) -> Vec<Tensor> {
         self.specs
             .iter()
             .zip(shapes)
             .map(|(spec, shape)| {
+                if let Some(data) = &spec.data {
+                    return to_tract(spec.dtype, &data.shape, &data.values);
+                }
                 let n: usize = shape.iter().product();
                 let values: Vec<f64> = (0..n)
                     .map(|_| match spec.dtype {
@@ -356,6 +407,52 @@ impl Inputs {
             })
             .collect()
     }
+}
+
+/// Refuses data for an input the model does not have, or whose type or shape does not fit.
+fn check_input_data(specs: &[InputSpec], options: &VerifyOptions) -> Result<()> {
+    for name in options.input_data.keys() {
+        if !specs.iter().any(|s| &s.name == name) {
+            let known: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+            return Err(Error::InputData {
+                source_file: name.clone(),
+                problem: format!("the model has no graph input of that name (inputs: {known:?})"),
+            });
+        }
+    }
+    for spec in specs {
+        let Some(data) = &spec.data else { continue };
+        let problem = if data.dtype.is_float() != spec.dtype.is_float() {
+            Some(format!(
+                "holds {} but input '{}' is {}",
+                data.dtype.name(),
+                spec.name,
+                spec.dtype.name()
+            ))
+        } else if data.shape.len() != spec.dims.len()
+            || data
+                .shape
+                .iter()
+                .zip(&spec.dims)
+                .any(|(&have, want)| want.is_some_and(|w| w != have))
+        {
+            Some(format!(
+                "has shape {:?} but input '{}' is declared {}",
+                data.shape,
+                spec.name,
+                spec.declared_shape()
+            ))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(Error::InputData {
+                source_file: spec.name.clone(),
+                problem,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn plan_inputs(model: &Model, options: &VerifyOptions) -> std::result::Result<Inputs, String> {
@@ -410,16 +507,24 @@ fn plan_inputs(model: &Model, options: &VerifyOptions) -> std::result::Result<In
             dtype,
             dims,
             symbols,
+            data: options.input_data.get(input.name()).cloned(),
         });
     }
     let mut guessed = Vec::new();
     let mut resolved = Vec::new();
     let mut batch_two = Vec::new();
     let mut batch_free = false;
+    let explicit = |spec: &InputSpec| {
+        spec.data
+            .as_ref()
+            .map(|d| d.shape.clone())
+            .or_else(|| options.input_shapes.get(&spec.name).cloned())
+    };
+    let any_explicit = specs.iter().any(|s| explicit(s).is_some());
     for spec in &specs {
-        if let Some(shape) = options.input_shapes.get(&spec.name) {
+        if let Some(shape) = explicit(spec) {
             resolved.push(shape.clone());
-            batch_two.push(shape.clone());
+            batch_two.push(shape);
             continue;
         }
         let mut shape = Vec::new();
@@ -459,7 +564,7 @@ fn plan_inputs(model: &Model, options: &VerifyOptions) -> std::result::Result<In
     Ok(Inputs {
         specs,
         options_dims: resolved,
-        batch_two: batch_free.then_some(batch_two),
+        batch_two: (batch_free && !any_explicit).then_some(batch_two),
         guessed,
     })
 }
@@ -507,56 +612,131 @@ fn tract_dt(d: Dtype) -> DatumType {
     }
 }
 
+/// Both models, runnable, for every set of input shapes the samples use.
+struct Plans {
+    runners: Vec<(Runner, Runner)>,
+    /// Per shape set: which runner pair, the input shapes, and how many samples.
+    sets: Vec<(usize, Vec<Vec<usize>>, usize)>,
+}
+
+impl Plans {
+    /// Loads and analyses each model once. When the samples vary the batch, one typed model
+    /// with a symbolic batch serves them all; if tract cannot type the model symbolically, each
+    /// shape set gets a concrete typed model cloned from the same parse.
+    fn build(
+        original: &Model,
+        candidate: &Model,
+        inputs: &Inputs,
+        outputs: &[String],
+        samples: usize,
+    ) -> std::result::Result<Plans, String> {
+        let shape_sets = inputs.shape_sets(samples);
+        let parsed_a = parse(original).map_err(|e| format!("original: {e}"))?;
+        let parsed_b = parse(candidate).map_err(|e| format!("candidate: {e}"))?;
+        let typed_pair = |template: &[Vec<Option<usize>>]| {
+            let a = typed(parsed_a.clone(), &inputs.specs, template, outputs)
+                .map_err(|e| format!("original: {e}"))?;
+            let b = typed(parsed_b.clone(), &inputs.specs, template, outputs)
+                .map_err(|e| format!("candidate: {e}"))?;
+            Ok::<_, String>((a, b))
+        };
+        if shape_sets.len() > 1 {
+            if let Ok(pair) = typed_pair(&inputs.symbolic_batch_template()) {
+                return Ok(Plans {
+                    runners: vec![pair],
+                    sets: shape_sets.into_iter().map(|(s, n)| (0, s, n)).collect(),
+                });
+            }
+        }
+        let mut plans = Plans {
+            runners: Vec::new(),
+            sets: Vec::new(),
+        };
+        for (k, (shapes, count)) in shape_sets.into_iter().enumerate() {
+            let template: Vec<Vec<Option<usize>>> = shapes
+                .iter()
+                .map(|s| s.iter().map(|&d| Some(d)).collect())
+                .collect();
+            plans.runners.push(typed_pair(&template)?);
+            plans.sets.push((k, shapes, count));
+        }
+        Ok(plans)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&Runner, &Runner, &[Vec<usize>], usize)> {
+        self.sets.iter().map(|(k, shapes, count)| {
+            let (a, b) = &self.runners[*k];
+            (a, b, shapes.as_slice(), *count)
+        })
+    }
+}
+
+/// Parses a model into tract's inference model, once per run.
+fn parse(model: &Model) -> std::result::Result<InferenceModel, String> {
+    if let Some(bf16) = bf16_tensor(&model.proto) {
+        return Err(format!(
+            "tensor '{bf16}' is bfloat16, which tract does not know"
+        ));
+    }
+    let bytes = inline_pending(&model.proto).encode_to_vec();
+    let dir = model
+        .store
+        .base_dir()
+        .and_then(|d| d.to_str())
+        .map(|s| s.to_string());
+    let build = move || -> TractResult<InferenceModel> {
+        let onnx = tract_onnx::onnx();
+        let pb = onnx.proto_model_for_read(&mut bytes.as_slice())?;
+        drop(bytes);
+        let parsed = onnx.parse(&pb, dir.as_deref())?;
+        if !parsed.unresolved_inputs.is_empty() {
+            return Err(TractError::msg(format!(
+                "unresolved inputs {:?}",
+                parsed.unresolved_inputs
+            )));
+        }
+        Ok(parsed.model)
+    };
+    match catch_unwind(AssertUnwindSafe(build)) {
+        Ok(Ok(m)) => Ok(m),
+        Ok(Err(e)) => Err(format!("tract cannot run it: {}", one_line(&e))),
+        Err(_) => Err("tract panicked while loading it".into()),
+    }
+}
+
+/// Types a parsed model for the given input shapes (`None`: the symbolic batch) and plans it,
+/// without tract's optimizer.
+fn typed(
+    mut model: InferenceModel,
+    specs: &[InputSpec],
+    template: &[Vec<Option<usize>>],
+    outputs: &[String],
+) -> std::result::Result<Runner, String> {
+    let build = move || -> TractResult<Arc<TypedRunnableModel>> {
+        let batch = model.symbols.sym("bnfold_batch");
+        for (i, (spec, shape)) in specs.iter().zip(template).enumerate() {
+            let dims: Vec<TDim> = shape
+                .iter()
+                .map(|d| d.map_or_else(|| TDim::Sym(batch.clone()), |v| TDim::Val(v as i64)))
+                .collect();
+            model.set_input_fact(i, InferenceFact::dt_shape(tract_dt(spec.dtype), dims))?;
+        }
+        model.select_outputs_by_name(outputs)?;
+        model.into_typed()?.into_runnable()
+    };
+    match catch_unwind(AssertUnwindSafe(build)) {
+        Ok(Ok(plan)) => Ok(Runner { plan }),
+        Ok(Err(e)) => Err(format!("tract cannot run it: {}", one_line(&e))),
+        Err(_) => Err("tract panicked while loading it".into()),
+    }
+}
+
 /// One model prepared for tract: typed, not optimized.
 struct Runner {
     plan: Arc<TypedRunnableModel>,
 }
 
 impl Runner {
-    fn new(
-        model: &Model,
-        specs: &[InputSpec],
-        shapes: &[Vec<usize>],
-        outputs: &[String],
-    ) -> std::result::Result<Runner, String> {
-        if let Some(bf16) = bf16_tensor(&model.proto) {
-            return Err(format!(
-                "tensor '{bf16}' is bfloat16, which tract does not know"
-            ));
-        }
-        let bytes = inline_pending(&model.proto).encode_to_vec();
-        let dir = model
-            .store
-            .base_dir()
-            .and_then(|d| d.to_str())
-            .map(|s| s.to_string());
-        let build = || -> TractResult<Arc<TypedRunnableModel>> {
-            let onnx = tract_onnx::onnx();
-            let pb = onnx.proto_model_for_read(&mut bytes.as_slice())?;
-            let parsed = onnx.parse(&pb, dir.as_deref())?;
-            if !parsed.unresolved_inputs.is_empty() {
-                return Err(TractError::msg(format!(
-                    "unresolved inputs {:?}",
-                    parsed.unresolved_inputs
-                )));
-            }
-            let mut m = parsed.model;
-            for (i, (spec, shape)) in specs.iter().zip(shapes).enumerate() {
-                m.set_input_fact(
-                    i,
-                    InferenceFact::dt_shape(tract_dt(spec.dtype), shape.clone()),
-                )?;
-            }
-            m.select_outputs_by_name(outputs)?;
-            m.into_typed()?.into_runnable()
-        };
-        match catch_unwind(AssertUnwindSafe(build)) {
-            Ok(Ok(plan)) => Ok(Runner { plan }),
-            Ok(Err(e)) => Err(format!("tract cannot run it: {}", one_line(&e))),
-            Err(_) => Err("tract panicked while loading it".into()),
-        }
-    }
-
     fn run(&self, feed: &[Tensor]) -> std::result::Result<Vec<Vec<f64>>, String> {
         let inputs: TVec<TValue> = feed.iter().map(|t| t.clone().into()).collect();
         let outputs = match catch_unwind(AssertUnwindSafe(|| self.plan.run(inputs))) {

@@ -35,6 +35,7 @@ fn bn_count(model: &Model) -> usize {
 #[test]
 fn every_fixture_folds_and_skips_as_expected_and_verifies_with_tract() {
     let mut failures = Vec::new();
+    let mut figures = BTreeMap::new();
     for (name, expected) in manifest() {
         let original = Model::load(fixtures().join(&name)).unwrap();
         let mut fused = original.clone();
@@ -64,9 +65,46 @@ fn every_fixture_folds_and_skips_as_expected_and_verifies_with_tract() {
                     v.status, v.reason
                 ));
             }
+            figures.insert(name, rounded_figures(&v));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    insta::assert_json_snapshot!("verification_figures", figures);
+}
+
+/// The verification figures with errors as decades and magnitudes to three significant
+/// digits, so that the snapshot does not move with the last bits of tract's kernels.
+fn rounded_figures(v: &bnfold::Verification) -> serde_json::Value {
+    let decade = |x: f64| {
+        if x == 0.0 {
+            "0".to_string()
+        } else {
+            format!("<1e{}", x.log10().floor() as i32 + 1)
+        }
+    };
+    let sig3 = |x: f64| format!("{x:.2e}");
+    let outputs: Vec<serde_json::Value> = v
+        .outputs
+        .iter()
+        .map(|o| {
+            serde_json::json!({
+                "name": o.name,
+                "graph_output": o.graph_output,
+                "passed": o.passed,
+                "normalized_error": decade(o.normalized_error),
+                "max_rel_error": decade(o.max_rel_error),
+                "max_magnitude": sig3(o.max_magnitude),
+                "atol": sig3(o.atol),
+                "rtol": sig3(o.rtol),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "status": v.status,
+        "samples": v.samples,
+        "guessed_dims": v.guessed_dims,
+        "outputs": outputs,
+    })
 }
 
 /// `s = γ/√(σ²+ε)`, `W' = s·W`, `b' = s·(b − μ) + β`, straight from the definition.
