@@ -33,6 +33,18 @@ pub struct VerifyOptions {
     /// Real data for some graph inputs, by input name: fed in every sample instead of random
     /// values, its shape fixing the input's shape.
     pub input_data: BTreeMap<String, NpyArray>,
+    /// Called after each sample with the samples done and the samples in all.
+    pub on_sample: Option<SampleHook>,
+}
+
+/// A progress callback: `(samples done, samples in all)`.
+#[derive(Clone)]
+pub struct SampleHook(pub Arc<dyn Fn(usize, usize) + Send + Sync>);
+
+impl std::fmt::Debug for SampleHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SampleHook")
+    }
 }
 
 impl Default for VerifyOptions {
@@ -45,6 +57,7 @@ impl Default for VerifyOptions {
             atol: None,
             rtol: None,
             input_data: BTreeMap::new(),
+            on_sample: None,
         }
     }
 }
@@ -168,9 +181,13 @@ pub fn verify(
         .map(|&d| Accumulator::new(options.rtol.unwrap_or(default_tolerance(d))))
         .collect();
     let mut rng = SplitMix(options.seed);
+    let total: usize = plans.iter().map(|(_, _, _, count)| count).sum();
     let mut samples = 0;
     for (run_a, run_b, shape_set, count) in plans.iter() {
         for _ in 0..count {
+            if let Some(hook) = &options.on_sample {
+                (hook.0)(samples, total);
+            }
             samples += 1;
             let feed = inputs.random(shape_set, &mut rng);
             let a = run_a.run(&feed).map_err(|e| format!("original: {e}"));

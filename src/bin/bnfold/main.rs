@@ -1,16 +1,22 @@
 //! The `bnfold` command line: maps `run()` to an exit code and prints errors on one line.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod progress;
+mod text;
+
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
+
+use progress::Progress;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use bnfold::report::{Report, SCHEMA_VERSION};
-use bnfold::verify::{Status, Verification};
+use bnfold::verify::{SampleHook, Status};
 use bnfold::{fold, verify, FoldKind, FoldOptions, Model, SaveOptions, VerifyOptions};
 
 const EXIT_HELP: &str = "\
@@ -177,20 +183,29 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
+            eprintln!("bnfold: error: {}", one_line(&e));
             if verbose {
-                eprintln!("bnfold: error: {e:#}");
-            } else {
-                let line = e.to_string();
-                let root = e.root_cause().to_string();
-                if !line.contains(&root) {
-                    eprintln!("bnfold: error: {line}: {root}");
-                } else {
-                    eprintln!("bnfold: error: {line}");
+                for cause in e.chain().skip(1) {
+                    eprintln!("  caused by: {cause}");
                 }
             }
             ExitCode::from(2)
         }
     }
+}
+
+/// The chain of causes on one line, without repeating what a neighbour already says.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        match parts.last_mut() {
+            Some(last) if last.contains(&text) => {}
+            Some(last) if text.contains(last.as_str()) => *last = text,
+            _ => parts.push(text),
+        }
+    }
+    parts.join(": ")
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
@@ -267,9 +282,7 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
         only: (!args.only.is_empty()).then(|| args.only.iter().map(|&k| k.into()).collect()),
         skip_nodes: args.skip_nodes.iter().cloned().collect(),
     };
-    let verify_opts = verify_options(&args.check_args)?;
-    let started = Instant::now();
-    let original = load(&input)?;
+    let mut verify_opts = verify_options(&args.check_args)?;
     if writes {
         if let Some(out) = &args.output {
             if same_path(&input, out) && !args.in_place {
@@ -286,21 +299,39 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    let progress = Progress::start(!args.output_args.quiet);
+    progress.stage("loading");
+    let started = Instant::now();
+    let original = load(&input)?;
     check_skip_nodes(&original, &options.skip_nodes)?;
+    progress.stage("folding");
     let mut fused = original.clone();
     let mut report = fold(&mut fused, &options).with_context(|| format!("{}", input.display()))?;
     let fold_seconds = started.elapsed().as_secs_f64();
 
     if args.check {
-        let json = json_report(&report, &input, None, fold_seconds, None);
+        progress.finish();
+        if !report.folds.is_empty() {
+            eprintln!(
+                "bnfold: check failed: {} BatchNormalization would fold",
+                report.folds.len()
+            );
+        }
+        let json = json_report(&report, &input, None);
         emit(&args.output_args, &json, || {
-            text_report(&report, &input, None)
+            let mut s = text::fold_report(&report, &input, None);
+            if args.output_args.verbose {
+                s += &timings(fold_seconds, None);
+            }
+            s
         })?;
         return Ok(ExitCode::from(if report.folds.is_empty() { 0 } else { 1 }));
     }
 
     let verify_started = Instant::now();
     if !args.no_verify {
+        progress.stage("verifying");
+        verify_opts.on_sample = Some(SampleHook(Arc::new(progress.counter())));
         let intermediates: Vec<String> = report
             .folds
             .iter()
@@ -323,7 +354,16 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_default();
         eprintln!("bnfold: warning: not verified: {reason}");
     }
+    if status == Some(Status::Failed) {
+        let reason = report
+            .verification
+            .as_ref()
+            .and_then(|v| v.reason.clone())
+            .unwrap_or_default();
+        eprintln!("bnfold: error: verification failed ({reason}); no model written");
+    }
     let written = if writes && !failed {
+        progress.stage("writing");
         let out = args.output.as_ref().context("no output")?;
         fused
             .save(
@@ -338,15 +378,14 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    let json = json_report(
-        &report,
-        &input,
-        written.as_deref(),
-        fold_seconds,
-        verify_seconds,
-    );
+    progress.finish();
+    let json = json_report(&report, &input, written.as_deref());
     emit(&args.output_args, &json, || {
-        text_report(&report, &input, written.as_deref())
+        let mut s = text::fold_report(&report, &input, written.as_deref());
+        if args.output_args.verbose {
+            s += &timings(fold_seconds, verify_seconds);
+        }
+        s
     })?;
     Ok(ExitCode::from(if failed { 1 } else { 0 }))
 }
@@ -388,27 +427,40 @@ fn run_verify(
     check: &VerifyArgs,
     output: &OutputArgs,
 ) -> anyhow::Result<ExitCode> {
-    let options = verify_options(check)?;
+    let mut options = verify_options(check)?;
+    let progress = Progress::start(!output.quiet);
+    progress.stage("loading");
     let a = load(original)?;
     let b = load(candidate)?;
+    progress.stage("verifying");
+    options.on_sample = Some(SampleHook(Arc::new(progress.counter())));
     let started = Instant::now();
     let v = verify(&a, &b, &[], &options)?;
     let seconds = started.elapsed().as_secs_f64();
+    progress.finish();
     let json = serde_json::json!({
         "schema": SCHEMA_VERSION,
         "original": original.display().to_string(),
         "candidate": candidate.display().to_string(),
         "verification": v,
-        "seconds": { "verify": round3(seconds) },
     });
     emit(output, &json, || {
         let mut s = String::new();
-        verification_text(&v, &mut s);
+        text::verification(&v, &mut s);
+        if output.verbose {
+            s += &format!("time: verify {seconds:.3} s\n");
+        }
         s
     })?;
     Ok(ExitCode::from(match v.status {
         Status::Passed => 0,
-        Status::Failed => 1,
+        Status::Failed => {
+            eprintln!(
+                "bnfold: error: verification failed: {}",
+                v.reason.clone().unwrap_or_default()
+            );
+            1
+        }
         Status::NotVerified => {
             eprintln!(
                 "bnfold: warning: not verified: {}",
@@ -419,22 +471,14 @@ fn run_verify(
     }))
 }
 
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
+fn timings(fold_seconds: f64, verify_seconds: Option<f64>) -> String {
+    match verify_seconds {
+        Some(v) => format!("time: load + fold {fold_seconds:.3} s, verify {v:.3} s\n"),
+        None => format!("time: load + fold {fold_seconds:.3} s\n"),
+    }
 }
 
-fn json_report(
-    report: &Report,
-    input: &Path,
-    output: Option<&Path>,
-    fold_seconds: f64,
-    verify_seconds: Option<f64>,
-) -> serde_json::Value {
-    let mut seconds = BTreeMap::new();
-    seconds.insert("fold", round3(fold_seconds));
-    if let Some(v) = verify_seconds {
-        seconds.insert("verify", round3(v));
-    }
+fn json_report(report: &Report, input: &Path, output: Option<&Path>) -> serde_json::Value {
     let skips: Vec<serde_json::Value> = report
         .skips
         .iter()
@@ -458,7 +502,6 @@ fn json_report(
         "skips": skips,
         "non_foldable_normalizations": report.non_foldable_normalizations,
         "verification": report.verification,
-        "seconds": seconds,
     })
 }
 
@@ -471,13 +514,19 @@ fn emit(
     if let Some(path) = &args.report_file {
         write_atomic(path, pretty.as_bytes())?;
     }
-    let mut stdout = std::io::stdout().lock();
     match args.report {
-        ReportFormat::Json => stdout.write_all(pretty.as_bytes())?,
-        ReportFormat::Text if !args.quiet => stdout.write_all(text().as_bytes())?,
+        ReportFormat::Json => {
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(pretty.as_bytes())?;
+            stdout.flush()?;
+        }
+        ReportFormat::Text if !args.quiet => {
+            let mut stdout = anstream::stdout().lock();
+            stdout.write_all(text().as_bytes())?;
+            stdout.flush()?;
+        }
         ReportFormat::Text => {}
     }
-    stdout.flush()?;
     Ok(())
 }
 
@@ -493,136 +542,4 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .map_err(|e| e.error)
         .with_context(|| format!("{}", path.display()))?;
     Ok(())
-}
-
-fn text_report(report: &Report, input: &Path, output: Option<&Path>) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::new();
-    let _ = writeln!(s, "bnfold {}", input.display());
-    let ops: BTreeSet<&String> = report
-        .ops_before
-        .keys()
-        .chain(report.ops_after.keys())
-        .collect();
-    let width = ops.iter().map(|o| o.len()).max().unwrap_or(2).max(2);
-    let _ = writeln!(s, "\n  {:<width$}  {:>6}  {:>6}", "op", "before", "after");
-    for op in ops {
-        let before = report.ops_before.get(op).copied().unwrap_or(0);
-        let after = report.ops_after.get(op).copied().unwrap_or(0);
-        let mark = if before != after { " *" } else { "" };
-        let _ = writeln!(s, "  {op:<width$}  {before:>6}  {after:>6}{mark}");
-    }
-    if !report.folds.is_empty() {
-        let _ = writeln!(s, "\nfolded ({}):", report.folds.len());
-        for f in &report.folds {
-            let through: String = f.passthrough.iter().map(|p| format!(" ← {p}")).collect();
-            let then = f
-                .followed_by
-                .as_ref()
-                .map(|o| format!(" (→ {o})"))
-                .unwrap_or_default();
-            let _ = writeln!(
-                s,
-                "  {} {}{through} ← BatchNormalization {}{then}",
-                f.kind.op_type(),
-                f.producer,
-                f.batch_norm
-            );
-        }
-    }
-    if !report.skips.is_empty() {
-        let _ = writeln!(s, "\nleft in place ({}):", report.skips.len());
-        for k in &report.skips {
-            let _ = writeln!(
-                s,
-                "  BatchNormalization {}: {} [{}]",
-                k.node,
-                k.message,
-                k.reason.code()
-            );
-        }
-    }
-    if !report.non_foldable_normalizations.is_empty() {
-        let _ = writeln!(s, "\nnot foldable (statistics depend on the input):");
-        for n in &report.non_foldable_normalizations {
-            let _ = writeln!(s, "  {} {}", n.op_type, n.node);
-        }
-    }
-    if let Some(v) = &report.verification {
-        let _ = writeln!(s);
-        verification_text(v, &mut s);
-    }
-    match output {
-        Some(o) => {
-            let _ = writeln!(s, "\nwrote {}", o.display());
-        }
-        None => {
-            let _ = writeln!(s, "\nno model written");
-        }
-    }
-    s
-}
-
-fn verification_text(v: &Verification, s: &mut String) {
-    use std::fmt::Write as _;
-    let status = match v.status {
-        Status::Passed => "passed",
-        Status::Failed => "FAILED",
-        Status::NotVerified => "not verified",
-    };
-    let _ = writeln!(
-        s,
-        "verification: {status} ({} samples, seed {})",
-        v.samples, v.seed
-    );
-    if let Some(r) = &v.reason {
-        let _ = writeln!(s, "  {r}");
-    }
-    let graph_outputs: Vec<_> = v.outputs.iter().filter(|o| o.graph_output).collect();
-    let chains = v.outputs.len() - graph_outputs.len();
-    if !graph_outputs.is_empty() {
-        let width = graph_outputs
-            .iter()
-            .map(|o| o.name.len())
-            .max()
-            .unwrap_or(6)
-            .max(6);
-        let _ = writeln!(
-            s,
-            "  {:<width$}  {:>10}  {:>10}  {:>10}  {:>10}",
-            "output", "max abs", "max rel", "normalized", "tolerance"
-        );
-        for o in graph_outputs {
-            let _ = writeln!(
-                s,
-                "  {:<width$}  {:>10.3e}  {:>10.3e}  {:>10.3e}  {:>10.3e}{}",
-                o.name,
-                o.max_abs_error,
-                o.max_rel_error,
-                o.normalized_error,
-                o.atol,
-                if o.passed { "" } else { "  FAIL" }
-            );
-        }
-    }
-    if chains > 0 {
-        let worst = v
-            .outputs
-            .iter()
-            .filter(|o| !o.graph_output)
-            .map(|o| o.normalized_error)
-            .fold(0.0, f64::max);
-        let failing = v
-            .outputs
-            .iter()
-            .filter(|o| !o.graph_output && !o.passed)
-            .count();
-        let _ = writeln!(
-            s,
-            "  folded chain outputs: {chains} compared, worst normalized error {worst:.3e}, {failing} beyond tolerance"
-        );
-    }
-    if !v.guessed_dims.is_empty() {
-        let _ = writeln!(s, "  guessed dims: {}", v.guessed_dims.join(", "));
-    }
 }

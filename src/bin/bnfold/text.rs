@@ -1,0 +1,188 @@
+//! The text report for a person at a terminal. Styles are ANSI escapes written through
+//! `anstream`, which drops them unless stdout is a terminal and `NO_COLOR` is unset.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anstyle::{AnsiColor, Style};
+use bnfold::report::Report;
+use bnfold::verify::{Status, Verification};
+
+const BOLD: Style = Style::new().bold();
+const DIM: Style = Style::new().dimmed();
+const GREEN: Style = AnsiColor::Green.on_default().bold();
+const RED: Style = AnsiColor::Red.on_default().bold();
+const YELLOW: Style = AnsiColor::Yellow.on_default().bold();
+
+fn paint(style: Style, text: impl std::fmt::Display) -> String {
+    format!("{style}{text}{style:#}")
+}
+
+/// The whole report of a fold, `--check` or `--dry-run`.
+pub fn fold_report(report: &Report, input: &Path, output: Option<&Path>) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{}", paint(BOLD, format!("bnfold {}", input.display())));
+    op_table(report, &mut s);
+    if !report.folds.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n{}",
+            paint(BOLD, format!("folded ({}):", report.folds.len()))
+        );
+        for f in &report.folds {
+            let through: String = f.passthrough.iter().map(|p| format!(" ← {p}")).collect();
+            let then = f
+                .followed_by
+                .as_ref()
+                .map(|o| format!(" (→ {o})"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "  {} {}{through} ← BatchNormalization {}{then}",
+                f.kind.op_type(),
+                f.producer,
+                f.batch_norm
+            );
+        }
+    }
+    if !report.skips.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n{}",
+            paint(BOLD, format!("left in place ({}):", report.skips.len()))
+        );
+        for k in &report.skips {
+            let _ = writeln!(
+                s,
+                "  BatchNormalization {}: {} {}",
+                k.node,
+                k.message,
+                paint(DIM, format!("[{}]", k.reason.code()))
+            );
+        }
+    }
+    if !report.non_foldable_normalizations.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n{}",
+            paint(BOLD, "not foldable (statistics depend on the input):")
+        );
+        for n in &report.non_foldable_normalizations {
+            let _ = writeln!(s, "  {} {}", n.op_type, n.node);
+        }
+    }
+    if let Some(v) = &report.verification {
+        let _ = writeln!(s);
+        verification(v, &mut s);
+    }
+    match output {
+        Some(o) => {
+            let _ = writeln!(s, "\nwrote {}", o.display());
+        }
+        None => {
+            let _ = writeln!(s, "\nno model written");
+        }
+    }
+    s
+}
+
+/// The before/after op counts, changed rows marked.
+fn op_table(report: &Report, s: &mut String) {
+    let ops: BTreeSet<&String> = report
+        .ops_before
+        .keys()
+        .chain(report.ops_after.keys())
+        .collect();
+    let width = ops.iter().map(|o| o.len()).max().unwrap_or(2).max(2);
+    let header = format!("{:<width$}  {:>6}  {:>6}", "op", "before", "after");
+    let _ = writeln!(s, "\n  {}", paint(BOLD, header));
+    for op in ops {
+        let before = report.ops_before.get(op).copied().unwrap_or(0);
+        let after = report.ops_after.get(op).copied().unwrap_or(0);
+        let row = format!("{op:<width$}  {before:>6}  {after:>6}");
+        if before != after {
+            let _ = writeln!(s, "  {}", paint(BOLD, row + " *"));
+        } else {
+            let _ = writeln!(s, "  {row}");
+        }
+    }
+}
+
+/// The verification section: status, then per graph output the figures and the tolerance.
+pub fn verification(v: &Verification, s: &mut String) {
+    let status = match v.status {
+        Status::Passed => paint(GREEN, "passed"),
+        Status::Failed => paint(RED, "FAILED"),
+        Status::NotVerified => paint(YELLOW, "not verified"),
+    };
+    let plural = if v.samples == 1 { "" } else { "s" };
+    let _ = writeln!(
+        s,
+        "{} {status} ({} sample{plural}, seed {})",
+        paint(BOLD, "verification:"),
+        v.samples,
+        v.seed
+    );
+    if let Some(r) = &v.reason {
+        let _ = writeln!(s, "  {r}");
+    }
+    let graph_outputs: Vec<_> = v.outputs.iter().filter(|o| o.graph_output).collect();
+    let chains = v.outputs.len() - graph_outputs.len();
+    if !graph_outputs.is_empty() {
+        let width = graph_outputs
+            .iter()
+            .map(|o| o.name.len())
+            .max()
+            .unwrap_or(6)
+            .max(6);
+        let header = format!(
+            "{:<width$}  {:>10}  {:>10}  {:>10}  {:>10}",
+            "output", "max abs", "max rel", "normalized", "tolerance"
+        );
+        let _ = writeln!(s, "  {}", paint(BOLD, header));
+        for o in graph_outputs {
+            let _ = writeln!(
+                s,
+                "  {:<width$}  {:>10.3e}  {:>10.3e}  {:>10.3e}  {:>10.3e}{}",
+                o.name,
+                o.max_abs_error,
+                o.max_rel_error,
+                o.normalized_error,
+                o.atol,
+                if o.passed {
+                    String::new()
+                } else {
+                    format!("  {}", paint(RED, "FAIL"))
+                }
+            );
+        }
+    }
+    if chains > 0 {
+        let worst = v
+            .outputs
+            .iter()
+            .filter(|o| !o.graph_output)
+            .map(|o| o.normalized_error)
+            .fold(0.0, f64::max);
+        let failing: Vec<&str> = v
+            .outputs
+            .iter()
+            .filter(|o| !o.graph_output && !o.passed)
+            .map(|o| o.name.as_str())
+            .collect();
+        let _ = writeln!(
+            s,
+            "  folded chain outputs: {chains} compared, worst normalized error {worst:.3e}, {} beyond tolerance{}",
+            failing.len(),
+            if failing.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", failing.join(", "))
+            }
+        );
+    }
+    if !v.guessed_dims.is_empty() {
+        let _ = writeln!(s, "  guessed dims: {}", v.guessed_dims.join(", "));
+    }
+}
