@@ -45,8 +45,9 @@ impl ExternalStore {
         self.base_dir.as_deref()
     }
 
-    /// Reads the `expected_len` bytes of an external tensor, after checking its location.
-    pub fn read(&self, t: &TensorProto, expected_len: usize) -> Result<Vec<u8>> {
+    /// Checks an external tensor's location and byte range without reading it: the file and
+    /// the offset of its `expected_len` bytes.
+    pub fn locate(&self, t: &TensorProto, expected_len: usize) -> Result<(PathBuf, u64)> {
         let reference = external_ref(t)?;
         let refuse = |problem: String| Error::ExternalData {
             tensor: t.name().to_string(),
@@ -65,18 +66,28 @@ impl ExternalStore {
                 )));
             }
         }
-        let mut file = File::open(&path).map_err(|e| Error::io(&path, e))?;
-        let file_len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+        let metadata = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?;
+        if !metadata.is_file() {
+            return Err(refuse("it is not a regular file".into()));
+        }
         let end = reference.offset.checked_add(expected_len as u64);
-        if end.is_none_or(|end| end > file_len) {
+        if end.is_none_or(|end| end > metadata.len()) {
             return Err(refuse(format!(
-                "bytes {}..{} lie past the end of the {file_len}-byte file",
+                "bytes {}..{} lie past the end of the {}-byte file",
                 reference.offset,
-                reference.offset.saturating_add(expected_len as u64)
+                reference.offset.saturating_add(expected_len as u64),
+                metadata.len()
             )));
         }
+        Ok((path, reference.offset))
+    }
+
+    /// Reads the `expected_len` bytes of an external tensor, after checking its location.
+    pub fn read(&self, t: &TensorProto, expected_len: usize) -> Result<Vec<u8>> {
+        let (path, offset) = self.locate(t, expected_len)?;
+        let mut file = File::open(&path).map_err(|e| Error::io(&path, e))?;
         let mut buf = vec![0u8; expected_len];
-        file.seek(SeekFrom::Start(reference.offset))
+        file.seek(SeekFrom::Start(offset))
             .and_then(|_| file.read_exact(&mut buf))
             .map_err(|e| Error::io(&path, e))?;
         Ok(buf)

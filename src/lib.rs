@@ -25,6 +25,7 @@ pub mod npy;
 pub mod pass;
 pub mod report;
 pub mod tensor;
+pub mod validate;
 pub mod verify;
 
 pub mod proto {
@@ -61,7 +62,7 @@ pub fn fold(model: &mut Model, options: &FoldOptions) -> Result<Report> {
     };
     let mut outcome = PassOutcome::default();
     pass::fold_graph(graph, &ctx, "main", OuterScope::default(), &mut outcome)?;
-    pass::validate(graph)?;
+    validate::graph_structure(graph, &Default::default())?;
     Ok(Report {
         ops_before,
         ops_after: op_counts(graph),

@@ -95,14 +95,7 @@ impl Model {
             });
         }
         let graph = self.proto.graph.as_ref().ok_or(Error::MissingGraph)?;
-        let mut problem = Ok(());
-        visit_tensors(graph, &mut |t| {
-            if problem.is_err() {
-                return;
-            }
-            problem = check_tensor(t);
-        });
-        problem
+        crate::validate::model(graph, &self.store)
     }
 
     /// Encodes the model, all data inline. Fails on external tensors: use [`Model::save`].
@@ -164,21 +157,6 @@ fn same_file(a: &Path, b: &Path) -> bool {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
     }
-}
-
-fn check_tensor(t: &TensorProto) -> Result<()> {
-    proto_dims(t)?;
-    if tensor::is_external(t) {
-        if t.raw_data.as_ref().is_some_and(|r| !r.is_empty()) {
-            return Err(Error::tensor(
-                t.name(),
-                "has both external data and raw_data",
-            ));
-        }
-        external::external_ref(t)?;
-        proto_dtype(t)?;
-    }
-    Ok(())
 }
 
 /// Calls `f` on every tensor stored in the graph: initializers and tensor attributes, in

@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::attr::{self, node_error};
 use crate::consts::{ConstEval, NotConstant};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::external::ExternalStore;
 use crate::folds::{self, Affine, FoldInput, FoldKind, NodeChange, ProducerRewrite, SkipReason};
 use crate::graph::{is_graph_attribute, node_label, GraphIndex, OuterScope};
@@ -748,41 +748,4 @@ fn drop_stale_value_info(graph: &mut GraphProto) {
         .chain(graph.input.iter().map(|v| v.name().to_string()))
         .collect();
     graph.value_info.retain(|v| live.contains(v.name()));
-}
-
-/// Checks the graph after the pass: every tensor produced once, every input defined.
-pub fn validate(graph: &GraphProto) -> Result<()> {
-    let mut defined: HashSet<&str> = graph.input.iter().map(|v| v.name()).collect();
-    defined.extend(graph.initializer.iter().map(|t| t.name()));
-    let mut produced: HashSet<&str> = HashSet::new();
-    for node in &graph.node {
-        for o in node.output.iter().filter(|o| !o.is_empty()) {
-            if !produced.insert(o) {
-                return Err(Error::InvalidGraph(format!(
-                    "tensor '{o}' is produced twice"
-                )));
-            }
-        }
-    }
-    defined.extend(produced.iter().copied());
-    for node in &graph.node {
-        for i in node.input.iter().filter(|i| !i.is_empty()) {
-            if !defined.contains(i.as_str()) {
-                return Err(Error::InvalidGraph(format!(
-                    "node '{}' ({}) reads '{i}', which nothing defines",
-                    node_label(node),
-                    node.op_type()
-                )));
-            }
-        }
-    }
-    for o in &graph.output {
-        if !defined.contains(o.name()) {
-            return Err(Error::InvalidGraph(format!(
-                "graph output '{}' is not defined",
-                o.name()
-            )));
-        }
-    }
-    Ok(())
 }

@@ -1,0 +1,182 @@
+//! Structural checks run when a model is loaded and again after folding: every tensor's stored
+//! data fits its type and shape, names are defined once and before use, and the graph has no
+//! cycle. A model that fails is refused with the first problem found, named.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::error::{Error, Result};
+use crate::external::ExternalStore;
+use crate::graph::node_label;
+use crate::proto::tensor_proto::DataType;
+use crate::proto::{GraphProto, NodeProto, TensorProto};
+use crate::tensor::{self, Dtype};
+
+/// Checks the stored size of every tensor, then the graph and its subgraphs.
+pub fn model(graph: &GraphProto, store: &ExternalStore) -> Result<()> {
+    let mut problem = Ok(());
+    crate::model::visit_tensors(graph, &mut |t| {
+        if problem.is_ok() {
+            problem = stored_size(t, store);
+        }
+    });
+    problem?;
+    graph_structure(graph, &HashSet::new())
+}
+
+/// The tensor's dtype is a real ONNX type and its data holds exactly what its shape needs.
+pub fn stored_size(t: &TensorProto, store: &ExternalStore) -> Result<()> {
+    let name = t.name();
+    let code = t.data_type();
+    if code == DataType::Undefined as i32 || DataType::try_from(code).is_err() {
+        return Err(Error::UnsupportedDtype {
+            tensor: name.to_string(),
+            data_type: code,
+        });
+    }
+    let dims = tensor::proto_dims(t)?;
+    let Some(dtype) = Dtype::from_code(code) else {
+        return Ok(());
+    };
+    let numel: usize = dims.iter().product();
+    let needed = numel * dtype.size();
+    if tensor::is_external(t) {
+        if t.raw_data.as_ref().is_some_and(|r| !r.is_empty()) {
+            return Err(Error::tensor(name, "has both external data and raw_data"));
+        }
+        return store.locate(t, needed).map(|_| ());
+    }
+    if let Some(raw) = t.raw_data.as_ref().filter(|r| !r.is_empty()) {
+        if raw.len() != needed {
+            return Err(Error::tensor(
+                name,
+                format!(
+                    "raw_data has {} bytes, the shape {dims:?} needs {needed}",
+                    raw.len()
+                ),
+            ));
+        }
+        return Ok(());
+    }
+    let (field, stored) = match dtype {
+        Dtype::F32 => ("float_data", t.float_data.len()),
+        Dtype::F64 => ("double_data", t.double_data.len()),
+        Dtype::I64 => ("int64_data", t.int64_data.len()),
+        Dtype::U32 | Dtype::U64 => ("uint64_data", t.uint64_data.len()),
+        _ => ("int32_data", t.int32_data.len()),
+    };
+    if stored != numel {
+        return Err(Error::tensor(
+            name,
+            format!("{field} has {stored} values, the shape {dims:?} needs {numel}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Names are defined once, every input is defined (here or in an enclosing graph), graph
+/// outputs exist, and the nodes can be ordered (no cycle).
+pub fn graph_structure(graph: &GraphProto, outer: &HashSet<String>) -> Result<()> {
+    let mut defined: HashSet<&str> = HashSet::new();
+    for name in graph
+        .input
+        .iter()
+        .map(|v| v.name())
+        .chain(graph.initializer.iter().map(|t| t.name()))
+    {
+        if !defined.insert(name) && !graph.input.iter().any(|i| i.name() == name) {
+            return Err(Error::InvalidGraph(format!(
+                "tensor '{name}' is defined twice"
+            )));
+        }
+    }
+    let mut producer: HashMap<&str, usize> = HashMap::new();
+    for (k, node) in graph.node.iter().enumerate() {
+        for o in node.output.iter().filter(|o| !o.is_empty()) {
+            if defined.contains(o.as_str()) || producer.insert(o, k).is_some() {
+                return Err(Error::InvalidGraph(format!(
+                    "tensor '{o}' is defined twice (again by node '{}')",
+                    node_label(node)
+                )));
+            }
+        }
+    }
+    for node in &graph.node {
+        for i in node.input.iter().filter(|i| !i.is_empty()) {
+            let known = defined.contains(i.as_str())
+                || producer.contains_key(i.as_str())
+                || outer.contains(i.as_str());
+            if !known {
+                return Err(Error::InvalidGraph(format!(
+                    "node '{}' ({}) reads '{i}', which nothing defines",
+                    node_label(node),
+                    node.op_type()
+                )));
+            }
+        }
+    }
+    for o in &graph.output {
+        let name = o.name();
+        if !defined.contains(name) && !producer.contains_key(name) && !outer.contains(name) {
+            return Err(Error::InvalidGraph(format!(
+                "graph output '{name}' is not defined"
+            )));
+        }
+    }
+    if let Some(node) = node_on_cycle(graph, &producer) {
+        return Err(Error::InvalidGraph(format!(
+            "node '{}' ({}) is on a cycle",
+            node_label(node),
+            node.op_type()
+        )));
+    }
+    let mut visible: HashSet<String> = outer.clone();
+    visible.extend(defined.iter().map(|s| s.to_string()));
+    visible.extend(producer.keys().map(|s| s.to_string()));
+    for node in &graph.node {
+        for a in &node.attribute {
+            for sub in a.g.iter().chain(&a.graphs) {
+                graph_structure(sub, &visible)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Kahn's algorithm over the node inputs produced inside this graph; returns a node that never
+/// becomes ready.
+fn node_on_cycle<'g>(
+    graph: &'g GraphProto,
+    producer: &HashMap<&str, usize>,
+) -> Option<&'g NodeProto> {
+    let n = graph.node.len();
+    let mut waiting = vec![0usize; n];
+    let mut consumers: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (k, node) in graph.node.iter().enumerate() {
+        let mut sources: Vec<usize> = node
+            .input
+            .iter()
+            .filter_map(|i| producer.get(i.as_str()).copied())
+            .collect();
+        sources.sort_unstable();
+        sources.dedup();
+        waiting[k] = sources.len();
+        for s in sources {
+            consumers[s].push(k);
+        }
+    }
+    let mut ready: Vec<usize> = (0..n).filter(|&k| waiting[k] == 0).collect();
+    let mut done = 0;
+    while let Some(k) = ready.pop() {
+        done += 1;
+        for &c in &consumers[k] {
+            waiting[c] -= 1;
+            if waiting[c] == 0 {
+                ready.push(c);
+            }
+        }
+    }
+    (done < n).then(|| {
+        let stuck = (0..n).find(|&k| waiting[k] > 0).unwrap_or(0);
+        &graph.node[stuck]
+    })
+}
