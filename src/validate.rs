@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crate::attr::{self, node_error};
 use crate::error::{Error, Result};
 use crate::external::ExternalStore;
 use crate::graph::node_label;
@@ -100,7 +101,10 @@ pub fn graph_structure(graph: &GraphProto, outer: &HashSet<String>) -> Result<()
             }
         }
     }
+    let initializers: HashMap<&str, &TensorProto> =
+        graph.initializer.iter().map(|t| (t.name(), t)).collect();
     for node in &graph.node {
+        node_attributes(node, &initializers)?;
         for i in node.input.iter().filter(|i| !i.is_empty()) {
             let known = defined.contains(i.as_str())
                 || producer.contains_key(i.as_str())
@@ -138,6 +142,111 @@ pub fn graph_structure(graph: &GraphProto, outer: &HashSet<String>) -> Result<()
                 graph_structure(sub, &visible)?;
             }
         }
+    }
+    Ok(())
+}
+
+/// Spatial dims beyond this are refused: no real Conv has them, and each one sizes a loop.
+const MAX_SPATIAL_RANK: usize = 8;
+
+/// The attributes and arity of the ops bnfold reads, checked before anything reads them.
+fn node_attributes(node: &NodeProto, initializers: &HashMap<&str, &TensorProto>) -> Result<()> {
+    let inputs = node.input.iter().take_while(|i| !i.is_empty()).count();
+    let need_inputs = |min: usize, max: usize| {
+        if inputs < min || node.input.len() > max {
+            return Err(node_error(
+                node,
+                format!("has {} inputs, expected {min} to {max}", node.input.len()),
+            ));
+        }
+        Ok(())
+    };
+    match node.op_type() {
+        "Constant" => {
+            let values = node
+                .attribute
+                .iter()
+                .filter(|a| a.name().starts_with("value") || a.name() == "sparse_value")
+                .count();
+            if values != 1 {
+                return Err(node_error(
+                    node,
+                    format!("has {values} value attributes, expected exactly one"),
+                ));
+            }
+        }
+        "BatchNormalization" => {
+            need_inputs(5, 5)?;
+            attr::float(node, "epsilon")?;
+            attr::float(node, "momentum")?;
+            attr::int(node, "training_mode")?;
+            attr::int(node, "spatial")?;
+            attr::int(node, "is_test")?;
+        }
+        "Conv" | "ConvTranspose" => {
+            need_inputs(2, 3)?;
+            let group = attr::int(node, "group")?.unwrap_or(1);
+            if !(1..=i64::from(i32::MAX)).contains(&group) {
+                return Err(node_error(
+                    node,
+                    format!("group {group} is not a positive count"),
+                ));
+            }
+            for name in [
+                "kernel_shape",
+                "strides",
+                "dilations",
+                "pads",
+                "output_padding",
+                "output_shape",
+            ] {
+                if let Some(list) = attr::ints(node, name)? {
+                    if list.len() > 2 * MAX_SPATIAL_RANK {
+                        return Err(node_error(
+                            node,
+                            format!("attribute '{name}' has {} entries", list.len()),
+                        ));
+                    }
+                }
+            }
+            if let Some(w) = initializers.get(node.input[1].as_str()) {
+                let rank = w.dims.len();
+                if !(3..=MAX_SPATIAL_RANK + 2).contains(&rank) {
+                    return Err(node_error(
+                        node,
+                        format!(
+                            "weight '{}' has rank {rank}; expected [C_out, C_in/group, k…] with 1 to {MAX_SPATIAL_RANK} spatial dims",
+                            w.name()
+                        ),
+                    ));
+                }
+                if let Some(kernel) = attr::ints(node, "kernel_shape")? {
+                    if kernel.len() != rank - 2 {
+                        return Err(node_error(
+                            node,
+                            format!(
+                                "kernel_shape has {} dims but weight '{}' has {}",
+                                kernel.len(),
+                                w.name(),
+                                rank - 2
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        "Gemm" => {
+            need_inputs(2, 3)?;
+            attr::float(node, "alpha")?;
+            attr::float(node, "beta")?;
+            for name in ["transA", "transB"] {
+                if !matches!(attr::int(node, name)?, None | Some(0) | Some(1)) {
+                    return Err(node_error(node, format!("{name} must be 0 or 1")));
+                }
+            }
+        }
+        "MatMul" => need_inputs(2, 2)?,
+        _ => {}
     }
     Ok(())
 }

@@ -311,7 +311,7 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
 
     if args.check {
         progress.finish();
-        if !report.folds.is_empty() {
+        if !report.folds.is_empty() && !args.output_args.quiet {
             eprintln!(
                 "bnfold: check failed: {} BatchNormalization would fold",
                 report.folds.len()
