@@ -4,16 +4,24 @@
 //! outside the model's folder, and a range is refused when it lies outside its file.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::proto::TensorProto;
 
-/// Where a model's external data files are looked up: the model's folder.
+/// The `external_data` key that marks a rewritten external tensor whose new bytes wait in the
+/// store's spill file (`"offset:length"`); reserved: refused in input models, gone once saved.
+pub const PENDING_KEY: &str = "bnfold.pending";
+
+/// Where a model's external data files are looked up (the model's folder), and where rewritten
+/// external tensors wait until the model is saved: an anonymous spill file, so that folding a
+/// model larger than memory holds one tensor at a time.
 #[derive(Clone, Debug, Default)]
 pub struct ExternalStore {
     base_dir: Option<PathBuf>,
+    spill: Arc<Mutex<Option<File>>>,
 }
 
 /// The `external_data` entries of one tensor.
@@ -30,13 +38,14 @@ pub struct ExternalRef {
 impl ExternalStore {
     /// A store for a model that was not read from a file: external data is an error.
     pub fn none() -> ExternalStore {
-        ExternalStore { base_dir: None }
+        ExternalStore::default()
     }
 
     /// A store for a model in `dir`.
     pub fn in_dir(dir: impl Into<PathBuf>) -> ExternalStore {
         ExternalStore {
             base_dir: Some(dir.into()),
+            spill: Arc::default(),
         }
     }
 
@@ -82,8 +91,60 @@ impl ExternalStore {
         Ok((path, reference.offset))
     }
 
+    /// Appends the new bytes of a rewritten external tensor to the spill file and returns the
+    /// `external_data` entry that points at them.
+    pub fn spill(
+        &self,
+        tensor: &str,
+        bytes: &[u8],
+    ) -> Result<crate::proto::StringStringEntryProto> {
+        let fail = |e: std::io::Error| Error::tensor(tensor, format!("spilling folded data: {e}"));
+        let mut guard = self
+            .spill
+            .lock()
+            .map_err(|_| Error::tensor(tensor, "spill file poisoned"))?;
+        if guard.is_none() {
+            let file = self
+                .base_dir
+                .as_deref()
+                .and_then(|d| tempfile::tempfile_in(d).ok())
+                .map_or_else(tempfile::tempfile, Ok)
+                .map_err(fail)?;
+            *guard = Some(file);
+        }
+        let file = guard
+            .as_mut()
+            .ok_or_else(|| Error::tensor(tensor, "no spill file"))?;
+        let offset = file.seek(SeekFrom::End(0)).map_err(fail)?;
+        file.write_all(bytes).map_err(fail)?;
+        Ok(crate::proto::StringStringEntryProto {
+            key: Some(PENDING_KEY.into()),
+            value: Some(format!("{offset}:{}", bytes.len())),
+        })
+    }
+
+    fn read_spilled(&self, t: &TensorProto, pending: &str, expected_len: usize) -> Result<Vec<u8>> {
+        let bad = || Error::tensor(t.name(), format!("bad pending entry '{pending}'"));
+        let (offset, len) = pending.split_once(':').ok_or_else(bad)?;
+        let offset: u64 = offset.parse().map_err(|_| bad())?;
+        let len: usize = len.parse().map_err(|_| bad())?;
+        if len != expected_len {
+            return Err(bad());
+        }
+        let mut guard = self.spill.lock().map_err(|_| bad())?;
+        let file = guard.as_mut().ok_or_else(bad)?;
+        let mut buf = vec![0u8; len];
+        file.seek(SeekFrom::Start(offset))
+            .and_then(|_| file.read_exact(&mut buf))
+            .map_err(|e| Error::tensor(t.name(), format!("reading spilled data: {e}")))?;
+        Ok(buf)
+    }
+
     /// Reads the `expected_len` bytes of an external tensor, after checking its location.
     pub fn read(&self, t: &TensorProto, expected_len: usize) -> Result<Vec<u8>> {
+        if let Some(pending) = t.external_data.iter().find(|e| e.key() == PENDING_KEY) {
+            return self.read_spilled(t, pending.value(), expected_len);
+        }
         let (path, offset) = self.locate(t, expected_len)?;
         let mut file = File::open(&path).map_err(|e| Error::io(&path, e))?;
         let mut buf = vec![0u8; expected_len];

@@ -138,11 +138,15 @@ impl Model {
             });
             failure?;
         }
-        let mut model_file =
-            tempfile::NamedTempFile::new_in(&dir).map_err(|e| Error::io(&dir, e))?;
+        let mut model_file = new_output_file(&dir, path)?;
+        let mut writer = std::io::BufWriter::with_capacity(1 << 20, model_file.as_file_mut());
+        write_streaming(&proto, &mut writer)
+            .and_then(|_| writer.flush())
+            .map_err(|e| Error::io(path, e))?;
+        drop(writer);
         model_file
-            .write_all(&proto.encode_to_vec())
-            .and_then(|_| model_file.as_file().sync_all())
+            .as_file()
+            .sync_all()
             .map_err(|e| Error::io(path, e))?;
         data_files.persist()?;
         model_file
@@ -150,6 +154,58 @@ impl Model {
             .map_err(|e| Error::io(path, e.error))?;
         Ok(())
     }
+}
+
+/// Writes `proto` without first encoding it whole: the model's other fields, then the graph's,
+/// then each initializer with its `raw_data` written straight from its buffer. The fields come
+/// in a different order than `encode_to_vec` gives (protobuf allows any order), always the same.
+fn write_streaming(proto: &ModelProto, out: &mut impl Write) -> std::io::Result<()> {
+    use prost::encoding::{encode_key, encode_varint, WireType};
+    let mut header = Vec::new();
+    let mut shell = proto.clone();
+    let graph = shell.graph.take();
+    out.write_all(&shell.encode_to_vec())?;
+    let Some(graph) = graph else { return Ok(()) };
+    encode_key(7, WireType::LengthDelimited, &mut header);
+    encode_varint(graph.encoded_len() as u64, &mut header);
+    out.write_all(&header)?;
+    let mut graph_shell = graph.clone();
+    graph_shell.initializer.clear();
+    out.write_all(&graph_shell.encode_to_vec())?;
+    for t in &graph.initializer {
+        let mut head = t.clone();
+        let raw = head.raw_data.take();
+        header.clear();
+        encode_key(5, WireType::LengthDelimited, &mut header);
+        encode_varint(t.encoded_len() as u64, &mut header);
+        head.encode(&mut header).map_err(std::io::Error::other)?;
+        if let Some(raw) = &raw {
+            encode_key(9, WireType::LengthDelimited, &mut header);
+            encode_varint(raw.len() as u64, &mut header);
+        }
+        out.write_all(&header)?;
+        if let Some(raw) = &raw {
+            out.write_all(raw)?;
+        }
+    }
+    Ok(())
+}
+
+/// A temporary file in `dir` that will be renamed over `target`: readable like any file the user
+/// writes (the permissions of the file it replaces, else 0644), not tempfile's private 0600.
+pub fn new_output_file(dir: &Path, target: &Path) -> Result<tempfile::NamedTempFile> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".bnfold-");
+    #[cfg(unix)]
+    let permissions = {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(target)
+            .map(|m| m.permissions())
+            .unwrap_or_else(|_| std::fs::Permissions::from_mode(0o644))
+    };
+    #[cfg(unix)]
+    builder.permissions(permissions);
+    builder.tempfile_in(dir).map_err(|e| Error::io(dir, e))
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -231,8 +287,7 @@ impl DataFiles {
                 let target = self.dir.join(&location);
                 let parent = target.parent().unwrap_or(&self.dir).to_path_buf();
                 std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-                let file =
-                    tempfile::NamedTempFile::new_in(&parent).map_err(|e| Error::io(&parent, e))?;
+                let file = new_output_file(&parent, &target)?;
                 self.files.push((location.clone(), file, 0));
                 self.files.len() - 1
             }

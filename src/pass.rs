@@ -512,11 +512,12 @@ fn apply(
     let new_weight = write_tensor(
         graph,
         &mut names,
+        ctx.store,
         &plan.weight_name,
         plan.weight_in_place,
         weight,
         weight_template.as_ref(),
-    );
+    )?;
     let bias_base = plan
         .bias_name
         .clone()
@@ -530,11 +531,12 @@ fn apply(
     let new_bias = write_tensor(
         graph,
         &mut names,
+        ctx.store,
         &bias_base,
         plan.bias_in_place,
         bias,
         bias_template.as_ref(),
-    );
+    )?;
 
     let producer = &mut graph.node[plan.producer];
     let old_out = std::mem::replace(&mut producer.output[0], out_name.clone());
@@ -636,29 +638,34 @@ fn unique_name(names: &mut BTreeSet<String>, base: &str) -> String {
 }
 
 /// Stores `value` under `name` (in place) or under a new unique name derived from it, keeping
-/// the storage of `template`: a tensor derived from an external one stays external (its new bytes
-/// ride in `raw_data` until the writer streams them out).
+/// the storage of `template`: a tensor derived from an external one stays external, its new bytes
+/// spilled to the store until the model is saved.
 fn write_tensor(
     graph: &mut GraphProto,
     names: &mut BTreeSet<String>,
+    store: &ExternalStore,
     name: &str,
     in_place: bool,
     value: Tensor,
     template: Option<&TensorProto>,
-) -> String {
+) -> Result<String> {
     let final_name = if in_place {
         name.to_string()
     } else {
         unique_name(names, &format!("{name}_bnfold"))
     };
     let mut proto = value.to_proto(&final_name);
+    drop(value);
     if let Some(t) = template.filter(|t| tensor::is_external(t)) {
+        let raw = proto.raw_data.take().unwrap_or_default();
+        let pending = store.spill(&final_name, &raw)?;
         proto.data_location = t.data_location;
         proto.external_data = t
             .external_data
             .iter()
             .filter(|e| e.key() == "location")
             .cloned()
+            .chain([pending])
             .collect();
     }
     if in_place {
@@ -666,11 +673,11 @@ fn write_tensor(
             proto.doc_string = slot.doc_string.take();
             proto.metadata_props = std::mem::take(&mut slot.metadata_props);
             *slot = proto;
-            return final_name;
+            return Ok(final_name);
         }
     }
     graph.initializer.push(proto);
-    final_name
+    Ok(final_name)
 }
 
 /// Removes initializers and nodes that nothing uses any more, starting from `candidates`.

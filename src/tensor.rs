@@ -185,25 +185,26 @@ impl Tensor {
     /// Encodes the tensor as a `TensorProto` named `name`, values in little-endian `raw_data`.
     pub fn to_proto(&self, name: &str) -> TensorProto {
         let mut raw = Vec::with_capacity(self.data.len() * self.dtype.size());
-        for &v in &self.data {
-            match self.dtype {
-                Dtype::F32 => raw.extend_from_slice(&(v as f32).to_le_bytes()),
-                Dtype::F64 => raw.extend_from_slice(&v.to_le_bytes()),
-                Dtype::F16 => raw.extend_from_slice(
-                    &half::f16::from_f64(Dtype::F16.round(v).unwrap_or(v)).to_le_bytes(),
-                ),
-                Dtype::Bf16 => raw.extend_from_slice(
-                    &half::bf16::from_f64(Dtype::Bf16.round(v).unwrap_or(v)).to_le_bytes(),
-                ),
-                Dtype::I8 => raw.push(v as i8 as u8),
-                Dtype::U8 | Dtype::Bool => raw.push(v as u8),
-                Dtype::I16 => raw.extend_from_slice(&(v as i16).to_le_bytes()),
-                Dtype::U16 => raw.extend_from_slice(&(v as u16).to_le_bytes()),
-                Dtype::I32 => raw.extend_from_slice(&(v as i32).to_le_bytes()),
-                Dtype::U32 => raw.extend_from_slice(&(v as u32).to_le_bytes()),
-                Dtype::I64 => raw.extend_from_slice(&(v as i64).to_le_bytes()),
-                Dtype::U64 => raw.extend_from_slice(&(v as u64).to_le_bytes()),
+        let values = self.data.iter().copied();
+        match self.dtype {
+            Dtype::F32 => raw.extend(values.flat_map(|v| (v as f32).to_le_bytes())),
+            Dtype::F64 => raw.extend(values.flat_map(f64::to_le_bytes)),
+            Dtype::F16 => {
+                raw.extend(values.flat_map(|v| {
+                    half::f16::from_f64(Dtype::F16.round(v).unwrap_or(v)).to_le_bytes()
+                }))
             }
+            Dtype::Bf16 => raw.extend(values.flat_map(|v| {
+                half::bf16::from_f64(Dtype::Bf16.round(v).unwrap_or(v)).to_le_bytes()
+            })),
+            Dtype::I8 => raw.extend(values.map(|v| v as i8 as u8)),
+            Dtype::U8 | Dtype::Bool => raw.extend(values.map(|v| v as u8)),
+            Dtype::I16 => raw.extend(values.flat_map(|v| (v as i16).to_le_bytes())),
+            Dtype::U16 => raw.extend(values.flat_map(|v| (v as u16).to_le_bytes())),
+            Dtype::I32 => raw.extend(values.flat_map(|v| (v as i32).to_le_bytes())),
+            Dtype::U32 => raw.extend(values.flat_map(|v| (v as u32).to_le_bytes())),
+            Dtype::I64 => raw.extend(values.flat_map(|v| (v as i64).to_le_bytes())),
+            Dtype::U64 => raw.extend(values.flat_map(|v| (v as u64).to_le_bytes())),
         }
         TensorProto {
             dims: self.dims.iter().map(|&d| d as i64).collect(),

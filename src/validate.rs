@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::attr::{self, node_error};
 use crate::error::{Error, Result};
-use crate::external::ExternalStore;
+use crate::external::{ExternalStore, PENDING_KEY};
 use crate::graph::node_label;
 use crate::proto::tensor_proto::DataType;
 use crate::proto::{GraphProto, NodeProto, TensorProto};
@@ -43,6 +43,12 @@ pub fn stored_size(t: &TensorProto, store: &ExternalStore) -> Result<()> {
     if tensor::is_external(t) {
         if t.raw_data.as_ref().is_some_and(|r| !r.is_empty()) {
             return Err(Error::tensor(name, "has both external data and raw_data"));
+        }
+        if t.external_data.iter().any(|e| e.key() == PENDING_KEY) {
+            return Err(Error::tensor(
+                name,
+                format!("external_data key '{PENDING_KEY}' is reserved"),
+            ));
         }
         return store.locate(t, needed).map(|_| ());
     }

@@ -10,6 +10,7 @@ use serde::Serialize;
 use tract_onnx::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::external::{ExternalStore, PENDING_KEY};
 use crate::model::Model;
 use crate::npy::NpyArray;
 use crate::proto::{tensor_proto::DataLocation, type_proto, ModelProto};
@@ -695,7 +696,7 @@ fn parse(model: &Model) -> std::result::Result<InferenceModel, String> {
             "tensor '{bf16}' is bfloat16, which tract does not know"
         ));
     }
-    let bytes = inline_pending(&model.proto).encode_to_vec();
+    let bytes = inline_pending(model)?.encode_to_vec();
     let dir = model
         .store
         .base_dir()
@@ -790,13 +791,16 @@ fn bf16_tensor(model: &ModelProto) -> Option<String> {
     found
 }
 
-/// A copy of the model whose rewritten external tensors (bytes pending in `raw_data`) are inline,
-/// so tract reads them and not the stale bytes of the original file.
-fn inline_pending(model: &ModelProto) -> ModelProto {
-    let mut copy = model.clone();
-    fn walk(g: &mut crate::proto::GraphProto) {
+/// A copy of the model whose rewritten external tensors (waiting in the store's spill file) are
+/// inline, so tract reads them and not the stale bytes of the original file.
+fn inline_pending(model: &Model) -> std::result::Result<ModelProto, String> {
+    let mut copy = model.proto.clone();
+    fn walk(g: &mut crate::proto::GraphProto, store: &ExternalStore) -> Result<()> {
         for t in &mut g.initializer {
-            if t.raw_data.as_ref().is_some_and(|r| !r.is_empty()) && crate::tensor::is_external(t) {
+            if t.external_data.iter().any(|e| e.key() == PENDING_KEY) {
+                let len = crate::tensor::proto_dims(t)?.iter().product::<usize>()
+                    * crate::tensor::proto_dtype(t)?.size();
+                t.raw_data = Some(store.read(t, len)?.into());
                 t.external_data.clear();
                 t.data_location = Some(DataLocation::Default as i32);
             }
@@ -804,15 +808,16 @@ fn inline_pending(model: &ModelProto) -> ModelProto {
         for n in &mut g.node {
             for a in &mut n.attribute {
                 for sub in a.g.iter_mut().chain(a.graphs.iter_mut()) {
-                    walk(sub);
+                    walk(sub, store)?;
                 }
             }
         }
+        Ok(())
     }
     if let Some(g) = copy.graph.as_mut() {
-        walk(g);
+        walk(g, &model.store).map_err(|e| e.to_string())?;
     }
-    copy
+    Ok(copy)
 }
 
 /// splitmix64 with a Box–Muller normal: small, seeded, identical on every platform.

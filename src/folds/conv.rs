@@ -17,7 +17,7 @@ pub fn plan(input: &FoldInput) -> Planned {
     let w = input.weight;
     let affine = input.affine;
     let channels = affine.channels();
-    if w.dims.len() < 3 || w.dims[0] != channels {
+    if w.dims.len() < 3 || w.dims[0] != channels || w.is_empty() {
         return Ok(Err(SkipReason::ShapeMismatch {
             tensor: input.weight_name.to_string(),
             detail: format!(
@@ -33,9 +33,9 @@ pub fn plan(input: &FoldInput) -> Planned {
     let per_channel = w.len() / channels;
     let weight: Vec<f64> = w
         .data
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| affine.scale[i / per_channel] * v)
+        .chunks_exact(per_channel)
+        .zip(&affine.scale)
+        .flat_map(|(block, &s)| block.iter().map(move |&v| s * v))
         .collect();
     let bias: Vec<f64> = (0..channels)
         .map(|o| affine.scale[o] * bias[o] + affine.shift[o])

@@ -322,10 +322,23 @@ pub fn round_into(
     let out_of_range = || SkipReason::FoldedValueOutOfRange {
         tensor: name.to_string(),
     };
-    let data = values
-        .into_iter()
-        .map(|v| dtype.round(v).filter(|r| r.is_finite()))
-        .collect::<Option<Vec<f64>>>()
-        .ok_or_else(out_of_range)?;
+    let mut data = values;
+    let fits = match dtype {
+        Dtype::F64 => data.iter().all(|v| v.is_finite()),
+        Dtype::F32 => data.iter_mut().fold(true, |fits, v| {
+            *v = *v as f32 as f64;
+            fits & v.is_finite()
+        }),
+        _ => data.iter_mut().fold(true, |fits, v| match dtype.round(*v) {
+            Some(r) if r.is_finite() => {
+                *v = r;
+                fits
+            }
+            _ => false,
+        }),
+    };
+    if !fits {
+        return Err(out_of_range());
+    }
     Ok(Tensor::new(dtype, dims, data))
 }

@@ -535,8 +535,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let mut tmp =
-        tempfile::NamedTempFile::new_in(&dir).with_context(|| format!("{}", dir.display()))?;
+    let mut tmp = bnfold::model::new_output_file(&dir, path)?;
     tmp.write_all(bytes)?;
     tmp.persist(path)
         .map_err(|e| e.error)
