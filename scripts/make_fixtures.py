@@ -361,10 +361,92 @@ def hand_fixtures():
     record("external/conv_bn_external.onnx", 1)
 
 
+# ---------------------------------------------------------------- forward folds (torch exports)
+def forward_fixtures():
+    """BN where no backward fold applies: after a ReLU, on the graph input, before Flatten + Linear."""
+    import torch
+    import torch.nn as nn
+
+    torch.manual_seed(1)
+
+    def randomize(model):
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                c = m.num_features
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.2, 2.0)
+                m.weight.data.uniform_(0.5, 1.5)
+                m.weight.data[::2] *= -1  # negative scales: a ReLU before the BN does not commute
+                m.bias.data.uniform_(-0.5, 0.5)
+        return model.eval()
+
+    def legacy(model, x, name, folds, skips=(), opset=13):
+        path = os.path.join(OUT, name)
+        torch.onnx.export(
+            randomize(model), x, path, opset_version=opset, dynamo=False,
+            training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False,
+            input_names=["input"], output_names=["output"],
+        )
+        onnx.checker.check_model(onnx.load(path))
+        record(name, folds, skips)
+
+    class PreActBlock(nn.Module):
+        """He et al. 2016 pre-activation: BN -> ReLU -> Conv, twice, plus the identity."""
+
+        def __init__(self, c):
+            super().__init__()
+            self.bn1, self.conv1 = nn.BatchNorm2d(c), nn.Conv2d(c, c, 3, padding=1, bias=False)
+            self.bn2, self.conv2 = nn.BatchNorm2d(c), nn.Conv2d(c, c, 3, padding=1, bias=False)
+
+        def forward(self, x):
+            out = self.conv1(torch.relu(self.bn1(x)))
+            return x + self.conv2(torch.relu(self.bn2(out)))
+
+    S = nn.Sequential
+    # bn1 reads the graph input (shared with the residual Add) and feeds a ReLU: stays; bn2 folds
+    # backward into conv1.
+    legacy(PreActBlock(4), torch.randn(1, 4, 8, 8), "torch_preact_block_op13.onnx", 1, ["producer_output_shared"])
+    legacy(S(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.BatchNorm2d(6), nn.Conv2d(6, 5, 3)),
+           torch.randn(1, 3, 10, 10), "torch_relu_bn_conv_nopad_op13.onnx", 1)
+    legacy(S(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.BatchNorm2d(6), nn.Conv2d(6, 5, 3, padding=1)),
+           torch.randn(1, 3, 10, 10), "torch_relu_bn_conv_pad_op13.onnx", 1)
+    legacy(S(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.BatchNorm2d(6), nn.Conv2d(6, 4, 3, groups=2, stride=2)),
+           torch.randn(1, 3, 11, 11), "torch_relu_bn_conv_grouped_op13.onnx", 1)
+    legacy(S(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 5)),
+           torch.randn(2, 3, 8, 8), "torch_head_bn_flatten_linear_op13.onnx", 1)
+    legacy(S(nn.BatchNorm1d(7), nn.Linear(7, 3)), torch.randn(4, 7), "torch_bn1d_input_linear_op13.onnx", 1)
+    legacy(S(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3, padding=1)), torch.randn(1, 3, 6, 6),
+           "torch_bn_input_conv_pad_op13.onnx", 1)
+
+    class AddBn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = nn.BatchNorm2d(3)
+
+        def forward(self, x, y):
+            return self.bn(x + y)
+
+    path = os.path.join(OUT, "torch_add_bn_standalone_op13.onnx")
+    torch.onnx.export(randomize(AddBn()), (torch.randn(1, 3, 4, 4), torch.randn(1, 3, 4, 4)), path,
+                      opset_version=13, dynamo=False, training=torch.onnx.TrainingMode.PRESERVE,
+                      do_constant_folding=False, input_names=["x", "y"], output_names=["output"])
+    record("torch_add_bn_standalone_op13.onnx", 0, ["unsupported_producer"])
+
+
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
+    if "--forward-only" in sys.argv:
+        # Adds the forward-fold exports without touching the other fixtures.
+        with open(os.path.join(OUT, "manifest.json")) as f:
+            manifest.update(json.load(f))
+        forward_fixtures()
+        with open(os.path.join(OUT, "manifest.json"), "w") as f:
+            json.dump(manifest, f, indent=1, sort_keys=True)
+            f.write("\n")
+        sys.exit(0)
     if "--no-torch" not in sys.argv:
         torch_fixtures()
+        forward_fixtures()
     hand_fixtures()
     with open(os.path.join(OUT, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1, sort_keys=True)

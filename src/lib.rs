@@ -23,6 +23,7 @@ pub mod graph;
 pub mod model;
 pub mod npy;
 pub mod pass;
+pub mod readiness;
 pub mod report;
 pub mod tensor;
 pub mod validate;
@@ -69,7 +70,9 @@ pub fn fold(model: &mut Model, options: &FoldOptions) -> Result<Report> {
         folds: outcome.folds,
         skips: outcome.skips,
         non_foldable_normalizations: outcome.normalizations,
+        decompositions: outcome.decompositions,
         verification: None,
+        readiness: None,
     })
 }
 

@@ -7,10 +7,13 @@ use crate::attr::{self, node_error};
 use crate::consts::{ConstEval, NotConstant};
 use crate::error::Result;
 use crate::external::ExternalStore;
-use crate::folds::{self, Affine, FoldInput, FoldKind, NodeChange, ProducerRewrite, SkipReason};
+use crate::folds::{
+    self, Affine, ConsumerRewrite, FoldInput, FoldKind, ForwardInput, NodeChange, ProducerRewrite,
+    SkipReason,
+};
 use crate::graph::{is_graph_attribute, node_label, GraphIndex, OuterScope};
 use crate::proto::{GraphProto, NodeProto, TensorProto, TypeProto, ValueInfoProto};
-use crate::report::{FoldRecord, NormalizationRecord, SkipRecord};
+use crate::report::{DecompositionRecord, Direction, FoldRecord, NormalizationRecord, SkipRecord};
 use crate::tensor::{self, Tensor};
 
 /// What the user allows the pass to do.
@@ -22,6 +25,8 @@ pub struct FoldOptions {
     pub only: Option<BTreeSet<FoldKind>>,
     /// BatchNormalization nodes (by name or first output) to leave alone.
     pub skip_nodes: BTreeSet<String>,
+    /// Rewrite a BatchNormalization that folds nowhere into `Mul` and `Add`.
+    pub decompose_standalone: bool,
 }
 
 /// The model-wide facts the pass needs.
@@ -45,6 +50,8 @@ pub struct PassOutcome {
     pub skips: Vec<SkipRecord>,
     /// Normalizations that never fold.
     pub normalizations: Vec<NormalizationRecord>,
+    /// BatchNormalization nodes rewritten as `Mul` and `Add`.
+    pub decompositions: Vec<DecompositionRecord>,
 }
 
 /// A fold ready to apply: which nodes go, what the producer becomes.
@@ -97,16 +104,54 @@ pub fn fold_graph(
             None => pos = 0,
         }
     }
+    loop {
+        let found = {
+            let index = GraphIndex::new(graph, outer);
+            let eval = ConstEval::new(&index, ctx.store, ctx.opset, inputs_are_constants(ctx));
+            let mut found = None;
+            for i in 0..graph.node.len() {
+                if !is_batch_norm(&graph.node[i]) {
+                    continue;
+                }
+                if let Err(reason) = plan_chain(&index, &eval, i, ctx)? {
+                    if allows_forward(&reason) {
+                        if let Ok(plan) = plan_forward(&index, &eval, i, ctx)? {
+                            found = Some(plan);
+                            break;
+                        }
+                    }
+                }
+            }
+            found
+        };
+        match found {
+            Some(plan) => {
+                let record = apply_forward(graph, plan, ctx, path)?;
+                out.folds.push(record);
+            }
+            None => break,
+        }
+    }
+    if ctx.options.decompose_standalone {
+        decompose_remaining(graph, ctx, path, outer, out)?;
+    }
     let index = GraphIndex::new(graph, outer);
     let eval = ConstEval::new(&index, ctx.store, ctx.opset, inputs_are_constants(ctx));
     for (i, node) in graph.node.iter().enumerate() {
         if is_batch_norm(node) {
             if let Err(reason) = plan_chain(&index, &eval, i, ctx)? {
+                let forward = if allows_forward(&reason) {
+                    plan_forward(&index, &eval, i, ctx)?.err()
+                } else {
+                    None
+                };
                 out.skips.push(SkipRecord {
                     graph: path.to_string(),
                     node: node_label(node),
                     message: reason.message(),
                     reason,
+                    forward_message: forward.as_ref().map(SkipReason::message),
+                    forward,
                 });
             }
         } else if matches!(
@@ -122,6 +167,404 @@ pub fn fold_graph(
     }
     drop_stale_value_info(graph);
     Ok(())
+}
+
+/// Whether a BN left by the backward folds may fold forward: its own preconditions hold.
+fn allows_forward(reason: &SkipReason) -> bool {
+    !matches!(
+        reason,
+        SkipReason::NodeExcluded
+            | SkipReason::TrainingMode
+            | SkipReason::ExtraOutputsUsed
+            | SkipReason::NotSpatial
+    )
+}
+
+/// A forward fold ready to apply: the BN goes (or becomes an `Add`), the consumer changes.
+struct ForwardPlan {
+    bn: usize,
+    consumer: usize,
+    flatten: Option<usize>,
+    kind: FoldKind,
+    weight_name: String,
+    weight_in_place: bool,
+    bias_name: Option<String>,
+    bias_in_place: bool,
+    rewrite: ConsumerRewrite,
+    detached: Vec<String>,
+    max_rel_weight_change: f64,
+}
+
+/// The read-only step of a forward fold: the BN's one consumer (through a Flatten for Gemm)
+/// and what it becomes, or why not.
+fn plan_forward(
+    index: &GraphIndex,
+    eval: &ConstEval,
+    bn_index: usize,
+    ctx: &PassContext,
+) -> Result<std::result::Result<ForwardPlan, SkipReason>> {
+    macro_rules! skip_if {
+        ($cond:expr, $reason:expr) => {
+            if $cond {
+                return Ok(Err($reason));
+            }
+        };
+    }
+    macro_rules! or_skip {
+        ($e:expr) => {
+            match $e {
+                Ok(v) => v,
+                Err(reason) => return Ok(Err(reason)),
+            }
+        };
+    }
+    let bn = index.node(bn_index);
+    let sole_consumer = |tensor: &str| -> std::result::Result<usize, SkipReason> {
+        let consumers = index.consumers(tensor);
+        if index.is_graph_output(tensor) || consumers.is_empty() {
+            return Err(SkipReason::NoConsumer);
+        }
+        match consumers {
+            [only] => Ok(*only),
+            _ => Err(SkipReason::ConsumerOutputShared {
+                tensor: tensor.to_string(),
+            }),
+        }
+    };
+    let mut consumer = or_skip!(sole_consumer(&bn.output[0]));
+    let mut flatten = None;
+    let mut data = bn.output[0].as_str();
+    let first = index.node(consumer);
+    if first.op_type() == "Flatten" && matches!(first.domain(), "" | "ai.onnx") {
+        skip_if!(
+            attr::int(first, "axis")?.unwrap_or(1) != 1,
+            SkipReason::ConsumerNotFoldable {
+                op_type: "Flatten with axis other than 1".into()
+            }
+        );
+        flatten = Some(consumer);
+        data = &first.output[0];
+        consumer = or_skip!(sole_consumer(data));
+    }
+    let node = index.node(consumer);
+    let kind = match (node.op_type(), flatten) {
+        ("Conv", None) => FoldKind::Conv,
+        ("Gemm", _) => FoldKind::Gemm,
+        (op, _) => {
+            return Ok(Err(SkipReason::ConsumerNotFoldable {
+                op_type: op.to_string(),
+            }))
+        }
+    };
+    skip_if!(
+        !matches!(node.domain(), "" | "ai.onnx") || node.input.len() < 2 || node.input[0] != data,
+        SkipReason::ConsumerNotFoldable {
+            op_type: format!("{} (not on its data input)", node.op_type())
+        }
+    );
+    if let Some(only) = &ctx.options.only {
+        skip_if!(!only.contains(&kind), SkipReason::KindExcluded { kind });
+    }
+    let affine = or_skip!(bn_affine(eval, bn)?);
+    let weight_name = node.input[1].clone();
+    if let Some(q) = index.producer(&weight_name) {
+        skip_if!(
+            index.node(q).op_type() == "DequantizeLinear",
+            SkipReason::QuantizedWeight {
+                tensor: weight_name.clone()
+            }
+        );
+    }
+    let weight = or_skip!(constant(eval, &weight_name)?);
+    skip_if!(
+        !weight.dtype.is_float(),
+        SkipReason::UnsupportedDtype {
+            tensor: weight_name.clone(),
+            dtype: weight.dtype.name().into()
+        }
+    );
+    let bias_name = node.input.get(2).filter(|b| !b.is_empty()).cloned();
+    let bias = match &bias_name {
+        Some(b) => {
+            let v = or_skip!(constant(eval, b)?);
+            skip_if!(
+                !v.dtype.is_float(),
+                SkipReason::UnsupportedDtype {
+                    tensor: b.clone(),
+                    dtype: v.dtype.name().into()
+                }
+            );
+            Some(v)
+        }
+        None => None,
+    };
+    let pads_nonzero = attr::ints(node, "pads")?.is_some_and(|p| p.iter().any(|&v| v != 0));
+    let auto_pad = attr::string(node, "auto_pad")?.unwrap_or_default();
+    let padded = pads_nonzero || auto_pad.starts_with("SAME");
+    let new_bias_name = bias_name
+        .clone()
+        .unwrap_or_else(|| format!("{weight_name}_bias"));
+    let bn_label = node_label(bn);
+    let input = ForwardInput {
+        node,
+        bn_name: &bn_label,
+        weight_name: &weight_name,
+        weight: &weight,
+        bias_name: &new_bias_name,
+        bias: bias.as_deref(),
+        affine: &affine,
+        group: attr::int(node, "group")?.unwrap_or(1).max(1) as usize,
+        padded,
+        positions: if flatten.is_some() { 0 } else { 1 },
+        activation_dtype: eval.dtype(&bn.input[0]).unwrap_or(weight.dtype),
+    };
+    let rewrite = or_skip!(match kind {
+        FoldKind::Conv => folds::forward_conv::plan(&input),
+        _ => folds::forward_gemm::plan(&input),
+    });
+    let exclusive = |name: &str| {
+        index.graph.initializer.iter().any(|t| t.name() == name)
+            && index.consumers(name) == [consumer]
+            && !index.is_graph_input(name)
+            && !index.is_graph_output(name)
+    };
+    let mut detached: Vec<String> = bn.input[1..5].to_vec();
+    detached.push(weight_name.clone());
+    detached.extend(bias_name.iter().cloned());
+    let max_rel_weight_change = affine
+        .scale
+        .iter()
+        .map(|s| (s - 1.0).abs())
+        .fold(0.0, f64::max);
+    Ok(Ok(ForwardPlan {
+        bn: bn_index,
+        consumer,
+        flatten,
+        kind,
+        weight_in_place: exclusive(&weight_name),
+        bias_in_place: bias_name.as_deref().is_some_and(exclusive),
+        weight_name,
+        bias_name,
+        rewrite,
+        detached,
+        max_rel_weight_change,
+    }))
+}
+
+/// Mutates the graph for a forward fold.
+fn apply_forward(
+    graph: &mut GraphProto,
+    plan: ForwardPlan,
+    ctx: &PassContext,
+    path: &str,
+) -> Result<FoldRecord> {
+    let mut names: BTreeSet<String> = GraphIndex::new(graph, OuterScope::default()).all_names();
+    let bn = graph.node[plan.bn].clone();
+    let bn_label = node_label(&bn);
+    let ConsumerRewrite {
+        weight,
+        bias,
+        shift_add,
+        gemm_beta_one,
+    } = plan.rewrite;
+    let weight_template = find_initializer(graph, &plan.weight_name).cloned();
+    let new_weight = write_tensor(
+        graph,
+        &mut names,
+        ctx.store,
+        &plan.weight_name,
+        plan.weight_in_place,
+        weight,
+        weight_template.as_ref(),
+    )?;
+    let new_bias = match bias {
+        Some(bias) => {
+            let base = plan
+                .bias_name
+                .clone()
+                .unwrap_or_else(|| format!("{}_bias", plan.weight_name));
+            let template = plan
+                .bias_name
+                .as_deref()
+                .and_then(|b| find_initializer(graph, b))
+                .cloned()
+                .or(weight_template);
+            let in_place = plan.bias_in_place;
+            Some(write_tensor(
+                graph,
+                &mut names,
+                ctx.store,
+                &base,
+                in_place,
+                bias,
+                template.as_ref(),
+            )?)
+        }
+        None => None,
+    };
+    let consumer = &mut graph.node[plan.consumer];
+    consumer.input[1] = new_weight.clone();
+    if let Some(b) = &new_bias {
+        if consumer.input.len() < 3 {
+            consumer.input.resize(3, String::new());
+        }
+        consumer.input[2] = b.clone();
+    }
+    if gemm_beta_one && attr::has(consumer, "beta") {
+        attr::set_float(consumer, "beta", 1.0);
+    }
+    let consumer_label = node_label(consumer);
+    let output = consumer.output[0].clone();
+    let flatten_label = plan.flatten.map(|f| node_label(&graph.node[f]));
+    let shift_node = match shift_add {
+        Some(shift) => {
+            let shift_name = write_tensor(
+                graph,
+                &mut names,
+                ctx.store,
+                &format!("{bn_label}_shift"),
+                false,
+                shift,
+                None,
+            )?;
+            let add_name = unique_name(&mut names, &format!("{bn_label}_shift_add"));
+            graph.node[plan.bn] = NodeProto {
+                name: Some(add_name.clone()),
+                op_type: Some("Add".into()),
+                input: vec![bn.input[0].clone(), shift_name],
+                output: vec![bn.output[0].clone()],
+                ..Default::default()
+            };
+            Some(add_name)
+        }
+        None => {
+            let reader = plan.flatten.unwrap_or(plan.consumer);
+            graph.node[reader].input[0] = bn.input[0].clone();
+            graph.node.remove(plan.bn);
+            graph.value_info.retain(|v| v.name() != bn.output[0]);
+            None
+        }
+    };
+    let mut detached = plan.detached;
+    detached.retain(|d| d != &new_weight && Some(d) != new_bias.as_ref());
+    remove_dead(graph, detached, ctx);
+    if ctx.ir_version < 4 {
+        list_initializers_as_inputs(graph);
+    }
+    Ok(FoldRecord {
+        graph: path.to_string(),
+        kind: plan.kind,
+        direction: Direction::Forward,
+        producer: consumer_label,
+        batch_norm: bn_label,
+        passthrough: flatten_label.into_iter().collect(),
+        output,
+        followed_by: None,
+        weight: new_weight,
+        weight_in_place: plan.weight_in_place,
+        bias: new_bias.or(plan.bias_name).unwrap_or_default(),
+        shift_kept_as: shift_node,
+        max_rel_weight_change: plan.max_rel_weight_change,
+    })
+}
+
+/// Rewrites every BN that is still there and is a fixed affine map into `Mul` and `Add`.
+fn decompose_remaining(
+    graph: &mut GraphProto,
+    ctx: &PassContext,
+    path: &str,
+    outer: OuterScope,
+    out: &mut PassOutcome,
+) -> Result<()> {
+    loop {
+        let found = {
+            let index = GraphIndex::new(graph, outer);
+            let eval = ConstEval::new(&index, ctx.store, ctx.opset, inputs_are_constants(ctx));
+            let mut found = None;
+            for i in 0..graph.node.len() {
+                let node = &graph.node[i];
+                if !is_batch_norm(node) {
+                    continue;
+                }
+                let Err(reason) = plan_chain(&index, &eval, i, ctx)? else {
+                    continue;
+                };
+                if !allows_forward(&reason) {
+                    continue;
+                }
+                let Ok(affine) = bn_affine(&eval, node)? else {
+                    continue;
+                };
+                let Some(rank) = eval.rank(&node.input[0]) else {
+                    continue;
+                };
+                let dtype = eval.dtype(&node.input[0]).or(eval.dtype(&node.input[1]));
+                let Some(dtype) = dtype.filter(|d| d.is_float()) else {
+                    continue;
+                };
+                if let Ok(constants) =
+                    folds::decompose::plan(&affine, rank, dtype, &node_label(node))
+                {
+                    found = Some((i, constants));
+                    break;
+                }
+            }
+            found
+        };
+        let Some((i, (scale, shift))) = found else {
+            return Ok(());
+        };
+        let mut names: BTreeSet<String> = GraphIndex::new(graph, OuterScope::default()).all_names();
+        let bn = graph.node[i].clone();
+        let label = node_label(&bn);
+        let scale_name = write_tensor(
+            graph,
+            &mut names,
+            ctx.store,
+            &format!("{label}_scale"),
+            false,
+            scale,
+            None,
+        )?;
+        let shift_name = write_tensor(
+            graph,
+            &mut names,
+            ctx.store,
+            &format!("{label}_shift"),
+            false,
+            shift,
+            None,
+        )?;
+        let scaled = unique_name(&mut names, &format!("{}_scaled", bn.output[0]));
+        let mul_name = unique_name(&mut names, &format!("{label}_mul"));
+        let add_name = unique_name(&mut names, &format!("{label}_add"));
+        let mul = NodeProto {
+            name: Some(mul_name.clone()),
+            op_type: Some("Mul".into()),
+            input: vec![bn.input[0].clone(), scale_name],
+            output: vec![scaled.clone()],
+            ..Default::default()
+        };
+        let add = NodeProto {
+            name: Some(add_name.clone()),
+            op_type: Some("Add".into()),
+            input: vec![scaled, shift_name],
+            output: vec![bn.output[0].clone()],
+            ..Default::default()
+        };
+        graph.node[i] = mul;
+        graph.node.insert(i + 1, add);
+        remove_dead(graph, bn.input[1..5].to_vec(), ctx);
+        if ctx.ir_version < 4 {
+            list_initializers_as_inputs(graph);
+        }
+        out.decompositions.push(DecompositionRecord {
+            graph: path.to_string(),
+            node: label,
+            mul: mul_name,
+            add: add_name,
+        });
+    }
 }
 
 fn inputs_are_constants(ctx: &PassContext) -> bool {
@@ -296,50 +739,8 @@ fn plan_chain(
         ));
     }
 
-    // BN parameters.
-    let mut params = Vec::with_capacity(4);
-    for name in &bn.input[1..5] {
-        let value = or_skip!(constant(eval, name)?);
-        skip_if!(
-            !value.dtype.is_float(),
-            SkipReason::UnsupportedDtype {
-                tensor: name.clone(),
-                dtype: value.dtype.name().into()
-            }
-        );
-        params.push(value);
-    }
-    let channels = params[0].len();
-    for (name, p) in bn.input[1..5].iter().zip(&params) {
-        skip_if!(
-            p.dims.len() != 1 || p.len() != channels,
-            SkipReason::ShapeMismatch {
-                tensor: name.clone(),
-                detail: format!("shape {:?}, expected [{channels}]", p.dims),
-            }
-        );
-    }
-    let epsilon = attr::float(bn, "epsilon")?.unwrap_or(1e-5) as f64;
-    let mut affine = Affine {
-        scale: Vec::with_capacity(channels),
-        shift: Vec::with_capacity(channels),
-    };
-    for c in 0..channels {
-        let (gamma, beta, mean, var) = (
-            params[0].data[c],
-            params[1].data[c],
-            params[2].data[c],
-            params[3].data[c],
-        );
-        let denominator = var + epsilon;
-        skip_if!(
-            !denominator.is_finite() || denominator <= 0.0,
-            SkipReason::NonPositiveVariance { channel: c }
-        );
-        let s = gamma / denominator.sqrt();
-        affine.scale.push(s);
-        affine.shift.push(beta - mean * s);
-    }
+    let mut affine = or_skip!(bn_affine(eval, bn)?);
+    let channels = affine.channels();
 
     // Producer weight and bias.
     let weight_slot = match kind {
@@ -455,6 +856,70 @@ fn plan_chain(
         detached,
         max_rel_weight_change,
     }))
+}
+
+/// The BN's per-channel affine map `y = scale·x + shift`, or why its parameters do not give one.
+fn bn_affine(eval: &ConstEval, bn: &NodeProto) -> Result<std::result::Result<Affine, SkipReason>> {
+    macro_rules! skip_if {
+        ($cond:expr, $reason:expr) => {
+            if $cond {
+                return Ok(Err($reason));
+            }
+        };
+    }
+    macro_rules! or_skip {
+        ($e:expr) => {
+            match $e {
+                Ok(v) => v,
+                Err(reason) => return Ok(Err(reason)),
+            }
+        };
+    }
+    let mut params = Vec::with_capacity(4);
+    for name in &bn.input[1..5] {
+        let value = or_skip!(constant(eval, name)?);
+        skip_if!(
+            !value.dtype.is_float(),
+            SkipReason::UnsupportedDtype {
+                tensor: name.clone(),
+                dtype: value.dtype.name().into()
+            }
+        );
+        params.push(value);
+    }
+    let channels = params[0].len();
+    for (name, p) in bn.input[1..5].iter().zip(&params) {
+        skip_if!(
+            p.dims.len() != 1 || p.len() != channels,
+            SkipReason::ShapeMismatch {
+                tensor: name.clone(),
+                detail: format!("shape {:?}, expected [{channels}]", p.dims),
+            }
+        );
+    }
+    let epsilon = attr::float(bn, "epsilon")?.unwrap_or(1e-5) as f64;
+    let mut affine = Affine {
+        scale: Vec::with_capacity(channels),
+        shift: Vec::with_capacity(channels),
+    };
+    for c in 0..channels {
+        let (gamma, beta, mean, var) = (
+            params[0].data[c],
+            params[1].data[c],
+            params[2].data[c],
+            params[3].data[c],
+        );
+        let denominator = var + epsilon;
+        skip_if!(
+            !denominator.is_finite() || denominator <= 0.0,
+            SkipReason::NonPositiveVariance { channel: c }
+        );
+        let s = gamma / denominator.sqrt();
+        affine.scale.push(s);
+        affine.shift.push(beta - mean * s);
+    }
+
+    Ok(Ok(affine))
 }
 
 fn constant(
@@ -610,6 +1075,7 @@ fn apply(
     Ok(FoldRecord {
         graph: path.to_string(),
         kind: plan.kind,
+        direction: Direction::Backward,
         producer: producer_label,
         batch_norm: node_label(&bn),
         passthrough: passthrough_labels,
@@ -618,6 +1084,7 @@ fn apply(
         weight: new_weight,
         weight_in_place: plan.weight_in_place,
         bias: new_bias,
+        shift_kept_as: None,
         max_rel_weight_change: plan.max_rel_weight_change,
     })
 }

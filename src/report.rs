@@ -10,20 +10,33 @@ use crate::verify::Verification;
 /// The version of the JSON report's schema.
 pub const SCHEMA_VERSION: u32 = 1;
 
-/// One BatchNormalization folded into its producer.
+/// Which way a BatchNormalization folded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Into the layer that produces its input.
+    Backward,
+    /// Into the layer that consumes its output.
+    Forward,
+}
+
+/// One BatchNormalization folded into its producer (or, forward, its consumer).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct FoldRecord {
     /// The graph it happened in (`main`, or `main/<node>/<attribute>` for a subgraph).
     pub graph: String,
-    /// The kind of producer.
+    /// The kind of layer it folded into.
     pub kind: FoldKind,
-    /// The producer node's name (or first output).
+    /// Backward (into the producer) or forward (into the consumer).
+    pub direction: Direction,
+    /// The node it folded into: the producer, or forward the consumer (name, or first output).
     pub producer: String,
     /// The BatchNormalization node's name (or first output).
     pub batch_norm: String,
     /// Identity or Add nodes between producer and BN that folded too.
     pub passthrough: Vec<String>,
-    /// The tensor the fused producer now writes (the BN's output).
+    /// The tensor to compare after the fold: backward, the BN's output, which the fused
+    /// producer now writes; forward, the consumer's output.
     pub output: String,
     /// The op consuming the output, when there is exactly one (`Relu`, ...).
     pub followed_by: Option<String>,
@@ -33,6 +46,8 @@ pub struct FoldRecord {
     pub weight_in_place: bool,
     /// The bias tensor written.
     pub bias: String,
+    /// Forward into a padded Conv: the `Add` node that keeps the shift (the scale folded).
+    pub shift_kept_as: Option<String>,
     /// The largest relative change of a weight element, `max |s − 1|`.
     pub max_rel_weight_change: f64,
 }
@@ -48,6 +63,23 @@ pub struct SkipRecord {
     pub reason: SkipReason,
     /// The reason, for people.
     pub message: String,
+    /// Why it did not fold forward either, when that was tried.
+    pub forward: Option<SkipReason>,
+    /// That reason, for people.
+    pub forward_message: Option<String>,
+}
+
+/// A BatchNormalization rewritten as `Mul` and `Add` (`--decompose-standalone`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DecompositionRecord {
+    /// The graph it is in.
+    pub graph: String,
+    /// The BatchNormalization node replaced.
+    pub node: String,
+    /// The new `Mul` node.
+    pub mul: String,
+    /// The new `Add` node.
+    pub add: String,
 }
 
 /// A normalization whose statistics depend on the input, so it never folds.
@@ -74,6 +106,10 @@ pub struct Report {
     pub skips: Vec<SkipRecord>,
     /// LayerNormalization, GroupNormalization and InstanceNormalization nodes.
     pub non_foldable_normalizations: Vec<NormalizationRecord>,
+    /// BatchNormalization nodes rewritten as `Mul` and `Add`.
+    pub decompositions: Vec<DecompositionRecord>,
     /// The equivalence check, when it ran.
     pub verification: Option<Verification>,
+    /// Quantization readiness of the folded weights, when it was asked for.
+    pub readiness: Option<crate::readiness::Readiness>,
 }

@@ -183,6 +183,24 @@ fn every_json_report_validates_against_the_schema() {
         &["verify", &fixture("conv_bn.onnx"), "fused.onnx"],
     );
     assert!(validator.is_valid(&verified), "{verified:#}");
+    let inspected = json_of(
+        dir.path(),
+        &["inspect", &fixture("torch_preact_block_op13.onnx")],
+    );
+    assert!(validator.is_valid(&inspected), "{inspected:#}");
+    let decomposed = json_of(
+        dir.path(),
+        &[
+            &fixture("torch_add_bn_standalone_op13.onnx"),
+            "--dry-run",
+            "--decompose-standalone",
+        ],
+    );
+    assert!(validator.is_valid(&decomposed), "{decomposed:#}");
+    assert_eq!(
+        decomposed["decompositions"].as_array().map(Vec::len),
+        Some(1)
+    );
     let mut broken = fused.clone();
     broken["folds"][0]["kind"] = "batchnorm".into();
     assert!(

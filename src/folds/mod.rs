@@ -6,11 +6,21 @@
 //! - [`gemm`]: `Gemm → BN`
 //! - [`matmul`]: `MatMul → BN` with a constant right-hand weight and a rank-2 product
 //!
+//! When none of these applies, the BN is folded forward into the layer that consumes it:
+//!
+//! - [`forward_conv`]: `BN → Conv` (ReLU → BN → Conv, pre-activation blocks)
+//! - [`forward_gemm`]: `BN → (Flatten →) Gemm` (classifier heads)
+//!
+//! and, on request, a BN that folds nowhere is rewritten as `Mul` and `Add` ([`decompose`]).
+//!
 //! Each fold is a pure `plan` that returns the rewritten weight and bias or a [`SkipReason`];
 //! [`crate::pass`] finds the chains and is the one place that mutates the model.
 
 pub mod conv;
 pub mod conv_transpose;
+pub mod decompose;
+pub mod forward_conv;
+pub mod forward_gemm;
 pub mod gemm;
 pub mod matmul;
 
@@ -154,6 +164,24 @@ pub enum SkipReason {
     },
     /// The node was excluded with `--skip-node`.
     NodeExcluded,
+    /// Forward: the BN's output is a graph output or feeds nothing.
+    NoConsumer,
+    /// Forward: the BN's output (or the Flatten's) feeds more than one node.
+    ConsumerOutputShared {
+        /// The tensor.
+        tensor: String,
+    },
+    /// Forward: the BN feeds an op that cannot absorb it.
+    ConsumerNotFoldable {
+        /// The consumer's op type.
+        op_type: String,
+    },
+    /// Forward into a padded Conv: the shift must stay as `Add(X, shift/scale)`, which needs
+    /// every scale non-zero.
+    ZeroScaleUnderPadding {
+        /// The first channel whose scale is zero.
+        channel: usize,
+    },
 }
 
 impl SkipReason {
@@ -212,6 +240,19 @@ impl SkipReason {
                 format!("folds into {} are excluded by --only", kind.op_type())
             }
             SkipReason::NodeExcluded => "excluded by --skip-node".into(),
+            SkipReason::NoConsumer => {
+                "its output is a graph output or unused: nothing to fold forward into".into()
+            }
+            SkipReason::ConsumerOutputShared { tensor } => {
+                format!("'{tensor}' feeds several nodes; every one would have to take the fold")
+            }
+            SkipReason::ConsumerNotFoldable { op_type } => {
+                format!("its output feeds {op_type}, which cannot absorb it")
+            }
+            SkipReason::ZeroScaleUnderPadding { channel } => format!(
+                "the consumer pads, and the scale of channel {channel} is zero: the shift cannot \
+                 move before the Conv"
+            ),
         }
     }
 
@@ -269,6 +310,49 @@ pub enum NodeChange {
     MatMulToGemm,
     /// `MatMul` stays and an `Add` of the bias follows it.
     MatMulThenAdd,
+}
+
+/// What a forward fold makes of the consumer: new weight, new bias (or `C`), or the shift that
+/// stays as an `Add` before it.
+#[derive(Clone, Debug)]
+pub struct ConsumerRewrite {
+    /// The rewritten weight.
+    pub weight: Tensor,
+    /// The rewritten bias (Conv) or `C` (Gemm); `None` when it does not change.
+    pub bias: Option<Tensor>,
+    /// The per-channel constant `d` of `Add(X, d)` that replaces the BN, when the consumer pads.
+    pub shift_add: Option<Tensor>,
+    /// Gemm: `beta` becomes 1 (it is folded into `C`).
+    pub gemm_beta_one: bool,
+}
+
+/// The result of a forward plan.
+pub type PlannedForward = Result<ConsumerRewrite, SkipReason>;
+
+/// What a forward fold needs to know of the consumer.
+pub struct ForwardInput<'a> {
+    /// The consumer node.
+    pub node: &'a crate::proto::NodeProto,
+    /// The BN node's name, for the tensors it leaves behind.
+    pub bn_name: &'a str,
+    /// The weight's name.
+    pub weight_name: &'a str,
+    /// The weight.
+    pub weight: &'a Tensor,
+    /// The bias's (or `C`'s) name: the existing one, or the one to create.
+    pub bias_name: &'a str,
+    /// The bias, if any.
+    pub bias: Option<&'a Tensor>,
+    /// The BN's affine map.
+    pub affine: &'a Affine,
+    /// Conv `group`.
+    pub group: usize,
+    /// Conv: whether it pads (its padded zeros are not `BN(0)`).
+    pub padded: bool,
+    /// Gemm after Flatten: positions per channel (`0`: unknown, any whole multiple).
+    pub positions: usize,
+    /// The dtype of the BN's data, for the shift constant.
+    pub activation_dtype: Dtype,
 }
 
 /// What the fold step needs to know of the producer's parameters.

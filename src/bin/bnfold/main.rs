@@ -57,6 +57,19 @@ enum Command {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// Write nothing: list every normalization node and whether and how it folds, and how well
+    /// the weights, once folded, survive INT8 quantization.
+    ///
+    /// Example: bnfold inspect model.onnx --report json
+    Inspect {
+        /// The ONNX model to inspect.
+        model: PathBuf,
+        /// Treat initializers that are also graph inputs as constants.
+        #[arg(long)]
+        inputs_are_constants: bool,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -94,6 +107,13 @@ struct FoldArgs {
     /// Exit 1 when the check cannot run (e.g. an op tract does not support).
     #[arg(long)]
     require_verify: bool,
+    /// Rewrite each BatchNormalization that folds nowhere (on a graph input, after Add, Concat or
+    /// pooling) into one Mul and one Add, for runtimes without BatchNormalization.
+    #[arg(long)]
+    decompose_standalone: bool,
+    /// Leave the quantization-readiness analysis out of the report.
+    #[arg(long)]
+    no_readiness: bool,
     #[command(flatten)]
     check_args: VerifyArgs,
     #[command(flatten)]
@@ -176,7 +196,7 @@ fn main() -> ExitCode {
         }
     };
     let verbose = match &cli.command {
-        Some(Command::Verify { output, .. }) => output.verbose,
+        Some(Command::Verify { output, .. } | Command::Inspect { output, .. }) => output.verbose,
         None => cli.fold.output_args.verbose,
     };
     match run(cli) {
@@ -223,6 +243,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             check,
             output,
         }) => run_verify(&original, &candidate, &check, &output),
+        Some(Command::Inspect {
+            model,
+            inputs_are_constants,
+            output,
+        }) => run_inspect(&model, inputs_are_constants, &output),
         None => run_fold(cli.fold),
     }
 }
@@ -281,6 +306,7 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
         inputs_are_constants: args.inputs_are_constants,
         only: (!args.only.is_empty()).then(|| args.only.iter().map(|&k| k.into()).collect()),
         skip_nodes: args.skip_nodes.iter().cloned().collect(),
+        decompose_standalone: args.decompose_standalone,
     };
     let mut verify_opts = verify_options(&args.check_args)?;
     if writes {
@@ -308,6 +334,12 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
     let mut fused = original.clone();
     let mut report = fold(&mut fused, &options).with_context(|| format!("{}", input.display()))?;
     let fold_seconds = started.elapsed().as_secs_f64();
+    if !args.no_readiness && !args.check {
+        report.readiness = Some(
+            bnfold::readiness::analyse(&original, &fused)
+                .with_context(|| format!("{}", input.display()))?,
+        );
+    }
 
     if args.check {
         progress.finish();
@@ -471,6 +503,59 @@ fn run_verify(
     }))
 }
 
+fn run_inspect(
+    path: &Path,
+    inputs_are_constants: bool,
+    output: &OutputArgs,
+) -> anyhow::Result<ExitCode> {
+    let original = load(path)?;
+    let mut folded = original.clone();
+    let options = FoldOptions {
+        inputs_are_constants,
+        ..FoldOptions::default()
+    };
+    let report = fold(&mut folded, &options).with_context(|| format!("{}", path.display()))?;
+    let readiness = bnfold::readiness::analyse(&original, &folded)
+        .with_context(|| format!("{}", path.display()))?;
+    let normalizations: Vec<serde_json::Value> = report
+        .folds
+        .iter()
+        .map(|f| {
+            serde_json::json!({
+                "graph": f.graph, "node": f.batch_norm, "op_type": "BatchNormalization",
+                "foldable": true,
+                "how": match f.direction {
+                    bnfold::report::Direction::Backward => format!("into {} {}", f.kind.op_type(), f.producer),
+                    bnfold::report::Direction::Forward => format!("forward into {} {}", f.kind.op_type(), f.producer),
+                },
+            })
+        })
+        .chain(report.skips.iter().map(|k| {
+            serde_json::json!({
+                "graph": k.graph, "node": k.node, "op_type": "BatchNormalization",
+                "foldable": false, "reason": k.reason.code(), "how": k.message,
+            })
+        }))
+        .chain(report.non_foldable_normalizations.iter().map(|n| {
+            serde_json::json!({
+                "graph": n.graph, "node": n.node, "op_type": n.op_type,
+                "foldable": false, "reason": "input_statistics",
+                "how": "its statistics are computed from the input at run time",
+            })
+        }))
+        .collect();
+    let json = serde_json::json!({
+        "schema": SCHEMA_VERSION,
+        "input": path.display().to_string(),
+        "normalizations": normalizations,
+        "quantization_readiness": readiness,
+    });
+    emit(output, &json, || {
+        text::inspect(path, &normalizations, &readiness)
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn timings(fold_seconds: f64, verify_seconds: Option<f64>) -> String {
     match verify_seconds {
         Some(v) => format!("time: load + fold {fold_seconds:.3} s, verify {v:.3} s\n"),
@@ -489,6 +574,8 @@ fn json_report(report: &Report, input: &Path, output: Option<&Path>) -> serde_js
                 "reason": s.reason.code(),
                 "details": s.reason,
                 "message": s.message,
+                "forward_reason": s.forward.as_ref().map(|f| f.code()),
+                "forward_message": s.forward_message,
             })
         })
         .collect();
@@ -501,7 +588,9 @@ fn json_report(report: &Report, input: &Path, output: Option<&Path>) -> serde_js
         "folds": report.folds,
         "skips": skips,
         "non_foldable_normalizations": report.non_foldable_normalizations,
+        "decompositions": report.decompositions,
         "verification": report.verification,
+        "quantization_readiness": report.readiness,
     })
 }
 

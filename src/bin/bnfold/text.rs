@@ -6,7 +6,8 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anstyle::{AnsiColor, Style};
-use bnfold::report::Report;
+use bnfold::readiness::Readiness;
+use bnfold::report::{Direction, Report};
 use bnfold::verify::{Status, Verification};
 
 const BOLD: Style = Style::new().bold();
@@ -31,6 +32,21 @@ pub fn fold_report(report: &Report, input: &Path, output: Option<&Path>) -> Stri
             paint(BOLD, format!("folded ({}):", report.folds.len()))
         );
         for f in &report.folds {
+            if f.direction == Direction::Forward {
+                let through: String = f.passthrough.iter().map(|p| format!(" → {p}")).collect();
+                let how = match &f.shift_kept_as {
+                    Some(add) => format!("forward; the Conv pads, so the shift stays as {add}"),
+                    None => "forward".into(),
+                };
+                let _ = writeln!(
+                    s,
+                    "  BatchNormalization {}{through} → {} {} ({how})",
+                    f.batch_norm,
+                    f.kind.op_type(),
+                    f.producer
+                );
+                continue;
+            }
             let through: String = f.passthrough.iter().map(|p| format!(" ← {p}")).collect();
             let then = f
                 .followed_by
@@ -60,6 +76,30 @@ pub fn fold_report(report: &Report, input: &Path, output: Option<&Path>) -> Stri
                 k.message,
                 paint(DIM, format!("[{}]", k.reason.code()))
             );
+            if let (Some(f), Some(m)) = (&k.forward, &k.forward_message) {
+                let _ = writeln!(
+                    s,
+                    "    not forward either: {m} {}",
+                    paint(DIM, format!("[{}]", f.code()))
+                );
+            }
+        }
+    }
+    if !report.decompositions.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n{}",
+            paint(
+                BOLD,
+                format!("decomposed ({}):", report.decompositions.len())
+            )
+        );
+        for d in &report.decompositions {
+            let _ = writeln!(
+                s,
+                "  BatchNormalization {} → Mul {} → Add {}",
+                d.node, d.mul, d.add
+            );
         }
     }
     if !report.non_foldable_normalizations.is_empty() {
@@ -71,6 +111,9 @@ pub fn fold_report(report: &Report, input: &Path, output: Option<&Path>) -> Stri
         for n in &report.non_foldable_normalizations {
             let _ = writeln!(s, "  {} {}", n.op_type, n.node);
         }
+    }
+    if let Some(r) = &report.readiness {
+        readiness(r, &mut s);
     }
     if let Some(v) = &report.verification {
         let _ = writeln!(s);
@@ -185,4 +228,100 @@ pub fn verification(v: &Verification, s: &mut String) {
     if !v.guessed_dims.is_empty() {
         let _ = writeln!(s, "  guessed dims: {}", v.guessed_dims.join(", "));
     }
+}
+
+/// The quantization-readiness summary and the five worst layers.
+pub fn readiness(r: &Readiness, s: &mut String) {
+    if r.layers.is_empty() && r.batch_norms.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "\n{}",
+        paint(BOLD, "INT8 readiness (weights as folded):")
+    );
+    let db = |v: Option<f64>| v.map_or("exact".to_string(), |d| format!("{d:.1} dB"));
+    let mut tensor_db: Vec<f64> = r
+        .layers
+        .iter()
+        .filter_map(|l| l.sqnr_per_tensor_db)
+        .collect();
+    tensor_db.sort_by(f64::total_cmp);
+    let starved: usize = r.layers.iter().map(|l| l.starved_channels).sum();
+    let channels: usize = r.layers.iter().map(|l| l.channels).sum();
+    if let (Some(worst), Some(median)) = (tensor_db.first(), tensor_db.get(tensor_db.len() / 2)) {
+        let _ = writeln!(
+            s,
+            "  {} layer{}; per-tensor SQNR worst {worst:.1} dB, median {median:.1} dB; {starved} of {channels} channels under 4 effective bits",
+            r.layers.len(),
+            if r.layers.len() == 1 { "" } else { "s" }
+        );
+    }
+    let dead: usize = r.batch_norms.iter().map(|b| b.dead_channels).sum();
+    let tiny: usize = r.batch_norms.iter().map(|b| b.tiny_variance_channels).sum();
+    let amplification = r
+        .batch_norms
+        .iter()
+        .map(|b| b.max_amplification)
+        .fold(0.0, f64::max);
+    if !r.batch_norms.is_empty() {
+        let _ = writeln!(
+            s,
+            "  BatchNormalization: {dead} dead channels, {tiny} with running variance below epsilon, largest amplification {amplification:.3e}"
+        );
+    }
+    let worst = r.worst(5);
+    if worst.is_empty() {
+        return;
+    }
+    let width = worst.iter().map(|l| l.node.len()).max().unwrap_or(5).max(5);
+    let header = format!(
+        "{:<width$}  {:>10}  {:>11}  {:>8}  {:>8}",
+        "layer", "per-tensor", "per-channel", "spread", "starved"
+    );
+    let _ = writeln!(s, "  {}", paint(BOLD, header));
+    for l in worst {
+        let _ = writeln!(
+            s,
+            "  {:<width$}  {:>10}  {:>11}  {:>8.1}  {:>4}/{}",
+            l.node,
+            db(l.sqnr_per_tensor_db),
+            db(l.sqnr_per_channel_db),
+            l.range_spread,
+            l.starved_channels,
+            l.channels
+        );
+    }
+}
+
+/// The `inspect` report: each normalization node and how it folds, then the readiness.
+pub fn inspect(path: &Path, normalizations: &[serde_json::Value], r: &Readiness) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{}",
+        paint(BOLD, format!("bnfold inspect {}", path.display()))
+    );
+    if normalizations.is_empty() {
+        let _ = writeln!(s, "\nno normalization nodes");
+    } else {
+        let _ = writeln!(s, "\n{}", paint(BOLD, "normalization nodes:"));
+        for n in normalizations {
+            let foldable = n["foldable"].as_bool().unwrap_or(false);
+            let mark = if foldable {
+                paint(GREEN, "folds")
+            } else {
+                paint(YELLOW, "stays:")
+            };
+            let _ = writeln!(
+                s,
+                "  {} {}: {mark} {}",
+                n["op_type"].as_str().unwrap_or(""),
+                n["node"].as_str().unwrap_or(""),
+                n["how"].as_str().unwrap_or("")
+            );
+        }
+    }
+    readiness(r, &mut s);
+    s
 }

@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+"""Benchmark, run on demand (not a test): bnfold fold-only and fold+verify, side by side with
+`cp` of the same files and with the Python tools a user would pick instead, on the same models.
+
+    python3 scripts/bench.py [MODEL.onnx ...] [--runs 5] [--large] [--out bench/RESULTS.md]
+
+Defaults to ../shared/models/*.onnx; --large also generates a >2 GB external-data model with
+scripts/make_large_model.py (in a temporary folder) and runs bnfold and cp on it. The peers are
+installed with pip into bench/.venv: onnxoptimizer (fuse_bn_into_conv plus its default fuse and
+elimination passes), onnxsim, onnxslim, and onnxruntime's offline optimization at the basic
+level. Each command runs --runs times; the table gives the median wall time and the peak RSS
+(from /usr/bin/time), and the ratios bnfold/cp and bnfold/fastest peer."""
+import argparse
+import datetime
+import glob
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+VENV = os.path.join(ROOT, "bench", ".venv")
+PEERS = ["onnxoptimizer", "onnxsim", "onnxslim", "onnxruntime", "onnx", "numpy"]
+
+PEER_CODE = {
+    "onnxoptimizer": (
+        "import onnx, onnxoptimizer, sys\n"
+        "m = onnx.load(sys.argv[1])\n"
+        "passes = ['fuse_bn_into_conv'] + [p for p in onnxoptimizer.get_fuse_and_elimination_passes() if p != 'fuse_bn_into_conv']\n"
+        "onnx.save(onnxoptimizer.optimize(m, passes), sys.argv[2])\n"
+    ),
+    "onnxsim": (
+        "import onnx, onnxsim, sys\n"
+        "m, ok = onnxsim.simplify(onnx.load(sys.argv[1]))\n"
+        "onnx.save(m, sys.argv[2])\n"
+    ),
+    "onnxslim": (
+        "import onnx, onnxslim, sys\n"
+        "onnx.save(onnxslim.slim(onnx.load(sys.argv[1])), sys.argv[2])\n"
+    ),
+    "ort-basic": (
+        "import onnxruntime as ort, sys\n"
+        "so = ort.SessionOptions()\n"
+        "so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC\n"
+        "so.optimized_model_filepath = sys.argv[2]\n"
+        "ort.InferenceSession(sys.argv[1], so, providers=['CPUExecutionProvider'])\n"
+    ),
+}
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def ensure_peers():
+    py = os.path.join(VENV, "bin", "python")
+    if not os.path.exists(py):
+        sh([sys.executable, "-m", "venv", VENV])
+    sh([py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"] + PEERS)
+    return py
+
+
+def measure(cmd, runs, cleanup):
+    """Median wall seconds and max peak RSS (MiB) over `runs` runs of `cmd`."""
+    walls, rss = [], []
+    for _ in range(runs):
+        cleanup()
+        r = subprocess.run(["/usr/bin/time", "-f", "%e %M"] + cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            return None, None, (r.stderr.strip().splitlines() or ["failed"])[-2:]
+        wall, kib = r.stderr.strip().splitlines()[-1].split()
+        walls.append(float(wall))
+        rss.append(int(kib) / 1024)
+    return statistics.median(walls), max(rss), None
+
+
+def machine():
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
+    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {platform.system()} {platform.release()}"
+
+
+def folder_size(model):
+    d = os.path.dirname(os.path.abspath(model))
+    data = [os.path.join(d, f) for f in os.listdir(d) if f.startswith(os.path.basename(model).split(".")[0] + ".data")]
+    return os.path.getsize(model) + sum(os.path.getsize(p) for p in data), data
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("models", nargs="*")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--large", action="store_true")
+    ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "RESULTS.md"))
+    args = ap.parse_args()
+    models = args.models or sorted(glob.glob(os.path.join(ROOT, "..", "shared", "models", "*.onnx")))
+    sh(["cargo", "build", "--release", "--quiet"], cwd=ROOT)
+    bnfold = os.path.join(ROOT, "target", "release", "bnfold")
+    py = None if args.no_peers else ensure_peers()
+    work = tempfile.mkdtemp(prefix="bnfold-bench-")
+    large_dir = None
+    if args.large:
+        large_dir = os.path.join(work, "large")
+        sh([sys.executable, os.path.join(HERE, "make_large_model.py"), large_dir])
+        models.append(os.path.join(large_dir, "large.onnx"))
+
+    rows = []
+    for model in models:
+        name = os.path.basename(model)
+        size, data_files = folder_size(model)
+        out_dir = os.path.join(work, "out")
+        out = os.path.join(out_dir, name)
+
+        def cleanup():
+            shutil.rmtree(out_dir, ignore_errors=True)
+            os.makedirs(out_dir)
+
+        results = {}
+        cp_cmd = ["cp", model] + data_files + [out_dir]
+        results["cp"] = measure(cp_cmd, args.runs, cleanup)
+        results["bnfold fold-only"] = measure([bnfold, model, "-o", out, "--no-verify", "-q"], args.runs, cleanup)
+        results["bnfold fold+verify"] = measure([bnfold, model, "-o", out, "-q"], max(1, args.runs // 2 + 1), cleanup)
+        external = bool(data_files)
+        if py and not external:
+            for peer, code in PEER_CODE.items():
+                results[peer] = measure([py, "-c", code, model, out], args.runs, cleanup)
+        rows.append((name, size, external, results))
+
+    lines = [
+        f"# bnfold benchmark, {datetime.date.today().isoformat()}",
+        "",
+        f"Machine: {machine()}. Median of {args.runs} runs (fold+verify: {max(1, args.runs // 2 + 1)}); "
+        "peak RSS from /usr/bin/time. Peers run as a user would: a Python process that loads, "
+        "optimizes and saves. `cp` copies the model and its data files.",
+        "",
+        "| model | size MiB | tool | wall s | peak RSS MiB | RSS / size |",
+        "|---|---:|---|---:|---:|---:|",
+    ]
+    summary = []
+    for name, size, external, results in rows:
+        for tool, (wall, rss, err) in results.items():
+            if wall is None:
+                lines.append(f"| {name} | {size / 2**20:.1f} | {tool} | failed: {' '.join(err)[:80]} | | |")
+                continue
+            lines.append(f"| {name} | {size / 2**20:.1f} | {tool} | {wall:.3f} | {rss:.0f} | {rss * 2**20 / size:.2f} |")
+        fold = results["bnfold fold-only"][0]
+        cp = results["cp"][0]
+        peers = [(results[p][0], p) for p in PEER_CODE if p in results and results[p][0] is not None]
+        if fold is not None:
+            line = f"- {name}: bnfold fold-only / cp = {fold / max(cp, 0.005):.1f}x"
+            if peers:
+                best, who = min(peers)
+                line += f"; fastest peer {who} {best:.3f} s = {best / fold:.1f}x slower than bnfold"
+            summary.append(line)
+    lines += ["", "Ratios (cp time floored at 5 ms):", ""] + summary + [""]
+    text = "\n".join(lines)
+    print(text)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write(text)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
