@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Interoperability check run by .ci/run: every fixture folded by bnfold passes
 onnx.checker.check_model(full_check=True), and onnxruntime (graph optimizations disabled, so it
-does not fold by itself) gives the fused model the original's outputs."""
+does not fold by itself) gives the fused model the original's outputs. The quantization-readiness
+figures of `bnfold inspect` are recomputed here with numpy from the fused model's weights."""
 import json
 import os
 import subprocess
@@ -37,6 +38,59 @@ def feeds(sess, rng):
                  "tensor(double)": np.float64}[i.type]
         out[i.name] = rng.standard_normal(shape).astype(dtype)
     return out
+
+
+def np_layer(node, weights):
+    """Per-output-channel rows of a weight, the way the readiness report defines channels."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    w = weights[node.input[1]].astype(np.float64)
+    if node.op_type == "Conv":
+        rows = w.reshape(w.shape[0], -1)
+    elif node.op_type == "ConvTranspose":
+        g = attrs.get("group", 1)
+        cin, cog = w.shape[0], w.shape[1]
+        rows = w.reshape(g, cin // g, cog, -1).transpose(0, 2, 1, 3).reshape(g * cog, -1)
+    elif node.op_type == "Gemm":
+        rows = w if attrs.get("transB", 0) == 1 else w.T
+    else:
+        rows = np.moveaxis(w, -1, 0).reshape(w.shape[-1], -1)
+    r = np.abs(rows).max(axis=1)
+    step = r.max() / 127
+
+    def q(x, s):
+        return np.clip(np.round(x / s), -127, 127) * s if s > 0 else np.zeros_like(x)
+
+    signal = np.sum(rows ** 2)
+    noise_t = np.sum((rows - q(rows, step)) ** 2)
+    noise_c = sum(np.sum((row - q(row, rc / 127)) ** 2) for row, rc in zip(rows, r))
+    db = lambda n: None if n == 0 else 10 * np.log10(signal / n)  # noqa: E731
+    starved = int(np.sum((r > 0) & (np.log2(np.where(r > 0, r, 1) / step) + 1 < 4)))
+    return {"spread": r.max() / np.median(r), "tensor": db(noise_t), "channel": db(noise_c),
+            "starved": starved, "zero": int(np.sum(r == 0))}
+
+
+def check_readiness(src, fused_path):
+    """bnfold inspect's per-layer figures against numpy on the fused model's weights."""
+    run = subprocess.run([BIN, "inspect", src, "--report", "json"], capture_output=True, text=True)
+    report = json.loads(run.stdout)["quantization_readiness"]
+    model = onnx.load(fused_path)
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    nodes = {(n.name or n.output[0]): n for n in model.graph.node}
+    checked = 0
+    for layer in report["layers"]:
+        node = nodes[layer["node"]]
+        if node.input[1] not in weights:
+            continue
+        want = np_layer(node, weights)
+        close = lambda a, b: (a is None and b is None) or (a is not None and b is not None and abs(a - b) <= 1e-6 * max(1.0, abs(b)))  # noqa: E731
+        ok = (close(layer["sqnr_per_tensor_db"], want["tensor"])
+              and close(layer["sqnr_per_channel_db"], want["channel"])
+              and close(layer["range_spread"], want["spread"])
+              and layer["starved_channels"] == want["starved"] and layer["zero_channels"] == want["zero"])
+        if not ok:
+            raise AssertionError(f"readiness of {layer['node']}: bnfold {layer}, numpy {want}")
+        checked += 1
+    return checked
 
 
 def main():
@@ -80,7 +134,8 @@ def main():
                         worst = max(worst, err)
                         if not err <= 2 * tol:
                             raise AssertionError(f"normalized error {err:.3e} > {2 * tol:.1e}")
-                print(f"ok   {name}: worst normalized error {worst:.2e}")
+                layers = check_readiness(src, out) if "f16" not in name and "f64" not in name else 0
+                print(f"ok   {name}: worst normalized error {worst:.2e}, readiness of {layers} layers agrees with numpy")
                 passed += 1
             except Exception as e:  # noqa: BLE001 - every failure is reported by name
                 print(f"FAIL {name}: {e}")
