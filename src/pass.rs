@@ -16,6 +16,25 @@ use crate::proto::{GraphProto, NodeProto, TensorProto, TypeProto, ValueInfoProto
 use crate::report::{DecompositionRecord, Direction, FoldRecord, NormalizationRecord, SkipRecord};
 use crate::tensor::{self, Tensor};
 
+/// In a plan function returning `Result<Result<_, SkipReason>>`: skip with `$reason` if `$cond`.
+macro_rules! skip_if {
+    ($cond:expr, $reason:expr) => {
+        if $cond {
+            return Ok(Err($reason));
+        }
+    };
+}
+
+/// In a plan function: the value of a `Result<_, SkipReason>`, or skip with its reason.
+macro_rules! or_skip {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(reason) => return Ok(Err(reason)),
+        }
+    };
+}
+
 /// What the user allows the pass to do.
 #[derive(Clone, Debug, Default)]
 pub struct FoldOptions {
@@ -203,21 +222,6 @@ fn plan_forward(
     bn_index: usize,
     ctx: &PassContext,
 ) -> Result<std::result::Result<ForwardPlan, SkipReason>> {
-    macro_rules! skip_if {
-        ($cond:expr, $reason:expr) => {
-            if $cond {
-                return Ok(Err($reason));
-            }
-        };
-    }
-    macro_rules! or_skip {
-        ($e:expr) => {
-            match $e {
-                Ok(v) => v,
-                Err(reason) => return Ok(Err(reason)),
-            }
-        };
-    }
     let bn = index.node(bn_index);
     let sole_consumer = |tensor: &str| -> std::result::Result<usize, SkipReason> {
         let consumers = index.consumers(tensor);
@@ -267,35 +271,10 @@ fn plan_forward(
     }
     let affine = or_skip!(bn_affine(eval, bn)?);
     let weight_name = node.input[1].clone();
-    if let Some(q) = index.producer(&weight_name) {
-        skip_if!(
-            index.node(q).op_type() == "DequantizeLinear",
-            SkipReason::QuantizedWeight {
-                tensor: weight_name.clone()
-            }
-        );
-    }
-    let weight = or_skip!(constant(eval, &weight_name)?);
-    skip_if!(
-        !weight.dtype.is_float(),
-        SkipReason::UnsupportedDtype {
-            tensor: weight_name.clone(),
-            dtype: weight.dtype.name().into()
-        }
-    );
+    let weight = or_skip!(layer_weight(index, eval, &weight_name)?);
     let bias_name = node.input.get(2).filter(|b| !b.is_empty()).cloned();
     let bias = match &bias_name {
-        Some(b) => {
-            let v = or_skip!(constant(eval, b)?);
-            skip_if!(
-                !v.dtype.is_float(),
-                SkipReason::UnsupportedDtype {
-                    tensor: b.clone(),
-                    dtype: v.dtype.name().into()
-                }
-            );
-            Some(v)
-        }
+        Some(b) => Some(or_skip!(float_constant(eval, b)?)),
         None => None,
     };
     let pads_nonzero = attr::ints(node, "pads")?.is_some_and(|p| p.iter().any(|&v| v != 0));
@@ -621,21 +600,6 @@ fn plan_chain(
     bn_index: usize,
     ctx: &PassContext,
 ) -> Result<std::result::Result<ChainPlan, SkipReason>> {
-    macro_rules! skip_if {
-        ($cond:expr, $reason:expr) => {
-            if $cond {
-                return Ok(Err($reason));
-            }
-        };
-    }
-    macro_rules! or_skip {
-        ($e:expr) => {
-            match $e {
-                Ok(v) => v,
-                Err(reason) => return Ok(Err(reason)),
-            }
-        };
-    }
     let bn = index.node(bn_index);
     let label = node_label(bn);
     skip_if!(
@@ -755,38 +719,13 @@ fn plan_chain(
         _ => 1,
     };
     let weight_name = prod.input[weight_slot].clone();
-    if let Some(q) = index.producer(&weight_name) {
-        skip_if!(
-            index.node(q).op_type() == "DequantizeLinear",
-            SkipReason::QuantizedWeight {
-                tensor: weight_name.clone()
-            }
-        );
-    }
-    let weight = or_skip!(constant(eval, &weight_name)?);
-    skip_if!(
-        !weight.dtype.is_float(),
-        SkipReason::UnsupportedDtype {
-            tensor: weight_name.clone(),
-            dtype: weight.dtype.name().into()
-        }
-    );
+    let weight = or_skip!(layer_weight(index, eval, &weight_name)?);
     let bias_name = match kind {
         FoldKind::MatMul => None,
         _ => prod.input.get(2).filter(|b| !b.is_empty()).cloned(),
     };
     let bias = match &bias_name {
-        Some(b) => {
-            let v = or_skip!(constant(eval, b)?);
-            skip_if!(
-                !v.dtype.is_float(),
-                SkipReason::UnsupportedDtype {
-                    tensor: b.clone(),
-                    dtype: v.dtype.name().into()
-                }
-            );
-            Some(v)
-        }
+        Some(b) => Some(or_skip!(float_constant(eval, b)?)),
         None => None,
     };
 
@@ -860,32 +799,9 @@ fn plan_chain(
 
 /// The BN's per-channel affine map `y = scale·x + shift`, or why its parameters do not give one.
 fn bn_affine(eval: &ConstEval, bn: &NodeProto) -> Result<std::result::Result<Affine, SkipReason>> {
-    macro_rules! skip_if {
-        ($cond:expr, $reason:expr) => {
-            if $cond {
-                return Ok(Err($reason));
-            }
-        };
-    }
-    macro_rules! or_skip {
-        ($e:expr) => {
-            match $e {
-                Ok(v) => v,
-                Err(reason) => return Ok(Err(reason)),
-            }
-        };
-    }
     let mut params = Vec::with_capacity(4);
     for name in &bn.input[1..5] {
-        let value = or_skip!(constant(eval, name)?);
-        skip_if!(
-            !value.dtype.is_float(),
-            SkipReason::UnsupportedDtype {
-                tensor: name.clone(),
-                dtype: value.dtype.name().into()
-            }
-        );
-        params.push(value);
+        params.push(or_skip!(float_constant(eval, name)?));
     }
     let channels = params[0].len();
     for (name, p) in bn.input[1..5].iter().zip(&params) {
@@ -920,6 +836,39 @@ fn bn_affine(eval: &ConstEval, bn: &NodeProto) -> Result<std::result::Result<Aff
     }
 
     Ok(Ok(affine))
+}
+
+/// A layer's weight: a floating-point constant that does not come out of `DequantizeLinear`.
+fn layer_weight(
+    index: &GraphIndex,
+    eval: &ConstEval,
+    name: &str,
+) -> Result<std::result::Result<std::rc::Rc<Tensor>, SkipReason>> {
+    if let Some(q) = index.producer(name) {
+        skip_if!(
+            index.node(q).op_type() == "DequantizeLinear",
+            SkipReason::QuantizedWeight {
+                tensor: name.to_string()
+            }
+        );
+    }
+    float_constant(eval, name)
+}
+
+/// A floating-point constant, or why not.
+fn float_constant(
+    eval: &ConstEval,
+    name: &str,
+) -> Result<std::result::Result<std::rc::Rc<Tensor>, SkipReason>> {
+    let value = or_skip!(constant(eval, name)?);
+    skip_if!(
+        !value.dtype.is_float(),
+        SkipReason::UnsupportedDtype {
+            tensor: name.to_string(),
+            dtype: value.dtype.name().into()
+        }
+    );
+    Ok(Ok(value))
 }
 
 fn constant(
