@@ -218,6 +218,9 @@ def main():
           "not a byte count")
     write("external_length_mismatch/model.onnx", external("external_length_mismatch", "w.bin", length=4),
           "length 4 does not match")
+    write("external_no_length_trailing_bytes/model.onnx",
+          external("external_no_length_trailing_bytes", "w.bin", data_bytes=16),
+          "no 'length', so its data runs from offset 0 to the end")
     write("external_missing_file/model.onnx", external("external_missing_file", "gone.bin", make_data=False),
           "gone.bin")
     write("external_empty_location/model.onnx", external("external_empty_location", ""), "empty location")

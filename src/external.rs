@@ -88,6 +88,14 @@ impl ExternalStore {
                 metadata.len()
             )));
         }
+        if reference.length.is_none() && end != Some(metadata.len()) {
+            return Err(refuse(format!(
+                "no 'length', so its data runs from offset {} to the end of the {}-byte file, \
+                 which is not the {expected_len} bytes its shape needs",
+                reference.offset,
+                metadata.len()
+            )));
+        }
         Ok((path, reference.offset))
     }
 

@@ -293,6 +293,64 @@ fn external_data_is_read_folded_and_written_beside_the_output() {
     assert_eq!(v.status, Status::Passed, "{:?}", v.reason);
 }
 
+/// A model whose weights are spread over two data files, as some exporters write them, keeps
+/// that layout: each folded tensor goes back to a file of the same name, and the result verifies.
+#[test]
+fn several_external_data_files_keep_their_layout() {
+    use bnfold::proto::{tensor_proto::DataLocation, StringStringEntryProto};
+    let src = tempfile::tempdir().unwrap();
+    let mut m = Model::load(fixtures().join("conv_bn.onnx")).unwrap();
+    let graph = m.proto.graph.as_mut().unwrap();
+    for (k, t) in graph.initializer.iter_mut().enumerate() {
+        let raw = decode(t, &Default::default())
+            .unwrap()
+            .to_proto(t.name())
+            .raw_data
+            .unwrap();
+        let location = format!("part{}.bin", k % 2);
+        let path = src.path().join(&location);
+        let offset = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        std::io::Write::write_all(&mut file, &raw).unwrap();
+        let entry = |k: &str, v: String| StringStringEntryProto {
+            key: Some(k.into()),
+            value: Some(v),
+        };
+        t.raw_data = None;
+        t.float_data.clear();
+        t.data_location = Some(DataLocation::External as i32);
+        t.external_data = vec![
+            entry("location", location),
+            entry("offset", offset.to_string()),
+            entry("length", raw.len().to_string()),
+        ];
+    }
+    let model_path = src.path().join("split.onnx");
+    std::fs::write(&model_path, prost::Message::encode_to_vec(&m.proto)).unwrap();
+    let original = Model::load(&model_path).unwrap();
+    let mut fused = original.clone();
+    assert_eq!(
+        fold(&mut fused, &FoldOptions::default())
+            .unwrap()
+            .folds
+            .len(),
+        1
+    );
+    let out = tempfile::tempdir().unwrap();
+    fused
+        .save(out.path().join("fused.onnx"), SaveOptions::default())
+        .unwrap();
+    assert!(out.path().join("part0.bin").exists() && out.path().join("part1.bin").exists());
+    let reloaded = Model::load(out.path().join("fused.onnx")).unwrap();
+    assert_eq!(bn_count(&reloaded), 0);
+    let v = verify(&original, &reloaded, &[], &VerifyOptions::default()).unwrap();
+    assert_eq!(v.status, Status::Passed, "{:?}", v.reason);
+}
+
 #[test]
 fn writing_beside_the_input_never_touches_the_input_data_file() {
     let dir = tempfile::tempdir().unwrap();
