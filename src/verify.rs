@@ -173,47 +173,68 @@ pub fn verify(
         .map(|n| declared_dtype(orig_graph, n))
         .collect();
 
-    let plans = match Plans::build(original, candidate, &inputs, &names, options.samples) {
-        Ok(p) => p,
-        Err(reason) => return Ok(Verification::not_verified(reason, options.seed)),
+    // One model in tract at a time: the original's outputs are kept (inputs and outputs only),
+    // its model dropped before the candidate is loaded.
+    let shape_sets = inputs.shape_sets(options.samples);
+    let samples: usize = shape_sets.iter().map(|(_, n)| n).sum();
+    let progress = |done: usize| {
+        if let Some(hook) = &options.on_sample {
+            (hook.0)(done, 2 * samples);
+        }
+    };
+    let reference = match run_all(
+        original,
+        &inputs,
+        &shape_sets,
+        &names,
+        options.seed,
+        &progress,
+        0,
+    ) {
+        Ok(r) => r,
+        Err(reason) => {
+            return Ok(Verification::not_verified(
+                format!("original: {reason}"),
+                options.seed,
+            ))
+        }
+    };
+    let results = match run_all(
+        candidate,
+        &inputs,
+        &shape_sets,
+        &names,
+        options.seed,
+        &progress,
+        samples,
+    ) {
+        Ok(r) => r,
+        Err(reason) => {
+            return Ok(Verification::not_verified(
+                format!("candidate: {reason}"),
+                options.seed,
+            ))
+        }
     };
     let mut errors: Vec<Accumulator> = dtypes
         .iter()
         .map(|&d| Accumulator::new(options.rtol.unwrap_or(default_tolerance(d))))
         .collect();
-    let mut rng = SplitMix(options.seed);
-    let total: usize = plans.iter().map(|(_, _, _, count)| count).sum();
-    let mut samples = 0;
-    for (run_a, run_b, shape_set, count) in plans.iter() {
-        for _ in 0..count {
-            if let Some(hook) = &options.on_sample {
-                (hook.0)(samples, total);
+    for (a, b) in reference.iter().zip(&results) {
+        for (k, (x, y)) in a.iter().zip(b).enumerate() {
+            if x.len() != y.len() {
+                return Ok(Verification {
+                    status: Status::Failed,
+                    reason: Some(format!(
+                        "'{}' has {} values against {}",
+                        names[k],
+                        x.len(),
+                        y.len()
+                    )),
+                    ..Verification::not_verified(String::new(), options.seed)
+                });
             }
-            samples += 1;
-            let feed = inputs.random(shape_set, &mut rng);
-            let a = run_a.run(&feed).map_err(|e| format!("original: {e}"));
-            let b = run_b.run(&feed).map_err(|e| format!("candidate: {e}"));
-            let (a, b) = match (a, b) {
-                (Ok(a), Ok(b)) => (a, b),
-                (Err(e), _) | (_, Err(e)) => {
-                    return Ok(Verification::not_verified(e, options.seed))
-                }
-            };
-            for (k, (x, y)) in a.iter().zip(&b).enumerate() {
-                if x.len() != y.len() {
-                    return Ok(Verification {
-                        status: Status::Failed,
-                        reason: Some(format!(
-                            "'{}' has {} values against {}",
-                            names[k],
-                            x.len(),
-                            y.len()
-                        )),
-                        ..Verification::not_verified(String::new(), options.seed)
-                    });
-                }
-                errors[k].add(x, y);
-            }
+            errors[k].add(x, y);
         }
     }
     let outputs: Vec<OutputCheck> = names
@@ -630,63 +651,54 @@ fn tract_dt(d: Dtype) -> DatumType {
     }
 }
 
-/// Both models, runnable, for every set of input shapes the samples use.
-struct Plans {
-    runners: Vec<(Runner, Runner)>,
-    /// Per shape set: which runner pair, the input shapes, and how many samples.
-    sets: Vec<(usize, Vec<Vec<usize>>, usize)>,
-}
-
-impl Plans {
-    /// Loads and analyses each model once. When the samples vary the batch, one typed model
-    /// with a symbolic batch serves them all; if tract cannot type the model symbolically, each
-    /// shape set gets a concrete typed model cloned from the same parse.
-    fn build(
-        original: &Model,
-        candidate: &Model,
-        inputs: &Inputs,
-        outputs: &[String],
-        samples: usize,
-    ) -> std::result::Result<Plans, String> {
-        let shape_sets = inputs.shape_sets(samples);
-        let parsed_a = parse(original).map_err(|e| format!("original: {e}"))?;
-        let parsed_b = parse(candidate).map_err(|e| format!("candidate: {e}"))?;
-        let typed_pair = |template: &[Vec<Option<usize>>]| {
-            let a = typed(parsed_a.clone(), &inputs.specs, template, outputs)
-                .map_err(|e| format!("original: {e}"))?;
-            let b = typed(parsed_b.clone(), &inputs.specs, template, outputs)
-                .map_err(|e| format!("candidate: {e}"))?;
-            Ok::<_, String>((a, b))
-        };
-        if shape_sets.len() > 1 {
-            if let Ok(pair) = typed_pair(&inputs.symbolic_batch_template()) {
-                return Ok(Plans {
-                    runners: vec![pair],
-                    sets: shape_sets.into_iter().map(|(s, n)| (0, s, n)).collect(),
-                });
-            }
-        }
-        let mut plans = Plans {
-            runners: Vec::new(),
-            sets: Vec::new(),
-        };
-        for (k, (shapes, count)) in shape_sets.into_iter().enumerate() {
-            let template: Vec<Vec<Option<usize>>> = shapes
-                .iter()
-                .map(|s| s.iter().map(|&d| Some(d)).collect())
-                .collect();
-            plans.runners.push(typed_pair(&template)?);
-            plans.sets.push((k, shapes, count));
-        }
-        Ok(plans)
-    }
-
-    fn iter(&self) -> impl Iterator<Item = (&Runner, &Runner, &[Vec<usize>], usize)> {
-        self.sets.iter().map(|(k, shapes, count)| {
-            let (a, b) = &self.runners[*k];
-            (a, b, shapes.as_slice(), *count)
+/// Loads and analyses `model` once and runs every sample on it, returning the compared tensors
+/// of each sample. When the samples vary the batch, one typed model with a symbolic batch
+/// serves them all; if tract cannot type the model symbolically, each shape set gets a concrete
+/// typed model cloned from the same parse. The inputs come from `seed`, so both models see the
+/// same ones.
+fn run_all(
+    model: &Model,
+    inputs: &Inputs,
+    shape_sets: &[(Vec<Vec<usize>>, usize)],
+    outputs: &[String],
+    seed: u64,
+    progress: &dyn Fn(usize),
+    done_before: usize,
+) -> std::result::Result<Vec<Vec<Vec<f64>>>, String> {
+    let parsed = parse(model)?;
+    let symbolic = (shape_sets.len() > 1)
+        .then(|| {
+            typed(
+                parsed.clone(),
+                &inputs.specs,
+                &inputs.symbolic_batch_template(),
+                outputs,
+            )
+            .ok()
         })
+        .flatten();
+    let mut rng = SplitMix(seed);
+    let mut results = Vec::new();
+    for (shapes, count) in shape_sets {
+        let concrete;
+        let runner = match &symbolic {
+            Some(r) => r,
+            None => {
+                let template: Vec<Vec<Option<usize>>> = shapes
+                    .iter()
+                    .map(|s| s.iter().map(|&d| Some(d)).collect())
+                    .collect();
+                concrete = typed(parsed.clone(), &inputs.specs, &template, outputs)?;
+                &concrete
+            }
+        };
+        for _ in 0..*count {
+            progress(done_before + results.len());
+            let feed = inputs.random(shapes, &mut rng);
+            results.push(runner.run(&feed)?);
+        }
     }
+    Ok(results)
 }
 
 /// Parses a model into tract's inference model, once per run.
