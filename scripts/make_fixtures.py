@@ -418,6 +418,13 @@ def forward_fixtures():
     legacy(S(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3, padding=1)), torch.randn(1, 3, 6, 6),
            "torch_bn_input_conv_pad_op13.onnx", 1)
 
+    # The scale folds into the ConvTranspose, the shift stays as an Add (border coverage varies).
+    legacy(S(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.BatchNorm2d(4), nn.ConvTranspose2d(4, 6, 3, stride=2)),
+           torch.randn(1, 3, 7, 7), "torch_relu_bn_convtranspose_op13.onnx", 1)
+    # Linear without bias exports as MatMul (of a Transpose of the parameter): becomes a Gemm.
+    legacy(S(nn.BatchNorm1d(7), nn.Linear(7, 3, bias=False)), torch.randn(4, 7),
+           "torch_bn1d_matmul_op13.onnx", 1)
+
     class AddBn(nn.Module):
         def __init__(self):
             super().__init__()

@@ -253,13 +253,28 @@ fn plan_forward(
     let node = index.node(consumer);
     let kind = match (node.op_type(), flatten) {
         ("Conv", None) => FoldKind::Conv,
+        ("ConvTranspose", None) => FoldKind::ConvTranspose,
         ("Gemm", _) => FoldKind::Gemm,
+        ("MatMul", _) => FoldKind::MatMul,
         (op, _) => {
             return Ok(Err(SkipReason::ConsumerNotFoldable {
                 op_type: op.to_string(),
             }))
         }
     };
+    if kind == FoldKind::MatMul {
+        if flatten.is_none() {
+            let rank = eval.rank(&bn.input[0]);
+            skip_if!(rank != Some(2), SkipReason::MatMulRank { rank });
+        }
+        let bf16 = eval.dtype(&node.input[1]) == Some(crate::tensor::Dtype::Bf16);
+        skip_if!(
+            ctx.opset < 7 || (bf16 && ctx.opset < 13),
+            SkipReason::ConsumerNotFoldable {
+                op_type: "MatMul (no Gemm with broadcast C at this opset)".into()
+            }
+        );
+    }
     skip_if!(
         !matches!(node.domain(), "" | "ai.onnx") || node.input.len() < 2 || node.input[0] != data,
         SkipReason::ConsumerNotFoldable {
@@ -299,7 +314,8 @@ fn plan_forward(
     };
     let rewrite = or_skip!(match kind {
         FoldKind::Conv => folds::forward_conv::plan(&input),
-        _ => folds::forward_gemm::plan(&input),
+        FoldKind::ConvTranspose => folds::forward_conv_transpose::plan(&input),
+        FoldKind::Gemm | FoldKind::MatMul => folds::forward_gemm::plan(&input),
     });
     let exclusive = |name: &str| {
         index.graph.initializer.iter().any(|t| t.name() == name)
@@ -383,6 +399,10 @@ fn apply_forward(
     };
     let consumer = &mut graph.node[plan.consumer];
     consumer.input[1] = new_weight.clone();
+    if plan.kind == FoldKind::MatMul {
+        consumer.op_type = Some("Gemm".into());
+        consumer.input.truncate(2);
+    }
     if let Some(b) = &new_bias {
         if consumer.input.len() < 3 {
             consumer.input.resize(3, String::new());

@@ -195,3 +195,30 @@ fn decompose_standalone_rewrites_a_bn_after_add_into_mul_and_add() {
     );
     assert!(passes(&original, &fused));
 }
+
+#[test]
+fn convtranspose_takes_the_scale_and_matmul_becomes_gemm() {
+    let (original, fused, report) = folded(
+        "torch_relu_bn_convtranspose_op13.onnx",
+        &FoldOptions::default(),
+    );
+    assert_eq!(report.folds[0].kind, bnfold::FoldKind::ConvTranspose);
+    assert!(report.folds[0].shift_kept_as.is_some());
+    assert_eq!(
+        (ops(&fused, "BatchNormalization"), ops(&fused, "Add")),
+        (0, 1)
+    );
+    assert!(passes(&original, &fused));
+
+    let (original, fused, report) = folded("torch_bn1d_matmul_op13.onnx", &FoldOptions::default());
+    assert_eq!(report.folds[0].kind, bnfold::FoldKind::MatMul);
+    assert_eq!(
+        (
+            ops(&fused, "BatchNormalization"),
+            ops(&fused, "MatMul"),
+            ops(&fused, "Gemm")
+        ),
+        (0, 0, 1)
+    );
+    assert!(passes(&original, &fused));
+}

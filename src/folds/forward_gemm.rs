@@ -1,4 +1,6 @@
-//! BatchNormalization → (Flatten →) Gemm (forward: a classifier head, or BN1d before a Linear).
+//! BatchNormalization → (Flatten →) Gemm or MatMul (forward: a classifier head, or BN1d before a
+//! Linear). A MatMul with a constant right-hand weight is the Gemm with `alpha = beta = 1`, no
+//! `transB` and no `C`; it becomes that Gemm, with the shift as its `C`.
 //!
 //! **Pattern**: `Y = Gemm(A, B, C?)` with `A = BN(X)` for `X` of shape `[M, C]`, or
 //! `A = Flatten(BN(X), axis=1)` for `X` of shape `[M, C, …]`; the BN's output (and the

@@ -9,7 +9,8 @@
 //! When none of these applies, the BN is folded forward into the layer that consumes it:
 //!
 //! - [`forward_conv`]: `BN → Conv` (ReLU → BN → Conv, pre-activation blocks)
-//! - [`forward_gemm`]: `BN → (Flatten →) Gemm` (classifier heads)
+//! - [`forward_conv_transpose`]: `BN → ConvTranspose` (the scale; the shift stays as an `Add`)
+//! - [`forward_gemm`]: `BN → (Flatten →) Gemm` (classifier heads), and `BN → MatMul` on rank 2
 //!
 //! and, on request, a BN that folds nowhere is rewritten as `Mul` and `Add` ([`decompose`]).
 //!
@@ -20,6 +21,7 @@ pub mod conv;
 pub mod conv_transpose;
 pub mod decompose;
 pub mod forward_conv;
+pub mod forward_conv_transpose;
 pub mod forward_gemm;
 pub mod gemm;
 pub mod matmul;

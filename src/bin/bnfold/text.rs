@@ -9,6 +9,7 @@ use anstyle::{AnsiColor, Style};
 use bnfold::readiness::Readiness;
 use bnfold::report::{Direction, Report};
 use bnfold::verify::{Status, Verification};
+use bnfold::FoldKind;
 
 const BOLD: Style = Style::new().bold();
 const DIM: Style = Style::new().dimmed();
@@ -34,9 +35,13 @@ pub fn fold_report(report: &Report, input: &Path, output: Option<&Path>) -> Stri
         for f in &report.folds {
             if f.direction == Direction::Forward {
                 let through: String = f.passthrough.iter().map(|p| format!(" → {p}")).collect();
-                let how = match &f.shift_kept_as {
-                    Some(add) => format!("forward; the Conv pads, so the shift stays as {add}"),
-                    None => "forward".into(),
+                let how = match (&f.shift_kept_as, f.kind) {
+                    (Some(add), FoldKind::ConvTranspose) => format!(
+                        "forward, the scale only: a transposed convolution does not spread the shift evenly, so it stays as {add}"
+                    ),
+                    (Some(add), _) => format!("forward, the scale only: the Conv pads, so the shift stays as {add}"),
+                    (None, FoldKind::MatMul) => "forward; the MatMul becomes a Gemm".into(),
+                    (None, _) => "forward".into(),
                 };
                 let _ = writeln!(
                     s,

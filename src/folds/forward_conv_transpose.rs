@@ -1,0 +1,67 @@
+//! BatchNormalization → ConvTranspose (forward).
+//!
+//! **Pattern**: `Y = ConvTranspose(BN(X), W, B?)`; the BN's output feeds only this node and is
+//! not a graph output.
+//!
+//! **Preconditions**: `W` is `[C_in, C_out/group, k…]` with `C_in` the BN's channel count; every
+//! scale non-zero.
+//!
+//! **Rewrite**: `Y = ConvTranspose(Add(X, d), W', B)`: the scale folds, the shift stays as one
+//! `Add`. A transposed convolution spreads each input over overlapping windows, so a constant
+//! input does not give a constant output at the borders (nor between strides when the kernel is
+//! not a multiple of the stride): the shift cannot move into the bias exactly.
+//!
+//! **Math**: with `a = γ/√(σ²+ε)` and `c = β − μ·a`: `W'[i,…] = a[i]·W[i,…]` (input channels are
+//! axis 0 for every `group`) and `d = c / a`, so that `a·(X + d) = BN(X)`.
+
+use super::{round_into, ConsumerRewrite, ForwardInput, PlannedForward, SkipReason};
+
+/// Plans the forward fold of a BN into the ConvTranspose that consumes it.
+pub fn plan(input: &ForwardInput) -> PlannedForward {
+    let w = input.weight;
+    let affine = input.affine;
+    let channels = affine.channels();
+    let rank = w.dims.len();
+    if rank < 3 || w.is_empty() || w.dims[0] != channels || channels % input.group.max(1) != 0 {
+        return Err(SkipReason::ShapeMismatch {
+            tensor: input.weight_name.to_string(),
+            detail: format!(
+                "ConvTranspose weight {:?} does not read the BN's {channels} channels on axis 0",
+                w.dims
+            ),
+        });
+    }
+    if let Some(channel) = affine
+        .scale
+        .iter()
+        .position(|a| *a == 0.0 || !a.is_finite())
+    {
+        return Err(SkipReason::ZeroScaleUnderPadding { channel });
+    }
+    let per_channel = w.len() / channels;
+    let weight: Vec<f64> = w
+        .data
+        .chunks_exact(per_channel)
+        .zip(&affine.scale)
+        .flat_map(|(block, &a)| block.iter().map(move |&v| a * v))
+        .collect();
+    let shift: Vec<f64> = affine
+        .shift
+        .iter()
+        .zip(&affine.scale)
+        .map(|(c, a)| c / a)
+        .collect();
+    let mut dims = vec![channels];
+    dims.resize(rank - 1, 1);
+    Ok(ConsumerRewrite {
+        weight: round_into(w.dtype, w.dims.clone(), weight, input.weight_name)?,
+        bias: None,
+        shift_add: Some(round_into(
+            input.activation_dtype,
+            dims,
+            shift,
+            input.bn_name,
+        )?),
+        gemm_beta_one: false,
+    })
+}
