@@ -425,6 +425,36 @@ def forward_fixtures():
     legacy(S(nn.BatchNorm1d(7), nn.Linear(7, 3, bias=False)), torch.randn(4, 7),
            "torch_bn1d_matmul_op13.onnx", 1)
 
+    class ViewHead(nn.Module):
+        """The older idiom: x.view(x.size(0), -1) exports as Shape/Gather/Concat -> Reshape."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.fc = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Linear(4 * 6 * 6, 5)
+
+        def forward(self, x):
+            y = self.bn(torch.relu(self.conv(x)))
+            return self.fc(y.view(y.size(0), -1))
+
+    legacy(ViewHead(), torch.randn(2, 3, 8, 8), "torch_head_bn_view_linear_op13.onnx", 1)
+
+    # Hand-built: Reshape to [C, -1] puts channels in rows, not features: must not fold forward.
+    frng = np.random.default_rng(11)
+    c = 4
+    inits = [numpy_helper.from_array(v.astype(np.float32), n) for n, v in [
+        ("g", frng.uniform(0.5, 1.5, c)), ("b", frng.uniform(-0.5, 0.5, c)),
+        ("m", frng.uniform(-1, 1, c)), ("v", frng.uniform(0.2, 2, c)),
+        ("shape", np.array([c, -1], np.int64)), ("w", frng.standard_normal((36, 3)))]]
+    inits[-2] = numpy_helper.from_array(np.array([c, -1], np.int64), "shape")
+    graph = helper.make_graph(
+        [helper.make_node("BatchNormalization", ["x", "g", "b", "m", "v"], ["n"], name="bn"),
+         helper.make_node("Reshape", ["n", "shape"], ["r"], name="reshape"),
+         helper.make_node("Gemm", ["r", "w"], ["y"], name="gemm")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [c, 3])], inits)
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]),
+         "bn_reshape_channels_as_rows.onnx", 0, ["no_producer"])
+
     class AddBn(nn.Module):
         def __init__(self):
             super().__init__()

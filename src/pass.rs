@@ -239,11 +239,26 @@ fn plan_forward(
     let mut flatten = None;
     let mut data = bn.output[0].as_str();
     let first = index.node(consumer);
-    if first.op_type() == "Flatten" && matches!(first.domain(), "" | "ai.onnx") {
+    let flattens = match (first.op_type(), first.domain()) {
+        ("Flatten", "" | "ai.onnx") => Some(attr::int(first, "axis")?.unwrap_or(1) == 1),
+        ("Reshape", "" | "ai.onnx") if first.input.len() == 2 && first.input[0] == bn.output[0] => {
+            Some(reshape_keeps_rows(
+                index,
+                eval,
+                &bn.input[0],
+                &first.input[1],
+            )?)
+        }
+        _ => None,
+    };
+    if let Some(keeps_rows) = flattens {
         skip_if!(
-            attr::int(first, "axis")?.unwrap_or(1) != 1,
+            !keeps_rows,
             SkipReason::ConsumerNotFoldable {
-                op_type: "Flatten with axis other than 1".into()
+                op_type: format!(
+                    "{} that does not lay each sample's channels out in one row",
+                    first.op_type()
+                )
             }
         );
         flatten = Some(consumer);
@@ -344,6 +359,74 @@ fn plan_forward(
         detached,
         max_rel_weight_change,
     }))
+}
+
+/// Whether `Reshape(x, shape)` is a flatten to `[batch, features]` that keeps each sample in one
+/// row: a constant shape `[0, -1]` or `[0, K]`; or `[N, -1]` / `[-1, K]` / `[N, K]` when the static
+/// shape of `x` shows that `N` is its batch and `K` its features per sample.
+fn reshape_keeps_rows(index: &GraphIndex, eval: &ConstEval, x: &str, shape: &str) -> Result<bool> {
+    let Ok(target) = eval.value(shape)? else {
+        return Ok(false);
+    };
+    let target = target.as_i64();
+    if target.len() != 2 {
+        return Ok(false);
+    }
+    if target[0] == 0 && target[1] != 0 {
+        return Ok(true);
+    }
+    if target[1] == -1 && target[0] > 0 {
+        return Ok(batch_dim(index, x) == Some(target[0] as usize));
+    }
+    let Some(dims) = eval.static_shape(x) else {
+        return Ok(false);
+    };
+    let (Some(&batch), features) = (dims.first(), dims.iter().skip(1).product::<usize>()) else {
+        return Ok(false);
+    };
+    let rows_ok = target[0] == -1 || target[0] == batch as i64;
+    let cols_ok = target[1] == -1 || target[1] == features as i64;
+    Ok(rows_ok && cols_ok && !(target[0] == -1 && target[1] == -1))
+}
+
+/// The static batch (axis 0) of `name`, followed back through ops that keep axis 0 of their
+/// first input (convolutions, pooling, normalizations, element-wise activations) to a declared
+/// shape.
+fn batch_dim(index: &GraphIndex, name: &str) -> Option<usize> {
+    let mut name = name.to_string();
+    for _ in 0..index.graph.node.len() + 1 {
+        if let Some(Some(batch)) = index.declared_shape(&name).and_then(|d| d.first().copied()) {
+            return Some(batch);
+        }
+        let node = index.node(index.producer(&name)?);
+        let keeps_batch = matches!(
+            node.op_type(),
+            "Conv"
+                | "ConvTranspose"
+                | "BatchNormalization"
+                | "Relu"
+                | "LeakyRelu"
+                | "Sigmoid"
+                | "Tanh"
+                | "HardSigmoid"
+                | "HardSwish"
+                | "Clip"
+                | "Elu"
+                | "Selu"
+                | "Identity"
+                | "MaxPool"
+                | "AveragePool"
+                | "GlobalAveragePool"
+                | "GlobalMaxPool"
+                | "InstanceNormalization"
+                | "Dropout"
+        ) && matches!(node.domain(), "" | "ai.onnx");
+        if !keeps_batch {
+            return None;
+        }
+        name = node.input.first()?.clone();
+    }
+    None
 }
 
 /// Mutates the graph for a forward fold.
