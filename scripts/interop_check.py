@@ -65,7 +65,7 @@ def np_layer(node, weights):
     noise_c = sum(np.sum((row - q(row, rc / 127)) ** 2) for row, rc in zip(rows, r))
     db = lambda n: None if n == 0 else 10 * np.log10(signal / n)  # noqa: E731
     starved = int(np.sum((r > 0) & (np.log2(np.where(r > 0, r, 1) / step) + 1 < 4)))
-    return {"spread": r.max() / np.median(r), "tensor": db(noise_t), "channel": db(noise_c),
+    return {"ranges": r, "spread": r.max() / np.median(r), "tensor": db(noise_t), "channel": db(noise_c),
             "starved": starved, "zero": int(np.sum(r == 0))}
 
 
@@ -86,7 +86,8 @@ def check_readiness(src, fused_path):
         ok = (close(layer["sqnr_per_tensor_db"], want["tensor"])
               and close(layer["sqnr_per_channel_db"], want["channel"])
               and close(layer["range_spread"], want["spread"])
-              and layer["starved_channels"] == want["starved"] and layer["zero_channels"] == want["zero"])
+              and layer["starved_channels"] == want["starved"] and layer["zero_channels"] == want["zero"]
+              and np.allclose(layer["channel_ranges"], want["ranges"], rtol=1e-12, atol=0))
         if not ok:
             raise AssertionError(f"readiness of {layer['node']}: bnfold {layer}, numpy {want}")
         checked += 1

@@ -35,6 +35,8 @@ pub struct LayerReadiness {
     pub weight: String,
     /// Output channels.
     pub channels: usize,
+    /// `r_c = max |W_c|` per output channel.
+    pub channel_ranges: Vec<f64>,
     /// `max r_c / median r_c`.
     pub range_spread: f64,
     /// Per-tensor symmetric INT8 SQNR in dB (`null`: exact).
@@ -206,6 +208,7 @@ fn layer(node: &crate::proto::NodeProto, weight: &str, channels: &[Vec<f64>]) ->
         op_type: node.op_type().to_string(),
         weight: weight.to_string(),
         channels: channels.len(),
+        channel_ranges: ranges.clone(),
         range_spread: if median > 0.0 {
             max_range / median
         } else if max_range > 0.0 {
