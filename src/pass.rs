@@ -341,11 +341,7 @@ fn plan_forward(
     let mut detached: Vec<String> = bn.input[1..5].to_vec();
     detached.push(weight_name.clone());
     detached.extend(bias_name.iter().cloned());
-    let max_rel_weight_change = affine
-        .scale
-        .iter()
-        .map(|s| (s - 1.0).abs())
-        .fold(0.0, f64::max);
+    let max_rel_weight_change = affine.max_rel_change();
     Ok(Ok(ForwardPlan {
         bn: bn_index,
         consumer,
@@ -880,11 +876,7 @@ fn plan_chain(
     detached.push(weight_name.clone());
     detached.extend(bias_name.iter().cloned());
     detached.extend(added.iter().map(|(n, _)| n.clone()));
-    let max_rel_weight_change = affine
-        .scale
-        .iter()
-        .map(|s| (s - 1.0).abs())
-        .fold(0.0, f64::max);
+    let max_rel_weight_change = affine.max_rel_change();
     Ok(Ok(ChainPlan {
         bn: bn_index,
         producer,

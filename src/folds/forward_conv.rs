@@ -48,22 +48,7 @@ pub fn plan(input: &ForwardInput) -> PlannedForward {
     }
     let weight = round_into(w.dtype, w.dims.clone(), weight, input.weight_name)?;
     if input.padded {
-        if let Some(channel) = affine
-            .scale
-            .iter()
-            .position(|a| *a == 0.0 || !a.is_finite())
-        {
-            return Err(SkipReason::ZeroScaleUnderPadding { channel });
-        }
-        let shift: Vec<f64> = affine
-            .shift
-            .iter()
-            .zip(&affine.scale)
-            .map(|(c, a)| c / a)
-            .collect();
-        let mut dims = vec![channels];
-        dims.resize(rank - 1, 1);
-        let shift = round_into(input.activation_dtype, dims, shift, input.bn_name)?;
+        let shift = affine.shift_before(rank, input.activation_dtype, input.bn_name)?;
         return Ok(ConsumerRewrite {
             weight,
             bias: None,

@@ -31,13 +31,7 @@ pub fn plan(input: &ForwardInput) -> PlannedForward {
             ),
         });
     }
-    if let Some(channel) = affine
-        .scale
-        .iter()
-        .position(|a| *a == 0.0 || !a.is_finite())
-    {
-        return Err(SkipReason::ZeroScaleUnderPadding { channel });
-    }
+    let shift = affine.shift_before(rank, input.activation_dtype, input.bn_name)?;
     let per_channel = w.len() / channels;
     let weight: Vec<f64> = w
         .data
@@ -45,23 +39,10 @@ pub fn plan(input: &ForwardInput) -> PlannedForward {
         .zip(&affine.scale)
         .flat_map(|(block, &a)| block.iter().map(move |&v| a * v))
         .collect();
-    let shift: Vec<f64> = affine
-        .shift
-        .iter()
-        .zip(&affine.scale)
-        .map(|(c, a)| c / a)
-        .collect();
-    let mut dims = vec![channels];
-    dims.resize(rank - 1, 1);
     Ok(ConsumerRewrite {
         weight: round_into(w.dtype, w.dims.clone(), weight, input.weight_name)?,
         bias: None,
-        shift_add: Some(round_into(
-            input.activation_dtype,
-            dims,
-            shift,
-            input.bn_name,
-        )?),
+        shift_add: Some(shift),
         gemm_beta_one: false,
     })
 }

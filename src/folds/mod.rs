@@ -286,6 +286,36 @@ impl Affine {
     pub fn channels(&self) -> usize {
         self.scale.len()
     }
+
+    /// `max |scale − 1|`: how much the fold changes a weight, relatively.
+    pub fn max_rel_change(&self) -> f64 {
+        self.scale
+            .iter()
+            .map(|s| (s - 1.0).abs())
+            .fold(0.0, f64::max)
+    }
+
+    /// The constant `d = shift / scale`, shaped `[C, 1, …]` for data of rank `rank`, such that
+    /// `scale·(X + d)` is the BN: what stays as an `Add` when only the scale can fold forward.
+    pub fn shift_before(
+        &self,
+        rank: usize,
+        dtype: Dtype,
+        name: &str,
+    ) -> Result<Tensor, SkipReason> {
+        if let Some(channel) = self.scale.iter().position(|a| *a == 0.0 || !a.is_finite()) {
+            return Err(SkipReason::ZeroScaleUnderPadding { channel });
+        }
+        let d: Vec<f64> = self
+            .shift
+            .iter()
+            .zip(&self.scale)
+            .map(|(c, a)| c / a)
+            .collect();
+        let mut dims = vec![self.channels()];
+        dims.resize(rank.max(2) - 1, 1);
+        round_into(dtype, dims, d, name)
+    }
 }
 
 /// What a fold makes of its producer: the new weight and bias, rounded into their dtypes.
