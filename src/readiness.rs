@@ -99,8 +99,16 @@ pub fn analyse(original: &Model, folded: &Model) -> Result<Readiness> {
                 continue;
             };
             let name = &node.input[1];
-            let Ok(weight) = eval.value(name)? else {
-                continue;
+            // Initializers are decoded one at a time and dropped (a large model's weights are
+            // never all in memory); weights computed by Constant nodes go through the evaluator.
+            let weight = match graph.initializer.iter().find(|t| t.name() == name) {
+                Some(t) if crate::tensor::Dtype::from_code(t.data_type()).is_some() => {
+                    std::rc::Rc::new(crate::tensor::decode(t, &folded.store)?)
+                }
+                _ => match eval.value(name)? {
+                    Ok(w) => w,
+                    Err(_) => continue,
+                },
             };
             if !weight.dtype.is_float() || weight.is_empty() || weight.dims.is_empty() {
                 continue;
