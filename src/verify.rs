@@ -152,6 +152,26 @@ pub fn verify(
             ..Verification::not_verified(String::new(), options.seed)
         });
     }
+    let data_inputs = |g: &crate::proto::GraphProto| -> Vec<String> {
+        let constants: std::collections::HashSet<&str> =
+            g.initializer.iter().map(|t| t.name()).collect();
+        g.input
+            .iter()
+            .map(|i| i.name())
+            .filter(|n| !constants.contains(n))
+            .map(str::to_string)
+            .collect()
+    };
+    let (inputs_a, inputs_b) = (data_inputs(orig_graph), data_inputs(cand_graph));
+    if inputs_a != inputs_b {
+        return Ok(Verification {
+            status: Status::Failed,
+            reason: Some(format!(
+                "graph inputs differ: {inputs_a:?} against {inputs_b:?}"
+            )),
+            ..Verification::not_verified(String::new(), options.seed)
+        });
+    }
     let inputs = match plan_inputs(original, options) {
         Ok(i) => i,
         Err(reason) => return Ok(Verification::not_verified(reason, options.seed)),

@@ -438,6 +438,19 @@ fn verification_catches_renamed_outputs_and_passes_identical_models_with_zero_er
     g.node.last_mut().unwrap().output[0] = "renamed".into();
     let v = verify(&original, &renamed, &[], &VerifyOptions::default()).unwrap();
     assert_eq!(v.status, Status::Failed);
+    let mut input_renamed = original.clone();
+    let g = input_renamed.proto.graph.as_mut().unwrap();
+    let old = g.input[0].name().to_string();
+    g.input[0].name = Some("other".into());
+    for n in &mut g.node {
+        n.input
+            .iter_mut()
+            .filter(|i| **i == old)
+            .for_each(|i| *i = "other".into());
+    }
+    let v = verify(&original, &input_renamed, &[], &VerifyOptions::default()).unwrap();
+    assert_eq!(v.status, Status::Failed);
+    assert!(v.reason.unwrap().contains("graph inputs differ"));
 }
 
 #[test]
