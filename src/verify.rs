@@ -36,6 +36,8 @@ pub struct VerifyOptions {
     pub input_data: BTreeMap<String, NpyArray>,
     /// Called after each sample with the samples done and the samples in all.
     pub on_sample: Option<SampleHook>,
+    /// Hold one model in tract at a time (`None`: when the two models' weights exceed 256 MiB).
+    pub one_model_at_a_time: Option<bool>,
 }
 
 /// A progress callback: `(samples done, samples in all)`.
@@ -59,6 +61,7 @@ impl Default for VerifyOptions {
             rtol: None,
             input_data: BTreeMap::new(),
             on_sample: None,
+            one_model_at_a_time: None,
         }
     }
 }
@@ -193,57 +196,21 @@ pub fn verify(
         .map(|n| declared_dtype(orig_graph, n))
         .collect();
 
-    // One model in tract at a time: the original's outputs are kept (inputs and outputs only),
-    // its model dropped before the candidate is loaded.
     let shape_sets = inputs.shape_sets(options.samples);
     let samples: usize = shape_sets.iter().map(|(_, n)| n).sum();
     let progress = |done: usize| {
         if let Some(hook) = &options.on_sample {
-            (hook.0)(done, 2 * samples);
-        }
-    };
-    let reference = match run_all(
-        original,
-        &inputs,
-        &shape_sets,
-        &names,
-        options.seed,
-        &progress,
-        0,
-    ) {
-        Ok(r) => r,
-        Err(reason) => {
-            return Ok(Verification::not_verified(
-                format!("original: {reason}"),
-                options.seed,
-            ))
-        }
-    };
-    let results = match run_all(
-        candidate,
-        &inputs,
-        &shape_sets,
-        &names,
-        options.seed,
-        &progress,
-        samples,
-    ) {
-        Ok(r) => r,
-        Err(reason) => {
-            return Ok(Verification::not_verified(
-                format!("candidate: {reason}"),
-                options.seed,
-            ))
+            (hook.0)(done, samples);
         }
     };
     let mut errors: Vec<Accumulator> = dtypes
         .iter()
         .map(|&d| Accumulator::new(options.rtol.unwrap_or(default_tolerance(d))))
         .collect();
-    for (a, b) in reference.iter().zip(&results) {
+    let mut compare = |a: &[Vec<f64>], b: &[Vec<f64>]| -> Option<Verification> {
         for (k, (x, y)) in a.iter().zip(b).enumerate() {
             if x.len() != y.len() {
-                return Ok(Verification {
+                return Some(Verification {
                     status: Status::Failed,
                     reason: Some(format!(
                         "'{}' has {} values against {}",
@@ -255,6 +222,72 @@ pub fn verify(
                 });
             }
             errors[k].add(x, y);
+        }
+        None
+    };
+    let not_verified = |who: &str, reason: String| {
+        Ok(Verification::not_verified(
+            format!("{who}: {reason}"),
+            options.seed,
+        ))
+    };
+    let runs_of = |model: &Model| runners(model, &inputs, &shape_sets, &names);
+    // Both models in tract at once, outputs compared as they come, while their weights are
+    // small; above LOCKSTEP_WEIGHT_BYTES one model at a time, the original's outputs kept and
+    // its model dropped before the candidate is loaded.
+    let lockstep = !options.one_model_at_a_time.unwrap_or_else(|| {
+        weight_bytes(original).saturating_add(weight_bytes(candidate)) > LOCKSTEP_WEIGHT_BYTES
+    });
+    let reference = if lockstep {
+        None
+    } else {
+        match run_all(
+            original,
+            &inputs,
+            &shape_sets,
+            &names,
+            options.seed,
+            &progress,
+        ) {
+            Ok(r) => Some(r),
+            Err(reason) => return not_verified("original", reason),
+        }
+    };
+    let originals = match (&reference, lockstep) {
+        (None, true) => match runs_of(original) {
+            Ok(r) => Some(r),
+            Err(reason) => return not_verified("original", reason),
+        },
+        _ => None,
+    };
+    let candidates = match runs_of(candidate) {
+        Ok(r) => r,
+        Err(reason) => return not_verified("candidate", reason),
+    };
+    let mut rng = SplitMix(options.seed);
+    let mut done = 0;
+    for (k, (shapes, count)) in shape_sets.iter().enumerate() {
+        for _ in 0..*count {
+            if reference.is_none() {
+                progress(done);
+            }
+            let feed = inputs.random(shapes, &mut rng);
+            let b = match candidates[k].run(&feed) {
+                Ok(b) => b,
+                Err(reason) => return not_verified("candidate", reason),
+            };
+            let failure = match (&reference, &originals) {
+                (Some(reference), _) => compare(&reference[done], &b),
+                (None, Some(originals)) => match originals[k].run(&feed) {
+                    Ok(a) => compare(&a, &b),
+                    Err(reason) => return not_verified("original", reason),
+                },
+                (None, None) => None,
+            };
+            if let Some(failure) = failure {
+                return Ok(failure);
+            }
+            done += 1;
         }
     }
     let outputs: Vec<OutputCheck> = names
@@ -671,11 +704,56 @@ fn tract_dt(d: Dtype) -> DatumType {
     }
 }
 
-/// Loads and analyses `model` once and runs every sample on it, returning the compared tensors
-/// of each sample. When the samples vary the batch, one typed model with a symbolic batch
-/// serves them all; if tract cannot type the model symbolically, each shape set gets a concrete
-/// typed model cloned from the same parse. The inputs come from `seed`, so both models see the
-/// same ones.
+/// Above this many bytes of weights in the two models together, verification holds one model
+/// in tract at a time.
+const LOCKSTEP_WEIGHT_BYTES: usize = 256 << 20;
+
+/// The bytes of every tensor stored in the model, external data included.
+fn weight_bytes(model: &Model) -> usize {
+    let mut total = 0usize;
+    if let Some(g) = &model.proto.graph {
+        crate::model::visit_tensors(g, &mut |t| {
+            let count = crate::tensor::proto_dims(t)
+                .map(|d| d.iter().product::<usize>())
+                .unwrap_or(0);
+            let size = Dtype::from_code(t.data_type()).map_or(8, Dtype::size);
+            total = total.saturating_add(count.saturating_mul(size));
+        });
+    }
+    total
+}
+
+/// Loads and analyses `model` once and returns a runnable model for each shape set. When the
+/// samples vary the batch, one typed model with a symbolic batch serves them all; if tract
+/// cannot type the model symbolically, each shape set gets a concrete typed model cloned from
+/// the same parse.
+fn runners(
+    model: &Model,
+    inputs: &Inputs,
+    shape_sets: &[(Vec<Vec<usize>>, usize)],
+    outputs: &[String],
+) -> std::result::Result<Vec<Runner>, String> {
+    let parsed = parse(model)?;
+    if shape_sets.len() > 1 {
+        let template = inputs.symbolic_batch_template();
+        if let Ok(r) = typed(parsed.clone(), &inputs.specs, &template, outputs) {
+            return Ok(shape_sets.iter().map(|_| r.clone()).collect());
+        }
+    }
+    shape_sets
+        .iter()
+        .map(|(shapes, _)| {
+            let template: Vec<Vec<Option<usize>>> = shapes
+                .iter()
+                .map(|s| s.iter().map(|&d| Some(d)).collect())
+                .collect();
+            typed(parsed.clone(), &inputs.specs, &template, outputs)
+        })
+        .collect()
+}
+
+/// Runs every sample on `model` and returns the compared tensors of each; the model is dropped
+/// on return. The inputs come from `seed`, so the candidate later sees the same ones.
 fn run_all(
     model: &Model,
     inputs: &Inputs,
@@ -683,37 +761,13 @@ fn run_all(
     outputs: &[String],
     seed: u64,
     progress: &dyn Fn(usize),
-    done_before: usize,
 ) -> std::result::Result<Vec<Vec<Vec<f64>>>, String> {
-    let parsed = parse(model)?;
-    let symbolic = (shape_sets.len() > 1)
-        .then(|| {
-            typed(
-                parsed.clone(),
-                &inputs.specs,
-                &inputs.symbolic_batch_template(),
-                outputs,
-            )
-            .ok()
-        })
-        .flatten();
+    let runs = runners(model, inputs, shape_sets, outputs)?;
     let mut rng = SplitMix(seed);
     let mut results = Vec::new();
-    for (shapes, count) in shape_sets {
-        let concrete;
-        let runner = match &symbolic {
-            Some(r) => r,
-            None => {
-                let template: Vec<Vec<Option<usize>>> = shapes
-                    .iter()
-                    .map(|s| s.iter().map(|&d| Some(d)).collect())
-                    .collect();
-                concrete = typed(parsed.clone(), &inputs.specs, &template, outputs)?;
-                &concrete
-            }
-        };
+    for ((shapes, count), runner) in shape_sets.iter().zip(&runs) {
         for _ in 0..*count {
-            progress(done_before + results.len());
+            progress(results.len());
             let feed = inputs.random(shapes, &mut rng);
             results.push(runner.run(&feed)?);
         }
@@ -782,6 +836,7 @@ fn typed(
 }
 
 /// One model prepared for tract: typed, not optimized.
+#[derive(Clone)]
 struct Runner {
     plan: Arc<TypedRunnableModel>,
 }

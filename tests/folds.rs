@@ -453,6 +453,28 @@ fn verification_catches_renamed_outputs_and_passes_identical_models_with_zero_er
     assert!(v.reason.unwrap().contains("graph inputs differ"));
 }
 
+/// Large models are verified one model at a time (the original's outputs kept): the figures
+/// are the same as when both models run side by side.
+#[test]
+fn one_model_at_a_time_gives_the_same_figures() {
+    for name in ["torch_conv_bn_bn_op13.onnx", "matmul_rank_inferred_bn.onnx"] {
+        let original = Model::load(fixtures().join(name)).unwrap();
+        let mut fused = original.clone();
+        let report = fold(&mut fused, &FoldOptions::default()).unwrap();
+        let chains: Vec<String> = report.folds.iter().map(|f| f.output.clone()).collect();
+        let run = |sequential: bool| {
+            let options = VerifyOptions {
+                one_model_at_a_time: Some(sequential),
+                ..VerifyOptions::default()
+            };
+            verify(&original, &fused, &chains, &options).unwrap()
+        };
+        let (side_by_side, sequential) = (run(false), run(true));
+        assert_eq!(side_by_side.status, Status::Passed, "{name}");
+        assert_eq!(side_by_side, sequential, "{name}");
+    }
+}
+
 #[test]
 fn a_model_tract_cannot_run_is_reported_not_verified_naming_the_op() {
     let mut m = Model::load(fixtures().join("no_bn.onnx")).unwrap();
