@@ -441,41 +441,19 @@ fn apply_forward(
         shift_add,
         gemm_beta_one,
     } = plan.rewrite;
-    let weight_template = find_initializer(graph, &plan.weight_name).cloned();
-    let new_weight = write_tensor(
+    let (new_weight, new_bias) = write_layer_tensors(
         graph,
         &mut names,
         ctx.store,
-        &plan.weight_name,
-        plan.weight_in_place,
-        weight,
-        weight_template.as_ref(),
+        LayerTensors {
+            weight_name: &plan.weight_name,
+            weight_in_place: plan.weight_in_place,
+            weight,
+            bias_name: plan.bias_name.as_deref(),
+            bias_in_place: plan.bias_in_place,
+            bias,
+        },
     )?;
-    let new_bias = match bias {
-        Some(bias) => {
-            let base = plan
-                .bias_name
-                .clone()
-                .unwrap_or_else(|| format!("{}_bias", plan.weight_name));
-            let template = plan
-                .bias_name
-                .as_deref()
-                .and_then(|b| find_initializer(graph, b))
-                .cloned()
-                .or(weight_template);
-            let in_place = plan.bias_in_place;
-            Some(write_tensor(
-                graph,
-                &mut names,
-                ctx.store,
-                &base,
-                in_place,
-                bias,
-                template.as_ref(),
-            )?)
-        }
-        None => None,
-    };
     let consumer = &mut graph.node[plan.consumer];
     consumer.input[1] = new_weight.clone();
     if plan.kind == FoldKind::MatMul {
@@ -1017,35 +995,20 @@ fn apply(
         change,
     } = plan.rewrite;
 
-    let weight_template = find_initializer(graph, &plan.weight_name).cloned();
-    let new_weight = write_tensor(
+    let (new_weight, new_bias) = write_layer_tensors(
         graph,
         &mut names,
         ctx.store,
-        &plan.weight_name,
-        plan.weight_in_place,
-        weight,
-        weight_template.as_ref(),
+        LayerTensors {
+            weight_name: &plan.weight_name,
+            weight_in_place: plan.weight_in_place,
+            weight,
+            bias_name: plan.bias_name.as_deref(),
+            bias_in_place: plan.bias_in_place,
+            bias: Some(bias),
+        },
     )?;
-    let bias_base = plan
-        .bias_name
-        .clone()
-        .unwrap_or_else(|| format!("{}_bias", plan.weight_name));
-    let bias_template = plan
-        .bias_name
-        .as_deref()
-        .and_then(|b| find_initializer(graph, b))
-        .cloned()
-        .or(weight_template);
-    let new_bias = write_tensor(
-        graph,
-        &mut names,
-        ctx.store,
-        &bias_base,
-        plan.bias_in_place,
-        bias,
-        bias_template.as_ref(),
-    )?;
+    let new_bias = new_bias.unwrap_or_default();
 
     let producer = &mut graph.node[plan.producer];
     let old_out = std::mem::replace(&mut producer.output[0], out_name.clone());
@@ -1131,6 +1094,58 @@ fn apply(
         shift_kept_as: None,
         max_rel_weight_change: plan.max_rel_weight_change,
     })
+}
+
+/// A layer's folded weight and bias, and where they came from.
+struct LayerTensors<'a> {
+    weight_name: &'a str,
+    weight_in_place: bool,
+    weight: Tensor,
+    bias_name: Option<&'a str>,
+    bias_in_place: bool,
+    bias: Option<Tensor>,
+}
+
+/// Writes a layer's folded weight and (when there is one) bias, each in place when the layer
+/// owns it, else under a new name; a bias the layer did not have is named after the weight and
+/// stored like it (external when the weight is).
+fn write_layer_tensors(
+    graph: &mut GraphProto,
+    names: &mut BTreeSet<String>,
+    store: &ExternalStore,
+    tensors: LayerTensors,
+) -> Result<(String, Option<String>)> {
+    let weight_template = find_initializer(graph, tensors.weight_name).cloned();
+    let new_weight = write_tensor(
+        graph,
+        names,
+        store,
+        tensors.weight_name,
+        tensors.weight_in_place,
+        tensors.weight,
+        weight_template.as_ref(),
+    )?;
+    let Some(bias) = tensors.bias else {
+        return Ok((new_weight, None));
+    };
+    let base = tensors
+        .bias_name
+        .map_or_else(|| format!("{}_bias", tensors.weight_name), str::to_string);
+    let template = tensors
+        .bias_name
+        .and_then(|b| find_initializer(graph, b))
+        .cloned()
+        .or(weight_template);
+    let new_bias = write_tensor(
+        graph,
+        names,
+        store,
+        &base,
+        tensors.bias_in_place,
+        bias,
+        template.as_ref(),
+    )?;
+    Ok((new_weight, Some(new_bias)))
 }
 
 fn find_initializer<'g>(graph: &'g GraphProto, name: &str) -> Option<&'g TensorProto> {
