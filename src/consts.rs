@@ -184,39 +184,9 @@ impl<'a> ConstEval<'a> {
                     .map(input_rank)
                     .try_fold(0, |m, r| Some(m.max(r?)))
             }
-            "Relu"
-            | "LeakyRelu"
-            | "Sigmoid"
-            | "Tanh"
-            | "HardSigmoid"
-            | "HardSwish"
-            | "Clip"
-            | "Identity"
-            | "Dropout"
-            | "Cast"
-            | "CastLike"
-            | "Softmax"
-            | "LogSoftmax"
-            | "Elu"
-            | "Selu"
-            | "Gelu"
-            | "Erf"
-            | "Exp"
-            | "Log"
-            | "Neg"
-            | "Abs"
-            | "Sqrt"
-            | "Softplus"
-            | "Mish"
-            | "Transpose"
-            | "BatchNormalization"
-            | "Conv"
-            | "ConvTranspose"
-            | "MaxPool"
-            | "AveragePool"
-            | "LayerNormalization"
-            | "InstanceNormalization"
-            | "LpNormalization" => input_rank(0),
+            op if crate::graph::keeps_batch_and_rank(op) => input_rank(0),
+            "Cast" | "CastLike" | "Softmax" | "LogSoftmax" | "Erf" | "Exp" | "Log" | "Neg"
+            | "Abs" | "Sqrt" | "Transpose" => input_rank(0),
             _ => None,
         }
     }

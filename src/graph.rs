@@ -216,6 +216,36 @@ pub fn is_graph_attribute(attr: &crate::proto::AttributeProto) -> bool {
         || !attr.graphs.is_empty()
 }
 
+/// Ops whose output keeps the shape's axis 0 (the batch) and rank of their first input:
+/// convolutions, pooling, normalizations and element-wise activations.
+pub fn keeps_batch_and_rank(op_type: &str) -> bool {
+    matches!(
+        op_type,
+        "Conv"
+            | "ConvTranspose"
+            | "MaxPool"
+            | "AveragePool"
+            | "BatchNormalization"
+            | "LayerNormalization"
+            | "InstanceNormalization"
+            | "LpNormalization"
+            | "Relu"
+            | "LeakyRelu"
+            | "Sigmoid"
+            | "Tanh"
+            | "HardSigmoid"
+            | "HardSwish"
+            | "Clip"
+            | "Elu"
+            | "Selu"
+            | "Gelu"
+            | "Softplus"
+            | "Mish"
+            | "Identity"
+            | "Dropout"
+    )
+}
+
 /// A node's display name: its name, else its first output.
 pub fn node_label(node: &NodeProto) -> String {
     match node.name() {

@@ -395,28 +395,9 @@ fn batch_dim(index: &GraphIndex, name: &str) -> Option<usize> {
             return Some(batch);
         }
         let node = index.node(index.producer(&name)?);
-        let keeps_batch = matches!(
-            node.op_type(),
-            "Conv"
-                | "ConvTranspose"
-                | "BatchNormalization"
-                | "Relu"
-                | "LeakyRelu"
-                | "Sigmoid"
-                | "Tanh"
-                | "HardSigmoid"
-                | "HardSwish"
-                | "Clip"
-                | "Elu"
-                | "Selu"
-                | "Identity"
-                | "MaxPool"
-                | "AveragePool"
-                | "GlobalAveragePool"
-                | "GlobalMaxPool"
-                | "InstanceNormalization"
-                | "Dropout"
-        ) && matches!(node.domain(), "" | "ai.onnx");
+        let keeps_batch = crate::graph::keeps_batch_and_rank(node.op_type())
+            || matches!(node.op_type(), "GlobalAveragePool" | "GlobalMaxPool");
+        let keeps_batch = keeps_batch && matches!(node.domain(), "" | "ai.onnx");
         if !keeps_batch {
             return None;
         }
