@@ -131,7 +131,7 @@ def main():
         results = {}
         cp_cmd = ["cp", model] + data_files + [out_dir]
         results["cp"] = measure(cp_cmd, args.runs, cleanup)
-        results["bnfold fold-only"] = measure([bnfold, model, "-o", out, "--no-verify", "-q"], args.runs, cleanup)
+        results["bnfold fold-only"] = measure([bnfold, model, "-o", out, "--no-verify", "--no-readiness", "-q"], args.runs, cleanup)
         results["bnfold fold+verify"] = measure([bnfold, model, "-o", out, "-q"], max(1, args.runs // 2 + 1), cleanup)
         external = bool(data_files)
         if py and not external:
