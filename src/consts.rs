@@ -3,7 +3,7 @@
 //! zero Conv bias as `Expand(CastLike(0, x), Shape(W)[0:1])`).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::rc::Rc;
 
 use crate::attr;
@@ -52,8 +52,37 @@ impl<'a> ConstEval<'a> {
             store,
             opset,
             inputs_are_constants,
-            cache: RefCell::new(HashMap::new()),
+            cache: RefCell::new(HashMap::default()),
         }
+    }
+
+    /// The stored tensor behind `name` when it is one, undecoded: an initializer (unless a graph
+    /// input can override it) or a `Constant` node's `value`. `None` when `name` is computed
+    /// or not constant: ask [`ConstEval::value`].
+    pub fn stored(
+        &self,
+        name: &str,
+    ) -> Result<Option<std::result::Result<&'a crate::proto::TensorProto, NotConstant>>> {
+        let index = self.index;
+        if let Some(t) = index.initializer(name) {
+            if index.is_graph_input(name) && !self.inputs_are_constants {
+                return Ok(Some(Err(NotConstant::OverridableInput(name.to_string()))));
+            }
+            return Ok(Some(Ok(t)));
+        }
+        let Some(producer) = index.producer(name) else {
+            return Ok(None);
+        };
+        let node = index.node(producer);
+        if node.op_type() == "Constant" && matches!(node.domain(), "" | "ai.onnx") {
+            return Ok(attr::tensor(node, "value")?.map(Ok));
+        }
+        Ok(None)
+    }
+
+    /// The store tensor data is read through.
+    pub fn store(&self) -> &'a ExternalStore {
+        self.store
     }
 
     /// The value of `name`, or why it is not a constant.

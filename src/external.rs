@@ -3,25 +3,36 @@
 //! A location is refused when it is absolute, contains `..`, or resolves (through symlinks)
 //! outside the model's folder, and a range is refused when it lies outside its file.
 
+use std::borrow::Cow;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::error::{Error, Result};
-use crate::proto::TensorProto;
+use bytes::Bytes;
 
-/// The `external_data` key that marks a rewritten external tensor whose new bytes wait in the
-/// store's spill file (`"offset:length"`); reserved: refused in input models, gone once saved.
+use crate::error::{Error, Result};
+use crate::proto::{StringStringEntryProto, TensorProto};
+use crate::scaled::{self, ScaledTensor};
+use crate::source::MappedSource;
+
+/// The `external_data` key that marks a folded tensor whose values wait in the store as a
+/// [`ScaledTensor`] (the value is its number); reserved: refused in input models, gone once the
+/// model is saved.
 pub const PENDING_KEY: &str = "bnfold.pending";
 
-/// Where a model's external data files are looked up (the model's folder), and where rewritten
-/// external tensors wait until the model is saved: an anonymous spill file, so that folding a
-/// model larger than memory holds one tensor at a time.
+/// Inline payloads at least this large are read from the mapped file with `pread` rather than
+/// through the mapping, so that reading them does not make them resident.
+const PREAD_THRESHOLD: usize = 1 << 12;
+
+/// Where a model's tensor data lives outside its decoded protobuf: external data files in the
+/// model's folder, the mapped input file that inline payloads point into, and the folded
+/// tensors waiting to be written.
 #[derive(Clone, Debug, Default)]
 pub struct ExternalStore {
     base_dir: Option<PathBuf>,
-    spill: Arc<Mutex<Option<File>>>,
+    source: Option<Arc<MappedSource>>,
+    pending: Arc<Mutex<Vec<Arc<ScaledTensor>>>>,
 }
 
 /// The `external_data` entries of one tensor.
@@ -45,7 +56,65 @@ impl ExternalStore {
     pub fn in_dir(dir: impl Into<PathBuf>) -> ExternalStore {
         ExternalStore {
             base_dir: Some(dir.into()),
-            spill: Arc::default(),
+            ..ExternalStore::default()
+        }
+    }
+
+    /// The same store, with inline payloads located in the mapped input file.
+    pub fn with_source(mut self, source: Option<MappedSource>) -> ExternalStore {
+        self.source = source.map(Arc::new);
+        self
+    }
+
+    /// Records a folded tensor and returns the `external_data` entry that refers to it.
+    pub fn add_pending(&self, tensor: ScaledTensor) -> Result<StringStringEntryProto> {
+        let mut pending = self
+            .pending
+            .lock()
+            .map_err(|_| Error::tensor(&tensor.name, "pending tensors poisoned"))?;
+        pending.push(Arc::new(tensor));
+        Ok(StringStringEntryProto {
+            key: Some(PENDING_KEY.into()),
+            value: Some((pending.len() - 1).to_string()),
+        })
+    }
+
+    /// The folded tensor `t` stands for, if it is one.
+    pub fn pending(&self, t: &TensorProto) -> Result<Option<Arc<ScaledTensor>>> {
+        let Some(entry) = t.external_data.iter().find(|e| e.key() == PENDING_KEY) else {
+            return Ok(None);
+        };
+        let bad = || Error::tensor(t.name(), format!("bad pending entry '{}'", entry.value()));
+        let number: usize = entry.value().parse().map_err(|_| bad())?;
+        let pending = self.pending.lock().map_err(|_| bad())?;
+        pending.get(number).cloned().map(Some).ok_or_else(bad)
+    }
+
+    /// Where `raw` lies in the mapped input file, when it does.
+    pub fn mapped(&self, raw: &[u8]) -> Option<(&File, u64)> {
+        let source = self.source.as_deref()?;
+        Some((source.file(), source.offset_of(raw)?))
+    }
+
+    /// The bytes of an inline payload; a large one in the mapped input is read with `pread`.
+    pub fn inline_bytes<'r>(&self, raw: &'r Bytes) -> Result<Cow<'r, [u8]>> {
+        if raw.len() < PREAD_THRESHOLD {
+            return Ok(Cow::Borrowed(raw));
+        }
+        let mut buf = vec![0u8; raw.len()];
+        self.read_inline(raw, 0, &mut buf)?;
+        Ok(Cow::Owned(buf))
+    }
+
+    /// Fills `buf` with the bytes of `raw` from offset `at`.
+    pub fn read_inline(&self, raw: &Bytes, at: usize, buf: &mut [u8]) -> Result<()> {
+        match self.mapped(raw) {
+            Some((file, offset)) => scaled::read_exact_at(file, buf, offset + at as u64)
+                .map_err(|e| Error::tensor("(inline data)", format!("reading the model: {e}"))),
+            None => {
+                buf.copy_from_slice(&raw[at..at + buf.len()]);
+                Ok(())
+            }
         }
     }
 
@@ -99,60 +168,8 @@ impl ExternalStore {
         Ok((path, reference.offset))
     }
 
-    /// Appends the new bytes of a rewritten external tensor to the spill file and returns the
-    /// `external_data` entry that points at them.
-    pub fn spill(
-        &self,
-        tensor: &str,
-        bytes: &[u8],
-    ) -> Result<crate::proto::StringStringEntryProto> {
-        let fail = |e: std::io::Error| Error::tensor(tensor, format!("spilling folded data: {e}"));
-        let mut guard = self
-            .spill
-            .lock()
-            .map_err(|_| Error::tensor(tensor, "spill file poisoned"))?;
-        if guard.is_none() {
-            let file = self
-                .base_dir
-                .as_deref()
-                .and_then(|d| tempfile::tempfile_in(d).ok())
-                .map_or_else(tempfile::tempfile, Ok)
-                .map_err(fail)?;
-            *guard = Some(file);
-        }
-        let file = guard
-            .as_mut()
-            .ok_or_else(|| Error::tensor(tensor, "no spill file"))?;
-        let offset = file.seek(SeekFrom::End(0)).map_err(fail)?;
-        file.write_all(bytes).map_err(fail)?;
-        Ok(crate::proto::StringStringEntryProto {
-            key: Some(PENDING_KEY.into()),
-            value: Some(format!("{offset}:{}", bytes.len())),
-        })
-    }
-
-    fn read_spilled(&self, t: &TensorProto, pending: &str, expected_len: usize) -> Result<Vec<u8>> {
-        let bad = || Error::tensor(t.name(), format!("bad pending entry '{pending}'"));
-        let (offset, len) = pending.split_once(':').ok_or_else(bad)?;
-        let offset: u64 = offset.parse().map_err(|_| bad())?;
-        let len: usize = len.parse().map_err(|_| bad())?;
-        if len != expected_len {
-            return Err(bad());
-        }
-        let mut guard = self.spill.lock().map_err(|_| bad())?;
-        let file = guard.as_mut().ok_or_else(bad)?;
-        let mut buf = vec![0u8; len];
-        file.seek(SeekFrom::Start(offset))
-            .and_then(|_| file.read_exact(&mut buf))
-            .map_err(|e| Error::tensor(t.name(), format!("reading spilled data: {e}")))?;
-        Ok(buf)
-    }
-
     /// Reads the `expected_len` bytes of an external tensor, after checking its location.
     pub fn read(&self, t: &TensorProto, expected_len: usize) -> Result<Vec<u8>> {
-        if let Some(pending) = t.external_data.iter().find(|e| e.key() == PENDING_KEY) {
-            return self.read_spilled(t, pending.value(), expected_len);
-        }
         let (path, offset) = self.locate(t, expected_len)?;
         let mut file = File::open(&path).map_err(|e| Error::io(&path, e))?;
         let mut buf = vec![0u8; expected_len];

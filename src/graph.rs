@@ -1,7 +1,8 @@
 //! A read-only index of one graph: who produces and who consumes each tensor, and what is known
 //! of each tensor's type and shape. Built afresh after every rewrite.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+
+use foldhash::{HashMap, HashSet};
 
 use crate::proto::{
     attribute_proto::AttributeType, tensor_shape_proto::dimension, type_proto, GraphProto,
@@ -33,8 +34,8 @@ pub struct GraphIndex<'g> {
 impl<'g> GraphIndex<'g> {
     /// Indexes `graph`.
     pub fn new(graph: &'g GraphProto, outer: OuterScope<'g>) -> GraphIndex<'g> {
-        let mut producer = HashMap::new();
-        let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut producer = HashMap::default();
+        let mut consumers: HashMap<&str, Vec<usize>> = HashMap::default();
         for (i, node) in graph.node.iter().enumerate() {
             for out in node.output.iter().filter(|o| !o.is_empty()) {
                 producer.insert(out.as_str(), i);
@@ -140,12 +141,6 @@ impl<'g> GraphIndex<'g> {
         }
     }
 
-    /// Every tensor name used in the graph and its subgraphs.
-    pub fn all_names(&self) -> BTreeSet<String> {
-        let mut names = BTreeSet::new();
-        collect_names(self.graph, &mut names);
-        names
-    }
 }
 
 /// The names a node's subgraphs read from the enclosing scope.
@@ -192,21 +187,22 @@ fn graph_free_names<'a>(g: &'a GraphProto, free: &mut Vec<&'a str>) {
     }
 }
 
-fn collect_names(g: &GraphProto, names: &mut BTreeSet<String>) {
-    for v in g.input.iter().chain(&g.output).chain(&g.value_info) {
-        names.insert(v.name().to_string());
-    }
-    for t in &g.initializer {
-        names.insert(t.name().to_string());
-    }
-    for node in &g.node {
-        names.extend(node.input.iter().chain(&node.output).cloned());
-        for attr in &node.attribute {
-            for sub in attr_graphs(attr) {
-                collect_names(sub, names);
-            }
-        }
-    }
+/// Whether a tensor of `g` or of its subgraphs is named `name`.
+pub fn uses_name(g: &GraphProto, name: &str) -> bool {
+    g.input
+        .iter()
+        .chain(&g.output)
+        .chain(&g.value_info)
+        .any(|v| v.name() == name)
+        || g.initializer.iter().any(|t| t.name() == name)
+        || g.node.iter().any(|node| {
+            node.input.iter().chain(&node.output).any(|n| n == name)
+                || node
+                    .attribute
+                    .iter()
+                    .flat_map(attr_graphs)
+                    .any(|sub| uses_name(sub, name))
+        })
 }
 
 /// The subgraph attributes of a node (`If` branches, `Loop` and `Scan` bodies).

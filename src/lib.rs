@@ -25,6 +25,8 @@ pub mod npy;
 pub mod pass;
 pub mod readiness;
 pub mod report;
+pub mod scaled;
+pub mod source;
 pub mod tensor;
 pub mod validate;
 pub mod verify;

@@ -8,6 +8,7 @@ use prost::Message;
 
 use crate::error::{Error, Result};
 use crate::external::{self, ExternalStore};
+use crate::source::MappedSource;
 use crate::proto::{
     tensor_proto::DataLocation, GraphProto, ModelProto, StringStringEntryProto, TensorProto,
 };
@@ -34,6 +35,10 @@ pub struct SaveOptions {
     pub force: bool,
     /// Allow the output to be the model's own source file.
     pub overwrite_input: bool,
+    /// Flush every written file to disk (`fsync`) before renaming it into place, so the output
+    /// survives a power loss, not only a crash of bnfold. Off by default: the rename alone
+    /// already means a reader never sees a partial file.
+    pub sync: bool,
 }
 
 impl Model {
@@ -57,13 +62,13 @@ impl Model {
     /// Reads and decodes a model file; its folder holds any external data.
     pub fn load(path: impl AsRef<Path>) -> Result<Model> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let proto = ModelProto::decode(Bytes::from(bytes))?;
+        let (bytes, source) = MappedSource::open(path)?;
+        let proto = ModelProto::decode(bytes)?;
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let mut model = Model::from_proto(proto, ExternalStore::in_dir(dir))?;
+        let mut model = Model::from_proto(proto, ExternalStore::in_dir(dir).with_source(source))?;
         model.source = Some(path.to_path_buf());
         Ok(model)
     }
@@ -105,7 +110,31 @@ impl Model {
                 "the model has external data: write it with Model::save".into(),
             ));
         }
-        Ok(self.proto.encode_to_vec())
+        let proto = self.materialized_subgraphs()?;
+        let mut bytes = Vec::new();
+        write_streaming(proto, &self.store, &mut Output::Memory(&mut bytes))
+            .map_err(|e| Error::InvalidGraph(format!("encoding the model: {e}")))?;
+        Ok(bytes)
+    }
+
+    /// A copy of the protobuf with every folded tensor's values inline, as a reader of the
+    /// protobuf alone (tract) needs it. External tensors stay external.
+    pub fn materialized(&self) -> Result<ModelProto> {
+        let mut proto = self.proto.clone();
+        if let Some(g) = proto.graph.as_mut() {
+            materialize(g, &self.store, true)?;
+        }
+        Ok(proto)
+    }
+
+    /// A copy of the protobuf whose folded tensors in subgraphs are inline; those of the main
+    /// graph are left for [`write_streaming`], which writes them a chunk at a time.
+    fn materialized_subgraphs(&self) -> Result<ModelProto> {
+        let mut proto = self.proto.clone();
+        if let Some(g) = proto.graph.as_mut() {
+            materialize(g, &self.store, false)?;
+        }
+        Ok(proto)
     }
 
     /// Writes the model to `path` atomically (temporary file, then rename), in the same layout
@@ -127,7 +156,7 @@ impl Model {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let mut proto = self.proto.clone();
+        let mut proto = self.materialized_subgraphs()?;
         let mut data_files = DataFiles::new(&dir, path, &self.store);
         if let Some(g) = proto.graph.as_mut() {
             let mut failure = Ok(());
@@ -138,17 +167,22 @@ impl Model {
             });
             failure?;
         }
-        let mut model_file = new_output_file(&dir, path)?;
-        let mut writer = std::io::BufWriter::with_capacity(1 << 20, model_file.as_file_mut());
-        write_streaming(&proto, &mut writer)
-            .and_then(|_| writer.flush())
+        let model_file = new_output_file(&dir, path)?;
+        let mut output = Output::File(std::io::BufWriter::with_capacity(
+            1 << 18,
+            model_file.as_file(),
+        ));
+        write_streaming(proto, &self.store, &mut output)
+            .and_then(|_| output.flush())
             .map_err(|e| Error::io(path, e))?;
-        drop(writer);
-        model_file
-            .as_file()
-            .sync_all()
-            .map_err(|e| Error::io(path, e))?;
-        data_files.persist()?;
+        drop(output);
+        if options.sync {
+            model_file
+                .as_file()
+                .sync_all()
+                .map_err(|e| Error::io(path, e))?;
+        }
+        data_files.persist(options.sync)?;
         model_file
             .persist(path)
             .map_err(|e| Error::io(path, e.error))?;
@@ -156,36 +190,147 @@ impl Model {
     }
 }
 
+/// Replaces folded tensors by their values: in the main graph's initializers too when `all`,
+/// else only in subgraphs.
+fn materialize(g: &mut GraphProto, store: &ExternalStore, all: bool) -> Result<()> {
+    if all {
+        for t in &mut g.initializer {
+            inline_pending(t, store)?;
+        }
+    }
+    for node in &mut g.node {
+        for a in &mut node.attribute {
+            for sub in a.g.iter_mut().chain(a.graphs.iter_mut()) {
+                materialize(sub, store, true)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn inline_pending(t: &mut TensorProto, store: &ExternalStore) -> Result<()> {
+    if let Some(pending) = store.pending(t)? {
+        t.raw_data = Some(pending.to_bytes(store)?.into());
+        t.external_data.clear();
+        t.data_location = None;
+    }
+    Ok(())
+}
+
+/// Where [`write_streaming`] writes: a file, whose unchanged payloads the kernel copies from the
+/// input file, or memory.
+enum Output<'a> {
+    File(std::io::BufWriter<&'a std::fs::File>),
+    Memory(&'a mut Vec<u8>),
+}
+
+/// Payloads at least this large are copied file to file by the kernel.
+const KERNEL_COPY_THRESHOLD: usize = 1 << 12;
+
+impl Output<'_> {
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Output::File(w) => w.write_all(bytes),
+            Output::Memory(v) => {
+                v.extend_from_slice(bytes);
+                Ok(())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Output::File(w) => w.flush(),
+            Output::Memory(_) => Ok(()),
+        }
+    }
+
+    /// Writes a stored payload: large ones in the mapped input go file to file.
+    fn write_payload(&mut self, raw: &Bytes, store: &ExternalStore) -> std::io::Result<()> {
+        if let (Output::File(w), Some((source, offset))) = (&mut *self, store.mapped(raw)) {
+            if raw.len() >= KERNEL_COPY_THRESHOLD {
+                w.flush()?;
+                return copy_range(source, offset, raw.len() as u64, w.get_ref());
+            }
+        }
+        self.write_all(raw)
+    }
+}
+
+/// Copies `len` bytes at `offset` of `source` to the end of `target` (`copy_file_range` on Linux).
+fn copy_range(
+    source: &std::fs::File,
+    offset: u64,
+    len: u64,
+    mut target: &std::fs::File,
+) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut source = source;
+    source.seek(SeekFrom::Start(offset))?;
+    let copied = std::io::copy(&mut source.take(len), &mut target)?;
+    if copied != len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("the input file ended after {copied} of {len} bytes"),
+        ));
+    }
+    Ok(())
+}
+
 /// Writes `proto` without first encoding it whole: the model's other fields, then the graph's,
-/// then each initializer with its `raw_data` written straight from its buffer. The fields come
-/// in a different order than `encode_to_vec` gives (protobuf allows any order), always the same.
-fn write_streaming(proto: &ModelProto, out: &mut impl Write) -> std::io::Result<()> {
-    use prost::encoding::{encode_key, encode_varint, WireType};
+/// then each initializer with its payload (stored bytes, or a folded tensor computed a chunk at
+/// a time). The fields come in a different order than `encode_to_vec` gives (protobuf allows
+/// any order), always the same.
+fn write_streaming(
+    mut proto: ModelProto,
+    store: &ExternalStore,
+    out: &mut Output,
+) -> std::io::Result<()> {
+    use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
     let mut header = Vec::new();
-    let mut shell = proto.clone();
-    let graph = shell.graph.take();
-    out.write_all(&shell.encode_to_vec())?;
-    let Some(graph) = graph else { return Ok(()) };
-    encode_key(7, WireType::LengthDelimited, &mut header);
-    encode_varint(graph.encoded_len() as u64, &mut header);
-    out.write_all(&header)?;
-    let mut graph_shell = graph.clone();
-    graph_shell.initializer.clear();
-    out.write_all(&graph_shell.encode_to_vec())?;
-    for t in &graph.initializer {
-        let mut head = t.clone();
+    let graph = proto.graph.take();
+    out.write_all(&proto.encode_to_vec())?;
+    let Some(mut graph) = graph else { return Ok(()) };
+    let initializers = std::mem::take(&mut graph.initializer);
+    let mut heads = Vec::with_capacity(initializers.len());
+    let mut graph_len = graph.encoded_len();
+    for mut head in initializers {
+        let pending = store.pending(&head).map_err(std::io::Error::other)?;
         let raw = head.raw_data.take();
+        let payload_len = match (&pending, &raw) {
+            (Some(p), _) => {
+                head.external_data.clear();
+                head.data_location = None;
+                Some(p.len() * p.dtype.size())
+            }
+            (None, Some(raw)) => Some(raw.len()),
+            (None, None) => None,
+        };
+        let len = head.encoded_len()
+            + payload_len.map_or(0, |n| key_len(9) + encoded_len_varint(n as u64) + n);
+        graph_len += key_len(5) + encoded_len_varint(len as u64) + len;
+        heads.push((head, len, payload_len, pending, raw));
+    }
+    encode_key(7, WireType::LengthDelimited, &mut header);
+    encode_varint(graph_len as u64, &mut header);
+    out.write_all(&header)?;
+    out.write_all(&graph.encode_to_vec())?;
+    for (head, len, payload_len, pending, raw) in heads {
         header.clear();
         encode_key(5, WireType::LengthDelimited, &mut header);
-        encode_varint(t.encoded_len() as u64, &mut header);
+        encode_varint(len as u64, &mut header);
         head.encode(&mut header).map_err(std::io::Error::other)?;
-        if let Some(raw) = &raw {
+        if let Some(n) = payload_len {
             encode_key(9, WireType::LengthDelimited, &mut header);
-            encode_varint(raw.len() as u64, &mut header);
+            encode_varint(n as u64, &mut header);
         }
         out.write_all(&header)?;
-        if let Some(raw) = &raw {
-            out.write_all(raw)?;
+        match (pending, raw) {
+            (Some(p), _) => p
+                .stream(store, &mut |chunk| out.write_all(chunk))
+                .map_err(std::io::Error::other)?,
+            (None, Some(raw)) => out.write_payload(&raw, store)?,
+            (None, None) => {}
         }
     }
     Ok(())
@@ -273,9 +418,10 @@ impl DataFiles {
     fn stream(&mut self, t: &mut TensorProto, store: &ExternalStore) -> Result<()> {
         let reference = external::external_ref(t)?;
         let len = proto_dims(t)?.iter().product::<usize>() * proto_dtype(t)?.size();
-        let bytes = match t.raw_data.take().filter(|r| !r.is_empty()) {
-            Some(pending) => pending.to_vec(),
-            None => store.read(t, len)?,
+        let pending = store.pending(t)?;
+        let stored = match &pending {
+            Some(_) => None,
+            None => Some(store.locate(t, len)?),
         };
         let location = match &self.prefix {
             Some(p) => format!("{p}.{}", reference.location.replace(['/', '\\'], "_")),
@@ -293,8 +439,21 @@ impl DataFiles {
             }
         };
         let (_, file, offset) = &mut self.files[slot];
-        file.write_all(&bytes)
-            .map_err(|e| Error::io(self.dir.join(&location), e))?;
+        let target_path = self.dir.join(&location);
+        match (pending, stored) {
+            (Some(p), _) => {
+                let mut writer = std::io::BufWriter::with_capacity(1 << 20, file.as_file());
+                p.stream(store, &mut |chunk| writer.write_all(chunk))?;
+                writer.flush().map_err(|e| Error::io(&target_path, e))?;
+            }
+            (None, Some((source_path, source_offset))) => {
+                let source =
+                    std::fs::File::open(&source_path).map_err(|e| Error::io(&source_path, e))?;
+                copy_range(&source, source_offset, len as u64, file.as_file())
+                    .map_err(|e| Error::io(&source_path, e))?;
+            }
+            (None, None) => {}
+        }
         let entry = |k: &str, v: String| StringStringEntryProto {
             key: Some(k.into()),
             value: Some(v),
@@ -302,19 +461,22 @@ impl DataFiles {
         t.external_data = vec![
             entry("location", location),
             entry("offset", offset.to_string()),
-            entry("length", bytes.len().to_string()),
+            entry("length", len.to_string()),
         ];
         t.data_location = Some(DataLocation::External as i32);
-        *offset += bytes.len() as u64;
+        t.raw_data = None;
+        *offset += len as u64;
         Ok(())
     }
 
-    fn persist(self) -> Result<()> {
+    fn persist(self, sync: bool) -> Result<()> {
         for (location, file, _) in self.files {
             let target = self.dir.join(&location);
-            file.as_file()
-                .sync_all()
-                .map_err(|e| Error::io(&target, e))?;
+            if sync {
+                file.as_file()
+                    .sync_all()
+                    .map_err(|e| Error::io(&target, e))?;
+            }
             file.persist(&target)
                 .map_err(|e| Error::io(&target, e.error))?;
         }

@@ -1,7 +1,9 @@
 //! The fold pass: finds every BatchNormalization chain (read-only), asks the fold of its
 //! producer's kind for a plan, and applies plans in the one function that mutates the graph.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
+
+use foldhash::{HashMap, HashSet};
 
 use crate::attr::{self, node_error};
 use crate::consts::{ConstEval, NotConstant};
@@ -13,6 +15,7 @@ use crate::folds::{
 };
 use crate::graph::{is_graph_attribute, node_label, GraphIndex, OuterScope};
 use crate::proto::{GraphProto, NodeProto, TensorProto, TypeProto, ValueInfoProto};
+use crate::scaled::{ScaledTensor, Scaling};
 use crate::report::{DecompositionRecord, Direction, FoldRecord, NormalizationRecord, SkipRecord};
 use crate::tensor::{self, Tensor};
 
@@ -84,6 +87,7 @@ struct ChainPlan {
     bias_name: Option<String>,
     bias_in_place: bool,
     rewrite: ProducerRewrite,
+    folded_weight: ScaledTensor,
     detached: Vec<String>,
     max_rel_weight_change: f64,
 }
@@ -210,6 +214,7 @@ struct ForwardPlan {
     bias_name: Option<String>,
     bias_in_place: bool,
     rewrite: ConsumerRewrite,
+    folded_weight: ScaledTensor,
     detached: Vec<String>,
     max_rel_weight_change: f64,
 }
@@ -302,6 +307,7 @@ fn plan_forward(
     let affine = or_skip!(bn_affine(eval, bn)?);
     let weight_name = node.input[1].clone();
     let weight = or_skip!(layer_weight(index, eval, &weight_name)?);
+    let weight_values = weight.decode(ctx.store)?;
     let bias_name = node.input.get(2).filter(|b| !b.is_empty()).cloned();
     let bias = match &bias_name {
         Some(b) => Some(or_skip!(float_constant(eval, b)?)),
@@ -318,7 +324,7 @@ fn plan_forward(
         node,
         bn_name: &bn_label,
         weight_name: &weight_name,
-        weight: &weight,
+        weight: &weight_values,
         bias_name: &new_bias_name,
         bias: bias.as_deref(),
         affine: &affine,
@@ -332,6 +338,7 @@ fn plan_forward(
         FoldKind::ConvTranspose => folds::forward_conv_transpose::plan(&input),
         FoldKind::Gemm | FoldKind::MatMul => folds::forward_gemm::plan(&input),
     });
+    let folded_weight = or_skip!(scale_within_range(&weight, &rewrite.weight, ctx)?);
     let exclusive = |name: &str| {
         index.graph.initializer.iter().any(|t| t.name() == name)
             && index.consumers(name) == [consumer]
@@ -352,9 +359,26 @@ fn plan_forward(
         weight_name,
         bias_name,
         rewrite,
+        folded_weight,
         detached,
         max_rel_weight_change,
     }))
+}
+
+/// `weight` with one more scaling, or the skip when a scaled value would not fit its dtype.
+fn scale_within_range(
+    weight: &ScaledTensor,
+    scaling: &Scaling,
+    ctx: &PassContext,
+) -> Result<std::result::Result<ScaledTensor, SkipReason>> {
+    let folded = weight.then(scaling.clone());
+    skip_if!(
+        !folded.fits(ctx.store)?,
+        SkipReason::FoldedValueOutOfRange {
+            tensor: weight.name.clone()
+        }
+    );
+    Ok(Ok(folded))
 }
 
 /// Whether `Reshape(x, shape)` is a flatten to `[batch, features]` that keeps each sample in one
@@ -413,14 +437,14 @@ fn apply_forward(
     ctx: &PassContext,
     path: &str,
 ) -> Result<FoldRecord> {
-    let mut names: BTreeSet<String> = GraphIndex::new(graph, OuterScope::default()).all_names();
+    let mut names = BTreeSet::new();
     let bn = graph.node[plan.bn].clone();
     let bn_label = node_label(&bn);
     let ConsumerRewrite {
-        weight,
         bias,
         shift_add,
         gemm_beta_one,
+        ..
     } = plan.rewrite;
     let (new_weight, new_bias) = write_layer_tensors(
         graph,
@@ -429,7 +453,7 @@ fn apply_forward(
         LayerTensors {
             weight_name: &plan.weight_name,
             weight_in_place: plan.weight_in_place,
-            weight,
+            weight: plan.folded_weight,
             bias_name: plan.bias_name.as_deref(),
             bias_in_place: plan.bias_in_place,
             bias,
@@ -461,10 +485,10 @@ fn apply_forward(
                 ctx.store,
                 &format!("{bn_label}_shift"),
                 false,
-                shift,
+                NewTensor::Values(shift),
                 None,
             )?;
-            let add_name = unique_name(&mut names, &format!("{bn_label}_shift_add"));
+            let add_name = unique_name(graph, &mut names, &format!("{bn_label}_shift_add"));
             graph.node[plan.bn] = NodeProto {
                 name: Some(add_name.clone()),
                 op_type: Some("Add".into()),
@@ -551,7 +575,7 @@ fn decompose_remaining(
         let Some((i, (scale, shift))) = found else {
             return Ok(());
         };
-        let mut names: BTreeSet<String> = GraphIndex::new(graph, OuterScope::default()).all_names();
+        let mut names = BTreeSet::new();
         let bn = graph.node[i].clone();
         let label = node_label(&bn);
         let scale_name = write_tensor(
@@ -560,7 +584,7 @@ fn decompose_remaining(
             ctx.store,
             &format!("{label}_scale"),
             false,
-            scale,
+            NewTensor::Values(scale),
             None,
         )?;
         let shift_name = write_tensor(
@@ -569,12 +593,12 @@ fn decompose_remaining(
             ctx.store,
             &format!("{label}_shift"),
             false,
-            shift,
+            NewTensor::Values(shift),
             None,
         )?;
-        let scaled = unique_name(&mut names, &format!("{}_scaled", bn.output[0]));
-        let mul_name = unique_name(&mut names, &format!("{label}_mul"));
-        let add_name = unique_name(&mut names, &format!("{label}_add"));
+        let scaled = unique_name(graph, &mut names, &format!("{}_scaled", bn.output[0]));
+        let mul_name = unique_name(graph, &mut names, &format!("{label}_mul"));
+        let add_name = unique_name(graph, &mut names, &format!("{label}_add"));
         let mul = NodeProto {
             name: Some(mul_name.clone()),
             op_type: Some("Mul".into()),
@@ -824,6 +848,7 @@ fn plan_chain(
         FoldKind::Gemm => folds::gemm::plan(&input)?,
         FoldKind::MatMul => folds::matmul::plan(&input)?,
     });
+    let folded_weight = or_skip!(scale_within_range(&weight, &rewrite.weight, ctx)?);
 
     let exclusive = |name: &str| {
         index.graph.initializer.iter().any(|t| t.name() == name)
@@ -846,6 +871,7 @@ fn plan_chain(
         weight_name,
         bias_name,
         rewrite,
+        folded_weight,
         detached,
         max_rel_weight_change,
     }))
@@ -893,11 +919,12 @@ fn bn_affine(eval: &ConstEval, bn: &NodeProto) -> Result<std::result::Result<Aff
 }
 
 /// A layer's weight: a floating-point constant that does not come out of `DequantizeLinear`.
+/// A stored one is not decoded: folds only need its dtype and shape.
 fn layer_weight(
     index: &GraphIndex,
     eval: &ConstEval,
     name: &str,
-) -> Result<std::result::Result<std::rc::Rc<Tensor>, SkipReason>> {
+) -> Result<std::result::Result<ScaledTensor, SkipReason>> {
     if let Some(q) = index.producer(name) {
         skip_if!(
             index.node(q).op_type() == "DequantizeLinear",
@@ -906,7 +933,22 @@ fn layer_weight(
             }
         );
     }
-    float_constant(eval, name)
+    let weight = match eval.stored(name)? {
+        Some(Err(not)) => return Ok(Err(not_constant(name, not))),
+        Some(Ok(stored)) => ScaledTensor::stored(stored, eval.store())?,
+        None => {
+            let value = or_skip!(float_constant(eval, name)?);
+            ScaledTensor::values(name, std::sync::Arc::new(Tensor::clone(&value)))
+        }
+    };
+    skip_if!(
+        !weight.dtype.is_float(),
+        SkipReason::UnsupportedDtype {
+            tensor: name.to_string(),
+            dtype: weight.dtype.name().into()
+        }
+    );
+    Ok(Ok(weight))
 }
 
 /// A floating-point constant, or why not.
@@ -929,12 +971,16 @@ fn constant(
     eval: &ConstEval,
     name: &str,
 ) -> Result<std::result::Result<std::rc::Rc<Tensor>, SkipReason>> {
-    Ok(eval.value(name)?.map_err(|not| match not {
+    Ok(eval.value(name)?.map_err(|not| not_constant(name, not)))
+}
+
+fn not_constant(name: &str, not: NotConstant) -> SkipReason {
+    match not {
         NotConstant::OverridableInput(t) => SkipReason::ParamOverridable { tensor: t },
         NotConstant::Runtime(_) => SkipReason::ParamNotConstant {
             tensor: name.to_string(),
         },
-    }))
+    }
 }
 
 /// The per-channel values of a constant added to a tensor of rank `rank` with `channels`
@@ -966,14 +1012,14 @@ fn apply(
     ctx: &PassContext,
     path: &str,
 ) -> Result<FoldRecord> {
-    let mut names: BTreeSet<String> = GraphIndex::new(graph, OuterScope::default()).all_names();
+    let mut names = BTreeSet::new();
     let bn = graph.node[plan.bn].clone();
     let out_name = bn.output[0].clone();
     let ProducerRewrite {
         weight_slot,
-        weight,
         bias,
         change,
+        ..
     } = plan.rewrite;
 
     let (new_weight, new_bias) = write_layer_tensors(
@@ -983,7 +1029,7 @@ fn apply(
         LayerTensors {
             weight_name: &plan.weight_name,
             weight_in_place: plan.weight_in_place,
-            weight,
+            weight: plan.folded_weight,
             bias_name: plan.bias_name.as_deref(),
             bias_in_place: plan.bias_in_place,
             bias: Some(bias),
@@ -991,6 +1037,13 @@ fn apply(
     )?;
     let new_bias = new_bias.unwrap_or_default();
 
+    let then_add_names = (change == NodeChange::MatMulThenAdd).then(|| {
+        let label = node_label(&graph.node[plan.producer]);
+        (
+            unique_name(graph, &mut names, &format!("{out_name}_matmul")),
+            unique_name(graph, &mut names, &format!("{label}_bias_add")),
+        )
+    });
     let producer = &mut graph.node[plan.producer];
     let old_out = std::mem::replace(&mut producer.output[0], out_name.clone());
     producer.input[weight_slot] = new_weight.clone();
@@ -1011,13 +1064,10 @@ fn apply(
             producer.input.push(new_bias.clone());
         }
         NodeChange::MatMulThenAdd => {
-            let product = unique_name(&mut names, &format!("{out_name}_matmul"));
+            let (product, add_name) = then_add_names.unwrap_or_default();
             producer.output[0] = product.clone();
             extra_node = Some(NodeProto {
-                name: Some(unique_name(
-                    &mut names,
-                    &format!("{}_bias_add", node_label(producer)),
-                )),
+                name: Some(add_name),
                 op_type: Some("Add".into()),
                 input: vec![product, new_bias.clone()],
                 output: vec![out_name.clone()],
@@ -1081,7 +1131,7 @@ fn apply(
 struct LayerTensors<'a> {
     weight_name: &'a str,
     weight_in_place: bool,
-    weight: Tensor,
+    weight: ScaledTensor,
     bias_name: Option<&'a str>,
     bias_in_place: bool,
     bias: Option<Tensor>,
@@ -1103,7 +1153,7 @@ fn write_layer_tensors(
         store,
         tensors.weight_name,
         tensors.weight_in_place,
-        tensors.weight,
+        NewTensor::Scaled(tensors.weight),
         weight_template.as_ref(),
     )?;
     let Some(bias) = tensors.bias else {
@@ -1123,7 +1173,7 @@ fn write_layer_tensors(
         store,
         &base,
         tensors.bias_in_place,
-        bias,
+        NewTensor::Values(bias),
         template.as_ref(),
     )?;
     Ok((new_weight, Some(new_bias)))
@@ -1133,47 +1183,69 @@ fn find_initializer<'g>(graph: &'g GraphProto, name: &str) -> Option<&'g TensorP
     graph.initializer.iter().find(|t| t.name() == name)
 }
 
-fn unique_name(names: &mut BTreeSet<String>, base: &str) -> String {
+/// `base`, or `base_1`, `base_2`… : the first that no tensor of `graph` (subgraphs included) and
+/// no name already handed out in this rewrite (`reserved`) uses.
+fn unique_name(graph: &GraphProto, reserved: &mut BTreeSet<String>, base: &str) -> String {
     let mut candidate = base.to_string();
     let mut k = 1;
-    while names.contains(&candidate) {
+    while reserved.contains(&candidate) || crate::graph::uses_name(graph, &candidate) {
         candidate = format!("{base}_{k}");
         k += 1;
     }
-    names.insert(candidate.clone());
+    reserved.insert(candidate.clone());
     candidate
 }
 
+/// A tensor a fold writes: values computed in full (a bias, a shift), or a scaled weight.
+enum NewTensor {
+    Values(Tensor),
+    Scaled(ScaledTensor),
+}
+
 /// Stores `value` under `name` (in place) or under a new unique name derived from it, keeping
-/// the storage of `template`: a tensor derived from an external one stays external, its new bytes
-/// spilled to the store until the model is saved.
+/// the storage of `template`: a tensor derived from an external one stays external. A scaled
+/// weight (and anything bound for external data) waits in the store until the model is
+/// written.
 fn write_tensor(
     graph: &mut GraphProto,
     names: &mut BTreeSet<String>,
     store: &ExternalStore,
     name: &str,
     in_place: bool,
-    value: Tensor,
+    value: NewTensor,
     template: Option<&TensorProto>,
 ) -> Result<String> {
     let final_name = if in_place {
         name.to_string()
     } else {
-        unique_name(names, &format!("{name}_bnfold"))
+        unique_name(graph, names, &format!("{name}_bnfold"))
     };
-    let mut proto = value.to_proto(&final_name);
-    drop(value);
-    if let Some(t) = template.filter(|t| tensor::is_external(t)) {
-        let raw = proto.raw_data.take().unwrap_or_default();
-        let pending = store.spill(&final_name, &raw)?;
+    let external = template.filter(|t| tensor::is_external(t));
+    let mut proto = match (value, external) {
+        (NewTensor::Values(v), None) => v.to_proto(&final_name),
+        (value, _) => {
+            let mut scaled = match value {
+                NewTensor::Scaled(s) => s,
+                NewTensor::Values(v) => ScaledTensor::values(&final_name, std::sync::Arc::new(v)),
+            };
+            scaled.name = final_name.clone();
+            let proto = TensorProto {
+                name: Some(final_name.clone()),
+                dims: scaled.dims.iter().map(|&d| d as i64).collect(),
+                data_type: Some(scaled.dtype.code()),
+                ..Default::default()
+            };
+            let marker = store.add_pending(scaled)?;
+            TensorProto {
+                external_data: vec![marker],
+                ..proto
+            }
+        }
+    };
+    if let Some(t) = external {
         proto.data_location = t.data_location;
-        proto.external_data = t
-            .external_data
-            .iter()
-            .filter(|e| e.key() == "location")
-            .cloned()
-            .chain([pending])
-            .collect();
+        let location = t.external_data.iter().filter(|e| e.key() == "location");
+        proto.external_data = location.cloned().chain(proto.external_data).collect();
     }
     if in_place {
         if let Some(slot) = graph.initializer.iter_mut().find(|t| t.name() == name) {
@@ -1190,28 +1262,44 @@ fn write_tensor(
 /// Removes initializers and nodes that nothing uses any more, starting from `candidates`.
 fn remove_dead(graph: &mut GraphProto, candidates: Vec<String>, ctx: &PassContext) {
     let mut work = candidates;
-    while let Some(name) = work.pop() {
-        let index = GraphIndex::new(graph, OuterScope::default());
-        if !index.consumers(&name).is_empty()
-            || index.is_graph_output(&name)
-            || (index.is_graph_input(&name) && ctx.ir_version >= 4)
-        {
-            continue;
-        }
-        if let Some(p) = index.producer(&name) {
-            let node = &graph.node[p];
-            let unused = node.output.iter().all(|o| {
-                o.is_empty() || (index.consumers(o).is_empty() && !index.is_graph_output(o))
-            });
-            if unused && matches!(node.domain(), "" | "ai.onnx") {
-                let node = graph.node.remove(p);
-                work.extend(node.input.into_iter().filter(|i| !i.is_empty()));
+    // One index per round: the dead initializers and nodes among `work`; the inputs of the nodes
+    // removed are the next round's candidates.
+    while !work.is_empty() {
+        let (dead_initializers, dead_nodes) = {
+            let index = GraphIndex::new(graph, OuterScope::default());
+            let mut initializers = HashSet::default();
+            let mut nodes = BTreeSet::new();
+            for name in &work {
+                if !index.consumers(name).is_empty()
+                    || index.is_graph_output(name)
+                    || (index.is_graph_input(name) && ctx.ir_version >= 4)
+                {
+                    continue;
+                }
+                let Some(p) = index.producer(name) else {
+                    initializers.insert(name.clone());
+                    continue;
+                };
+                let node = &graph.node[p];
+                let unused = node.output.iter().all(|o| {
+                    o.is_empty() || (index.consumers(o).is_empty() && !index.is_graph_output(o))
+                });
+                if unused && matches!(node.domain(), "" | "ai.onnx") {
+                    nodes.insert(p);
+                }
             }
-            continue;
-        }
-        graph.initializer.retain(|t| t.name() != name);
+            (initializers, nodes)
+        };
+        graph
+            .initializer
+            .retain(|t| !dead_initializers.contains(t.name()));
         if ctx.ir_version < 4 {
-            graph.input.retain(|v| v.name() != name);
+            graph.input.retain(|v| !dead_initializers.contains(v.name()));
+        }
+        work = Vec::new();
+        for &p in dead_nodes.iter().rev() {
+            let node = graph.node.remove(p);
+            work.extend(node.input.into_iter().filter(|i| !i.is_empty()));
         }
     }
 }

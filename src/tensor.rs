@@ -251,6 +251,9 @@ pub fn is_external(t: &TensorProto) -> bool {
 
 /// Decodes a tensor proto's values, reading external data through `store`.
 pub fn decode(t: &TensorProto, store: &ExternalStore) -> Result<Tensor> {
+    if let Some(pending) = store.pending(t)? {
+        return pending.decode(store);
+    }
     let name = t.name();
     let dtype = proto_dtype(t)?;
     let dims = proto_dims(t)?;
@@ -259,7 +262,7 @@ pub fn decode(t: &TensorProto, store: &ExternalStore) -> Result<Tensor> {
         let raw = store.read(t, numel * dtype.size())?;
         decode_raw(name, dtype, &raw, numel)?
     } else if let Some(raw) = t.raw_data.as_ref().filter(|r| !r.is_empty() || numel == 0) {
-        decode_raw(name, dtype, raw, numel)?
+        decode_raw(name, dtype, &store.inline_bytes(raw)?, numel)?
     } else {
         decode_typed(t, dtype, numel)?
     };
@@ -285,41 +288,81 @@ fn decode_raw(name: &str, dtype: Dtype, raw: &[u8], numel: usize) -> Result<Vec<
 
 /// Little-endian values of `dtype`, widened to f64 (a trailing partial element is ignored).
 pub(crate) fn decode_le(dtype: Dtype, raw: &[u8]) -> Vec<f64> {
-    let chunks = raw.chunks_exact(dtype.size());
-    match dtype {
-        Dtype::F32 => chunks
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
-            .collect(),
-        Dtype::F64 => chunks
-            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-            .collect(),
-        Dtype::F16 => chunks
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64())
-            .collect(),
-        Dtype::Bf16 => chunks
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f64())
-            .collect(),
-        Dtype::I8 => chunks.map(|c| c[0] as i8 as f64).collect(),
-        Dtype::U8 | Dtype::Bool => chunks.map(|c| c[0] as f64).collect(),
-        Dtype::I16 => chunks
-            .map(|c| i16::from_le_bytes([c[0], c[1]]) as f64)
-            .collect(),
-        Dtype::U16 => chunks
-            .map(|c| u16::from_le_bytes([c[0], c[1]]) as f64)
-            .collect(),
-        Dtype::I32 => chunks
-            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
-            .collect(),
-        Dtype::U32 => chunks
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
-            .collect(),
-        Dtype::I64 => chunks
-            .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f64)
-            .collect(),
-        Dtype::U64 => chunks
-            .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f64)
-            .collect(),
+    let mut out = Vec::with_capacity(raw.len() / dtype.size());
+    decode_le_into(dtype, raw, &mut out);
+    out
+}
+
+/// Appends the little-endian values of `dtype` in `raw`, widened to f64, to `out`.
+pub(crate) fn decode_le_into(dtype: Dtype, raw: &[u8], out: &mut Vec<f64>) {
+    fn widen<const N: usize>(raw: &[u8], out: &mut Vec<f64>, f: impl Fn([u8; N]) -> f64) {
+        out.extend(raw.chunks_exact(N).map(|c| {
+            let mut bytes = [0u8; N];
+            bytes.copy_from_slice(c);
+            f(bytes)
+        }));
     }
+    match dtype {
+        Dtype::F32 => widen(raw, out, |b| f32::from_le_bytes(b) as f64),
+        Dtype::F64 => widen(raw, out, f64::from_le_bytes),
+        Dtype::F16 => widen(raw, out, |b| half::f16::from_le_bytes(b).to_f64()),
+        Dtype::Bf16 => widen(raw, out, |b| half::bf16::from_le_bytes(b).to_f64()),
+        Dtype::I8 => widen(raw, out, |[b]: [u8; 1]| b as i8 as f64),
+        Dtype::U8 | Dtype::Bool => widen(raw, out, |[b]: [u8; 1]| b as f64),
+        Dtype::I16 => widen(raw, out, |b| i16::from_le_bytes(b) as f64),
+        Dtype::U16 => widen(raw, out, |b| u16::from_le_bytes(b) as f64),
+        Dtype::I32 => widen(raw, out, |b| i32::from_le_bytes(b) as f64),
+        Dtype::U32 => widen(raw, out, |b| u32::from_le_bytes(b) as f64),
+        Dtype::I64 => widen(raw, out, |b| i64::from_le_bytes(b) as f64),
+        Dtype::U64 => widen(raw, out, |b| u64::from_le_bytes(b) as f64),
+    }
+}
+
+/// Appends `values` rounded once into `dtype` to `out` as little-endian bytes. For float
+/// dtypes, the index of the first value that is not finite after rounding stops the encoding.
+pub(crate) fn encode_le_into(dtype: Dtype, values: &[f64], out: &mut Vec<u8>) -> Option<usize> {
+    let first_bad = |fits: &dyn Fn(f64) -> bool| values.iter().position(|&v| !fits(v));
+    match dtype {
+        Dtype::F32 => {
+            out.reserve(values.len() * 4);
+            let mut finite = true;
+            for &v in values {
+                let r = v as f32;
+                finite &= r.is_finite();
+                out.extend_from_slice(&r.to_le_bytes());
+            }
+            if !finite {
+                return first_bad(&|v| (v as f32).is_finite());
+            }
+        }
+        Dtype::F64 => {
+            if let Some(bad) = first_bad(&|v: f64| v.is_finite()) {
+                return Some(bad);
+            }
+            values.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+        }
+        Dtype::F16 | Dtype::Bf16 => {
+            for (i, &v) in values.iter().enumerate() {
+                let Some(r) = dtype.round(v).filter(|r| r.is_finite()) else {
+                    return Some(i);
+                };
+                let bytes = match dtype {
+                    Dtype::F16 => half::f16::from_f64(r).to_le_bytes(),
+                    _ => half::bf16::from_f64(r).to_le_bytes(),
+                };
+                out.extend_from_slice(&bytes);
+            }
+        }
+        Dtype::I8 => out.extend(values.iter().map(|&v| v as i8 as u8)),
+        Dtype::U8 | Dtype::Bool => out.extend(values.iter().map(|&v| v as u8)),
+        Dtype::I16 => values.iter().for_each(|&v| out.extend_from_slice(&(v as i16).to_le_bytes())),
+        Dtype::U16 => values.iter().for_each(|&v| out.extend_from_slice(&(v as u16).to_le_bytes())),
+        Dtype::I32 => values.iter().for_each(|&v| out.extend_from_slice(&(v as i32).to_le_bytes())),
+        Dtype::U32 => values.iter().for_each(|&v| out.extend_from_slice(&(v as u32).to_le_bytes())),
+        Dtype::I64 => values.iter().for_each(|&v| out.extend_from_slice(&(v as i64).to_le_bytes())),
+        Dtype::U64 => values.iter().for_each(|&v| out.extend_from_slice(&(v as u64).to_le_bytes())),
+    }
+    None
 }
 
 fn decode_typed(t: &TensorProto, dtype: Dtype, numel: usize) -> Result<Vec<f64>> {

@@ -2,7 +2,7 @@
 //! data fits its type and shape, names are defined once and before use, and the graph has no
 //! cycle. A model that fails is refused with the first problem found, named.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashSet};
 
 use crate::attr::{self, node_error};
 use crate::error::{Error, Result};
@@ -21,7 +21,7 @@ pub fn model(graph: &GraphProto, store: &ExternalStore) -> Result<()> {
         }
     });
     problem?;
-    graph_structure(graph, &HashSet::new())
+    graph_structure(graph, &HashSet::default())
 }
 
 /// The tensor's dtype is a real ONNX type and its data holds exactly what its shape needs.
@@ -40,15 +40,15 @@ pub fn stored_size(t: &TensorProto, store: &ExternalStore) -> Result<()> {
     };
     let numel: usize = dims.iter().product();
     let needed = numel * dtype.size();
+    if t.external_data.iter().any(|e| e.key() == PENDING_KEY) {
+        return Err(Error::tensor(
+            name,
+            format!("external_data key '{PENDING_KEY}' is reserved"),
+        ));
+    }
     if tensor::is_external(t) {
         if t.raw_data.as_ref().is_some_and(|r| !r.is_empty()) {
             return Err(Error::tensor(name, "has both external data and raw_data"));
-        }
-        if t.external_data.iter().any(|e| e.key() == PENDING_KEY) {
-            return Err(Error::tensor(
-                name,
-                format!("external_data key '{PENDING_KEY}' is reserved"),
-            ));
         }
         return store.locate(t, needed).map(|_| ());
     }
@@ -83,7 +83,7 @@ pub fn stored_size(t: &TensorProto, store: &ExternalStore) -> Result<()> {
 /// Names are defined once, every input is defined (here or in an enclosing graph), graph
 /// outputs exist, and the nodes can be ordered (no cycle).
 pub fn graph_structure(graph: &GraphProto, outer: &HashSet<String>) -> Result<()> {
-    let mut defined: HashSet<&str> = HashSet::new();
+    let mut defined: HashSet<&str> = HashSet::default();
     for name in graph
         .input
         .iter()
@@ -96,7 +96,7 @@ pub fn graph_structure(graph: &GraphProto, outer: &HashSet<String>) -> Result<()
             )));
         }
     }
-    let mut producer: HashMap<&str, usize> = HashMap::new();
+    let mut producer: HashMap<&str, usize> = HashMap::default();
     for (k, node) in graph.node.iter().enumerate() {
         for o in node.output.iter().filter(|o| !o.is_empty()) {
             if defined.contains(o.as_str()) || producer.insert(o, k).is_some() {

@@ -10,10 +10,9 @@ use serde::Serialize;
 use tract_onnx::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::external::{ExternalStore, PENDING_KEY};
 use crate::model::Model;
 use crate::npy::NpyArray;
-use crate::proto::{tensor_proto::DataLocation, type_proto, ModelProto};
+use crate::proto::{type_proto, ModelProto};
 use crate::tensor::Dtype;
 
 /// How the check runs.
@@ -782,7 +781,10 @@ fn parse(model: &Model) -> std::result::Result<InferenceModel, String> {
             "tensor '{bf16}' is bfloat16, which tract does not know"
         ));
     }
-    let bytes = inline_pending(model)?.encode_to_vec();
+    let bytes = model
+        .materialized()
+        .map_err(|e| e.to_string())?
+        .encode_to_vec();
     let dir = model
         .store
         .base_dir()
@@ -876,35 +878,6 @@ fn bf16_tensor(model: &ModelProto) -> Option<String> {
         });
     }
     found
-}
-
-/// A copy of the model whose rewritten external tensors (waiting in the store's spill file) are
-/// inline, so tract reads them and not the stale bytes of the original file.
-fn inline_pending(model: &Model) -> std::result::Result<ModelProto, String> {
-    let mut copy = model.proto.clone();
-    fn walk(g: &mut crate::proto::GraphProto, store: &ExternalStore) -> Result<()> {
-        for t in &mut g.initializer {
-            if t.external_data.iter().any(|e| e.key() == PENDING_KEY) {
-                let len = crate::tensor::proto_dims(t)?.iter().product::<usize>()
-                    * crate::tensor::proto_dtype(t)?.size();
-                t.raw_data = Some(store.read(t, len)?.into());
-                t.external_data.clear();
-                t.data_location = Some(DataLocation::Default as i32);
-            }
-        }
-        for n in &mut g.node {
-            for a in &mut n.attribute {
-                for sub in a.g.iter_mut().chain(a.graphs.iter_mut()) {
-                    walk(sub, store)?;
-                }
-            }
-        }
-        Ok(())
-    }
-    if let Some(g) = copy.graph.as_mut() {
-        walk(g, &model.store).map_err(|e| e.to_string())?;
-    }
-    Ok(copy)
 }
 
 /// splitmix64 with a Box–Muller normal: small, seeded, identical on every platform.

@@ -416,10 +416,11 @@ fn verification_catches_a_weight_altered_by_one_part_in_a_thousand() {
     let original = Model::load(fixtures().join("torch_conv_bn_bn_op13.onnx")).unwrap();
     let mut fused = original.clone();
     fold(&mut fused, &FoldOptions::default()).unwrap();
+    let store = fused.store.clone();
     let g = fused.proto.graph.as_mut().unwrap();
     let conv = g.node.iter().find(|n| n.op_type() == "Conv").unwrap().input[1].clone();
     let t = g.initializer.iter_mut().find(|t| t.name() == conv).unwrap();
-    let mut w = decode(t, &bnfold::external::ExternalStore::none()).unwrap();
+    let mut w = decode(t, &store).unwrap();
     w.data.iter_mut().for_each(|v| *v *= 1.001);
     *t = w.to_proto(&conv);
     let v = verify(&original, &fused, &[], &VerifyOptions::default()).unwrap();

@@ -11,6 +11,7 @@
 //! `B'[o] = s[o]·B[o] + t[o]` (output channels are axis 0 of `W` for every `group`).
 
 use super::{bias_values, round_into, FoldInput, NodeChange, Planned, ProducerRewrite, SkipReason};
+use crate::scaled::Scaling;
 
 /// Plans the fold of a BN into a Conv.
 pub fn plan(input: &FoldInput) -> Planned {
@@ -30,32 +31,25 @@ pub fn plan(input: &FoldInput) -> Planned {
         Ok(b) => b,
         Err(skip) => return Ok(Err(skip)),
     };
-    let per_channel = w.len() / channels;
-    let weight: Vec<f64> = w
-        .data
-        .chunks_exact(per_channel)
-        .zip(&affine.scale)
-        .flat_map(|(block, &s)| block.iter().map(move |&v| s * v))
-        .collect();
     let bias: Vec<f64> = (0..channels)
         .map(|o| affine.scale[o] * bias[o] + affine.shift[o])
         .collect();
     let bias_dtype = input.bias.map_or(w.dtype, |b| b.dtype);
+    let weight = Scaling::new(w.len() / channels, affine.scale.clone());
     Ok(rewrite(input, weight, bias_dtype, bias))
 }
 
-/// Rounds a folded Conv-like weight and bias into their dtypes.
+/// The rewrite of a Conv-like producer: the weight's scaling and the bias rounded into its dtype.
 pub(crate) fn rewrite(
     input: &FoldInput,
-    weight: Vec<f64>,
+    weight: Scaling,
     bias_dtype: crate::tensor::Dtype,
     bias: Vec<f64>,
 ) -> Result<ProducerRewrite, SkipReason> {
-    let w = input.weight;
     let bias_len = bias.len();
     Ok(ProducerRewrite {
         weight_slot: input.weight_slot,
-        weight: round_into(w.dtype, w.dims.clone(), weight, input.weight_name)?,
+        weight,
         bias: round_into(bias_dtype, vec![bias_len], bias, input.bias_name)?,
         change: NodeChange::None,
     })

@@ -14,6 +14,7 @@
 use super::conv::rewrite;
 use super::{bias_values, FoldInput, Planned, SkipReason};
 use crate::attr;
+use crate::scaled::Scaling;
 
 /// Plans the fold of a BN into a ConvTranspose.
 pub fn plan(input: &FoldInput) -> Planned {
@@ -42,16 +43,19 @@ pub fn plan(input: &FoldInput) -> Planned {
     let in_per_group = w.dims[0] / group;
     let out_per_group = w.dims[1];
     let kernel: usize = w.dims[2..].iter().product();
-    let weight: Vec<f64> = w
-        .data
-        .iter()
-        .enumerate()
-        .map(|(flat, &v)| {
-            let i = flat / (out_per_group * kernel);
-            let j = (flat / kernel) % out_per_group;
-            v * affine.scale[(i / in_per_group) * out_per_group + j]
-        })
-        .collect();
+    // Run r = i·(C_out/group) + j of `kernel` taps belongs to output channel
+    // group(i)·(C_out/group) + j.
+    let weight = if group == 1 {
+        Scaling::new(kernel, affine.scale.clone())
+    } else {
+        let factors = (0..w.dims[0] * out_per_group)
+            .map(|r| {
+                let (i, j) = (r / out_per_group, r % out_per_group);
+                affine.scale[(i / in_per_group) * out_per_group + j]
+            })
+            .collect();
+        Scaling::new(kernel, factors)
+    };
     let bias: Vec<f64> = (0..channels)
         .map(|o| affine.scale[o] * bias[o] + affine.shift[o])
         .collect();

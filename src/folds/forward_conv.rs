@@ -16,6 +16,7 @@
 //! `B'[o] = B[o] + Σ_{j,taps} W[o,j,taps]·c[i(o,j)]`; padded: `d = c / a` so `a·(X + d) = BN(X)`.
 
 use super::{bias_values, round_into, ConsumerRewrite, ForwardInput, PlannedForward, SkipReason};
+use crate::scaled::Scaling;
 
 /// Plans the forward fold of a BN into the Conv that consumes it.
 pub fn plan(input: &ForwardInput) -> PlannedForward {
@@ -38,15 +39,14 @@ pub fn plan(input: &ForwardInput) -> PlannedForward {
     let per_group_out = outputs / group;
     let taps: usize = w.dims[2..].iter().product();
     let channel_of = |o: usize, j: usize| (o / per_group_out) * per_group_in + j;
-    let mut weight = w.data.clone();
-    for o in 0..outputs {
-        for j in 0..per_group_in {
-            let a = affine.scale[channel_of(o, j)];
-            let start = (o * per_group_in + j) * taps;
-            weight[start..start + taps].iter_mut().for_each(|v| *v *= a);
-        }
-    }
-    let weight = round_into(w.dtype, w.dims.clone(), weight, input.weight_name)?;
+    let weight = if group == 1 {
+        Scaling::new(taps, affine.scale.clone())
+    } else {
+        let factors = (0..outputs * per_group_in)
+            .map(|r| affine.scale[channel_of(r / per_group_in, r % per_group_in)])
+            .collect();
+        Scaling::new(taps, factors)
+    };
     if input.padded {
         let shift = affine.shift_before(rank, input.activation_dtype, input.bn_name)?;
         return Ok(ConsumerRewrite {

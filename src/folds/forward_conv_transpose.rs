@@ -14,7 +14,8 @@
 //! **Math**: with `a = γ/√(σ²+ε)` and `c = β − μ·a`: `W'[i,…] = a[i]·W[i,…]` (input channels are
 //! axis 0 for every `group`) and `d = c / a`, so that `a·(X + d) = BN(X)`.
 
-use super::{round_into, ConsumerRewrite, ForwardInput, PlannedForward, SkipReason};
+use super::{ConsumerRewrite, ForwardInput, PlannedForward, SkipReason};
+use crate::scaled::Scaling;
 
 /// Plans the forward fold of a BN into the ConvTranspose that consumes it.
 pub fn plan(input: &ForwardInput) -> PlannedForward {
@@ -32,15 +33,9 @@ pub fn plan(input: &ForwardInput) -> PlannedForward {
         });
     }
     let shift = affine.shift_before(rank, input.activation_dtype, input.bn_name)?;
-    let per_channel = w.len() / channels;
-    let weight: Vec<f64> = w
-        .data
-        .chunks_exact(per_channel)
-        .zip(&affine.scale)
-        .flat_map(|(block, &a)| block.iter().map(move |&v| a * v))
-        .collect();
+    let weight = Scaling::new(w.len() / channels, affine.scale.clone());
     Ok(ConsumerRewrite {
-        weight: round_into(w.dtype, w.dims.clone(), weight, input.weight_name)?,
+        weight,
         bias: None,
         shift_add: Some(shift),
         gemm_beta_one: false,

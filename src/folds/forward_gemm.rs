@@ -17,6 +17,7 @@
 //! `α·(A·diag(a) + 1·cᵀ)·op(B) + β·C = α·A·(diag(a)·op(B)) + α·1·(cᵀ·op(B)) + β·C`.
 
 use super::{round_into, ConsumerRewrite, ForwardInput, PlannedForward, SkipReason};
+use crate::scaled::Scaling;
 
 /// Plans the forward fold of a BN into the Gemm that consumes it.
 pub fn plan(input: &ForwardInput) -> PlannedForward {
@@ -73,17 +74,20 @@ pub fn plan(input: &ForwardInput) -> PlannedForward {
             row * n + col
         }
     };
-    let mut weight = w.data.clone();
     let mut shift = vec![0.0; n];
     for row in 0..k {
         let ch = row / per_channel;
         for (col, s) in shift.iter_mut().enumerate() {
-            let v = w.data[at(row, col)];
-            weight[at(row, col)] = v * affine.scale[ch];
-            *s += v * affine.shift[ch];
+            *s += w.data[at(row, col)] * affine.shift[ch];
         }
     }
-    let weight = round_into(w.dtype, w.dims.clone(), weight, input.weight_name)?;
+    // Row `row` of op(B) is scaled by a[row / per_channel]: in B = [K, N] a row is N
+    // consecutive elements; in B = [N, K] (transB) the rows are the columns.
+    let weight = if trans_b {
+        Scaling::new(per_channel, affine.scale.clone())
+    } else {
+        Scaling::new(per_channel * n, affine.scale.clone())
+    };
     let (dims, values): (Vec<usize>, Vec<f64>) = match input.bias {
         None => (vec![n], shift.iter().map(|s| alpha * s).collect()),
         Some(c) => {

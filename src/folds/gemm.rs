@@ -14,6 +14,7 @@
 use super::{round_into, FoldInput, NodeChange, Planned, ProducerRewrite, SkipReason};
 use crate::attr;
 use crate::consts::broadcast_to;
+use crate::scaled::Scaling;
 use crate::tensor::Tensor;
 
 /// Plans the fold of a BN into a Gemm.
@@ -33,19 +34,12 @@ pub fn plan(input: &FoldInput) -> Planned {
             ),
         }));
     }
-    let weight: Vec<f64> = b
-        .data
-        .iter()
-        .enumerate()
-        .map(|(flat, &v)| {
-            let n = if trans_b {
-                flat / b.dims[1]
-            } else {
-                flat % channels
-            };
-            affine.scale[n] * v
-        })
-        .collect();
+    // transB: B is [N, K], a row per output; else [K, N], a column per output.
+    let weight = if trans_b {
+        Scaling::new(b.dims[1], affine.scale.clone())
+    } else {
+        Scaling::new(1, affine.scale.clone())
+    };
     let c = match input.bias {
         None => Tensor::new(b.dtype, vec![1, channels], vec![0.0; channels]),
         Some(c) => {
@@ -86,7 +80,7 @@ pub fn plan(input: &FoldInput) -> Planned {
     let rewrite = || -> Result<ProducerRewrite, SkipReason> {
         Ok(ProducerRewrite {
             weight_slot: input.weight_slot,
-            weight: round_into(b.dtype, b.dims.clone(), weight, input.weight_name)?,
+            weight,
             bias: round_into(bias_dtype, bias_dims, bias, input.bias_name)?,
             change: NodeChange::GemmBetaOne,
         })

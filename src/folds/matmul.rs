@@ -13,6 +13,7 @@
 //! **Math**: `BN(A·W) = A·(W·diag(s)) + t`, so `W'[k,n] = s[n]·W[k,n]` and `b[n] = t[n]`.
 
 use super::{round_into, FoldInput, NodeChange, Planned, ProducerRewrite, SkipReason};
+use crate::scaled::Scaling;
 use crate::tensor::Dtype;
 
 /// Plans the fold of a BN into a MatMul.
@@ -37,17 +38,12 @@ pub fn plan(input: &FoldInput) -> Planned {
             ),
         }));
     }
-    let weight: Vec<f64> = w
-        .data
-        .iter()
-        .enumerate()
-        .map(|(flat, &v)| affine.scale[flat % channels] * v)
-        .collect();
+    let weight = Scaling::new(1, affine.scale.clone());
     let gemm_supports = input.opset >= 13 || (input.opset >= 7 && w.dtype != Dtype::Bf16);
     let rewrite = || -> Result<ProducerRewrite, SkipReason> {
         Ok(ProducerRewrite {
             weight_slot: 1,
-            weight: round_into(w.dtype, w.dims.clone(), weight, input.weight_name)?,
+            weight,
             bias: round_into(
                 w.dtype,
                 vec![channels],

@@ -28,6 +28,7 @@ pub mod matmul;
 
 use serde::Serialize;
 
+use crate::scaled::{ScaledTensor, Scaling};
 use crate::tensor::{Dtype, Tensor};
 
 /// The kinds of layer a BatchNormalization folds into.
@@ -318,13 +319,14 @@ impl Affine {
     }
 }
 
-/// What a fold makes of its producer: the new weight and bias, rounded into their dtypes.
+/// What a fold makes of its producer: the weight's per-channel factors (applied, and rounded,
+/// when the model is written) and the new bias, rounded into its dtype.
 #[derive(Clone, Debug)]
 pub struct ProducerRewrite {
     /// The input slot of the weight.
     pub weight_slot: usize,
-    /// The folded weight.
-    pub weight: Tensor,
+    /// How the weight is scaled.
+    pub weight: Scaling,
     /// The folded bias (input slot 2 of Conv, ConvTranspose and Gemm).
     pub bias: Tensor,
     /// What else changes on the producer node.
@@ -348,8 +350,8 @@ pub enum NodeChange {
 /// stays as an `Add` before it.
 #[derive(Clone, Debug)]
 pub struct ConsumerRewrite {
-    /// The rewritten weight.
-    pub weight: Tensor,
+    /// How the weight is scaled.
+    pub weight: Scaling,
     /// The rewritten bias (Conv) or `C` (Gemm); `None` when it does not change.
     pub bias: Option<Tensor>,
     /// The per-channel constant `d` of `Add(X, d)` that replaces the BN, when the consumer pads.
@@ -395,8 +397,8 @@ pub struct FoldInput<'a> {
     pub weight_name: &'a str,
     /// The bias's name (empty when absent).
     pub bias_name: &'a str,
-    /// The weight tensor.
-    pub weight: &'a Tensor,
+    /// The weight: its dtype and shape (its values are not read).
+    pub weight: &'a ScaledTensor,
     /// The weight's input slot.
     pub weight_slot: usize,
     /// The bias, if any.

@@ -101,6 +101,9 @@ struct FoldArgs {
     /// Allow the output to be the input file itself.
     #[arg(long)]
     in_place: bool,
+    /// fsync the written files before renaming them into place (survives a power loss).
+    #[arg(long)]
+    sync: bool,
     /// Skip the equivalence check.
     #[arg(long)]
     no_verify: bool,
@@ -403,6 +406,7 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
                 SaveOptions {
                     force: args.force || args.in_place,
                     overwrite_input: args.in_place,
+                    sync: args.sync,
                 },
             )
             .with_context(|| format!("{}", out.display()))?;

@@ -1,0 +1,402 @@
+//! Folded weights that are computed when they are written, not when they are planned.
+//!
+//! Every fold rewrites a weight the same way: each element is multiplied by a per-channel
+//! factor, `W'[i] = f(i)·W[i]`. A [`ScaledTensor`] records the source tensor (its stored bytes
+//! are not copied) and the [`Scaling`]s to apply, and produces the folded bytes a chunk at a
+//! time: decode to f64, multiply by the product of the factors, round once into the tensor's
+//! own dtype. A model's folded weights therefore never sit in memory together, and a weight
+//! folded twice (a BN on each side of a Conv, or BN → BN) is still rounded only once.
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::external::ExternalStore;
+use crate::proto::TensorProto;
+use crate::tensor::{self, Dtype, Tensor};
+
+/// Elements decoded and encoded per step: small enough that the buffers come from the heap
+/// (not fresh pages from the kernel) and stay in cache.
+const CHUNK: usize = 1 << 13;
+
+/// `W'[i] = factors[(i / run) % factors.len()] · W[i]` over the row-major elements: the factor
+/// stays the same for `run` consecutive elements and the factors repeat with their own length.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scaling {
+    /// Consecutive elements that share a factor (at least 1).
+    pub run: usize,
+    /// The factors, in the order the runs meet them.
+    pub factors: Vec<f64>,
+}
+
+impl Scaling {
+    /// Scales blocks of `run` elements by `factors`, cycling through them.
+    pub fn new(run: usize, factors: Vec<f64>) -> Scaling {
+        Scaling {
+            run: run.max(1),
+            factors,
+        }
+    }
+
+    /// The factor of element `index`.
+    pub fn factor(&self, index: usize) -> f64 {
+        self.factors[(index / self.run) % self.factors.len()]
+    }
+
+    fn max_abs(&self) -> f64 {
+        self.factors.iter().fold(0.0, |m, f| m.max(f.abs()))
+    }
+}
+
+/// Where a scaled tensor's values come from.
+#[derive(Clone, Debug)]
+pub enum ScaledSource {
+    /// A stored tensor (initializer or `Constant` value): inline, typed or external.
+    Stored(TensorProto),
+    /// Values computed from constants (e.g. `Transpose` of an initializer).
+    Values(Arc<Tensor>),
+}
+
+/// A tensor defined as its source times per-channel factors, materialized when read.
+#[derive(Clone, Debug)]
+pub struct ScaledTensor {
+    /// The name errors refer to.
+    pub name: String,
+    /// The element type, the source's.
+    pub dtype: Dtype,
+    /// The shape, the source's.
+    pub dims: Vec<usize>,
+    /// The unscaled values.
+    pub source: ScaledSource,
+    /// Applied in order; their product multiplies each element before the one rounding.
+    pub scalings: Vec<Scaling>,
+}
+
+impl ScaledTensor {
+    /// A stored tensor as it is (a tensor already waiting to be scaled keeps its scalings).
+    pub fn stored(t: &TensorProto, store: &ExternalStore) -> Result<ScaledTensor> {
+        if let Some(pending) = store.pending(t)? {
+            return Ok((*pending).clone());
+        }
+        Ok(ScaledTensor {
+            name: t.name().to_string(),
+            dtype: tensor::proto_dtype(t)?,
+            dims: tensor::proto_dims(t)?,
+            source: ScaledSource::Stored(t.clone()),
+            scalings: Vec::new(),
+        })
+    }
+
+    /// Computed values as they are.
+    pub fn values(name: &str, value: Arc<Tensor>) -> ScaledTensor {
+        ScaledTensor {
+            name: name.to_string(),
+            dtype: value.dtype,
+            dims: value.dims.clone(),
+            source: ScaledSource::Values(value),
+            scalings: Vec::new(),
+        }
+    }
+
+    /// The number of elements.
+    pub fn len(&self) -> usize {
+        self.dims.iter().product()
+    }
+
+    /// Whether the tensor has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// This tensor with one more scaling.
+    pub fn then(&self, scaling: Scaling) -> ScaledTensor {
+        let mut scaled = self.clone();
+        scaled.scalings.push(scaling);
+        scaled
+    }
+
+    /// Whether every scaled value is finite and fits the dtype. Reads the source once for its
+    /// largest magnitude; only when that bound overflows are the products themselves checked.
+    pub fn fits(&self, store: &ExternalStore) -> Result<bool> {
+        if self.scalings.is_empty() {
+            return Ok(true);
+        }
+        let mut largest = 0.0f64;
+        self.for_each_source_chunk(store, &mut |_, chunk| {
+            largest = largest.max(match chunk {
+                Chunk::Raw(raw) => max_magnitude(self.dtype, raw),
+                Chunk::Values(values) => values.iter().fold(0.0, |m, v| {
+                    if v.is_nan() {
+                        f64::NAN
+                    } else {
+                        m.max(v.abs())
+                    }
+                }),
+            });
+            Ok(())
+        })?;
+        if !largest.is_finite() {
+            return Ok(false);
+        }
+        let bound = self.scalings.iter().fold(largest, |b, s| b * s.max_abs());
+        if self.dtype.round(bound).is_some_and(f64::is_finite) {
+            return Ok(true);
+        }
+        Ok(self.encode(store, &mut |_| Ok(()))?.is_none())
+    }
+
+    /// Calls `sink` with the little-endian bytes of the scaled values, in order, a chunk at a
+    /// time.
+    pub fn stream(
+        &self,
+        store: &ExternalStore,
+        sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<()> {
+        match self.encode(store, sink)? {
+            None => Ok(()),
+            Some(element) => Err(Error::tensor(
+                &self.name,
+                format!(
+                    "folded value {element} does not fit {}",
+                    self.dtype.name()
+                ),
+            )),
+        }
+    }
+
+    /// The scaled values' bytes.
+    pub fn to_bytes(&self, store: &ExternalStore) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(self.len() * self.dtype.size());
+        self.stream(store, &mut |chunk| {
+            out.extend_from_slice(chunk);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// The scaled values, rounded into the dtype, widened to f64.
+    pub fn decode(&self, store: &ExternalStore) -> Result<Tensor> {
+        let bytes = self.to_bytes(store)?;
+        let mut data = Vec::with_capacity(self.len());
+        tensor::decode_le_into(self.dtype, &bytes, &mut data);
+        Ok(Tensor::new(self.dtype, self.dims.clone(), data))
+    }
+
+    /// Encodes into `sink`; the index of the first value that does not fit, if any.
+    fn encode(
+        &self,
+        store: &ExternalStore,
+        sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<Option<usize>> {
+        let mut values = Vec::with_capacity(CHUNK);
+        let mut bytes = Vec::with_capacity(CHUNK * self.dtype.size());
+        let mut overflow = None;
+        self.for_each_source_chunk(store, &mut |start, chunk| {
+            values.clear();
+            match chunk {
+                Chunk::Raw(raw) => tensor::decode_le_into(self.dtype, raw, &mut values),
+                Chunk::Values(v) => values.extend_from_slice(v),
+            }
+            apply_scalings(&self.scalings, start, &mut values);
+            bytes.clear();
+            if let Some(bad) = tensor::encode_le_into(self.dtype, &values, &mut bytes) {
+                overflow = Some(start + bad);
+                return Err(Error::tensor(&self.name, "out of range"));
+            }
+            sink(&bytes).map_err(|e| Error::tensor(&self.name, format!("writing: {e}")))
+        })
+        .or_else(|e| if overflow.is_some() { Ok(()) } else { Err(e) })?;
+        Ok(overflow)
+    }
+
+    /// Reads the source a chunk at a time: `f(first element, chunk)`, stored bytes as they are.
+    fn for_each_source_chunk(
+        &self,
+        store: &ExternalStore,
+        f: &mut dyn FnMut(usize, Chunk) -> Result<()>,
+    ) -> Result<()> {
+        let numel = self.len();
+        let size = self.dtype.size();
+        let stored = match &self.source {
+            ScaledSource::Values(v) => return for_each_slice(&v.data, f),
+            ScaledSource::Stored(t) => t,
+        };
+        let mut raw = Vec::new();
+        let mut read_chunks = |read: &mut dyn FnMut(usize, &mut [u8]) -> Result<()>| {
+            let mut start = 0;
+            while start < numel {
+                let end = (start + CHUNK).min(numel);
+                raw.resize((end - start) * size, 0);
+                read(start * size, &mut raw)?;
+                f(start, Chunk::Raw(&raw))?;
+                start = end;
+            }
+            Ok(())
+        };
+        if tensor::is_external(stored) {
+            let (path, offset) = store.locate(stored, numel * size)?;
+            let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+            return read_chunks(&mut |at, buf| {
+                read_exact_at(&file, buf, offset + at as u64).map_err(|e| Error::io(&path, e))
+            });
+        }
+        match stored.raw_data.as_ref().filter(|r| !r.is_empty()) {
+            Some(data) if data.len() == numel * size => {
+                read_chunks(&mut |at, buf| store.read_inline(data, at, buf))
+            }
+            Some(data) => Err(Error::tensor(
+                stored.name(),
+                format!(
+                    "raw_data has {} bytes, the shape needs {}",
+                    data.len(),
+                    numel * size
+                ),
+            )),
+            None => for_each_slice(&tensor::decode(stored, store)?.data, f),
+        }
+    }
+}
+
+/// A piece of a source: little-endian stored bytes, or values.
+enum Chunk<'c> {
+    Raw(&'c [u8]),
+    Values(&'c [f64]),
+}
+
+/// The largest magnitude among little-endian floats of `dtype` (NaN when there is a NaN):
+/// the maximum of the bit patterns without their sign, which orders like the magnitudes.
+fn max_magnitude(dtype: Dtype, raw: &[u8]) -> f64 {
+    fn widest<const N: usize>(raw: &[u8], mask: u64, bits: impl Fn([u8; N]) -> u64) -> u64 {
+        raw.chunks_exact(N)
+            .map(|c| {
+                let mut b = [0u8; N];
+                b.copy_from_slice(c);
+                bits(b) & mask
+            })
+            .max()
+            .unwrap_or(0)
+    }
+    match dtype {
+        Dtype::F32 => f32::from_bits(widest(raw, 0x7fff_ffff, |b| u32::from_le_bytes(b) as u64) as u32) as f64,
+        Dtype::F64 => f64::from_bits(widest(raw, u64::MAX >> 1, u64::from_le_bytes)),
+        Dtype::F16 => half::f16::from_bits(widest(raw, 0x7fff, |b| u16::from_le_bytes(b) as u64) as u16).to_f64(),
+        Dtype::Bf16 => half::bf16::from_bits(widest(raw, 0x7fff, |b| u16::from_le_bytes(b) as u64) as u16).to_f64(),
+        _ => {
+            let mut values = Vec::new();
+            tensor::decode_le_into(dtype, raw, &mut values);
+            values.iter().fold(0.0, |m, v| m.max(v.abs()))
+        }
+    }
+}
+
+fn for_each_slice(data: &[f64], f: &mut dyn FnMut(usize, Chunk) -> Result<()>) -> Result<()> {
+    for (k, chunk) in data.chunks(CHUNK).enumerate() {
+        f(k * CHUNK, Chunk::Values(chunk))?;
+    }
+    Ok(())
+}
+
+/// Multiplies `values` (elements `start..start + values.len()`) by the product of the factors.
+fn apply_scalings(scalings: &[Scaling], start: usize, values: &mut [f64]) {
+    if let [only] = scalings {
+        if only.run == 1 {
+            let len = only.factors.len();
+            let factors = only.factors.iter().cycle().skip(start % len);
+            values.iter_mut().zip(factors).for_each(|(v, f)| *v *= f);
+            return;
+        }
+    }
+    let mut pos = 0;
+    while pos < values.len() {
+        let at = start + pos;
+        let mut factor = 1.0;
+        let mut segment = values.len() - pos;
+        for s in scalings {
+            factor *= s.factor(at);
+            segment = segment.min(s.run - at % s.run);
+        }
+        values[pos..pos + segment]
+            .iter_mut()
+            .for_each(|v| *v *= factor);
+        pos += segment;
+    }
+}
+
+/// Reads `buf.len()` bytes at `offset` without moving any shared file position.
+pub(crate) fn read_exact_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+    }
+    #[cfg(not(unix))]
+    {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut handle = file.try_clone()?;
+        handle.seek(SeekFrom::Start(offset))?;
+        handle.read_exact(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scaled(dtype: Dtype, dims: Vec<usize>, data: Vec<f64>, scalings: Vec<Scaling>) -> ScaledTensor {
+        let mut t = ScaledTensor::values("w", Arc::new(Tensor::new(dtype, dims, data)));
+        t.scalings = scalings;
+        t
+    }
+
+    #[test]
+    fn runs_and_cycles_follow_the_row_major_layout() {
+        // [2, 3]: per row (run 3) then per column (run 1, cycling).
+        let t = scaled(
+            Dtype::F64,
+            vec![2, 3],
+            vec![1.0; 6],
+            vec![Scaling::new(3, vec![2.0, 3.0]), Scaling::new(1, vec![1.0, 10.0, 100.0])],
+        );
+        let store = ExternalStore::none();
+        assert_eq!(
+            t.decode(&store).unwrap().data,
+            vec![2.0, 20.0, 200.0, 3.0, 30.0, 300.0]
+        );
+    }
+
+    #[test]
+    fn two_scalings_round_once() {
+        // 1 + 2^-12 is not an f16; scaled by 3 then by 1/3 it must come back to 1 + 2^-12
+        // rounded once (to 1.0), not be rounded after each factor.
+        let w = 1.0 + 2f64.powi(-11) + 2f64.powi(-13);
+        let t = scaled(
+            Dtype::F16,
+            vec![1],
+            vec![w],
+            vec![Scaling::new(1, vec![3.0]), Scaling::new(1, vec![1.0 / 3.0])],
+        );
+        let once = Dtype::F16.round(w * 3.0 * (1.0 / 3.0)).unwrap();
+        assert_eq!(t.decode(&ExternalStore::none()).unwrap().data, vec![once]);
+    }
+
+    #[test]
+    fn overflow_is_found_by_the_bound_and_confirmed_element_wise() {
+        let store = ExternalStore::none();
+        // The bound (60000 · 2) overflows f16, but the large value sits in the channel scaled
+        // by 0.5: every product fits.
+        let fits = scaled(
+            Dtype::F16,
+            vec![2, 1],
+            vec![60000.0, 1.0],
+            vec![Scaling::new(1, vec![0.5, 2.0])],
+        );
+        assert!(fits.fits(&store).unwrap());
+        let overflows = scaled(
+            Dtype::F16,
+            vec![2, 1],
+            vec![60000.0, 1.0],
+            vec![Scaling::new(1, vec![2.0, 0.5])],
+        );
+        assert!(!overflows.fits(&store).unwrap());
+        let err = overflows.to_bytes(&store).unwrap_err().to_string();
+        assert!(err.contains("'w'") && err.contains("float16"), "{err}");
+    }
+}

@@ -1,0 +1,63 @@
+//! The input model file, mapped read-only: decoding touches only the pages that hold the
+//! protobuf structure, and large tensor payloads are read with `pread` (or copied file to file
+//! by the kernel) when they are needed, so they never become resident in bnfold's memory.
+//!
+//! This is the crate's only `unsafe`: mapping a file is sound as long as no other process
+//! truncates or rewrites it while bnfold runs, the same contract as every mmap-based reader
+//! (ripgrep, tract's own loaders). bnfold writes its outputs through a temporary file and a
+//! rename, so it never modifies a file it has mapped.
+
+use std::fs::File;
+use std::path::Path;
+
+use bytes::Bytes;
+
+use crate::error::{Error, Result};
+
+/// A mapped input file, kept alive while any slice of it is.
+#[derive(Debug)]
+pub struct MappedSource {
+    file: File,
+    whole: Bytes,
+}
+
+impl MappedSource {
+    /// Maps `path` and returns its bytes with the handle that locates slices of them in the
+    /// file; `None` for an empty file or one that cannot be mapped (it is then read whole).
+    pub fn open(path: &Path) -> Result<(Bytes, Option<MappedSource>)> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let metadata = file.metadata().map_err(|e| Error::io(path, e))?;
+        if metadata.is_file() && metadata.len() > 0 {
+            if let Ok(map) = map_read_only(&file) {
+                let _ = map.advise(memmap2::Advice::Random);
+                let whole = Bytes::from_owner(map);
+                let source = MappedSource {
+                    file,
+                    whole: whole.clone(),
+                };
+                return Ok((whole, Some(source)));
+            }
+        }
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Ok((Bytes::from(bytes), None))
+    }
+
+    /// The file offset of `slice`, when it lies inside the mapping.
+    pub fn offset_of(&self, slice: &[u8]) -> Option<u64> {
+        let start = self.whole.as_ptr() as usize;
+        let at = slice.as_ptr() as usize;
+        (at >= start && at + slice.len() <= start + self.whole.len()).then(|| (at - start) as u64)
+    }
+
+    /// The open file (for `pread` and kernel copies).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+#[allow(unsafe_code)]
+fn map_read_only(file: &File) -> std::io::Result<memmap2::Mmap> {
+    // SAFETY: the mapping is read-only and private; see the module documentation for the
+    // contract on concurrent modification of the input file.
+    unsafe { memmap2::Mmap::map(file) }
+}
