@@ -92,6 +92,26 @@ struct ChainPlan {
     max_rel_weight_change: f64,
 }
 
+impl ChainPlan {
+    /// The highest node index the plan reads or changes.
+    fn last_node(&self) -> usize {
+        self.passthrough
+            .iter()
+            .fold(self.bn.max(self.producer), |m, &i| m.max(i))
+    }
+
+    /// The lowest node index whose node moves when the plan is applied: the first node removed,
+    /// or the slot after the producer where an `Add` is inserted.
+    fn first_moved(&self) -> usize {
+        let inserted = (self.rewrite.change == NodeChange::MatMulThenAdd).then_some(self.producer + 1);
+        self.passthrough
+            .iter()
+            .copied()
+            .chain(inserted)
+            .fold(self.bn, usize::min)
+    }
+}
+
 /// Folds every foldable BatchNormalization of `graph` and of its subgraphs.
 pub fn fold_graph(
     graph: &mut GraphProto,
@@ -101,31 +121,44 @@ pub fn fold_graph(
     out: &mut PassOutcome,
 ) -> Result<()> {
     fold_subgraphs(graph, ctx, path, outer, out)?;
-    let mut pos = 0;
+    // Rounds: plan every BN against one index, then apply the plans from the end of the graph
+    // back, each only while its nodes all lie before the first index an earlier rewrite of the
+    // round moved (removed nodes, an inserted Add); the others, and BNs a fold just made
+    // foldable (BN → BN), wait for the next round.
     loop {
-        let found = {
+        let mut plans = {
             let index = GraphIndex::new(graph, outer);
             let eval = ConstEval::new(&index, ctx.store, ctx.opset, inputs_are_constants(ctx));
-            let mut found = None;
-            for i in pos..graph.node.len() {
+            let mut plans = Vec::new();
+            for i in 0..graph.node.len() {
                 if is_batch_norm(&graph.node[i]) {
                     if let Ok(plan) = plan_chain(&index, &eval, i, ctx)? {
-                        found = Some(plan);
-                        break;
+                        plans.push(plan);
                     }
                 }
             }
-            found
+            plans
         };
-        match found {
-            Some(plan) => {
-                pos = plan.producer;
-                let record = apply(graph, plan, ctx, path)?;
-                out.folds.push(record);
-            }
-            None if pos == 0 => break,
-            None => pos = 0,
+        if plans.is_empty() {
+            break;
         }
+        plans.sort_by_key(|p| std::cmp::Reverse(p.last_node()));
+        let mut floor = usize::MAX;
+        let mut records = Vec::new();
+        let mut detached = Vec::new();
+        for plan in plans {
+            if plan.last_node() >= floor {
+                continue;
+            }
+            floor = floor.min(plan.first_moved());
+            records.push(apply(graph, plan, ctx, path, &mut detached)?);
+        }
+        remove_dead(graph, detached, ctx);
+        if ctx.ir_version < 4 {
+            list_initializers_as_inputs(graph);
+        }
+        records.reverse();
+        out.folds.extend(records);
     }
     loop {
         let found = {
@@ -1005,12 +1038,14 @@ fn per_channel_values(value: &Tensor, rank: usize, channels: usize) -> Option<Ve
     }
 }
 
-/// The one function that mutates the graph.
+/// The one function that mutates the graph for a backward fold. Tensors it detaches are added to
+/// `detached`, for the caller to remove once they are dead.
 fn apply(
     graph: &mut GraphProto,
     plan: ChainPlan,
     ctx: &PassContext,
     path: &str,
+    detached: &mut Vec<String>,
 ) -> Result<FoldRecord> {
     let mut names = BTreeSet::new();
     let bn = graph.node[plan.bn].clone();
@@ -1093,12 +1128,11 @@ fn apply(
     }
     graph.value_info.retain(|v| v.name() != old_out);
 
-    let mut detached = plan.detached;
-    detached.retain(|d| d != &new_weight && d != &new_bias);
-    remove_dead(graph, detached, ctx);
-    if ctx.ir_version < 4 {
-        list_initializers_as_inputs(graph);
-    }
+    detached.extend(
+        plan.detached
+            .into_iter()
+            .filter(|d| d != &new_weight && d != &new_bias),
+    );
     let followed_by = {
         let consumers: Vec<&NodeProto> = graph
             .node

@@ -14,6 +14,10 @@ use crate::external::ExternalStore;
 use crate::proto::TensorProto;
 use crate::tensor::{self, Dtype, Tensor};
 
+/// The largest product of factor magnitudes for which an f32 or f64 fold is not checked before
+/// it is written (see [`ScaledTensor::fits`]).
+pub const WIDE_FACTOR_LIMIT: f64 = 1e6;
+
 /// Elements decoded and encoded per step: small enough that the buffers come from the heap
 /// (not fresh pages from the kernel) and stay in cache.
 const CHUNK: usize = 1 << 13;
@@ -116,8 +120,15 @@ impl ScaledTensor {
 
     /// Whether every scaled value is finite and fits the dtype. Reads the source once for its
     /// largest magnitude; only when that bound overflows are the products themselves checked.
+    ///
+    /// For f32 and f64 with factors under [`WIDE_FACTOR_LIMIT`] the answer is yes without
+    /// reading: only a weight above 3·10³² (or one already infinite or NaN) could fail, and the
+    /// one rounding at write time still checks every value, failing with the tensor's name.
     pub fn fits(&self, store: &ExternalStore) -> Result<bool> {
-        if self.scalings.is_empty() {
+        let factor_bound = self.scalings.iter().fold(1.0, |b, s| b * s.max_abs());
+        if self.scalings.is_empty()
+            || (matches!(self.dtype, Dtype::F32 | Dtype::F64) && factor_bound <= WIDE_FACTOR_LIMIT)
+        {
             return Ok(true);
         }
         let mut largest = 0.0f64;
@@ -137,7 +148,7 @@ impl ScaledTensor {
         if !largest.is_finite() {
             return Ok(false);
         }
-        let bound = self.scalings.iter().fold(largest, |b, s| b * s.max_abs());
+        let bound = largest * factor_bound;
         if self.dtype.round(bound).is_some_and(f64::is_finite) {
             return Ok(true);
         }
@@ -191,14 +202,22 @@ impl ScaledTensor {
         let mut bytes = Vec::with_capacity(CHUNK * self.dtype.size());
         let mut overflow = None;
         self.for_each_source_chunk(store, &mut |start, chunk| {
-            values.clear();
-            match chunk {
-                Chunk::Raw(raw) => tensor::decode_le_into(self.dtype, raw, &mut values),
-                Chunk::Values(v) => values.extend_from_slice(v),
-            }
-            apply_scalings(&self.scalings, start, &mut values);
             bytes.clear();
-            if let Some(bad) = tensor::encode_le_into(self.dtype, &values, &mut bytes) {
+            let bad = match chunk {
+                Chunk::Raw(raw) if self.dtype == Dtype::F32 => {
+                    scale_f32(raw, start, &self.scalings, &mut bytes)
+                }
+                _ => {
+                    values.clear();
+                    match chunk {
+                        Chunk::Raw(raw) => tensor::decode_le_into(self.dtype, raw, &mut values),
+                        Chunk::Values(v) => values.extend_from_slice(v),
+                    }
+                    apply_scalings(&self.scalings, start, &mut values);
+                    tensor::encode_le_into(self.dtype, &values, &mut bytes)
+                }
+            };
+            if let Some(bad) = bad {
                 overflow = Some(start + bad);
                 return Err(Error::tensor(&self.name, "out of range"));
             }
@@ -295,6 +314,63 @@ fn for_each_slice(data: &[f64], f: &mut dyn FnMut(usize, Chunk) -> Result<()>) -
     Ok(())
 }
 
+/// The common case in one pass: little-endian f32 elements `start..` of a source, each widened
+/// to f64, multiplied by its factor and rounded once back to f32, appended to `out`. The index
+/// (in `raw`) of the first result that is not finite, if any.
+fn scale_f32(raw: &[u8], start: usize, scalings: &[Scaling], out: &mut Vec<u8>) -> Option<usize> {
+    let count = raw.len() / 4;
+    let base = out.len();
+    out.resize(base + count * 4, 0);
+    let target = &mut out[base..];
+    let mut finite = true;
+    let mut scale = |range: std::ops::Range<usize>, factor: &mut dyn FnMut() -> f64| {
+        let bytes = range.start * 4..range.end * 4;
+        for (o, c) in target[bytes.clone()]
+            .chunks_exact_mut(4)
+            .zip(raw[bytes].chunks_exact(4))
+        {
+            let mut b = [0u8; 4];
+            b.copy_from_slice(c);
+            let r = (f32::from_le_bytes(b) as f64 * factor()) as f32;
+            finite &= r.is_finite();
+            o.copy_from_slice(&r.to_le_bytes());
+        }
+    };
+    match scalings {
+        [only] if only.run == 1 => {
+            let len = only.factors.len();
+            let mut factors = only.factors.iter().cycle().skip(start % len).copied();
+            scale(0..count, &mut || factors.next().unwrap_or(1.0));
+        }
+        _ => {
+            let mut pos = 0;
+            while pos < count {
+                let (factor, segment) = segment_at(scalings, start + pos, count - pos);
+                scale(pos..pos + segment, &mut || factor);
+                pos += segment;
+            }
+        }
+    }
+    if finite {
+        return None;
+    }
+    target
+        .chunks_exact(4)
+        .position(|c| !f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite())
+}
+
+/// The product of the factors at element `at`, and for how many elements (at most `remaining`)
+/// it stays the same.
+fn segment_at(scalings: &[Scaling], at: usize, remaining: usize) -> (f64, usize) {
+    let mut factor = 1.0;
+    let mut segment = remaining;
+    for s in scalings {
+        factor *= s.factor(at);
+        segment = segment.min(s.run - at % s.run);
+    }
+    (factor, segment)
+}
+
 /// Multiplies `values` (elements `start..start + values.len()`) by the product of the factors.
 fn apply_scalings(scalings: &[Scaling], start: usize, values: &mut [f64]) {
     if let [only] = scalings {
@@ -307,13 +383,7 @@ fn apply_scalings(scalings: &[Scaling], start: usize, values: &mut [f64]) {
     }
     let mut pos = 0;
     while pos < values.len() {
-        let at = start + pos;
-        let mut factor = 1.0;
-        let mut segment = values.len() - pos;
-        for s in scalings {
-            factor *= s.factor(at);
-            segment = segment.min(s.run - at % s.run);
-        }
+        let (factor, segment) = segment_at(scalings, start + pos, values.len() - pos);
         values[pos..pos + segment]
             .iter_mut()
             .for_each(|v| *v *= factor);
