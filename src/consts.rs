@@ -2,8 +2,8 @@
 //! result depends only on constants, types or static shapes (torch's dynamo exporter computes a
 //! zero Conv bias as `Expand(CastLike(0, x), Shape(W)[0:1])`).
 
-use std::cell::RefCell;
 use foldhash::HashMap;
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use crate::attr;

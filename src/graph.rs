@@ -1,7 +1,6 @@
 //! A read-only index of one graph: who produces and who consumes each tensor, and what is known
 //! of each tensor's type and shape. Built afresh after every rewrite.
 
-
 use foldhash::{HashMap, HashSet};
 
 use crate::proto::{
@@ -140,7 +139,6 @@ impl<'g> GraphIndex<'g> {
             _ => None,
         }
     }
-
 }
 
 /// The names a node's subgraphs read from the enclosing scope.

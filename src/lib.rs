@@ -30,6 +30,7 @@ pub mod source;
 pub mod tensor;
 pub mod validate;
 pub mod verify;
+pub mod writer;
 
 pub mod proto {
     //! The ONNX protobuf types, generated from the vendored `proto/onnx.proto`.

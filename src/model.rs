@@ -8,11 +8,12 @@ use prost::Message;
 
 use crate::error::{Error, Result};
 use crate::external::{self, ExternalStore};
-use crate::source::MappedSource;
 use crate::proto::{
     tensor_proto::DataLocation, GraphProto, ModelProto, StringStringEntryProto, TensorProto,
 };
+use crate::source::MappedSource;
 use crate::tensor::{self, proto_dims, proto_dtype};
+use crate::writer::BackgroundWriter;
 
 /// The newest `ir_version` of the vendored `onnx.proto`.
 pub const SUPPORTED_IR_VERSION: i64 = crate::proto::Version::IrVersion as i64;
@@ -168,14 +169,12 @@ impl Model {
             failure?;
         }
         let model_file = new_output_file(&dir, path)?;
-        let mut output = Output::File(std::io::BufWriter::with_capacity(
-            1 << 18,
-            model_file.as_file(),
-        ));
-        write_streaming(proto, &self.store, &mut output)
-            .and_then(|_| output.flush())
-            .map_err(|e| Error::io(path, e))?;
-        drop(output);
+        let writer = BackgroundWriter::new(model_file.as_file()).map_err(|e| Error::io(path, e))?;
+        let mut output = Output::File(writer);
+        write_streaming(proto, &self.store, &mut output).map_err(|e| Error::io(path, e))?;
+        if let Output::File(writer) = output {
+            writer.finish().map_err(|e| Error::io(path, e))?;
+        }
         if options.sync {
             model_file
                 .as_file()
@@ -220,12 +219,13 @@ fn inline_pending(t: &mut TensorProto, store: &ExternalStore) -> Result<()> {
 /// Where [`write_streaming`] writes: a file, whose unchanged payloads the kernel copies from the
 /// input file, or memory.
 enum Output<'a> {
-    File(std::io::BufWriter<&'a std::fs::File>),
+    File(BackgroundWriter),
     Memory(&'a mut Vec<u8>),
 }
 
-/// Payloads at least this large are copied file to file by the kernel.
-const KERNEL_COPY_THRESHOLD: usize = 1 << 12;
+/// Payloads at least this large are copied file to file by the kernel; smaller ones are read
+/// (not through the mapping, which would make them resident) into the write buffer.
+const KERNEL_COPY_THRESHOLD: usize = 1 << 18;
 
 impl Output<'_> {
     fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
@@ -238,43 +238,16 @@ impl Output<'_> {
         }
     }
 
-    fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Output::File(w) => w.flush(),
-            Output::Memory(_) => Ok(()),
-        }
-    }
-
     /// Writes a stored payload: large ones in the mapped input go file to file.
     fn write_payload(&mut self, raw: &Bytes, store: &ExternalStore) -> std::io::Result<()> {
-        if let (Output::File(w), Some((source, offset))) = (&mut *self, store.mapped(raw)) {
-            if raw.len() >= KERNEL_COPY_THRESHOLD {
-                w.flush()?;
-                return copy_range(source, offset, raw.len() as u64, w.get_ref());
+        match (&mut *self, store.mapped(raw)) {
+            (Output::File(w), Some((source, offset))) if raw.len() >= KERNEL_COPY_THRESHOLD => {
+                w.copy_from(source, offset, raw.len() as u64)
             }
+            (Output::File(w), Some((source, offset))) => w.read_from(source, offset, raw.len()),
+            _ => self.write_all(raw),
         }
-        self.write_all(raw)
     }
-}
-
-/// Copies `len` bytes at `offset` of `source` to the end of `target` (`copy_file_range` on Linux).
-fn copy_range(
-    source: &std::fs::File,
-    offset: u64,
-    len: u64,
-    mut target: &std::fs::File,
-) -> std::io::Result<()> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut source = source;
-    source.seek(SeekFrom::Start(offset))?;
-    let copied = std::io::copy(&mut source.take(len), &mut target)?;
-    if copied != len {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            format!("the input file ended after {copied} of {len} bytes"),
-        ));
-    }
-    Ok(())
 }
 
 /// Writes `proto` without first encoding it whole: the model's other fields, then the graph's,
@@ -290,7 +263,9 @@ fn write_streaming(
     let mut header = Vec::new();
     let graph = proto.graph.take();
     out.write_all(&proto.encode_to_vec())?;
-    let Some(mut graph) = graph else { return Ok(()) };
+    let Some(mut graph) = graph else {
+        return Ok(());
+    };
     let initializers = std::mem::take(&mut graph.initializer);
     let mut heads = Vec::with_capacity(initializers.len());
     let mut graph_len = graph.encoded_len();
@@ -394,7 +369,16 @@ fn visit_tensors_mut(g: &mut GraphProto, f: &mut dyn FnMut(&mut TensorProto)) {
 struct DataFiles {
     dir: PathBuf,
     prefix: Option<String>,
-    files: Vec<(String, tempfile::NamedTempFile, u64)>,
+    files: Vec<DataFile>,
+}
+
+/// One data file being written: its location, the temporary file, the thread writing it and
+/// the bytes written so far.
+struct DataFile {
+    location: String,
+    file: tempfile::NamedTempFile,
+    writer: BackgroundWriter,
+    len: u64,
 }
 
 impl DataFiles {
@@ -427,30 +411,38 @@ impl DataFiles {
             Some(p) => format!("{p}.{}", reference.location.replace(['/', '\\'], "_")),
             None => reference.location.clone(),
         };
-        let slot = match self.files.iter().position(|(l, _, _)| *l == location) {
+        let slot = match self.files.iter().position(|f| f.location == location) {
             Some(i) => i,
             None => {
                 let target = self.dir.join(&location);
                 let parent = target.parent().unwrap_or(&self.dir).to_path_buf();
                 std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
                 let file = new_output_file(&parent, &target)?;
-                self.files.push((location.clone(), file, 0));
+                let writer =
+                    BackgroundWriter::new(file.as_file()).map_err(|e| Error::io(&target, e))?;
+                self.files.push(DataFile {
+                    location: location.clone(),
+                    file,
+                    writer,
+                    len: 0,
+                });
                 self.files.len() - 1
             }
         };
-        let (_, file, offset) = &mut self.files[slot];
+        let DataFile {
+            writer,
+            len: offset,
+            ..
+        } = &mut self.files[slot];
         let target_path = self.dir.join(&location);
         match (pending, stored) {
-            (Some(p), _) => {
-                let mut writer = std::io::BufWriter::with_capacity(1 << 20, file.as_file());
-                p.stream(store, &mut |chunk| writer.write_all(chunk))?;
-                writer.flush().map_err(|e| Error::io(&target_path, e))?;
-            }
+            (Some(p), _) => p.stream(store, &mut |chunk| writer.write_all(chunk))?,
             (None, Some((source_path, source_offset))) => {
                 let source =
                     std::fs::File::open(&source_path).map_err(|e| Error::io(&source_path, e))?;
-                copy_range(&source, source_offset, len as u64, file.as_file())
-                    .map_err(|e| Error::io(&source_path, e))?;
+                writer
+                    .copy_from(&source, source_offset, len as u64)
+                    .map_err(|e| Error::io(&target_path, e))?;
             }
             (None, None) => {}
         }
@@ -470,8 +462,15 @@ impl DataFiles {
     }
 
     fn persist(self, sync: bool) -> Result<()> {
-        for (location, file, _) in self.files {
+        for DataFile {
+            location,
+            file,
+            writer,
+            ..
+        } in self.files
+        {
             let target = self.dir.join(&location);
+            writer.finish().map_err(|e| Error::io(&target, e))?;
             if sync {
                 file.as_file()
                     .sync_all()

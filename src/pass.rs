@@ -15,8 +15,8 @@ use crate::folds::{
 };
 use crate::graph::{is_graph_attribute, node_label, GraphIndex, OuterScope};
 use crate::proto::{GraphProto, NodeProto, TensorProto, TypeProto, ValueInfoProto};
-use crate::scaled::{ScaledTensor, Scaling};
 use crate::report::{DecompositionRecord, Direction, FoldRecord, NormalizationRecord, SkipRecord};
+use crate::scaled::{ScaledTensor, Scaling};
 use crate::tensor::{self, Tensor};
 
 /// In a plan function returning `Result<Result<_, SkipReason>>`: skip with `$reason` if `$cond`.
@@ -103,7 +103,8 @@ impl ChainPlan {
     /// The lowest node index whose node moves when the plan is applied: the first node removed,
     /// or the slot after the producer where an `Add` is inserted.
     fn first_moved(&self) -> usize {
-        let inserted = (self.rewrite.change == NodeChange::MatMulThenAdd).then_some(self.producer + 1);
+        let inserted =
+            (self.rewrite.change == NodeChange::MatMulThenAdd).then_some(self.producer + 1);
         self.passthrough
             .iter()
             .copied()
@@ -1328,7 +1329,9 @@ fn remove_dead(graph: &mut GraphProto, candidates: Vec<String>, ctx: &PassContex
             .initializer
             .retain(|t| !dead_initializers.contains(t.name()));
         if ctx.ir_version < 4 {
-            graph.input.retain(|v| !dead_initializers.contains(v.name()));
+            graph
+                .input
+                .retain(|v| !dead_initializers.contains(v.name()));
         }
         work = Vec::new();
         for &p in dead_nodes.iter().rev() {

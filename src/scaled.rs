@@ -18,9 +18,9 @@ use crate::tensor::{self, Dtype, Tensor};
 /// it is written (see [`ScaledTensor::fits`]).
 pub const WIDE_FACTOR_LIMIT: f64 = 1e6;
 
-/// Elements decoded and encoded per step: small enough that the buffers come from the heap
-/// (not fresh pages from the kernel) and stay in cache.
-const CHUNK: usize = 1 << 13;
+/// Elements decoded and encoded per step: large enough that reading the source costs few
+/// system calls, small enough that the buffers stay in cache.
+const CHUNK: usize = 1 << 15;
 
 /// `W'[i] = factors[(i / run) % factors.len()] · W[i]` over the row-major elements: the factor
 /// stays the same for `run` consecutive elements and the factors repeat with their own length.
@@ -135,13 +135,18 @@ impl ScaledTensor {
         self.for_each_source_chunk(store, &mut |_, chunk| {
             largest = largest.max(match chunk {
                 Chunk::Raw(raw) => max_magnitude(self.dtype, raw),
-                Chunk::Values(values) => values.iter().fold(0.0, |m, v| {
-                    if v.is_nan() {
-                        f64::NAN
-                    } else {
-                        m.max(v.abs())
-                    }
-                }),
+                Chunk::Values(values) => {
+                    values.iter().fold(
+                        0.0,
+                        |m, v| {
+                            if v.is_nan() {
+                                f64::NAN
+                            } else {
+                                m.max(v.abs())
+                            }
+                        },
+                    )
+                }
             });
             Ok(())
         })?;
@@ -166,10 +171,7 @@ impl ScaledTensor {
             None => Ok(()),
             Some(element) => Err(Error::tensor(
                 &self.name,
-                format!(
-                    "folded value {element} does not fit {}",
-                    self.dtype.name()
-                ),
+                format!("folded value {element} does not fit {}", self.dtype.name()),
             )),
         }
     }
@@ -198,8 +200,8 @@ impl ScaledTensor {
         store: &ExternalStore,
         sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
     ) -> Result<Option<usize>> {
-        let mut values = Vec::with_capacity(CHUNK);
-        let mut bytes = Vec::with_capacity(CHUNK * self.dtype.size());
+        let mut values = scratch(|s| std::mem::take(&mut s.values));
+        let mut bytes = scratch(|s| std::mem::take(&mut s.bytes));
         let mut overflow = None;
         self.for_each_source_chunk(store, &mut |start, chunk| {
             bytes.clear();
@@ -224,6 +226,10 @@ impl ScaledTensor {
             sink(&bytes).map_err(|e| Error::tensor(&self.name, format!("writing: {e}")))
         })
         .or_else(|e| if overflow.is_some() { Ok(()) } else { Err(e) })?;
+        scratch(|s| {
+            s.values = values;
+            s.bytes = bytes;
+        });
         Ok(overflow)
     }
 
@@ -239,7 +245,7 @@ impl ScaledTensor {
             ScaledSource::Values(v) => return for_each_slice(&v.data, f),
             ScaledSource::Stored(t) => t,
         };
-        let mut raw = Vec::new();
+        let mut raw = scratch(|s| std::mem::take(&mut s.raw));
         let mut read_chunks = |read: &mut dyn FnMut(usize, &mut [u8]) -> Result<()>| {
             let mut start = 0;
             while start < numel {
@@ -249,18 +255,22 @@ impl ScaledTensor {
                 f(start, Chunk::Raw(&raw))?;
                 start = end;
             }
-            Ok(())
+            Ok::<(), Error>(())
         };
         if tensor::is_external(stored) {
             let (path, offset) = store.locate(stored, numel * size)?;
             let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
-            return read_chunks(&mut |at, buf| {
+            read_chunks(&mut |at, buf| {
                 read_exact_at(&file, buf, offset + at as u64).map_err(|e| Error::io(&path, e))
-            });
+            })?;
+            scratch(|s| s.raw = raw);
+            return Ok(());
         }
         match stored.raw_data.as_ref().filter(|r| !r.is_empty()) {
             Some(data) if data.len() == numel * size => {
-                read_chunks(&mut |at, buf| store.read_inline(data, at, buf))
+                read_chunks(&mut |at, buf| store.read_inline(data, at, buf))?;
+                scratch(|s| s.raw = raw);
+                Ok(())
             }
             Some(data) => Err(Error::tensor(
                 stored.name(),
@@ -273,6 +283,23 @@ impl ScaledTensor {
             None => for_each_slice(&tensor::decode(stored, store)?.data, f),
         }
     }
+}
+
+/// Buffers reused from one tensor to the next (a fresh large allocation costs page faults).
+#[derive(Default)]
+struct Scratch {
+    raw: Vec<u8>,
+    values: Vec<f64>,
+    bytes: Vec<u8>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+}
+
+/// Runs `f` on this thread's scratch buffers (taken out while in use, so nesting is safe).
+fn scratch<T>(f: impl FnOnce(&mut Scratch) -> T) -> T {
+    SCRATCH.with(|s| f(&mut s.borrow_mut()))
 }
 
 /// A piece of a source: little-endian stored bytes, or values.
@@ -295,10 +322,18 @@ fn max_magnitude(dtype: Dtype, raw: &[u8]) -> f64 {
             .unwrap_or(0)
     }
     match dtype {
-        Dtype::F32 => f32::from_bits(widest(raw, 0x7fff_ffff, |b| u32::from_le_bytes(b) as u64) as u32) as f64,
+        Dtype::F32 => {
+            f32::from_bits(widest(raw, 0x7fff_ffff, |b| u32::from_le_bytes(b) as u64) as u32) as f64
+        }
         Dtype::F64 => f64::from_bits(widest(raw, u64::MAX >> 1, u64::from_le_bytes)),
-        Dtype::F16 => half::f16::from_bits(widest(raw, 0x7fff, |b| u16::from_le_bytes(b) as u64) as u16).to_f64(),
-        Dtype::Bf16 => half::bf16::from_bits(widest(raw, 0x7fff, |b| u16::from_le_bytes(b) as u64) as u16).to_f64(),
+        Dtype::F16 => {
+            half::f16::from_bits(widest(raw, 0x7fff, |b| u16::from_le_bytes(b) as u64) as u16)
+                .to_f64()
+        }
+        Dtype::Bf16 => {
+            half::bf16::from_bits(widest(raw, 0x7fff, |b| u16::from_le_bytes(b) as u64) as u16)
+                .to_f64()
+        }
         _ => {
             let mut values = Vec::new();
             tensor::decode_le_into(dtype, raw, &mut values);
@@ -392,7 +427,11 @@ fn apply_scalings(scalings: &[Scaling], start: usize, values: &mut [f64]) {
 }
 
 /// Reads `buf.len()` bytes at `offset` without moving any shared file position.
-pub(crate) fn read_exact_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+pub(crate) fn read_exact_at(
+    file: &std::fs::File,
+    buf: &mut [u8],
+    offset: u64,
+) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
@@ -410,7 +449,12 @@ pub(crate) fn read_exact_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -
 mod tests {
     use super::*;
 
-    fn scaled(dtype: Dtype, dims: Vec<usize>, data: Vec<f64>, scalings: Vec<Scaling>) -> ScaledTensor {
+    fn scaled(
+        dtype: Dtype,
+        dims: Vec<usize>,
+        data: Vec<f64>,
+        scalings: Vec<Scaling>,
+    ) -> ScaledTensor {
         let mut t = ScaledTensor::values("w", Arc::new(Tensor::new(dtype, dims, data)));
         t.scalings = scalings;
         t
@@ -423,7 +467,10 @@ mod tests {
             Dtype::F64,
             vec![2, 3],
             vec![1.0; 6],
-            vec![Scaling::new(3, vec![2.0, 3.0]), Scaling::new(1, vec![1.0, 10.0, 100.0])],
+            vec![
+                Scaling::new(3, vec![2.0, 3.0]),
+                Scaling::new(1, vec![1.0, 10.0, 100.0]),
+            ],
         );
         let store = ExternalStore::none();
         assert_eq!(

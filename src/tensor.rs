@@ -339,7 +339,9 @@ pub(crate) fn encode_le_into(dtype: Dtype, values: &[f64], out: &mut Vec<u8>) ->
             if let Some(bad) = first_bad(&|v: f64| v.is_finite()) {
                 return Some(bad);
             }
-            values.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+            values
+                .iter()
+                .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
         }
         Dtype::F16 | Dtype::Bf16 => {
             for (i, &v) in values.iter().enumerate() {
@@ -355,12 +357,24 @@ pub(crate) fn encode_le_into(dtype: Dtype, values: &[f64], out: &mut Vec<u8>) ->
         }
         Dtype::I8 => out.extend(values.iter().map(|&v| v as i8 as u8)),
         Dtype::U8 | Dtype::Bool => out.extend(values.iter().map(|&v| v as u8)),
-        Dtype::I16 => values.iter().for_each(|&v| out.extend_from_slice(&(v as i16).to_le_bytes())),
-        Dtype::U16 => values.iter().for_each(|&v| out.extend_from_slice(&(v as u16).to_le_bytes())),
-        Dtype::I32 => values.iter().for_each(|&v| out.extend_from_slice(&(v as i32).to_le_bytes())),
-        Dtype::U32 => values.iter().for_each(|&v| out.extend_from_slice(&(v as u32).to_le_bytes())),
-        Dtype::I64 => values.iter().for_each(|&v| out.extend_from_slice(&(v as i64).to_le_bytes())),
-        Dtype::U64 => values.iter().for_each(|&v| out.extend_from_slice(&(v as u64).to_le_bytes())),
+        Dtype::I16 => values
+            .iter()
+            .for_each(|&v| out.extend_from_slice(&(v as i16).to_le_bytes())),
+        Dtype::U16 => values
+            .iter()
+            .for_each(|&v| out.extend_from_slice(&(v as u16).to_le_bytes())),
+        Dtype::I32 => values
+            .iter()
+            .for_each(|&v| out.extend_from_slice(&(v as i32).to_le_bytes())),
+        Dtype::U32 => values
+            .iter()
+            .for_each(|&v| out.extend_from_slice(&(v as u32).to_le_bytes())),
+        Dtype::I64 => values
+            .iter()
+            .for_each(|&v| out.extend_from_slice(&(v as i64).to_le_bytes())),
+        Dtype::U64 => values
+            .iter()
+            .for_each(|&v| out.extend_from_slice(&(v as u64).to_le_bytes())),
     }
     None
 }

@@ -1,0 +1,209 @@
+//! A file written from a second thread: while the kernel copies one buffer into the page cache,
+//! the caller computes the next. Folding is read, scale, write; with the write on its own core
+//! a fold takes about the time of the write alone.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::thread::JoinHandle;
+
+/// Bytes gathered before a buffer is handed to the writing thread.
+const BUFFER: usize = 1 << 18;
+/// Buffers in flight: bounds the memory the pipeline holds to `BUFFERS × BUFFER`.
+const BUFFERS: usize = 4;
+
+enum Job {
+    Bytes(Vec<u8>),
+    Copy { source: File, offset: u64, len: u64 },
+}
+
+/// Appends to a file on a background thread, in the order of the calls.
+pub struct BackgroundWriter {
+    jobs: Option<SyncSender<Job>>,
+    free: Receiver<Vec<u8>>,
+    current: Vec<u8>,
+    thread: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl BackgroundWriter {
+    /// Starts the writing thread on a handle to `file` (appending at its current position).
+    pub fn new(file: &File) -> std::io::Result<BackgroundWriter> {
+        let mut target = file.try_clone()?;
+        let (jobs, inbox) = sync_channel::<Job>(BUFFERS);
+        let (recycle, free) = sync_channel::<Vec<u8>>(BUFFERS + 1);
+        for _ in 0..BUFFERS {
+            let _ = recycle.send(Vec::with_capacity(BUFFER));
+        }
+        let thread = std::thread::Builder::new()
+            .name("bnfold-writer".into())
+            .spawn(move || -> std::io::Result<()> {
+                for job in inbox {
+                    match job {
+                        Job::Bytes(mut bytes) => {
+                            target.write_all(&bytes)?;
+                            bytes.clear();
+                            let _ = recycle.try_send(bytes);
+                        }
+                        Job::Copy {
+                            source,
+                            offset,
+                            len,
+                        } => copy_range(&source, offset, len, &target)?,
+                    }
+                }
+                Ok(())
+            })?;
+        Ok(BackgroundWriter {
+            jobs: Some(jobs),
+            free,
+            current: Vec::new(),
+            thread: Some(thread),
+        })
+    }
+
+    /// Appends `len` bytes of `source` from `offset`, copied by the kernel.
+    pub fn copy_from(&mut self, source: &File, offset: u64, len: u64) -> std::io::Result<()> {
+        self.hand_over()?;
+        let source = source.try_clone()?;
+        self.send(Job::Copy {
+            source,
+            offset,
+            len,
+        })
+    }
+
+    /// Appends `len` bytes of `source` from `offset`, read into the buffer (for payloads too
+    /// small to be worth a kernel copy).
+    pub fn read_from(
+        &mut self,
+        source: &File,
+        mut offset: u64,
+        mut len: usize,
+    ) -> std::io::Result<()> {
+        while len > 0 {
+            if self.current.capacity() == 0 {
+                self.current.reserve(BUFFER);
+            }
+            let start = self.current.len();
+            let part = BUFFER.saturating_sub(start).max(1).min(len);
+            self.current.resize(start + part, 0);
+            crate::scaled::read_exact_at(source, &mut self.current[start..], offset)?;
+            offset += part as u64;
+            len -= part;
+            if self.current.len() >= BUFFER {
+                self.hand_over()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until everything is written.
+    pub fn finish(mut self) -> std::io::Result<()> {
+        self.hand_over()?;
+        self.jobs = None;
+        self.join()
+    }
+
+    fn hand_over(&mut self) -> std::io::Result<()> {
+        if self.current.is_empty() {
+            return Ok(());
+        }
+        let next = self.free.recv().unwrap_or_default();
+        let full = std::mem::replace(&mut self.current, next);
+        self.send(Job::Bytes(full))
+    }
+
+    fn send(&mut self, job: Job) -> std::io::Result<()> {
+        let sent = self.jobs.as_ref().map(|jobs| jobs.send(job).is_ok());
+        if sent == Some(true) {
+            return Ok(());
+        }
+        // The thread stopped: its error says why.
+        self.jobs = None;
+        self.join()?;
+        Err(std::io::Error::other("the writing thread stopped"))
+    }
+
+    fn join(&mut self) -> std::io::Result<()> {
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(std::io::Error::other("the writing thread panicked")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Write for BackgroundWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.write_all(bytes)?;
+        Ok(bytes.len())
+    }
+
+    fn write_all(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
+        while !bytes.is_empty() {
+            if self.current.capacity() == 0 {
+                self.current.reserve(BUFFER);
+            }
+            let room = BUFFER.saturating_sub(self.current.len()).max(1);
+            let (now, rest) = bytes.split_at(room.min(bytes.len()));
+            self.current.extend_from_slice(now);
+            bytes = rest;
+            if self.current.len() >= BUFFER {
+                self.hand_over()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.hand_over()
+    }
+}
+
+impl Drop for BackgroundWriter {
+    fn drop(&mut self) {
+        self.jobs = None;
+        let _ = self.join();
+    }
+}
+
+/// Copies `len` bytes at `offset` of `source` to the end of `target` (`copy_file_range` on
+/// Linux).
+pub fn copy_range(source: &File, offset: u64, len: u64, mut target: &File) -> std::io::Result<()> {
+    let mut source = source;
+    source.seek(SeekFrom::Start(offset))?;
+    let copied = std::io::copy(&mut source.take(len), &mut target)?;
+    if copied != len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("the input file ended after {copied} of {len} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_and_copies_arrive_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let source_path = dir.path().join("source");
+        std::fs::write(&source_path, b"0123456789").unwrap();
+        let source = File::open(&source_path).unwrap();
+        let target = File::create(dir.path().join("target")).unwrap();
+        let mut writer = BackgroundWriter::new(&target).unwrap();
+        writer.write_all(b"ab").unwrap();
+        writer.copy_from(&source, 3, 4).unwrap();
+        let big = vec![b'x'; BUFFER * 2 + 5];
+        writer.write_all(&big).unwrap();
+        writer.write_all(b"yz").unwrap();
+        writer.finish().unwrap();
+        let written = std::fs::read(dir.path().join("target")).unwrap();
+        let mut expected = b"ab3456".to_vec();
+        expected.extend_from_slice(&big);
+        expected.extend_from_slice(b"yz");
+        assert_eq!(written, expected);
+    }
+}
