@@ -1188,7 +1188,7 @@ fn write_layer_tensors(
         store,
         tensors.weight_name,
         tensors.weight_in_place,
-        NewTensor::Scaled(tensors.weight),
+        NewTensor::Scaled(Box::new(tensors.weight)),
         weight_template.as_ref(),
     )?;
     let Some(bias) = tensors.bias else {
@@ -1234,7 +1234,7 @@ fn unique_name(graph: &GraphProto, reserved: &mut BTreeSet<String>, base: &str) 
 /// A tensor a fold writes: values computed in full (a bias, a shift), or a scaled weight.
 enum NewTensor {
     Values(Tensor),
-    Scaled(ScaledTensor),
+    Scaled(Box<ScaledTensor>),
 }
 
 /// Stores `value` under `name` (in place) or under a new unique name derived from it, keeping
@@ -1260,7 +1260,7 @@ fn write_tensor(
         (NewTensor::Values(v), None) => v.to_proto(&final_name),
         (value, _) => {
             let mut scaled = match value {
-                NewTensor::Scaled(s) => s,
+                NewTensor::Scaled(s) => *s,
                 NewTensor::Values(v) => ScaledTensor::values(&final_name, std::sync::Arc::new(v)),
             };
             scaled.name = final_name.clone();

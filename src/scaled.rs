@@ -20,7 +20,7 @@ pub const WIDE_FACTOR_LIMIT: f64 = 1e6;
 
 /// Elements decoded and encoded per step: large enough that reading the source costs few
 /// system calls, small enough that the buffers stay in cache.
-const CHUNK: usize = 1 << 15;
+const CHUNK: usize = 1 << 14;
 
 /// `W'[i] = factors[(i / run) % factors.len()] · W[i]` over the row-major elements: the factor
 /// stays the same for `run` consecutive elements and the factors repeat with their own length.
@@ -55,7 +55,7 @@ impl Scaling {
 #[derive(Clone, Debug)]
 pub enum ScaledSource {
     /// A stored tensor (initializer or `Constant` value): inline, typed or external.
-    Stored(TensorProto),
+    Stored(Box<TensorProto>),
     /// Values computed from constants (e.g. `Transpose` of an initializer).
     Values(Arc<Tensor>),
 }
@@ -85,7 +85,7 @@ impl ScaledTensor {
             name: t.name().to_string(),
             dtype: tensor::proto_dtype(t)?,
             dims: tensor::proto_dims(t)?,
-            source: ScaledSource::Stored(t.clone()),
+            source: ScaledSource::Stored(Box::new(t.clone())),
             scalings: Vec::new(),
         })
     }

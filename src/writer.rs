@@ -8,7 +8,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
 /// Bytes gathered before a buffer is handed to the writing thread.
-const BUFFER: usize = 1 << 18;
+const BUFFER: usize = 1 << 17;
 /// Buffers in flight: bounds the memory the pipeline holds to `BUFFERS × BUFFER`.
 const BUFFERS: usize = 4;
 

@@ -126,3 +126,86 @@ fn verify_subcommand_compares_two_models() {
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }
+
+/// `conv_bn.onnx` with the Conv weight's first value set to `weight` and the BN's first gamma to
+/// `gamma`, written to `dir`.
+fn conv_bn_with(dir: &Path, weight: f64, gamma: f64) -> PathBuf {
+    let mut model = bnfold::Model::load(fixture("conv_bn.onnx")).unwrap();
+    let store = model.store.clone();
+    let graph = model.proto.graph.as_mut().unwrap();
+    let conv = graph.node.iter().find(|n| n.op_type() == "Conv").unwrap();
+    let bn = graph
+        .node
+        .iter()
+        .find(|n| n.op_type() == "BatchNormalization")
+        .unwrap();
+    let edits = [
+        (conv.input[1].clone(), weight),
+        (bn.input[1].clone(), gamma),
+    ];
+    for (name, value) in edits {
+        let t = graph
+            .initializer
+            .iter_mut()
+            .find(|t| t.name() == name)
+            .unwrap();
+        let mut decoded = bnfold::tensor::decode(t, &store).unwrap();
+        decoded.data[0] = value;
+        *t = decoded.to_proto(&name);
+    }
+    let path = dir.join("edited.onnx");
+    model.save(&path, Default::default()).unwrap();
+    path
+}
+
+#[test]
+fn an_f32_weight_that_overflows_when_written_is_an_error_naming_it_and_no_output() {
+    // A scale of ~100 is not checked before writing (see ScaledTensor::fits); the one rounding
+    // at write time finds the overflow.
+    let dir = tempfile::tempdir().unwrap();
+    let input = conv_bn_with(dir.path(), 3.0e37, 100.0);
+    let out = dir.path().join("fused.onnx");
+    let o = bnfold(&[
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--no-verify",
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("'w'") && err.contains("does not fit float32"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(!out.exists());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with(".bnfold"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn an_f32_fold_whose_scale_could_overflow_is_checked_before_and_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = conv_bn_with(dir.path(), 3.0e37, 1.0e9);
+    let out = dir.path().join("fused.onnx");
+    let o = bnfold(&[
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--no-verify",
+        "--report",
+        "json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["folds"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        report["skips"][0]["reason"], "folded_value_out_of_range",
+        "{report}"
+    );
+    assert_eq!(report["skips"][0]["details"]["tensor"], "w", "{report}");
+}
