@@ -1,4 +1,6 @@
-//! External tensor data: `location` / `offset` / `length` relative to the model's folder.
+//! Tensor data outside the decoded protobuf: external data (`location` / `offset` / `length`
+//! relative to the model's folder), inline payloads located in the mapped input file, and
+//! folded weights waiting to be written.
 //!
 //! A location is refused when it is absolute, contains `..`, or resolves (through symlinks)
 //! outside the model's folder, and a range is refused when it lies outside its file.

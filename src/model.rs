@@ -18,12 +18,20 @@ use crate::writer::BackgroundWriter;
 /// The newest `ir_version` of the vendored `onnx.proto`.
 pub const SUPPORTED_IR_VERSION: i64 = crate::proto::Version::IrVersion as i64;
 
-/// An ONNX model and where its external data lives.
+/// An ONNX model and where its tensor data lives.
+///
+/// A model loaded from a file maps it: payloads are read when needed, not copied at load. After
+/// [`crate::fold`], a folded weight's initializer in `proto` holds its name, dtype and shape and
+/// an `external_data` entry `bnfold.pending` that refers to the store, where the weight waits as
+/// its source and per-channel factors; its values are computed when the model is written.
+/// [`crate::tensor::decode`] with `store` reads them, and [`Model::materialized`] gives a
+/// protobuf with every value inline.
 #[derive(Clone, Debug)]
 pub struct Model {
     /// The decoded protobuf.
     pub proto: ModelProto,
-    /// Where external tensor data is read from.
+    /// Where tensor data outside `proto` is read from: external files, the mapped input,
+    /// folded weights waiting to be written.
     pub store: ExternalStore,
     /// The file it was loaded from, if any.
     pub source: Option<PathBuf>,
@@ -138,9 +146,16 @@ impl Model {
         Ok(proto)
     }
 
-    /// Writes the model to `path` atomically (temporary file, then rename), in the same layout
-    /// it was read: tensors that were external are streamed to data files beside `path`.
+    /// Writes the model to `path` atomically (temporary files, then renames), in the same
+    /// layout it was read: tensors that were external are streamed to data files beside `path`.
     pub fn save(&self, path: impl AsRef<Path>, options: SaveOptions) -> Result<()> {
+        self.stage(path, options)?.commit()
+    }
+
+    /// Writes the model and its data files into a staging folder beside `path`, where they can
+    /// be read (and verified) before [`StagedModel::commit`] moves them into place; dropped
+    /// without a commit, the staging folder is removed and nothing is written.
+    pub fn stage(&self, path: impl AsRef<Path>, options: SaveOptions) -> Result<StagedModel> {
         let path = path.as_ref();
         if let Some(source) = &self.source {
             if same_file(source, path) && !options.overwrite_input {
@@ -157,8 +172,15 @@ impl Model {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
+        let file_name = path
+            .file_name()
+            .ok_or_else(|| Error::io(path, std::io::Error::other("not a file name")))?;
+        let staging = tempfile::Builder::new()
+            .prefix(".bnfold-")
+            .tempdir_in(&dir)
+            .map_err(|e| Error::io(&dir, e))?;
         let mut proto = self.materialized_subgraphs()?;
-        let mut data_files = DataFiles::new(&dir, path, &self.store);
+        let mut data_files = DataFiles::new(&dir, staging.path(), path, &self.store);
         if let Some(g) = proto.graph.as_mut() {
             let mut failure = Ok(());
             visit_tensors_mut(g, &mut |t| {
@@ -168,23 +190,67 @@ impl Model {
             });
             failure?;
         }
-        let model_file = new_output_file(&dir, path)?;
-        let writer = BackgroundWriter::new(model_file.as_file()).map_err(|e| Error::io(path, e))?;
+        let staged_model = staging.path().join(file_name);
+        let model_file = create_output(&staged_model, path)?;
+        let writer = BackgroundWriter::new(&model_file).map_err(|e| Error::io(path, e))?;
         let mut output = Output::File(writer);
         write_streaming(proto, &self.store, &mut output).map_err(|e| Error::io(path, e))?;
         if let Output::File(writer) = output {
             writer.finish().map_err(|e| Error::io(path, e))?;
         }
+        let mut files = data_files.finish()?;
+        files.push((staged_model, path.to_path_buf()));
         if options.sync {
-            model_file
-                .as_file()
-                .sync_all()
-                .map_err(|e| Error::io(path, e))?;
+            for (staged, _) in &files {
+                std::fs::File::open(staged)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| Error::io(staged, e))?;
+            }
         }
-        data_files.persist(options.sync)?;
-        model_file
-            .persist(path)
-            .map_err(|e| Error::io(path, e.error))?;
+        Ok(StagedModel {
+            staging,
+            files,
+            sync: options.sync,
+        })
+    }
+}
+
+/// A written model waiting in its staging folder (see [`Model::stage`]).
+#[derive(Debug)]
+pub struct StagedModel {
+    staging: tempfile::TempDir,
+    /// (staged, final) paths; the model file last.
+    files: Vec<(PathBuf, PathBuf)>,
+    sync: bool,
+}
+
+impl StagedModel {
+    /// The staged model file: loadable, its data files beside it under their final names.
+    pub fn path(&self) -> &Path {
+        &self.files[self.files.len() - 1].0
+    }
+
+    /// Moves the data files, then the model file, into place (each an atomic rename).
+    pub fn commit(self) -> Result<()> {
+        for (staged, target) in &self.files {
+            if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+            }
+            std::fs::rename(staged, target).map_err(|e| Error::io(target, e))?;
+        }
+        if self.sync {
+            if let Some(dir) = self.files.last().and_then(|(_, t)| t.parent()) {
+                let dir = if dir.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    dir
+                };
+                std::fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| Error::io(dir, e))?;
+            }
+        }
+        drop(self.staging);
         Ok(())
     }
 }
@@ -328,6 +394,27 @@ pub fn new_output_file(dir: &Path, target: &Path) -> Result<tempfile::NamedTempF
     builder.tempfile_in(dir).map_err(|e| Error::io(dir, e))
 }
 
+/// Creates `staged` with the permissions the file at `target` will need: those of the file it
+/// replaces, else 0644 (not a temporary file's private 0600).
+fn create_output(staged: &Path, target: &Path) -> Result<std::fs::File> {
+    let file = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(staged)
+        .map_err(|e| Error::io(staged, e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let permissions = std::fs::metadata(target)
+            .map(|m| m.permissions())
+            .unwrap_or_else(|_| std::fs::Permissions::from_mode(0o644));
+        file.set_permissions(permissions)
+            .map_err(|e| Error::io(staged, e))?;
+    }
+    Ok(file)
+}
+
 fn same_file(a: &Path, b: &Path) -> bool {
     match (a.canonicalize(), b.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
@@ -368,21 +455,21 @@ fn visit_tensors_mut(g: &mut GraphProto, f: &mut dyn FnMut(&mut TensorProto)) {
 /// The external data files being written beside an output model, one per input location.
 struct DataFiles {
     dir: PathBuf,
+    staging: PathBuf,
     prefix: Option<String>,
     files: Vec<DataFile>,
 }
 
-/// One data file being written: its location, the temporary file, the thread writing it and
-/// the bytes written so far.
+/// One data file being written: its location, the thread writing it and the bytes written so
+/// far.
 struct DataFile {
     location: String,
-    file: tempfile::NamedTempFile,
     writer: BackgroundWriter,
     len: u64,
 }
 
 impl DataFiles {
-    fn new(dir: &Path, model_path: &Path, input: &ExternalStore) -> DataFiles {
+    fn new(dir: &Path, staging: &Path, model_path: &Path, input: &ExternalStore) -> DataFiles {
         // Writing into the input's own folder must not replace the data files the input still
         // points to: name them after the output model instead.
         let shares_folder = input.base_dir().is_some_and(|b| same_file(b, dir));
@@ -394,6 +481,7 @@ impl DataFiles {
         });
         DataFiles {
             dir: dir.to_path_buf(),
+            staging: staging.to_path_buf(),
             prefix,
             files: Vec::new(),
         }
@@ -415,14 +503,13 @@ impl DataFiles {
             Some(i) => i,
             None => {
                 let target = self.dir.join(&location);
-                let parent = target.parent().unwrap_or(&self.dir).to_path_buf();
+                let staged = self.staging.join(&location);
+                let parent = staged.parent().unwrap_or(&self.staging).to_path_buf();
                 std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-                let file = new_output_file(&parent, &target)?;
-                let writer =
-                    BackgroundWriter::new(file.as_file()).map_err(|e| Error::io(&target, e))?;
+                let file = create_output(&staged, &target)?;
+                let writer = BackgroundWriter::new(&file).map_err(|e| Error::io(&target, e))?;
                 self.files.push(DataFile {
                     location: location.clone(),
-                    file,
                     writer,
                     len: 0,
                 });
@@ -461,24 +548,17 @@ impl DataFiles {
         Ok(())
     }
 
-    fn persist(self, sync: bool) -> Result<()> {
+    /// Waits for every data file to be written; their (staged, final) paths.
+    fn finish(self) -> Result<Vec<(PathBuf, PathBuf)>> {
+        let mut paths = Vec::with_capacity(self.files.len());
         for DataFile {
-            location,
-            file,
-            writer,
-            ..
+            location, writer, ..
         } in self.files
         {
             let target = self.dir.join(&location);
             writer.finish().map_err(|e| Error::io(&target, e))?;
-            if sync {
-                file.as_file()
-                    .sync_all()
-                    .map_err(|e| Error::io(&target, e))?;
-            }
-            file.persist(&target)
-                .map_err(|e| Error::io(&target, e.error))?;
+            paths.push((self.staging.join(&location), target));
         }
-        Ok(())
+        Ok(paths)
     }
 }

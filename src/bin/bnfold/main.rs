@@ -363,6 +363,24 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(if report.folds.is_empty() { 0 } else { 1 }));
     }
 
+    let save_options = SaveOptions {
+        force: args.force || args.in_place,
+        overwrite_input: args.in_place,
+        sync: args.sync,
+    };
+    // With an output, the model is written to a staging folder first and the written files are
+    // what verification loads (tract reads their external data itself); they are moved into
+    // place only if verification does not fail.
+    let staged = match (&args.output, writes) {
+        (Some(out), true) => {
+            progress.stage("writing");
+            let staged = fused
+                .stage(out, save_options)
+                .with_context(|| format!("{}", out.display()))?;
+            Some((out.clone(), staged))
+        }
+        _ => None,
+    };
     let verify_started = Instant::now();
     if !args.no_verify {
         progress.stage("verifying");
@@ -373,7 +391,14 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
             .filter(|f| f.graph == "main")
             .map(|f| f.output.clone())
             .collect();
-        let v = verify(&original, &fused, &intermediates, &verify_opts)
+        let candidate = match &staged {
+            Some((out, staged)) => {
+                drop(fused);
+                Model::load(staged.path()).with_context(|| format!("{}", out.display()))?
+            }
+            None => fused,
+        };
+        let v = verify(&original, &candidate, &intermediates, &verify_opts)
             .with_context(|| format!("verifying {}", input.display()))?;
         report.verification = Some(v);
     }
@@ -397,22 +422,14 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_default();
         eprintln!("bnfold: error: verification failed ({reason}); no model written");
     }
-    let written = if writes && !failed {
-        progress.stage("writing");
-        let out = args.output.as_ref().context("no output")?;
-        fused
-            .save(
-                out,
-                SaveOptions {
-                    force: args.force || args.in_place,
-                    overwrite_input: args.in_place,
-                    sync: args.sync,
-                },
-            )
-            .with_context(|| format!("{}", out.display()))?;
-        Some(out.clone())
-    } else {
-        None
+    let written = match staged {
+        Some((out, staged)) if !failed => {
+            staged
+                .commit()
+                .with_context(|| format!("{}", out.display()))?;
+            Some(out)
+        }
+        _ => None,
     };
     progress.finish();
     let json = json_report(&report, &input, written.as_deref());
