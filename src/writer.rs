@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 /// Bytes gathered before a buffer is handed to the writing thread.
 const BUFFER: usize = 1 << 17;
 /// Buffers in flight: bounds the memory the pipeline holds to `BUFFERS × BUFFER`.
-const BUFFERS: usize = 4;
+const BUFFERS: usize = 3;
 
 enum Job {
     Bytes(Vec<u8>),

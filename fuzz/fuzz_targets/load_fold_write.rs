@@ -12,8 +12,12 @@ fuzz_target!(|data: &[u8]| {
     if bnfold::fold(&mut model, &bnfold::FoldOptions::default()).is_err() {
         return;
     }
-    let bytes = model
-        .to_bytes()
-        .expect("a model that folded must serialize");
+    // The one error writing may give: an f32/f64 fold whose product overflows, found in the
+    // rounding (see ScaledTensor::fits).
+    let bytes = match model.to_bytes() {
+        Ok(bytes) => bytes,
+        Err(e) if e.to_string().contains("does not fit") => return,
+        Err(e) => panic!("a model that folded must serialize: {e}"),
+    };
     bnfold::Model::from_bytes(bytes).expect("bnfold's own output must load");
 });
