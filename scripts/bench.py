@@ -138,20 +138,23 @@ def main():
 
     rows = []
     for model in models:
+        os.sync()  # no writeback of earlier output (or of the generated model) during the runs
         name = os.path.basename(model)
         size, data_files = folder_size(model)
+        external = bool(data_files)
         out_dir = os.path.join(work, "out")
         out = os.path.join(out_dir, name)
 
         def cleanup():
             shutil.rmtree(out_dir, ignore_errors=True)
             os.makedirs(out_dir)
+            if external:
+                os.sync()
 
         results = {}
         cp_cmd = ["cp", model] + data_files + [out_dir]
         results["cp"] = measure(cp_cmd, args.runs, cleanup)
         results["bnfold fold-only"] = measure([bnfold, model, "-o", out, "--no-verify", "--no-readiness", "-q"], args.runs, cleanup)
-        external = bool(data_files)
         verify_runs = 1 if external else max(1, args.runs // 2 + 1)
         results["bnfold fold+verify"] = measure([bnfold, model, "-o", out, "-q"], verify_runs, cleanup)
         if py and not external:
