@@ -114,7 +114,17 @@ pub fn analyse(original: &Model, folded: &Model) -> Result<Readiness> {
                 continue;
             }
             let group = crate::attr::int(node, "group")?.unwrap_or(1).max(1) as usize;
-            let channels = channel_values(&weight, axis, group);
+            // Output channels on axis 0 are contiguous: no copy.
+            let gathered;
+            let channels: Vec<&[f64]> = if axis == 0 {
+                weight
+                    .data
+                    .chunks(weight.len() / weight.dims[0].max(1))
+                    .collect()
+            } else {
+                gathered = channel_values(&weight, axis, group);
+                gathered.iter().map(Vec::as_slice).collect()
+            };
             out.layers.push(layer(node, name, &channels));
         }
     }
@@ -181,7 +191,7 @@ fn channel_values(w: &Tensor, axis: usize, group: usize) -> Vec<Vec<f64>> {
     out
 }
 
-fn layer(node: &crate::proto::NodeProto, weight: &str, channels: &[Vec<f64>]) -> LayerReadiness {
+fn layer(node: &crate::proto::NodeProto, weight: &str, channels: &[&[f64]]) -> LayerReadiness {
     let ranges: Vec<f64> = channels
         .iter()
         .map(|c| c.iter().fold(0.0, |m: f64, v| m.max(v.abs())))
@@ -194,10 +204,11 @@ fn layer(node: &crate::proto::NodeProto, weight: &str, channels: &[Vec<f64>]) ->
     } else {
         (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2]) / 2.0
     };
-    let signal: f64 = channels.iter().flatten().map(|v| v * v).sum();
+    let signal: f64 = channels.iter().copied().flatten().map(|v| v * v).sum();
     let tensor_step = max_range / 127.0;
     let tensor_noise: f64 = channels
         .iter()
+        .copied()
         .flatten()
         .map(|&v| (v - quantize(v, tensor_step)).powi(2))
         .sum();
@@ -236,7 +247,12 @@ fn quantize(v: f64, step: f64) -> f64 {
     if step <= 0.0 {
         return 0.0;
     }
-    (v / step).round_ties_even().clamp(-127.0, 127.0) * step
+    // Clipping first gives the same result (a value within ±127 rounds within ±127), and below
+    // 2^51 adding and subtracting 1.5·2^52 rounds to the nearest integer, ties to even, in the
+    // default rounding mode: no call to the math library on targets without SSE4.1.
+    const ROUND: f64 = 6_755_399_441_055_744.0;
+    let steps = (v / step).clamp(-127.0, 127.0);
+    ((steps + ROUND) - ROUND) * step
 }
 
 fn batch_norm(
@@ -297,7 +313,8 @@ mod tests {
             name: Some("c".into()),
             ..Default::default()
         };
-        let l = layer(&node, "w", &channels);
+        let slices: Vec<&[f64]> = channels.iter().map(Vec::as_slice).collect();
+        let l = layer(&node, "w", &slices);
         // r = [1, 0.02]; median 0.51; spread 1/0.51.
         assert!((l.range_spread - 1.0 / 0.51).abs() < 1e-12);
         // Per tensor, Δ = 1/127: 1 → 127Δ exact; -0.5 → -64Δ (63.5 rounds to even 64);
@@ -311,6 +328,22 @@ mod tests {
         assert_eq!(l.starved_channels, 1);
         assert_eq!(l.zero_channels, 0);
         assert!(l.sqnr_per_channel_db.unwrap() > l.sqnr_per_tensor_db.unwrap());
+    }
+
+    #[test]
+    fn quantization_rounds_half_to_even_and_clips() {
+        for (v, want) in [
+            (63.5, 64.0),
+            (62.5, 62.0),
+            (-0.5, 0.0),
+            (-1.5, -2.0),
+            (126.7, 127.0),
+            (300.0, 127.0),
+            (-300.0, -127.0),
+        ] {
+            assert_eq!(quantize(v, 1.0), want, "{v}");
+            assert_eq!(quantize(v, 1.0), v.round_ties_even().clamp(-127.0, 127.0));
+        }
     }
 
     #[test]
