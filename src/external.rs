@@ -15,7 +15,7 @@ use bytes::Bytes;
 
 use crate::error::{Error, Result};
 use crate::proto::{StringStringEntryProto, TensorProto};
-use crate::scaled::{self, ScaledTensor};
+use crate::scaled::ScaledTensor;
 use crate::source::MappedSource;
 
 /// The `external_data` key that marks a folded tensor whose values wait in the store as a
@@ -98,21 +98,22 @@ impl ExternalStore {
         Some((source.file(), source.offset_of(raw)?))
     }
 
-    /// The bytes of an inline payload; a large one in the mapped input is read with `pread`.
-    pub fn inline_bytes<'r>(&self, raw: &'r Bytes) -> Result<Cow<'r, [u8]>> {
+    /// The bytes of tensor `name`'s inline payload; a large one in the mapped input is read with
+    /// `pread`.
+    pub fn inline_bytes<'r>(&self, name: &str, raw: &'r Bytes) -> Result<Cow<'r, [u8]>> {
         if raw.len() < PREAD_THRESHOLD {
             return Ok(Cow::Borrowed(raw));
         }
         let mut buf = vec![0u8; raw.len()];
-        self.read_inline(raw, 0, &mut buf)?;
+        self.read_inline(name, raw, 0, &mut buf)?;
         Ok(Cow::Owned(buf))
     }
 
-    /// Fills `buf` with the bytes of `raw` from offset `at`.
-    pub fn read_inline(&self, raw: &Bytes, at: usize, buf: &mut [u8]) -> Result<()> {
+    /// Fills `buf` with the bytes of tensor `name`'s inline payload `raw` from offset `at`.
+    pub fn read_inline(&self, name: &str, raw: &Bytes, at: usize, buf: &mut [u8]) -> Result<()> {
         match self.mapped(raw) {
-            Some((file, offset)) => scaled::read_exact_at(file, buf, offset + at as u64)
-                .map_err(|e| Error::tensor("(inline data)", format!("reading the model: {e}"))),
+            Some((file, offset)) => crate::source::read_exact_at(file, buf, offset + at as u64)
+                .map_err(|e| Error::tensor(name, format!("reading the model: {e}"))),
             None => {
                 buf.copy_from_slice(&raw[at..at + buf.len()]);
                 Ok(())

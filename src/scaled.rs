@@ -261,14 +261,15 @@ impl ScaledTensor {
             let (path, offset) = store.locate(stored, numel * size)?;
             let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
             read_chunks(&mut |at, buf| {
-                read_exact_at(&file, buf, offset + at as u64).map_err(|e| Error::io(&path, e))
+                crate::source::read_exact_at(&file, buf, offset + at as u64)
+                    .map_err(|e| Error::io(&path, e))
             })?;
             scratch(|s| s.raw = raw);
             return Ok(());
         }
         match stored.raw_data.as_ref().filter(|r| !r.is_empty()) {
             Some(data) if data.len() == numel * size => {
-                read_chunks(&mut |at, buf| store.read_inline(data, at, buf))?;
+                read_chunks(&mut |at, buf| store.read_inline(stored.name(), data, at, buf))?;
                 scratch(|s| s.raw = raw);
                 Ok(())
             }
@@ -426,25 +427,6 @@ fn apply_scalings(scalings: &[Scaling], start: usize, values: &mut [f64]) {
     }
 }
 
-/// Reads `buf.len()` bytes at `offset` without moving any shared file position.
-pub(crate) fn read_exact_at(
-    file: &std::fs::File,
-    buf: &mut [u8],
-    offset: u64,
-) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
-    }
-    #[cfg(not(unix))]
-    {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut handle = file.try_clone()?;
-        handle.seek(SeekFrom::Start(offset))?;
-        handle.read_exact(buf)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -481,17 +463,19 @@ mod tests {
 
     #[test]
     fn two_scalings_round_once() {
-        // 1 + 2^-12 is not an f16; scaled by 3 then by 1/3 it must come back to 1 + 2^-12
-        // rounded once (to 1.0), not be rounded after each factor.
-        let w = 1.0 + 2f64.powi(-11) + 2f64.powi(-13);
+        // Scaled by 1.1 then by 1/1.1, the f16 weight 1.0 must stay 1.0. Rounded after each
+        // factor it would not: 1.1 rounds to 1.0996 in f16, and 1.0996 / 1.1 to 0.99951.
         let t = scaled(
             Dtype::F16,
             vec![1],
-            vec![w],
-            vec![Scaling::new(1, vec![3.0]), Scaling::new(1, vec![1.0 / 3.0])],
+            vec![1.0],
+            vec![Scaling::new(1, vec![1.1]), Scaling::new(1, vec![1.0 / 1.1])],
         );
-        let once = Dtype::F16.round(w * 3.0 * (1.0 / 3.0)).unwrap();
-        assert_eq!(t.decode(&ExternalStore::none()).unwrap().data, vec![once]);
+        assert_eq!(t.decode(&ExternalStore::none()).unwrap().data, vec![1.0]);
+        let twice = Dtype::F16
+            .round(Dtype::F16.round(1.1).unwrap() / 1.1)
+            .unwrap();
+        assert_eq!(twice, 0.99951171875);
     }
 
     #[test]

@@ -61,3 +61,22 @@ fn map_read_only(file: &File) -> std::io::Result<memmap2::Mmap> {
     // contract on concurrent modification of the input file.
     unsafe { memmap2::Mmap::map(file) }
 }
+
+/// Reads `buf.len()` bytes at `offset` without moving any shared file position.
+pub(crate) fn read_exact_at(
+    file: &std::fs::File,
+    buf: &mut [u8],
+    offset: u64,
+) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+    }
+    #[cfg(not(unix))]
+    {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut handle = file.try_clone()?;
+        handle.seek(SeekFrom::Start(offset))?;
+        handle.read_exact(buf)
+    }
+}

@@ -185,27 +185,7 @@ impl Tensor {
     /// Encodes the tensor as a `TensorProto` named `name`, values in little-endian `raw_data`.
     pub fn to_proto(&self, name: &str) -> TensorProto {
         let mut raw = Vec::with_capacity(self.data.len() * self.dtype.size());
-        let values = self.data.iter().copied();
-        match self.dtype {
-            Dtype::F32 => raw.extend(values.flat_map(|v| (v as f32).to_le_bytes())),
-            Dtype::F64 => raw.extend(values.flat_map(f64::to_le_bytes)),
-            Dtype::F16 => {
-                raw.extend(values.flat_map(|v| {
-                    half::f16::from_f64(Dtype::F16.round(v).unwrap_or(v)).to_le_bytes()
-                }))
-            }
-            Dtype::Bf16 => raw.extend(values.flat_map(|v| {
-                half::bf16::from_f64(Dtype::Bf16.round(v).unwrap_or(v)).to_le_bytes()
-            })),
-            Dtype::I8 => raw.extend(values.map(|v| v as i8 as u8)),
-            Dtype::U8 | Dtype::Bool => raw.extend(values.map(|v| v as u8)),
-            Dtype::I16 => raw.extend(values.flat_map(|v| (v as i16).to_le_bytes())),
-            Dtype::U16 => raw.extend(values.flat_map(|v| (v as u16).to_le_bytes())),
-            Dtype::I32 => raw.extend(values.flat_map(|v| (v as i32).to_le_bytes())),
-            Dtype::U32 => raw.extend(values.flat_map(|v| (v as u32).to_le_bytes())),
-            Dtype::I64 => raw.extend(values.flat_map(|v| (v as i64).to_le_bytes())),
-            Dtype::U64 => raw.extend(values.flat_map(|v| (v as u64).to_le_bytes())),
-        }
+        push_le(self.dtype, &self.data, &mut raw);
         TensorProto {
             dims: self.dims.iter().map(|&d| d as i64).collect(),
             data_type: Some(self.dtype.code()),
@@ -262,7 +242,7 @@ pub fn decode(t: &TensorProto, store: &ExternalStore) -> Result<Tensor> {
         let raw = store.read(t, numel * dtype.size())?;
         decode_raw(name, dtype, &raw, numel)?
     } else if let Some(raw) = t.raw_data.as_ref().filter(|r| !r.is_empty() || numel == 0) {
-        decode_raw(name, dtype, &store.inline_bytes(raw)?, numel)?
+        decode_raw(name, dtype, &store.inline_bytes(name, raw)?, numel)?
     } else {
         decode_typed(t, dtype, numel)?
     };
@@ -318,64 +298,43 @@ pub(crate) fn decode_le_into(dtype: Dtype, raw: &[u8], out: &mut Vec<f64>) {
     }
 }
 
-/// Appends `values` rounded once into `dtype` to `out` as little-endian bytes. For float
-/// dtypes, the index of the first value that is not finite after rounding stops the encoding.
-pub(crate) fn encode_le_into(dtype: Dtype, values: &[f64], out: &mut Vec<u8>) -> Option<usize> {
-    let first_bad = |fits: &dyn Fn(f64) -> bool| values.iter().position(|&v| !fits(v));
+/// Appends `values` rounded once into `dtype` to `out` as little-endian bytes (a value too
+/// large for a float dtype becomes infinity).
+fn push_le(dtype: Dtype, values: &[f64], out: &mut Vec<u8>) {
+    let values = values.iter().copied();
     match dtype {
-        Dtype::F32 => {
-            out.reserve(values.len() * 4);
-            let mut finite = true;
-            for &v in values {
-                let r = v as f32;
-                finite &= r.is_finite();
-                out.extend_from_slice(&r.to_le_bytes());
-            }
-            if !finite {
-                return first_bad(&|v| (v as f32).is_finite());
-            }
-        }
-        Dtype::F64 => {
-            if let Some(bad) = first_bad(&|v: f64| v.is_finite()) {
-                return Some(bad);
-            }
+        Dtype::F32 => out.extend(values.flat_map(|v| (v as f32).to_le_bytes())),
+        Dtype::F64 => out.extend(values.flat_map(f64::to_le_bytes)),
+        Dtype::F16 => out.extend(
             values
-                .iter()
-                .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+                .flat_map(|v| half::f16::from_f64(Dtype::F16.round(v).unwrap_or(v)).to_le_bytes()),
+        ),
+        Dtype::Bf16 => {
+            out.extend(values.flat_map(|v| {
+                half::bf16::from_f64(Dtype::Bf16.round(v).unwrap_or(v)).to_le_bytes()
+            }))
         }
-        Dtype::F16 | Dtype::Bf16 => {
-            for (i, &v) in values.iter().enumerate() {
-                let Some(r) = dtype.round(v).filter(|r| r.is_finite()) else {
-                    return Some(i);
-                };
-                let bytes = match dtype {
-                    Dtype::F16 => half::f16::from_f64(r).to_le_bytes(),
-                    _ => half::bf16::from_f64(r).to_le_bytes(),
-                };
-                out.extend_from_slice(&bytes);
-            }
-        }
-        Dtype::I8 => out.extend(values.iter().map(|&v| v as i8 as u8)),
-        Dtype::U8 | Dtype::Bool => out.extend(values.iter().map(|&v| v as u8)),
-        Dtype::I16 => values
-            .iter()
-            .for_each(|&v| out.extend_from_slice(&(v as i16).to_le_bytes())),
-        Dtype::U16 => values
-            .iter()
-            .for_each(|&v| out.extend_from_slice(&(v as u16).to_le_bytes())),
-        Dtype::I32 => values
-            .iter()
-            .for_each(|&v| out.extend_from_slice(&(v as i32).to_le_bytes())),
-        Dtype::U32 => values
-            .iter()
-            .for_each(|&v| out.extend_from_slice(&(v as u32).to_le_bytes())),
-        Dtype::I64 => values
-            .iter()
-            .for_each(|&v| out.extend_from_slice(&(v as i64).to_le_bytes())),
-        Dtype::U64 => values
-            .iter()
-            .for_each(|&v| out.extend_from_slice(&(v as u64).to_le_bytes())),
+        Dtype::I8 => out.extend(values.map(|v| v as i8 as u8)),
+        Dtype::U8 | Dtype::Bool => out.extend(values.map(|v| v as u8)),
+        Dtype::I16 => out.extend(values.flat_map(|v| (v as i16).to_le_bytes())),
+        Dtype::U16 => out.extend(values.flat_map(|v| (v as u16).to_le_bytes())),
+        Dtype::I32 => out.extend(values.flat_map(|v| (v as i32).to_le_bytes())),
+        Dtype::U32 => out.extend(values.flat_map(|v| (v as u32).to_le_bytes())),
+        Dtype::I64 => out.extend(values.flat_map(|v| (v as i64).to_le_bytes())),
+        Dtype::U64 => out.extend(values.flat_map(|v| (v as u64).to_le_bytes())),
     }
+}
+
+/// Appends `values` rounded once into `dtype` to `out` as little-endian bytes, unless a float
+/// value is not finite once rounded: then nothing is appended and its index is returned.
+pub(crate) fn encode_le_into(dtype: Dtype, values: &[f64], out: &mut Vec<u8>) -> Option<usize> {
+    if dtype.is_float() {
+        let fits = |v: f64| dtype.round(v).is_some_and(f64::is_finite);
+        if let Some(bad) = values.iter().position(|&v| !fits(v)) {
+            return Some(bad);
+        }
+    }
+    push_le(dtype, values, out);
     None
 }
 

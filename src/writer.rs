@@ -87,7 +87,7 @@ impl BackgroundWriter {
             let start = self.current.len();
             let part = BUFFER.saturating_sub(start).max(1).min(len);
             self.current.resize(start + part, 0);
-            crate::scaled::read_exact_at(source, &mut self.current[start..], offset)?;
+            crate::source::read_exact_at(source, &mut self.current[start..], offset)?;
             offset += part as u64;
             len -= part;
             if self.current.len() >= BUFFER {
