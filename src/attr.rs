@@ -63,7 +63,7 @@ pub fn string(node: &NodeProto, name: &str) -> Result<Option<String>> {
 
 /// A tensor attribute.
 pub fn tensor<'a>(node: &'a NodeProto, name: &str) -> Result<Option<&'a TensorProto>> {
-    Ok(checked(node, name, AttributeType::Tensor)?.and_then(|a| a.t.as_ref()))
+    Ok(checked(node, name, AttributeType::Tensor)?.and_then(|a| a.t.as_deref()))
 }
 
 /// Whether the attribute is present at all.

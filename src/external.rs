@@ -183,6 +183,11 @@ impl ExternalStore {
     }
 }
 
+/// Whether `t` is a placeholder for a folded tensor held by an [`ExternalStore`].
+pub fn is_pending(t: &TensorProto) -> bool {
+    t.external_data.iter().any(|e| e.key() == PENDING_KEY)
+}
+
 /// Parses a tensor's `external_data` entries.
 pub fn external_ref(t: &TensorProto) -> Result<ExternalRef> {
     let mut location = None;

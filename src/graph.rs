@@ -152,8 +152,10 @@ pub fn subgraph_free_names(node: &NodeProto) -> Vec<&str> {
     free
 }
 
-fn attr_graphs(attr: &crate::proto::AttributeProto) -> impl Iterator<Item = &GraphProto> {
-    attr.g.iter().chain(attr.graphs.iter())
+pub(crate) fn attr_graphs(
+    attr: &crate::proto::AttributeProto,
+) -> impl Iterator<Item = &GraphProto> {
+    attr.g.as_deref().into_iter().chain(attr.graphs.iter())
 }
 
 fn graph_free_names<'a>(g: &'a GraphProto, free: &mut Vec<&'a str>) {

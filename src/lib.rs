@@ -96,7 +96,7 @@ pub fn op_counts(graph: &GraphProto) -> BTreeMap<String, usize> {
         for n in &g.node {
             *counts.entry(n.op_type().to_string()).or_default() += 1;
             for a in &n.attribute {
-                for sub in a.g.iter().chain(&a.graphs) {
+                for sub in a.g.as_deref().into_iter().chain(&a.graphs) {
                     walk(sub, counts);
                 }
             }

@@ -119,8 +119,9 @@ impl Model {
                 "the model has external data: write it with Model::save".into(),
             ));
         }
-        let proto = self.materialized_subgraphs()?;
+        let rewritten = self.with_folded_subgraphs_inline()?;
         let mut bytes = Vec::new();
+        let proto = rewritten.as_ref().unwrap_or(&self.proto);
         write_streaming(proto, &self.store, &mut Output::Memory(&mut bytes))
             .map_err(|e| Error::InvalidGraph(format!("encoding the model: {e}")))?;
         Ok(bytes)
@@ -136,14 +137,27 @@ impl Model {
         Ok(proto)
     }
 
-    /// A copy of the protobuf whose folded tensors in subgraphs are inline; those of the main
-    /// graph are left for [`write_streaming`], which writes them a chunk at a time.
-    fn materialized_subgraphs(&self) -> Result<ModelProto> {
+    /// When a subgraph holds a folded tensor, a copy of the protobuf with those inline (the main
+    /// graph's are left for [`write_streaming`], which writes them a chunk at a time); `None`
+    /// when there is nothing to rewrite and the protobuf can be written as it is.
+    fn with_folded_subgraphs_inline(&self) -> Result<Option<ModelProto>> {
+        let Some(graph) = &self.proto.graph else {
+            return Ok(None);
+        };
+        let mut folded_in_subgraph = false;
+        for node in &graph.node {
+            for sub in node.attribute.iter().flat_map(crate::graph::attr_graphs) {
+                visit_tensors(sub, &mut |t| folded_in_subgraph |= external::is_pending(t));
+            }
+        }
+        if !folded_in_subgraph {
+            return Ok(None);
+        }
         let mut proto = self.proto.clone();
         if let Some(g) = proto.graph.as_mut() {
             materialize(g, &self.store, false)?;
         }
-        Ok(proto)
+        Ok(Some(proto))
     }
 
     /// Writes the model to `path` atomically (temporary files, then renames), in the same
@@ -152,9 +166,9 @@ impl Model {
         self.stage(path, options)?.commit()
     }
 
-    /// Writes the model and its data files into a staging folder beside `path`, where they can
-    /// be read (and verified) before [`StagedModel::commit`] moves them into place; dropped
-    /// without a commit, the staging folder is removed and nothing is written.
+    /// Writes the model (and its data files, in a staging folder) beside `path` under temporary
+    /// names, where they can be read (and verified) before [`StagedModel::commit`] moves them
+    /// into place; dropped without a commit, they are removed and nothing is written.
     pub fn stage(&self, path: impl AsRef<Path>, options: SaveOptions) -> Result<StagedModel> {
         let path = path.as_ref();
         if let Some(source) = &self.source {
@@ -175,31 +189,46 @@ impl Model {
         let file_name = path
             .file_name()
             .ok_or_else(|| Error::io(path, std::io::Error::other("not a file name")))?;
-        let staging = tempfile::Builder::new()
-            .prefix(".bnfold-")
-            .tempdir_in(&dir)
-            .map_err(|e| Error::io(&dir, e))?;
-        let mut proto = self.materialized_subgraphs()?;
-        let mut data_files = DataFiles::new(&dir, staging.path(), path, &self.store);
-        if let Some(g) = proto.graph.as_mut() {
-            let mut failure = Ok(());
-            visit_tensors_mut(g, &mut |t| {
-                if failure.is_ok() && tensor::is_external(t) {
-                    failure = data_files.stream(t, &self.store);
-                }
-            });
-            failure?;
-        }
-        let staged_model = staging.path().join(file_name);
-        let model_file = create_output(&staged_model, path)?;
+        let mut rewritten = self.with_folded_subgraphs_inline()?;
+        let (staging, model_file, files) = if self.has_external_data() {
+            let folder = tempfile::Builder::new()
+                .prefix(".bnfold-")
+                .tempdir_in(&dir)
+                .map_err(|e| Error::io(&dir, e))?;
+            let mut data_files = DataFiles::new(&dir, folder.path(), path, &self.store);
+            let proto = rewritten.get_or_insert_with(|| self.proto.clone());
+            if let Some(g) = proto.graph.as_mut() {
+                let mut failure = Ok(());
+                visit_tensors_mut(g, &mut |t| {
+                    if failure.is_ok() && tensor::is_external(t) {
+                        failure = data_files.stream(t, &self.store);
+                    }
+                });
+                failure?;
+            }
+            let mut files = data_files.finish()?;
+            let staged_model = folder.path().join(file_name);
+            let model_file = create_output(&staged_model, path)?;
+            files.push((staged_model, path.to_path_buf()));
+            (
+                Staging::Folder {
+                    _removed_on_drop: folder,
+                },
+                model_file,
+                files,
+            )
+        } else {
+            let (model_file, temp_path) = new_output_file(&dir, path)?.into_parts();
+            let files = vec![(temp_path.to_path_buf(), path.to_path_buf())];
+            (Staging::File(temp_path), model_file, files)
+        };
+        let proto = rewritten.as_ref().unwrap_or(&self.proto);
         let writer = BackgroundWriter::new(&model_file).map_err(|e| Error::io(path, e))?;
         let mut output = Output::File(writer);
         write_streaming(proto, &self.store, &mut output).map_err(|e| Error::io(path, e))?;
         if let Output::File(writer) = output {
             writer.finish().map_err(|e| Error::io(path, e))?;
         }
-        let mut files = data_files.finish()?;
-        files.push((staged_model, path.to_path_buf()));
         if options.sync {
             for (staged, _) in &files {
                 std::fs::File::open(staged)
@@ -215,10 +244,18 @@ impl Model {
     }
 }
 
-/// A written model waiting in its staging folder (see [`Model::stage`]).
+/// Where a staged model waits: a hidden folder beside the target when it has data files, else a
+/// hidden file.
+#[derive(Debug)]
+enum Staging {
+    Folder { _removed_on_drop: tempfile::TempDir },
+    File(tempfile::TempPath),
+}
+
+/// A written model waiting under a temporary name (see [`Model::stage`]).
 #[derive(Debug)]
 pub struct StagedModel {
-    staging: tempfile::TempDir,
+    staging: Staging,
     /// (staged, final) paths; the model file last.
     files: Vec<(PathBuf, PathBuf)>,
     sync: bool,
@@ -238,6 +275,10 @@ impl StagedModel {
             }
             std::fs::rename(staged, target).map_err(|e| Error::io(target, e))?;
         }
+        if let Staging::File(temp_path) = self.staging {
+            // Renamed: there is nothing left to remove under the temporary name.
+            let _ = temp_path.keep();
+        }
         if self.sync {
             if let Some(dir) = self.files.last().and_then(|(_, t)| t.parent()) {
                 let dir = if dir.as_os_str().is_empty() {
@@ -250,7 +291,6 @@ impl StagedModel {
                     .map_err(|e| Error::io(dir, e))?;
             }
         }
-        drop(self.staging);
         Ok(())
     }
 }
@@ -265,7 +305,7 @@ fn materialize(g: &mut GraphProto, store: &ExternalStore, all: bool) -> Result<(
     }
     for node in &mut g.node {
         for a in &mut node.attribute {
-            for sub in a.g.iter_mut().chain(a.graphs.iter_mut()) {
+            for sub in a.g.as_deref_mut().into_iter().chain(a.graphs.iter_mut()) {
                 materialize(sub, store, true)?;
             }
         }
@@ -321,24 +361,28 @@ impl Output<'_> {
 /// a time). The fields come in a different order than `encode_to_vec` gives (protobuf allows
 /// any order), always the same.
 fn write_streaming(
-    mut proto: ModelProto,
+    proto: &ModelProto,
     store: &ExternalStore,
     out: &mut Output,
 ) -> std::io::Result<()> {
     use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
-    let mut header = Vec::new();
-    let graph = proto.graph.take();
-    out.write_all(&proto.encode_to_vec())?;
-    let Some(mut graph) = graph else {
+    let mut buf = Vec::new();
+    encode_model_except_graph(proto, &mut buf);
+    out.write_all(&buf)?;
+    let Some(graph) = &proto.graph else {
         return Ok(());
     };
-    let initializers = std::mem::take(&mut graph.initializer);
-    let mut heads = Vec::with_capacity(initializers.len());
-    let mut graph_len = graph.encoded_len();
-    for mut head in initializers {
-        let pending = store.pending(&head).map_err(std::io::Error::other)?;
-        let raw = head.raw_data.take();
-        let payload_len = match (&pending, &raw) {
+    buf.clear();
+    encode_graph_except_initializers(graph, &mut buf);
+    let mut heads = Vec::with_capacity(graph.initializer.len());
+    let mut graph_len = buf.len();
+    for t in &graph.initializer {
+        let pending = store.pending(t).map_err(std::io::Error::other)?;
+        let mut head = TensorProto {
+            raw_data: None,
+            ..t.clone()
+        };
+        let payload_len = match (&pending, &t.raw_data) {
             (Some(p), _) => {
                 head.external_data.clear();
                 head.data_location = None;
@@ -350,12 +394,14 @@ fn write_streaming(
         let len = head.encoded_len()
             + payload_len.map_or(0, |n| key_len(9) + encoded_len_varint(n as u64) + n);
         graph_len += key_len(5) + encoded_len_varint(len as u64) + len;
-        heads.push((head, len, payload_len, pending, raw));
+        heads.push((head, len, payload_len, pending, &t.raw_data));
     }
+    let mut header = Vec::new();
     encode_key(7, WireType::LengthDelimited, &mut header);
     encode_varint(graph_len as u64, &mut header);
     out.write_all(&header)?;
-    out.write_all(&graph.encode_to_vec())?;
+    out.write_all(&buf)?;
+    drop(buf);
     for (head, len, payload_len, pending, raw) in heads {
         header.clear();
         encode_key(5, WireType::LengthDelimited, &mut header);
@@ -370,11 +416,81 @@ fn write_streaming(
             (Some(p), _) => p
                 .stream(store, &mut |chunk| out.write_all(chunk))
                 .map_err(std::io::Error::other)?,
-            (None, Some(raw)) => out.write_payload(&raw, store)?,
+            (None, Some(raw)) => out.write_payload(raw, store)?,
             (None, None) => {}
         }
     }
     Ok(())
+}
+
+/// Encodes every field of `m` but its graph, as `encode_to_vec` would with the graph unset.
+/// The patterns name every field, so a field added to the schema fails to compile here
+/// instead of being dropped.
+fn encode_model_except_graph(m: &ModelProto, buf: &mut Vec<u8>) {
+    use prost::encoding::{int64, message, string};
+    let ModelProto {
+        ir_version,
+        opset_import,
+        producer_name,
+        producer_version,
+        domain,
+        model_version,
+        doc_string,
+        graph: _,
+        metadata_props,
+        training_info,
+        functions,
+        configuration,
+    } = m;
+    if let Some(v) = ir_version {
+        int64::encode(1, v, buf);
+    }
+    for (tag, field) in [(2, producer_name), (3, producer_version), (4, domain)] {
+        if let Some(v) = field {
+            string::encode(tag, v, buf);
+        }
+    }
+    if let Some(v) = model_version {
+        int64::encode(5, v, buf);
+    }
+    if let Some(v) = doc_string {
+        string::encode(6, v, buf);
+    }
+    message::encode_repeated(8, opset_import, buf);
+    message::encode_repeated(14, metadata_props, buf);
+    message::encode_repeated(20, training_info, buf);
+    message::encode_repeated(25, functions, buf);
+    message::encode_repeated(26, configuration, buf);
+}
+
+/// Encodes every field of `g` but its initializers, as `encode_to_vec` would without them.
+fn encode_graph_except_initializers(g: &GraphProto, buf: &mut Vec<u8>) {
+    use prost::encoding::{message, string};
+    let GraphProto {
+        node,
+        name,
+        initializer: _,
+        sparse_initializer,
+        doc_string,
+        input,
+        output,
+        value_info,
+        quantization_annotation,
+        metadata_props,
+    } = g;
+    message::encode_repeated(1, node, buf);
+    if let Some(v) = name {
+        string::encode(2, v, buf);
+    }
+    if let Some(v) = doc_string {
+        string::encode(10, v, buf);
+    }
+    message::encode_repeated(11, input, buf);
+    message::encode_repeated(12, output, buf);
+    message::encode_repeated(13, value_info, buf);
+    message::encode_repeated(14, quantization_annotation, buf);
+    message::encode_repeated(15, sparse_initializer, buf);
+    message::encode_repeated(16, metadata_props, buf);
 }
 
 /// A temporary file in `dir` that will be renamed over `target`: readable like any file the user
@@ -430,8 +546,11 @@ pub fn visit_tensors(g: &GraphProto, f: &mut dyn FnMut(&TensorProto)) {
     }
     for node in &g.node {
         for a in &node.attribute {
-            a.t.iter().chain(&a.tensors).for_each(&mut *f);
-            for sub in a.g.iter().chain(&a.graphs) {
+            a.t.as_deref()
+                .into_iter()
+                .chain(&a.tensors)
+                .for_each(&mut *f);
+            for sub in a.g.as_deref().into_iter().chain(&a.graphs) {
                 visit_tensors(sub, f);
             }
         }
@@ -444,8 +563,11 @@ fn visit_tensors_mut(g: &mut GraphProto, f: &mut dyn FnMut(&mut TensorProto)) {
     }
     for node in &mut g.node {
         for a in &mut node.attribute {
-            a.t.iter_mut().chain(a.tensors.iter_mut()).for_each(&mut *f);
-            for sub in a.g.iter_mut().chain(a.graphs.iter_mut()) {
+            a.t.as_deref_mut()
+                .into_iter()
+                .chain(a.tensors.iter_mut())
+                .for_each(&mut *f);
+            for sub in a.g.as_deref_mut().into_iter().chain(a.graphs.iter_mut()) {
                 visit_tensors_mut(sub, f);
             }
         }
@@ -560,5 +682,111 @@ impl DataFiles {
             paths.push((self.staging.join(&location), target));
         }
         Ok(paths)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{
+        DeviceConfigurationProto, FunctionProto, NodeProto, OperatorSetIdProto, SparseTensorProto,
+        StringStringEntryProto, TensorAnnotation, TrainingInfoProto, ValueInfoProto,
+    };
+
+    fn entry(key: &str) -> StringStringEntryProto {
+        StringStringEntryProto {
+            key: Some(key.into()),
+            value: Some("v".into()),
+        }
+    }
+
+    fn every_graph_field() -> GraphProto {
+        GraphProto {
+            node: vec![NodeProto {
+                op_type: Some("Relu".into()),
+                ..Default::default()
+            }],
+            name: Some("g".into()),
+            initializer: vec![],
+            sparse_initializer: vec![SparseTensorProto::default()],
+            doc_string: Some("doc".into()),
+            input: vec![ValueInfoProto {
+                name: Some("x".into()),
+                ..Default::default()
+            }],
+            output: vec![ValueInfoProto {
+                name: Some("y".into()),
+                ..Default::default()
+            }],
+            value_info: vec![ValueInfoProto {
+                name: Some("z".into()),
+                ..Default::default()
+            }],
+            quantization_annotation: vec![TensorAnnotation {
+                tensor_name: Some("x".into()),
+                ..Default::default()
+            }],
+            metadata_props: vec![entry("graph")],
+        }
+    }
+
+    #[test]
+    fn partial_encoders_match_prost_on_every_field() {
+        let graph = every_graph_field();
+        let mut ours = Vec::new();
+        encode_graph_except_initializers(&graph, &mut ours);
+        assert_eq!(ours, graph.encode_to_vec());
+
+        let model = ModelProto {
+            ir_version: Some(10),
+            opset_import: vec![OperatorSetIdProto {
+                domain: Some(String::new()),
+                version: Some(17),
+            }],
+            producer_name: Some("p".into()),
+            producer_version: Some("1".into()),
+            domain: Some("d".into()),
+            model_version: Some(3),
+            doc_string: Some("doc".into()),
+            graph: None,
+            metadata_props: vec![entry("model")],
+            training_info: vec![TrainingInfoProto::default()],
+            functions: vec![FunctionProto {
+                name: Some("f".into()),
+                ..Default::default()
+            }],
+            configuration: vec![DeviceConfigurationProto {
+                name: Some("c".into()),
+                ..Default::default()
+            }],
+        };
+        let mut ours = Vec::new();
+        encode_model_except_graph(&model, &mut ours);
+        assert_eq!(ours, model.encode_to_vec());
+    }
+
+    #[test]
+    fn streaming_write_decodes_to_the_same_model() {
+        let mut graph = every_graph_field();
+        graph.initializer = vec![TensorProto {
+            name: Some("w".into()),
+            dims: vec![2],
+            data_type: Some(1),
+            raw_data: Some(bytes::Bytes::from_static(&[0, 0, 128, 63, 0, 0, 0, 64])),
+            ..Default::default()
+        }];
+        let model = ModelProto {
+            ir_version: Some(10),
+            graph: Some(graph),
+            ..Default::default()
+        };
+        let mut bytes = Vec::new();
+        write_streaming(
+            &model,
+            &ExternalStore::none(),
+            &mut Output::Memory(&mut bytes),
+        )
+        .unwrap();
+        assert_eq!(ModelProto::decode(bytes.as_slice()).unwrap(), model);
     }
 }

@@ -144,7 +144,7 @@ pub fn graph_structure(graph: &GraphProto, outer: &HashSet<String>) -> Result<()
     visible.extend(producer.keys().map(|s| s.to_string()));
     for node in &graph.node {
         for a in &node.attribute {
-            for sub in a.g.iter().chain(&a.graphs) {
+            for sub in a.g.as_deref().into_iter().chain(&a.graphs) {
                 graph_structure(sub, &visible)?;
             }
         }

@@ -331,15 +331,21 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
     let progress = Progress::start(!args.output_args.quiet);
     progress.stage("loading");
     let started = Instant::now();
-    let original = load(&input)?;
-    check_skip_nodes(&original, &options.skip_nodes)?;
+    let loaded = load(&input)?;
+    check_skip_nodes(&loaded, &options.skip_nodes)?;
     progress.stage("folding");
-    let mut fused = original.clone();
+    let readiness = !args.no_readiness && !args.check;
+    // The original is kept only for what compares against it.
+    let (original, mut fused) = if readiness || !args.no_verify {
+        (Some(loaded.clone()), loaded)
+    } else {
+        (None, loaded)
+    };
     let mut report = fold(&mut fused, &options).with_context(|| format!("{}", input.display()))?;
     let fold_seconds = started.elapsed().as_secs_f64();
-    if !args.no_readiness && !args.check {
+    if let (true, Some(original)) = (readiness, &original) {
         report.readiness = Some(
-            bnfold::readiness::analyse(&original, &fused)
+            bnfold::readiness::analyse(original, &fused)
                 .with_context(|| format!("{}", input.display()))?,
         );
     }
@@ -382,7 +388,7 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
         _ => None,
     };
     let verify_started = Instant::now();
-    if !args.no_verify {
+    if let Some(original) = original.as_ref().filter(|_| !args.no_verify) {
         progress.stage("verifying");
         verify_opts.on_sample = Some(SampleHook(Arc::new(progress.counter())));
         let intermediates: Vec<String> = report
@@ -398,7 +404,7 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
             }
             None => fused,
         };
-        let v = verify(&original, &candidate, &intermediates, &verify_opts)
+        let v = verify(original, &candidate, &intermediates, &verify_opts)
             .with_context(|| format!("verifying {}", input.display()))?;
         report.verification = Some(v);
     }
@@ -451,7 +457,7 @@ fn check_skip_nodes(model: &Model, names: &BTreeSet<String>) -> anyhow::Result<(
                 known.insert(n.name().to_string());
                 known.extend(n.output.iter().cloned());
                 for a in &n.attribute {
-                    for sub in a.g.iter().chain(&a.graphs) {
+                    for sub in a.g.as_deref().into_iter().chain(&a.graphs) {
                         walk(sub, known);
                     }
                 }
