@@ -13,7 +13,7 @@ use crate::proto::{
 };
 use crate::source::MappedSource;
 use crate::tensor::{self, proto_dims, proto_dtype};
-use crate::writer::BackgroundWriter;
+use crate::writer::BufferedWriter;
 
 /// The newest `ir_version` of the vendored `onnx.proto`.
 pub const SUPPORTED_IR_VERSION: i64 = crate::proto::Version::IrVersion as i64;
@@ -137,6 +137,19 @@ impl Model {
         Ok(proto)
     }
 
+    /// Bytes of the main graph's folded tensors: what writing the model computes.
+    fn folded_bytes(&self) -> usize {
+        let Some(graph) = &self.proto.graph else {
+            return 0;
+        };
+        graph
+            .initializer
+            .iter()
+            .filter_map(|t| self.store.pending(t).ok().flatten())
+            .map(|p| p.len() * p.dtype.size())
+            .sum()
+    }
+
     /// When a subgraph holds a folded tensor, a copy of the protobuf with those inline (the main
     /// graph's are left for [`write_streaming`], which writes them a chunk at a time); `None`
     /// when there is nothing to rewrite and the protobuf can be written as it is.
@@ -223,7 +236,12 @@ impl Model {
             (Staging::File(temp_path), model_file, files)
         };
         let proto = rewritten.as_ref().unwrap_or(&self.proto);
-        let writer = BackgroundWriter::new(&model_file).map_err(|e| Error::io(path, e))?;
+        let writer = if self.folded_bytes() >= BACKGROUND_WRITE_MIN_FOLDED {
+            BufferedWriter::background(&model_file)
+        } else {
+            BufferedWriter::inline(&model_file)
+        }
+        .map_err(|e| Error::io(path, e))?;
         let mut output = Output::File(writer);
         write_streaming(proto, &self.store, &mut output).map_err(|e| Error::io(path, e))?;
         if let Output::File(writer) = output {
@@ -325,15 +343,29 @@ fn inline_pending(t: &mut TensorProto, store: &ExternalStore) -> Result<()> {
 /// Where [`write_streaming`] writes: a file, whose unchanged payloads the kernel copies from the
 /// input file, or memory.
 enum Output<'a> {
-    File(BackgroundWriter),
+    File(BufferedWriter),
     Memory(&'a mut Vec<u8>),
 }
+
+/// Folded bytes from which the model is written on a second thread, computing while it writes.
+/// Below, the thread's start and hand-overs cost more than the overlap saves (measured on a
+/// 2-core VM: on mobilenet_v3_small, 1.8 MB folded of 10 MB, one thread is 0.7 ms faster; on
+/// efficientnet_b0, 13 MB folded of 21 MB, two are 1.5 ms faster).
+const BACKGROUND_WRITE_MIN_FOLDED: usize = 8 << 20;
 
 /// Payloads at least this large are copied file to file by the kernel; smaller ones are read
 /// (not through the mapping, which would make them resident) into the write buffer.
 const KERNEL_COPY_THRESHOLD: usize = 1 << 18;
 
 impl Output<'_> {
+    /// Makes room for the `len` bytes the whole output will take.
+    fn preallocate(&mut self, len: usize) {
+        match self {
+            Output::File(w) => w.preallocate(0, len as u64),
+            Output::Memory(v) => v.reserve(len),
+        }
+    }
+
     fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         match self {
             Output::File(w) => w.write_all(bytes),
@@ -366,16 +398,16 @@ fn write_streaming(
     out: &mut Output,
 ) -> std::io::Result<()> {
     use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
-    let mut buf = Vec::new();
-    encode_model_except_graph(proto, &mut buf);
-    out.write_all(&buf)?;
+    let mut model_head = Vec::new();
+    encode_model_except_graph(proto, &mut model_head);
     let Some(graph) = &proto.graph else {
-        return Ok(());
+        out.preallocate(model_head.len());
+        return out.write_all(&model_head);
     };
-    buf.clear();
-    encode_graph_except_initializers(graph, &mut buf);
+    let mut graph_head = Vec::new();
+    encode_graph_except_initializers(graph, &mut graph_head);
     let mut heads = Vec::with_capacity(graph.initializer.len());
-    let mut graph_len = buf.len();
+    let mut graph_len = graph_head.len();
     for t in &graph.initializer {
         let pending = store.pending(t).map_err(std::io::Error::other)?;
         let mut head = TensorProto {
@@ -396,12 +428,16 @@ fn write_streaming(
         graph_len += key_len(5) + encoded_len_varint(len as u64) + len;
         heads.push((head, len, payload_len, pending, &t.raw_data));
     }
+    out.preallocate(
+        model_head.len() + key_len(7) + encoded_len_varint(graph_len as u64) + graph_len,
+    );
+    out.write_all(&model_head)?;
     let mut header = Vec::new();
     encode_key(7, WireType::LengthDelimited, &mut header);
     encode_varint(graph_len as u64, &mut header);
     out.write_all(&header)?;
-    out.write_all(&buf)?;
-    drop(buf);
+    out.write_all(&graph_head)?;
+    drop(graph_head);
     for (head, len, payload_len, pending, raw) in heads {
         header.clear();
         encode_key(5, WireType::LengthDelimited, &mut header);
@@ -586,7 +622,7 @@ struct DataFiles {
 /// far.
 struct DataFile {
     location: String,
-    writer: BackgroundWriter,
+    writer: BufferedWriter,
     len: u64,
 }
 
@@ -629,7 +665,8 @@ impl DataFiles {
                 let parent = staged.parent().unwrap_or(&self.staging).to_path_buf();
                 std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
                 let file = create_output(&staged, &target)?;
-                let writer = BackgroundWriter::new(&file).map_err(|e| Error::io(&target, e))?;
+                let writer =
+                    BufferedWriter::background(&file).map_err(|e| Error::io(&target, e))?;
                 self.files.push(DataFile {
                     location: location.clone(),
                     writer,
@@ -644,6 +681,7 @@ impl DataFiles {
             ..
         } = &mut self.files[slot];
         let target_path = self.dir.join(&location);
+        writer.preallocate(*offset, len as u64);
         match (pending, stored) {
             (Some(p), _) => p.stream(store, &mut |chunk| writer.write_all(chunk))?,
             (None, Some((source_path, source_offset))) => {

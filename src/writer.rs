@@ -1,15 +1,20 @@
-//! A file written from a second thread: while the kernel copies one buffer into the page cache,
-//! the caller computes the next. Folding is read, scale, write; with the write on its own core
-//! a fold takes about the time of the write alone.
+//! A file written in buffers, from a second thread when that pays: while the kernel copies one
+//! buffer into the page cache, the caller computes the next. Folding is read, scale, write; with
+//! the write on its own core a fold takes about the time of the write alone. The thread costs its
+//! start and a cross-core wake-up per buffer, so outputs with little to compute are written on
+//! the calling thread.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
-/// Bytes gathered before a buffer is handed to the writing thread.
-const BUFFER: usize = 1 << 17;
-/// Buffers in flight: bounds the memory the pipeline holds to `BUFFERS × BUFFER`.
+/// Bytes gathered before a `write` on the calling thread.
+const INLINE_BUFFER: usize = 1 << 17;
+/// Bytes gathered before a buffer is handed to the writing thread: large enough that the
+/// cross-core wake-ups stay few (a third fewer wall-clock than 128 KiB on a 2-core VM).
+const BACKGROUND_BUFFER: usize = 1 << 19;
+/// Buffers in flight: bounds the memory the pipeline holds to `BUFFERS × BACKGROUND_BUFFER`.
 const BUFFERS: usize = 3;
 
 enum Job {
@@ -17,22 +22,42 @@ enum Job {
     Copy { source: File, offset: u64, len: u64 },
 }
 
-/// Appends to a file on a background thread, in the order of the calls.
-pub struct BackgroundWriter {
+/// Appends to a file in the order of the calls, on a background thread or on the caller's.
+pub struct BufferedWriter {
+    /// A handle to the file, for preallocation.
+    handle: File,
+    /// Set when writing on the calling thread.
+    inline: Option<File>,
     jobs: Option<SyncSender<Job>>,
     free: Receiver<Vec<u8>>,
     current: Vec<u8>,
+    /// Bytes gathered before they are written.
+    buffer: usize,
     thread: Option<JoinHandle<std::io::Result<()>>>,
 }
 
-impl BackgroundWriter {
-    /// Starts the writing thread on a handle to `file` (appending at its current position).
-    pub fn new(file: &File) -> std::io::Result<BackgroundWriter> {
+impl BufferedWriter {
+    /// Writes to a handle to `file` (appending at its current position) on the calling thread.
+    pub fn inline(file: &File) -> std::io::Result<BufferedWriter> {
+        let (_, free) = sync_channel(0);
+        Ok(BufferedWriter {
+            handle: file.try_clone()?,
+            inline: Some(file.try_clone()?),
+            jobs: None,
+            free,
+            current: Vec::new(),
+            buffer: INLINE_BUFFER,
+            thread: None,
+        })
+    }
+
+    /// Starts a writing thread on a handle to `file` (appending at its current position).
+    pub fn background(file: &File) -> std::io::Result<BufferedWriter> {
         let mut target = file.try_clone()?;
         let (jobs, inbox) = sync_channel::<Job>(BUFFERS);
         let (recycle, free) = sync_channel::<Vec<u8>>(BUFFERS + 1);
         for _ in 0..BUFFERS {
-            let _ = recycle.send(Vec::with_capacity(BUFFER));
+            let _ = recycle.send(Vec::with_capacity(BACKGROUND_BUFFER));
         }
         let thread = std::thread::Builder::new()
             .name("bnfold-writer".into())
@@ -53,17 +78,41 @@ impl BackgroundWriter {
                 }
                 Ok(())
             })?;
-        Ok(BackgroundWriter {
+        Ok(BufferedWriter {
+            handle: file.try_clone()?,
+            inline: None,
             jobs: Some(jobs),
             free,
             current: Vec::new(),
+            buffer: BACKGROUND_BUFFER,
             thread: Some(thread),
         })
+    }
+
+    /// Allocates the file's blocks for the `len` bytes from `offset` that are about to be written,
+    /// without changing its size: the file system then maps each written page to a block it
+    /// already has instead of reserving one per page (a fifth faster on ext4). Best effort: file
+    /// systems without `fallocate` are written as they are.
+    pub fn preallocate(&self, offset: u64, len: u64) {
+        #[cfg(target_os = "linux")]
+        if len > 0 {
+            let _ = rustix::fs::fallocate(
+                &self.handle,
+                rustix::fs::FallocateFlags::KEEP_SIZE,
+                offset,
+                len,
+            );
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = (&self.handle, offset, len);
     }
 
     /// Appends `len` bytes of `source` from `offset`, copied by the kernel.
     pub fn copy_from(&mut self, source: &File, offset: u64, len: u64) -> std::io::Result<()> {
         self.hand_over()?;
+        if let Some(target) = &self.inline {
+            return copy_range(source, offset, len, target);
+        }
         let source = source.try_clone()?;
         self.send(Job::Copy {
             source,
@@ -82,15 +131,15 @@ impl BackgroundWriter {
     ) -> std::io::Result<()> {
         while len > 0 {
             if self.current.capacity() == 0 {
-                self.current.reserve(BUFFER);
+                self.current.reserve(self.buffer);
             }
             let start = self.current.len();
-            let part = BUFFER.saturating_sub(start).max(1).min(len);
+            let part = self.buffer.saturating_sub(start).max(1).min(len);
             self.current.resize(start + part, 0);
             crate::source::read_exact_at(source, &mut self.current[start..], offset)?;
             offset += part as u64;
             len -= part;
-            if self.current.len() >= BUFFER {
+            if self.current.len() >= self.buffer {
                 self.hand_over()?;
             }
         }
@@ -106,6 +155,11 @@ impl BackgroundWriter {
 
     fn hand_over(&mut self) -> std::io::Result<()> {
         if self.current.is_empty() {
+            return Ok(());
+        }
+        if let Some(mut target) = self.inline.as_ref() {
+            target.write_all(&self.current)?;
+            self.current.clear();
             return Ok(());
         }
         let next = self.free.recv().unwrap_or_default();
@@ -133,7 +187,7 @@ impl BackgroundWriter {
     }
 }
 
-impl Write for BackgroundWriter {
+impl Write for BufferedWriter {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
         self.write_all(bytes)?;
         Ok(bytes.len())
@@ -142,13 +196,13 @@ impl Write for BackgroundWriter {
     fn write_all(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
         while !bytes.is_empty() {
             if self.current.capacity() == 0 {
-                self.current.reserve(BUFFER);
+                self.current.reserve(self.buffer);
             }
-            let room = BUFFER.saturating_sub(self.current.len()).max(1);
+            let room = self.buffer.saturating_sub(self.current.len()).max(1);
             let (now, rest) = bytes.split_at(room.min(bytes.len()));
             self.current.extend_from_slice(now);
             bytes = rest;
-            if self.current.len() >= BUFFER {
+            if self.current.len() >= self.buffer {
                 self.hand_over()?;
             }
         }
@@ -160,7 +214,7 @@ impl Write for BackgroundWriter {
     }
 }
 
-impl Drop for BackgroundWriter {
+impl Drop for BufferedWriter {
     fn drop(&mut self) {
         self.jobs = None;
         let _ = self.join();
@@ -188,15 +242,25 @@ mod tests {
 
     #[test]
     fn bytes_and_copies_arrive_in_order() {
+        for background in [false, true] {
+            bytes_and_copies_arrive_in_order_when(background);
+        }
+    }
+
+    fn bytes_and_copies_arrive_in_order_when(background: bool) {
         let dir = tempfile::tempdir().unwrap();
         let source_path = dir.path().join("source");
         std::fs::write(&source_path, b"0123456789").unwrap();
         let source = File::open(&source_path).unwrap();
         let target = File::create(dir.path().join("target")).unwrap();
-        let mut writer = BackgroundWriter::new(&target).unwrap();
+        let mut writer = if background {
+            BufferedWriter::background(&target).unwrap()
+        } else {
+            BufferedWriter::inline(&target).unwrap()
+        };
         writer.write_all(b"ab").unwrap();
         writer.copy_from(&source, 3, 4).unwrap();
-        let big = vec![b'x'; BUFFER * 2 + 5];
+        let big = vec![b'x'; BACKGROUND_BUFFER * 2 + 5];
         writer.write_all(&big).unwrap();
         writer.write_all(b"yz").unwrap();
         writer.finish().unwrap();

@@ -335,7 +335,8 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
     check_skip_nodes(&loaded, &options.skip_nodes)?;
     progress.stage("folding");
     let readiness = !args.no_readiness && !args.check;
-    // The original is kept only for what compares against it.
+    // The original is kept only for what compares against it. Neither model is freed at the
+    // end: the process exits right after, and freeing a large graph node by node takes longer.
     let (original, mut fused) = if readiness || !args.no_verify {
         (Some(loaded.clone()), loaded)
     } else {
@@ -358,8 +359,8 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
                 report.folds.len()
             );
         }
-        let json = json_report(&report, &input, None);
-        emit(&args.output_args, &json, || {
+        let json = || json_report(&report, &input, None);
+        emit(&args.output_args, json, || {
             let mut s = text::fold_report(&report, &input, None);
             if args.output_args.verbose {
                 s += &timings(fold_seconds, None);
@@ -388,7 +389,7 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
         _ => None,
     };
     let verify_started = Instant::now();
-    if let Some(original) = original.as_ref().filter(|_| !args.no_verify) {
+    let live = if let Some(original) = original.as_ref().filter(|_| !args.no_verify) {
         progress.stage("verifying");
         verify_opts.on_sample = Some(SampleHook(Arc::new(progress.counter())));
         let intermediates: Vec<String> = report
@@ -399,6 +400,7 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
             .collect();
         let candidate = match &staged {
             Some((out, staged)) => {
+                // Freed before the written model is loaded: a large model is held once, not twice.
                 drop(fused);
                 Model::load(staged.path()).with_context(|| format!("{}", out.display()))?
             }
@@ -407,7 +409,11 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
         let v = verify(original, &candidate, &intermediates, &verify_opts)
             .with_context(|| format!("verifying {}", input.display()))?;
         report.verification = Some(v);
-    }
+        candidate
+    } else {
+        fused
+    };
+    std::mem::forget((original, live));
     let verify_seconds = (!args.no_verify).then(|| verify_started.elapsed().as_secs_f64());
     let status = report.verification.as_ref().map(|v| v.status.clone());
     let failed = status == Some(Status::Failed)
@@ -438,8 +444,8 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
         _ => None,
     };
     progress.finish();
-    let json = json_report(&report, &input, written.as_deref());
-    emit(&args.output_args, &json, || {
+    let json = || json_report(&report, &input, written.as_deref());
+    emit(&args.output_args, json, || {
         let mut s = text::fold_report(&report, &input, written.as_deref());
         if args.output_args.verbose {
             s += &timings(fold_seconds, verify_seconds);
@@ -497,13 +503,15 @@ fn run_verify(
     let v = verify(&a, &b, &[], &options)?;
     let seconds = started.elapsed().as_secs_f64();
     progress.finish();
-    let json = serde_json::json!({
-        "schema": SCHEMA_VERSION,
-        "original": original.display().to_string(),
-        "candidate": candidate.display().to_string(),
-        "verification": v,
-    });
-    emit(output, &json, || {
+    let json = || {
+        serde_json::json!({
+            "schema": SCHEMA_VERSION,
+            "original": original.display().to_string(),
+            "candidate": candidate.display().to_string(),
+            "verification": v,
+        })
+    };
+    emit(output, json, || {
         let mut s = String::new();
         text::verification(&v, &mut s);
         if output.verbose {
@@ -571,13 +579,15 @@ fn run_inspect(
             })
         }))
         .collect();
-    let json = serde_json::json!({
-        "schema": SCHEMA_VERSION,
-        "input": path.display().to_string(),
-        "normalizations": normalizations,
-        "quantization_readiness": readiness,
-    });
-    emit(output, &json, || {
+    let json = || {
+        serde_json::json!({
+            "schema": SCHEMA_VERSION,
+            "input": path.display().to_string(),
+            "normalizations": normalizations,
+            "quantization_readiness": readiness,
+        })
+    };
+    emit(output, json, || {
         text::inspect(path, &normalizations, &readiness)
     })?;
     Ok(ExitCode::SUCCESS)
@@ -621,12 +631,17 @@ fn json_report(report: &Report, input: &Path, output: Option<&Path>) -> serde_js
     })
 }
 
+/// Writes the report where it was asked for; the JSON is built only if it goes somewhere.
 fn emit(
     args: &OutputArgs,
-    json: &serde_json::Value,
+    json: impl FnOnce() -> serde_json::Value,
     text: impl FnOnce() -> String,
 ) -> anyhow::Result<()> {
-    let pretty = serde_json::to_string_pretty(json)? + "\n";
+    let wants_json = args.report_file.is_some() || matches!(args.report, ReportFormat::Json);
+    let pretty = match wants_json {
+        true => serde_json::to_string_pretty(&json())? + "\n",
+        false => String::new(),
+    };
     if let Some(path) = &args.report_file {
         write_atomic(path, pretty.as_bytes())?;
     }
