@@ -67,21 +67,42 @@ def ensure_peers():
     return py
 
 
-def measure(cmd, runs, cleanup):
-    """Median wall seconds and max peak RSS (MiB) over `runs` runs of `cmd`. The wall time is
-    taken around the process; the RSS from /usr/bin/time (a small C parent: ru_maxrss seen from
-    Python would count the forked Python image before exec)."""
-    walls, rss = [], []
-    for _ in range(runs):
-        cleanup()
-        start = time.perf_counter()
-        r = subprocess.run(["/usr/bin/time", "-f", "%M"] + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        wall = time.perf_counter() - start
-        if r.returncode != 0:
-            return None, None, (r.stderr.strip().splitlines() or ["failed"])[-2:]
-        walls.append(wall)
-        rss.append(int(r.stderr.strip().splitlines()[-1]) / 1024)
-    return statistics.median(walls), max(rss), None
+def run_once(cmd, cleanup):
+    """Wall seconds and peak RSS (MiB) of one run of `cmd`, or the error it printed. The wall time
+    is taken around the process; the RSS from /usr/bin/time (a small C parent: ru_maxrss seen
+    from Python would count the forked Python image before exec)."""
+    cleanup()
+    start = time.perf_counter()
+    r = subprocess.run(["/usr/bin/time", "-f", "%M"] + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - start
+    if r.returncode != 0:
+        return None, (r.stderr.strip().splitlines() or ["failed"])[-2:]
+    return (wall, int(r.stderr.strip().splitlines()[-1]) / 1024), None
+
+
+def measure(cmds, runs, cleanup):
+    """For each named command, the median wall seconds and max peak RSS over `runs` runs. The
+    commands take turns, one run each per round after an untimed warm-up round, so that a drift
+    of the machine (page cache, writeback, a noisy neighbour) affects them alike."""
+    samples = {name: [] for name in cmds}
+    errors = {}
+    for round_ in range(runs + 1):
+        for name, cmd in cmds.items():
+            if name in errors:
+                continue
+            sample, err = run_once(cmd, cleanup)
+            if err:
+                errors[name] = err
+            elif round_ > 0:
+                samples[name].append(sample)
+    results = {}
+    for name in cmds:
+        if name in errors:
+            results[name] = (None, None, errors[name])
+        else:
+            walls = [w for w, _ in samples[name]]
+            results[name] = (statistics.median(walls), max(r for _, r in samples[name]), None)
+    return results
 
 
 def largest_tensor(py, model):
@@ -151,21 +172,25 @@ def main():
             if external:
                 os.sync()
 
-        results = {}
-        cp_cmd = ["cp", model] + data_files + [out_dir]
-        results["cp"] = measure(cp_cmd, args.runs, cleanup)
-        results["bnfold fold-only"] = measure([bnfold, model, "-o", out, "--no-verify", "--no-readiness", "-q"], args.runs, cleanup)
+        results = measure(
+            {
+                "cp": ["cp", model] + data_files + [out_dir],
+                "bnfold fold-only": [bnfold, model, "-o", out, "--no-verify", "--no-readiness", "-q"],
+            },
+            args.runs,
+            cleanup,
+        )
         verify_runs = 1 if external else max(1, args.runs // 2 + 1)
-        results["bnfold fold+verify"] = measure([bnfold, model, "-o", out, "-q"], verify_runs, cleanup)
+        results.update(measure({"bnfold fold+verify": [bnfold, model, "-o", out, "-q"]}, verify_runs, cleanup))
         if py and not external:
-            for peer, code in PEER_CODE.items():
-                results[peer] = measure([py, "-c", code, model, out], args.runs, cleanup)
+            peers = {peer: [py, "-c", code, model, out] for peer, code in PEER_CODE.items()}
+            results.update(measure(peers, args.runs, cleanup))
         rows.append((name, size, external, results, largest_tensor(py, model)))
 
     lines = [
         f"# bnfold benchmark, {datetime.date.today().isoformat()}",
         "",
-        f"Machine: {machine()}. Median of {args.runs} runs (fold+verify: {max(1, args.runs // 2 + 1)}, once on external-data models); "
+        f"Machine: {machine()}. Median of {args.runs} runs after a warm-up run (fold+verify: {max(1, args.runs // 2 + 1)}, once on external-data models), `cp` and bnfold fold-only taking turns; "
         "peak RSS from /usr/bin/time. bnfold fold-only is `bnfold M -o OUT --no-verify --no-readiness`. "
         "Peers run as a user would: a Python process that loads, optimizes and saves. `cp` "
         "copies the model and its data files.",
