@@ -471,7 +471,8 @@ fn random_chains_fold_completely_and_compute_what_the_original_computes() {
 
 /// Tensors large enough to take every path of the writer: a folded weight spanning several
 /// scaling chunks (Conv, per output row; Gemm without transB, per column, so the factors cycle
-/// across chunk boundaries), and an unchanged payload large enough for a kernel copy. Loaded
+/// across chunk boundaries), an unchanged payload large enough for a kernel copy, and a folded
+/// weight over the size from which the model is written on a second thread (9 MB). Loaded
 /// from a file (mapped) and from memory, the fused models are the same bytes, and they compute
 /// what the originals compute.
 #[test]
@@ -519,7 +520,21 @@ fn large_tensors_fold_the_same_from_a_mapped_file_and_from_memory() {
             ),
         ],
     };
-    for case in [conv, gemm] {
+    let wide = Case {
+        description: "Conv written on a second thread".into(),
+        producer: node("Conv", "producer", &["x", "w"], "p", vec![]),
+        input_dims: vec![1, 512, 3, 3],
+        channels: 512,
+        initializers: vec![(
+            "w".into(),
+            Tensor::new(
+                Dtype::F32,
+                vec![512, 512, 3, 3],
+                rng.values(512 * 512 * 9, -1.0, 1.0),
+            ),
+        )],
+    };
+    for case in [conv, gemm, wide] {
         let dir = tempfile::tempdir().unwrap();
         let input = dir.path().join("model.onnx");
         let proto = model(&case, &mut rng, Dtype::F32, false);
