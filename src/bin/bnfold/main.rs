@@ -456,6 +456,9 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn check_skip_nodes(model: &Model, names: &BTreeSet<String>) -> anyhow::Result<()> {
+    if names.is_empty() {
+        return Ok(());
+    }
     let mut known = BTreeSet::new();
     if let Some(g) = &model.proto.graph {
         fn walk(g: &bnfold::proto::GraphProto, known: &mut BTreeSet<String>) {
