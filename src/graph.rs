@@ -103,6 +103,11 @@ impl<'g> GraphIndex<'g> {
             .or_else(|| self.outer.initializers.and_then(|m| m.get(name)))
     }
 
+    /// Whether `name` is an initializer of this graph (not of an enclosing one).
+    pub fn is_own_initializer(&self, name: &str) -> bool {
+        self.initializers.contains_key(name)
+    }
+
     /// Whether the initializer `name` belongs to an enclosing graph.
     pub fn is_outer_initializer(&self, name: &str) -> bool {
         !self.initializers.contains_key(name) && self.initializer(name).is_some()
@@ -203,6 +208,19 @@ pub fn uses_name(g: &GraphProto, name: &str) -> bool {
                     .flat_map(attr_graphs)
                     .any(|sub| uses_name(sub, name))
         })
+}
+
+/// Adds every tensor name `g` uses to `names`: the names [`uses_name`] looks for.
+pub fn collect_names(g: &GraphProto, names: &mut HashSet<String>) {
+    let infos = g.input.iter().chain(&g.output).chain(&g.value_info);
+    names.extend(infos.map(|v| v.name().to_string()));
+    names.extend(g.initializer.iter().map(|t| t.name().to_string()));
+    for node in &g.node {
+        names.extend(node.input.iter().chain(&node.output).cloned());
+        for sub in node.attribute.iter().flat_map(attr_graphs) {
+            collect_names(sub, names);
+        }
+    }
 }
 
 /// The subgraph attributes of a node (`If` branches, `Loop` and `Scan` bodies).

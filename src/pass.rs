@@ -90,6 +90,8 @@ struct ChainPlan {
     folded_weight: ScaledTensor,
     detached: Vec<String>,
     max_rel_weight_change: f64,
+    /// The op of the one node that consumes the BN's output, if one does.
+    followed_by: Option<String>,
 }
 
 impl ChainPlan {
@@ -147,13 +149,25 @@ pub fn fold_graph(
         let mut floor = usize::MAX;
         let mut records = Vec::new();
         let mut detached = Vec::new();
+        let mut names = GraphNames::new(graph);
+        let mut edits = NodeEdits::new(graph.node.len());
         for plan in plans {
             if plan.last_node() >= floor {
                 continue;
             }
             floor = floor.min(plan.first_moved());
-            records.push(apply(graph, plan, ctx, path, &mut detached)?);
+            let record = apply(
+                graph,
+                plan,
+                ctx,
+                path,
+                &mut names,
+                &mut edits,
+                &mut detached,
+            )?;
+            records.push(record);
         }
+        edits.finish(graph);
         remove_dead(graph, detached, ctx);
         if ctx.ir_version < 4 {
             list_initializers_as_inputs(graph);
@@ -374,7 +388,7 @@ fn plan_forward(
     });
     let folded_weight = or_skip!(scale_within_range(&weight, &rewrite.weight, ctx)?);
     let exclusive = |name: &str| {
-        index.graph.initializer.iter().any(|t| t.name() == name)
+        index.is_own_initializer(name)
             && index.consumers(name) == [consumer]
             && !index.is_graph_input(name)
             && !index.is_graph_output(name)
@@ -471,7 +485,7 @@ fn apply_forward(
     ctx: &PassContext,
     path: &str,
 ) -> Result<FoldRecord> {
-    let mut names = BTreeSet::new();
+    let mut names = GraphNames::new(graph);
     let bn = graph.node[plan.bn].clone();
     let bn_label = node_label(&bn);
     let ConsumerRewrite {
@@ -522,7 +536,7 @@ fn apply_forward(
                 NewTensor::Values(shift),
                 None,
             )?;
-            let add_name = unique_name(graph, &mut names, &format!("{bn_label}_shift_add"));
+            let add_name = names.unique(&format!("{bn_label}_shift_add"));
             graph.node[plan.bn] = NodeProto {
                 name: Some(add_name.clone()),
                 op_type: Some("Add".into()),
@@ -609,7 +623,7 @@ fn decompose_remaining(
         let Some((i, (scale, shift))) = found else {
             return Ok(());
         };
-        let mut names = BTreeSet::new();
+        let mut names = GraphNames::new(graph);
         let bn = graph.node[i].clone();
         let label = node_label(&bn);
         let scale_name = write_tensor(
@@ -630,9 +644,9 @@ fn decompose_remaining(
             NewTensor::Values(shift),
             None,
         )?;
-        let scaled = unique_name(graph, &mut names, &format!("{}_scaled", bn.output[0]));
-        let mul_name = unique_name(graph, &mut names, &format!("{label}_mul"));
-        let add_name = unique_name(graph, &mut names, &format!("{label}_add"));
+        let scaled = names.unique(&format!("{}_scaled", bn.output[0]));
+        let mul_name = names.unique(&format!("{label}_mul"));
+        let add_name = names.unique(&format!("{label}_add"));
         let mul = NodeProto {
             name: Some(mul_name.clone()),
             op_type: Some("Mul".into()),
@@ -885,7 +899,7 @@ fn plan_chain(
     let folded_weight = or_skip!(scale_within_range(&weight, &rewrite.weight, ctx)?);
 
     let exclusive = |name: &str| {
-        index.graph.initializer.iter().any(|t| t.name() == name)
+        index.is_own_initializer(name)
             && index.consumers(name) == [producer]
             && !index.is_graph_input(name)
             && !index.is_graph_output(name)
@@ -908,7 +922,24 @@ fn plan_chain(
         folded_weight,
         detached,
         max_rel_weight_change,
+        followed_by: sole_direct_consumer(index, &bn.output[0]),
     }))
+}
+
+/// The op type of the one node that takes `name` as a direct input (uses inside subgraphs do not
+/// count), if exactly one does.
+fn sole_direct_consumer(index: &GraphIndex, name: &str) -> Option<String> {
+    let mut consumers: Vec<usize> = index
+        .consumers(name)
+        .iter()
+        .copied()
+        .filter(|&i| index.node(i).input.iter().any(|input| input == name))
+        .collect();
+    consumers.dedup();
+    match consumers.as_slice() {
+        [only] => Some(index.node(*only).op_type().to_string()),
+        _ => None,
+    }
 }
 
 /// The BN's per-channel affine map `y = scale·x + shift`, or why its parameters do not give one.
@@ -1046,9 +1077,10 @@ fn apply(
     plan: ChainPlan,
     ctx: &PassContext,
     path: &str,
+    names: &mut GraphNames,
+    edits: &mut NodeEdits,
     detached: &mut Vec<String>,
 ) -> Result<FoldRecord> {
-    let mut names = BTreeSet::new();
     let bn = graph.node[plan.bn].clone();
     let out_name = bn.output[0].clone();
     let ProducerRewrite {
@@ -1060,7 +1092,7 @@ fn apply(
 
     let (new_weight, new_bias) = write_layer_tensors(
         graph,
-        &mut names,
+        names,
         ctx.store,
         LayerTensors {
             weight_name: &plan.weight_name,
@@ -1076,8 +1108,8 @@ fn apply(
     let then_add_names = (change == NodeChange::MatMulThenAdd).then(|| {
         let label = node_label(&graph.node[plan.producer]);
         (
-            unique_name(graph, &mut names, &format!("{out_name}_matmul")),
-            unique_name(graph, &mut names, &format!("{label}_bias_add")),
+            names.unique(&format!("{out_name}_matmul")),
+            names.unique(&format!("{label}_bias_add")),
         )
     });
     let producer = &mut graph.node[plan.producer];
@@ -1117,34 +1149,19 @@ fn apply(
         .iter()
         .map(|&i| node_label(&graph.node[i]))
         .collect();
-    let mut removed: Vec<usize> = plan.passthrough.clone();
-    removed.push(plan.bn);
-    removed.sort_unstable();
-    for &i in removed.iter().rev() {
-        graph.node.remove(i);
+    for &i in plan.passthrough.iter().chain([&plan.bn]) {
+        edits.remove(i);
     }
     if let Some(add) = extra_node {
-        let at = plan.producer - removed.iter().filter(|&&r| r < plan.producer).count() + 1;
-        graph.node.insert(at, add);
+        edits.insert_after(plan.producer, add);
     }
-    graph.value_info.retain(|v| v.name() != old_out);
+    edits.forget_value_info(old_out);
 
     detached.extend(
         plan.detached
             .into_iter()
             .filter(|d| d != &new_weight && d != &new_bias),
     );
-    let followed_by = {
-        let consumers: Vec<&NodeProto> = graph
-            .node
-            .iter()
-            .filter(|n| n.input.iter().any(|i| i == &out_name))
-            .collect();
-        match consumers.as_slice() {
-            [only] => Some(only.op_type().to_string()),
-            _ => None,
-        }
-    };
     Ok(FoldRecord {
         graph: path.to_string(),
         kind: plan.kind,
@@ -1153,7 +1170,7 @@ fn apply(
         batch_norm: node_label(&bn),
         passthrough: passthrough_labels,
         output: out_name,
-        followed_by,
+        followed_by: plan.followed_by,
         weight: new_weight,
         weight_in_place: plan.weight_in_place,
         bias: new_bias,
@@ -1177,11 +1194,11 @@ struct LayerTensors<'a> {
 /// stored like it (external when the weight is).
 fn write_layer_tensors(
     graph: &mut GraphProto,
-    names: &mut BTreeSet<String>,
+    names: &mut GraphNames,
     store: &ExternalStore,
     tensors: LayerTensors,
 ) -> Result<(String, Option<String>)> {
-    let weight_template = find_initializer(graph, tensors.weight_name).cloned();
+    let weight_template = names.initializer(graph, tensors.weight_name).cloned();
     let new_weight = write_tensor(
         graph,
         names,
@@ -1199,7 +1216,7 @@ fn write_layer_tensors(
         .map_or_else(|| format!("{}_bias", tensors.weight_name), str::to_string);
     let template = tensors
         .bias_name
-        .and_then(|b| find_initializer(graph, b))
+        .and_then(|b| names.initializer(graph, b))
         .cloned()
         .or(weight_template);
     let new_bias = write_tensor(
@@ -1214,21 +1231,116 @@ fn write_layer_tensors(
     Ok((new_weight, Some(new_bias)))
 }
 
-fn find_initializer<'g>(graph: &'g GraphProto, name: &str) -> Option<&'g TensorProto> {
-    graph.initializer.iter().find(|t| t.name() == name)
+/// What rewrites look up often: every name the graph uses (subgraphs included, and each name
+/// handed out since) and where each initializer is. Built once per round of folds, so that a fold
+/// costs what it touches rather than a scan of the whole graph.
+struct GraphNames {
+    used: HashSet<String>,
+    initializers: HashMap<String, usize>,
 }
 
-/// `base`, or `base_1`, `base_2`… : the first that no tensor of `graph` (subgraphs included) and
-/// no name already handed out in this rewrite (`reserved`) uses.
-fn unique_name(graph: &GraphProto, reserved: &mut BTreeSet<String>, base: &str) -> String {
-    let mut candidate = base.to_string();
-    let mut k = 1;
-    while reserved.contains(&candidate) || crate::graph::uses_name(graph, &candidate) {
-        candidate = format!("{base}_{k}");
-        k += 1;
+impl GraphNames {
+    fn new(graph: &GraphProto) -> GraphNames {
+        let mut used = HashSet::default();
+        crate::graph::collect_names(graph, &mut used);
+        let initializers = graph
+            .initializer
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name().to_string(), i))
+            .collect();
+        GraphNames { used, initializers }
     }
-    reserved.insert(candidate.clone());
-    candidate
+
+    /// `base`, or `base_1`, `base_2`…: the first name nothing uses yet, now taken.
+    fn unique(&mut self, base: &str) -> String {
+        let mut candidate = base.to_string();
+        let mut k = 1;
+        while self.used.contains(&candidate) {
+            candidate = format!("{base}_{k}");
+            k += 1;
+        }
+        self.used.insert(candidate.clone());
+        candidate
+    }
+
+    /// The initializer of `graph` named `name`.
+    fn initializer<'g>(&self, graph: &'g GraphProto, name: &str) -> Option<&'g TensorProto> {
+        self.initializers
+            .get(name)
+            .and_then(|&i| graph.initializer.get(i))
+    }
+
+    /// Stores `tensor` as the initializer of its name: in the slot of the one it replaces (whose
+    /// doc string and metadata it keeps), else appended.
+    fn store(&mut self, graph: &mut GraphProto, mut tensor: TensorProto) {
+        let name = tensor.name().to_string();
+        match self.initializers.get(&name) {
+            Some(&i) => {
+                let slot = &mut graph.initializer[i];
+                tensor.doc_string = slot.doc_string.take();
+                tensor.metadata_props = std::mem::take(&mut slot.metadata_props);
+                *slot = tensor;
+            }
+            None => {
+                self.initializers
+                    .insert(name.clone(), graph.initializer.len());
+                self.used.insert(name);
+                graph.initializer.push(tensor);
+            }
+        }
+    }
+}
+
+/// The node removals and insertions of one round, made at its end in one pass: node indices stay
+/// those the plans were made with, and no fold shifts the whole node list.
+struct NodeEdits {
+    removed: Vec<bool>,
+    inserted_after: Vec<(usize, NodeProto)>,
+    stale_value_info: HashSet<String>,
+}
+
+impl NodeEdits {
+    fn new(nodes: usize) -> NodeEdits {
+        NodeEdits {
+            removed: vec![false; nodes],
+            inserted_after: Vec::new(),
+            stale_value_info: HashSet::default(),
+        }
+    }
+
+    fn remove(&mut self, node: usize) {
+        self.removed[node] = true;
+    }
+
+    fn insert_after(&mut self, node: usize, inserted: NodeProto) {
+        self.inserted_after.push((node, inserted));
+    }
+
+    /// Drops the `value_info` of a tensor that no longer exists.
+    fn forget_value_info(&mut self, name: String) {
+        self.stale_value_info.insert(name);
+    }
+
+    fn finish(mut self, graph: &mut GraphProto) {
+        self.inserted_after.sort_by_key(|(after, _)| *after);
+        let mut inserted = self.inserted_after.into_iter().peekable();
+        let nodes = std::mem::take(&mut graph.node);
+        graph.node.reserve(nodes.len());
+        for (i, node) in nodes.into_iter().enumerate() {
+            if !self.removed[i] {
+                graph.node.push(node);
+            }
+            while let Some((_, add)) = inserted.next_if(|(after, _)| *after == i) {
+                graph.node.push(add);
+            }
+        }
+        if !self.stale_value_info.is_empty() {
+            graph
+                .value_info
+                .retain(|v| !self.stale_value_info.contains(v.name()));
+        }
+    }
 }
 
 /// A tensor a fold writes: values computed in full (a bias, a shift), or a scaled weight.
@@ -1243,7 +1355,7 @@ enum NewTensor {
 /// written.
 fn write_tensor(
     graph: &mut GraphProto,
-    names: &mut BTreeSet<String>,
+    names: &mut GraphNames,
     store: &ExternalStore,
     name: &str,
     in_place: bool,
@@ -1253,7 +1365,7 @@ fn write_tensor(
     let final_name = if in_place {
         name.to_string()
     } else {
-        unique_name(graph, names, &format!("{name}_bnfold"))
+        names.unique(&format!("{name}_bnfold"))
     };
     let external = template.filter(|t| tensor::is_external(t));
     let mut proto = match (value, external) {
@@ -1282,15 +1394,7 @@ fn write_tensor(
         let location = t.external_data.iter().filter(|e| e.key() == "location");
         proto.external_data = location.cloned().chain(proto.external_data).collect();
     }
-    if in_place {
-        if let Some(slot) = graph.initializer.iter_mut().find(|t| t.name() == name) {
-            proto.doc_string = slot.doc_string.take();
-            proto.metadata_props = std::mem::take(&mut slot.metadata_props);
-            *slot = proto;
-            return Ok(final_name);
-        }
-    }
-    graph.initializer.push(proto);
+    names.store(graph, proto);
     Ok(final_name)
 }
 

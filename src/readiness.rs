@@ -101,7 +101,7 @@ pub fn analyse(original: &Model, folded: &Model) -> Result<Readiness> {
             let name = &node.input[1];
             // Initializers are decoded one at a time and dropped (a large model's weights are
             // never all in memory); weights computed by Constant nodes go through the evaluator.
-            let weight = match graph.initializer.iter().find(|t| t.name() == name) {
+            let weight = match index.initializer(name) {
                 Some(t) if crate::tensor::Dtype::from_code(t.data_type()).is_some() => {
                     std::rc::Rc::new(crate::tensor::decode(t, &folded.store)?)
                 }
