@@ -138,12 +138,32 @@ def folder_size(model):
     return os.path.getsize(model) + sum(os.path.getsize(p) for p in data), data
 
 
+def scaling(bnfold, py, work, runs):
+    """Fold-only on ever longer chains: the time should grow with the graph, not its square."""
+    lines = ["Scaling (fold-only, chains of Conv-BN-ReLU blocks from scripts/make_chain_model.py):", "",
+             "| blocks | nodes | wall s | peak RSS MiB |", "|---:|---:|---:|---:|"]
+    out_dir = os.path.join(work, "chain-out")
+
+    def cleanup():
+        shutil.rmtree(out_dir, ignore_errors=True)
+        os.makedirs(out_dir)
+
+    for blocks in (1000, 4000, 16000):
+        model = os.path.join(work, f"chain{blocks}.onnx")
+        sh([py, os.path.join(HERE, "make_chain_model.py"), str(blocks), model])
+        cmd = [bnfold, model, "-o", os.path.join(out_dir, "out.onnx"), "--no-verify", "--no-readiness", "-q"]
+        wall, rss, err = measure({"fold-only": cmd}, runs, cleanup)["fold-only"]
+        lines.append(f"| {blocks} | {3 * blocks} | {wall:.3f} | {rss:.1f} |" if wall else f"| {blocks} | failed: {err} | | |")
+    return lines + [""]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("models", nargs="*")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--large", action="store_true")
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--scaling", action="store_true", help="also time fold-only on chains of 1000, 4000 and 16000 Conv-BN-ReLU blocks")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "RESULTS.md"))
     args = ap.parse_args()
     models = args.models or sorted(glob.glob(os.path.join(ROOT, "..", "shared", "models", "*.onnx")))
@@ -223,6 +243,8 @@ def main():
             line += f"; peak RSS {fold_rss:.1f} MiB, target 1.25 x size = {limit:.1f} MiB ({mark(fold_rss <= limit)})"
         summary.append(line)
     lines += ["", "Against the targets:", ""] + summary + [""]
+    if args.scaling:
+        lines += scaling(bnfold, py or ensure_peers(), work, args.runs)
     text = "\n".join(lines)
     print(text)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
