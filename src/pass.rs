@@ -175,11 +175,13 @@ pub fn fold_graph(
         records.reverse();
         out.folds.extend(records);
     }
+    // Forward folds, where backward ones do not apply: rounds too, each applying the plans whose
+    // nodes no earlier plan of the round touched.
     loop {
-        let found = {
+        let plans = {
             let index = GraphIndex::new(graph, outer);
             let eval = ConstEval::new(&index, ctx.store, ctx.opset, inputs_are_constants(ctx));
-            let mut found = None;
+            let mut plans = Vec::new();
             for i in 0..graph.node.len() {
                 if !is_batch_norm(&graph.node[i]) {
                     continue;
@@ -187,20 +189,34 @@ pub fn fold_graph(
                 if let Err(reason) = plan_chain(&index, &eval, i, ctx)? {
                     if allows_forward(&reason) {
                         if let Ok(plan) = plan_forward(&index, &eval, i, ctx)? {
-                            found = Some(plan);
-                            break;
+                            plans.push(plan);
                         }
                     }
                 }
             }
-            found
+            plans
         };
-        match found {
-            Some(plan) => {
-                let record = apply_forward(graph, plan, ctx, path)?;
-                out.folds.push(record);
+        if plans.is_empty() {
+            break;
+        }
+        let mut names = GraphNames::new(graph);
+        let mut edits = NodeEdits::new(graph.node.len());
+        let mut touched = HashSet::default();
+        let mut detached = Vec::new();
+        for plan in plans {
+            let nodes = [Some(plan.bn), Some(plan.consumer), plan.flatten];
+            if nodes.iter().flatten().any(|n| touched.contains(n)) {
+                continue;
             }
-            None => break,
+            touched.extend(nodes.into_iter().flatten());
+            let record = apply_forward(graph, plan, ctx, path, &mut names, &mut edits)?;
+            detached.extend(record.1);
+            out.folds.push(record.0);
+        }
+        edits.finish(graph);
+        remove_dead(graph, detached, ctx);
+        if ctx.ir_version < 4 {
+            list_initializers_as_inputs(graph);
         }
     }
     if ctx.options.decompose_standalone {
@@ -479,13 +495,15 @@ fn batch_dim(index: &GraphIndex, name: &str) -> Option<usize> {
 }
 
 /// Mutates the graph for a forward fold.
+/// Applies a forward fold; returns its record and the tensors it may have left unused.
 fn apply_forward(
     graph: &mut GraphProto,
     plan: ForwardPlan,
     ctx: &PassContext,
     path: &str,
-) -> Result<FoldRecord> {
-    let mut names = GraphNames::new(graph);
+    names: &mut GraphNames,
+    edits: &mut NodeEdits,
+) -> Result<(FoldRecord, Vec<String>)> {
     let bn = graph.node[plan.bn].clone();
     let bn_label = node_label(&bn);
     let ConsumerRewrite {
@@ -496,7 +514,7 @@ fn apply_forward(
     } = plan.rewrite;
     let (new_weight, new_bias) = write_layer_tensors(
         graph,
-        &mut names,
+        names,
         ctx.store,
         LayerTensors {
             weight_name: &plan.weight_name,
@@ -529,7 +547,7 @@ fn apply_forward(
         Some(shift) => {
             let shift_name = write_tensor(
                 graph,
-                &mut names,
+                names,
                 ctx.store,
                 &format!("{bn_label}_shift"),
                 false,
@@ -549,18 +567,14 @@ fn apply_forward(
         None => {
             let reader = plan.flatten.unwrap_or(plan.consumer);
             graph.node[reader].input[0] = bn.input[0].clone();
-            graph.node.remove(plan.bn);
-            graph.value_info.retain(|v| v.name() != bn.output[0]);
+            edits.remove(plan.bn);
+            edits.forget_value_info(bn.output[0].clone());
             None
         }
     };
     let mut detached = plan.detached;
     detached.retain(|d| d != &new_weight && Some(d) != new_bias.as_ref());
-    remove_dead(graph, detached, ctx);
-    if ctx.ir_version < 4 {
-        list_initializers_as_inputs(graph);
-    }
-    Ok(FoldRecord {
+    let record = FoldRecord {
         graph: path.to_string(),
         kind: plan.kind,
         direction: Direction::Forward,
@@ -574,7 +588,8 @@ fn apply_forward(
         bias: new_bias.or(plan.bias_name).unwrap_or_default(),
         shift_kept_as: shift_node,
         max_rel_weight_change: plan.max_rel_weight_change,
-    })
+    };
+    Ok((record, detached))
 }
 
 /// Rewrites every BN that is still there and is a fixed affine map into `Mul` and `Add`.
