@@ -140,20 +140,22 @@ def folder_size(model):
 
 def scaling(bnfold, py, work, runs):
     """Fold-only on ever longer chains: the time should grow with the graph, not its square."""
-    lines = ["Scaling (fold-only, chains of Conv-BN-ReLU blocks from scripts/make_chain_model.py):", "",
-             "| blocks | nodes | wall s | peak RSS MiB |", "|---:|---:|---:|---:|"]
+    lines = ["Scaling (fold-only, chains of blocks from scripts/make_chain_model.py: Conv-BN-ReLU folds backward, BN-Conv-ReLU forward):", "",
+             "| blocks | nodes | folds | wall s | peak RSS MiB |", "|---:|---:|---|---:|---:|"]
     out_dir = os.path.join(work, "chain-out")
 
     def cleanup():
         shutil.rmtree(out_dir, ignore_errors=True)
         os.makedirs(out_dir)
 
-    for blocks in (1000, 4000, 16000):
-        model = os.path.join(work, f"chain{blocks}.onnx")
-        sh([py, os.path.join(HERE, "make_chain_model.py"), str(blocks), model])
-        cmd = [bnfold, model, "-o", os.path.join(out_dir, "out.onnx"), "--no-verify", "--no-readiness", "-q"]
-        wall, rss, err = measure({"fold-only": cmd}, runs, cleanup)["fold-only"]
-        lines.append(f"| {blocks} | {3 * blocks} | {wall:.3f} | {rss:.1f} |" if wall else f"| {blocks} | failed: {err} | | |")
+    for direction, flag in (("backward", []), ("forward", ["--forward"])):
+        for blocks in (1000, 4000, 16000):
+            model = os.path.join(work, f"chain{blocks}{direction}.onnx")
+            sh([py, os.path.join(HERE, "make_chain_model.py"), str(blocks), model] + flag)
+            cmd = [bnfold, model, "-o", os.path.join(out_dir, "out.onnx"), "--no-verify", "--no-readiness", "-q"]
+            wall, rss, err = measure({"fold-only": cmd}, runs, cleanup)["fold-only"]
+            row = f"{wall:.3f} | {rss:.1f}" if wall else f"failed: {err} |"
+            lines.append(f"| {blocks} | {3 * blocks} | {direction} | {row} |")
     return lines + [""]
 
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """A long model for the benchmark's scaling run: N blocks of Conv (4 channels, 1x1, no bias) ->
-BatchNormalization -> Relu, opset 13, seeded weights. Needs onnx and numpy.
+BatchNormalization -> Relu (backward folds), or with --forward BatchNormalization -> Conv -> Relu
+(forward folds), opset 13, seeded weights. Needs onnx and numpy.
 
-    python3 scripts/make_chain_model.py N OUT.onnx"""
+    python3 scripts/make_chain_model.py N OUT.onnx [--forward]"""
 import sys
 
 import numpy as np
@@ -12,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 def main():
     blocks, out = int(sys.argv[1]), sys.argv[2]
+    forward = "--forward" in sys.argv[3:]
     channels = 4
     rng = np.random.default_rng(0)
     nodes, initializers = [], []
@@ -19,13 +21,19 @@ def main():
     for i in range(blocks):
         weight = f"conv{i}.weight"
         initializers.append(numpy_helper.from_array(rng.standard_normal((channels, channels, 1, 1)).astype(np.float32), weight))
-        nodes.append(helper.make_node("Conv", [x, weight], [f"conv{i}"], name=f"conv{i}"))
         params = []
         for k in ("scale", "bias", "mean", "var"):
             initializers.append(numpy_helper.from_array((rng.random(channels) + 0.5).astype(np.float32), f"bn{i}.{k}"))
             params.append(f"bn{i}.{k}")
-        nodes.append(helper.make_node("BatchNormalization", [f"conv{i}"] + params, [f"bn{i}"], name=f"bn{i}"))
-        nodes.append(helper.make_node("Relu", [f"bn{i}"], [f"relu{i}"], name=f"relu{i}"))
+        if forward:
+            nodes.append(helper.make_node("BatchNormalization", [x] + params, [f"bn{i}"], name=f"bn{i}"))
+            nodes.append(helper.make_node("Conv", [f"bn{i}", weight], [f"conv{i}"], name=f"conv{i}"))
+            last = f"conv{i}"
+        else:
+            nodes.append(helper.make_node("Conv", [x, weight], [f"conv{i}"], name=f"conv{i}"))
+            nodes.append(helper.make_node("BatchNormalization", [f"conv{i}"] + params, [f"bn{i}"], name=f"bn{i}"))
+            last = f"bn{i}"
+        nodes.append(helper.make_node("Relu", [last], [f"relu{i}"], name=f"relu{i}"))
         x = f"relu{i}"
     shape = [1, channels, 4, 4]
     graph = helper.make_graph(
