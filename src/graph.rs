@@ -192,25 +192,8 @@ fn graph_free_names<'a>(g: &'a GraphProto, free: &mut Vec<&'a str>) {
     }
 }
 
-/// Whether a tensor of `g` or of its subgraphs is named `name`.
-pub fn uses_name(g: &GraphProto, name: &str) -> bool {
-    g.input
-        .iter()
-        .chain(&g.output)
-        .chain(&g.value_info)
-        .any(|v| v.name() == name)
-        || g.initializer.iter().any(|t| t.name() == name)
-        || g.node.iter().any(|node| {
-            node.input.iter().chain(&node.output).any(|n| n == name)
-                || node
-                    .attribute
-                    .iter()
-                    .flat_map(attr_graphs)
-                    .any(|sub| uses_name(sub, name))
-        })
-}
-
-/// Adds every tensor name `g` uses to `names`: the names [`uses_name`] looks for.
+/// Adds every tensor name `g` uses to `names`: inputs, outputs, `value_info`, initializers and
+/// node inputs and outputs, in subgraphs too.
 pub fn collect_names(g: &GraphProto, names: &mut HashSet<String>) {
     let infos = g.input.iter().chain(&g.output).chain(&g.value_info);
     names.extend(infos.map(|v| v.name().to_string()));

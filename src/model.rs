@@ -535,15 +535,17 @@ pub fn new_output_file(dir: &Path, target: &Path) -> Result<tempfile::NamedTempF
     let mut builder = tempfile::Builder::new();
     builder.prefix(".bnfold-");
     #[cfg(unix)]
-    let permissions = {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::metadata(target)
-            .map(|m| m.permissions())
-            .unwrap_or_else(|_| std::fs::Permissions::from_mode(0o644))
-    };
-    #[cfg(unix)]
-    builder.permissions(permissions);
+    builder.permissions(output_permissions(target));
     builder.tempfile_in(dir).map_err(|e| Error::io(dir, e))
+}
+
+/// The permissions an output at `target` gets: those of the file it replaces, else 0644.
+#[cfg(unix)]
+fn output_permissions(target: &Path) -> std::fs::Permissions {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(target)
+        .map(|m| m.permissions())
+        .unwrap_or_else(|_| std::fs::Permissions::from_mode(0o644))
 }
 
 /// Creates `staged` with the permissions the file at `target` will need: those of the file it
@@ -556,14 +558,10 @@ fn create_output(staged: &Path, target: &Path) -> Result<std::fs::File> {
         .open(staged)
         .map_err(|e| Error::io(staged, e))?;
     #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let permissions = std::fs::metadata(target)
-            .map(|m| m.permissions())
-            .unwrap_or_else(|_| std::fs::Permissions::from_mode(0o644));
-        file.set_permissions(permissions)
-            .map_err(|e| Error::io(staged, e))?;
-    }
+    file.set_permissions(output_permissions(target))
+        .map_err(|e| Error::io(staged, e))?;
+    #[cfg(not(unix))]
+    let _ = target;
     Ok(file)
 }
 

@@ -95,24 +95,22 @@ struct ChainPlan {
 }
 
 impl ChainPlan {
-    /// The highest node index the plan reads or changes.
-    fn last_node(&self) -> usize {
-        self.passthrough
-            .iter()
-            .fold(self.bn.max(self.producer), |m, &i| m.max(i))
+    /// The nodes the plan reads or changes.
+    fn nodes(&self) -> Vec<usize> {
+        let mut nodes = vec![self.bn, self.producer];
+        nodes.extend(&self.passthrough);
+        nodes
     }
+}
 
-    /// The lowest node index whose node moves when the plan is applied: the first node removed,
-    /// or the slot after the producer where an `Add` is inserted.
-    fn first_moved(&self) -> usize {
-        let inserted =
-            (self.rewrite.change == NodeChange::MatMulThenAdd).then_some(self.producer + 1);
-        self.passthrough
-            .iter()
-            .copied()
-            .chain(inserted)
-            .fold(self.bn, usize::min)
+/// Marks `nodes` as taken by a rewrite of this round; false (and nothing marked) when an earlier
+/// rewrite of the round already took one of them.
+fn claim(taken: &mut HashSet<usize>, nodes: &[usize]) -> bool {
+    if nodes.iter().any(|n| taken.contains(n)) {
+        return false;
     }
+    taken.extend(nodes);
+    true
 }
 
 /// Folds every foldable BatchNormalization of `graph` and of its subgraphs.
@@ -124,12 +122,13 @@ pub fn fold_graph(
     out: &mut PassOutcome,
 ) -> Result<()> {
     fold_subgraphs(graph, ctx, path, outer, out)?;
-    // Rounds: plan every BN against one index, then apply the plans from the end of the graph
-    // back, each only while its nodes all lie before the first index an earlier rewrite of the
-    // round moved (removed nodes, an inserted Add); the others, and BNs a fold just made
-    // foldable (BN → BN), wait for the next round.
+    // Rounds: plan every BN against one index, then apply the plans whose nodes no other plan of
+    // the round took; node removals and insertions are made at the round's end, so the indices
+    // the plans were made with hold throughout. BNs a fold just made foldable (BN → BN) wait for
+    // the next round. Plans are applied from the end of the graph back (the order new names
+    // were always handed out in).
     loop {
-        let mut plans = {
+        let plans = {
             let index = GraphIndex::new(graph, outer);
             let eval = ConstEval::new(&index, ctx.store, ctx.opset, inputs_are_constants(ctx));
             let mut plans = Vec::new();
@@ -145,17 +144,15 @@ pub fn fold_graph(
         if plans.is_empty() {
             break;
         }
-        plans.sort_by_key(|p| std::cmp::Reverse(p.last_node()));
-        let mut floor = usize::MAX;
         let mut records = Vec::new();
         let mut detached = Vec::new();
         let mut names = GraphNames::new(graph);
         let mut edits = NodeEdits::new(graph.node.len());
-        for plan in plans {
-            if plan.last_node() >= floor {
+        let mut taken = HashSet::default();
+        for plan in plans.into_iter().rev() {
+            if !claim(&mut taken, &plan.nodes()) {
                 continue;
             }
-            floor = floor.min(plan.first_moved());
             let record = apply(
                 graph,
                 plan,
@@ -175,8 +172,7 @@ pub fn fold_graph(
         records.reverse();
         out.folds.extend(records);
     }
-    // Forward folds, where backward ones do not apply: rounds too, each applying the plans whose
-    // nodes no earlier plan of the round touched.
+    // Forward folds, where backward ones do not apply: rounds too, in graph order.
     loop {
         let plans = {
             let index = GraphIndex::new(graph, outer);
@@ -201,14 +197,16 @@ pub fn fold_graph(
         }
         let mut names = GraphNames::new(graph);
         let mut edits = NodeEdits::new(graph.node.len());
-        let mut touched = HashSet::default();
+        let mut taken = HashSet::default();
         let mut detached = Vec::new();
         for plan in plans {
-            let nodes = [Some(plan.bn), Some(plan.consumer), plan.flatten];
-            if nodes.iter().flatten().any(|n| touched.contains(n)) {
+            let nodes: Vec<usize> = [plan.bn, plan.consumer]
+                .into_iter()
+                .chain(plan.flatten)
+                .collect();
+            if !claim(&mut taken, &nodes) {
                 continue;
             }
-            touched.extend(nodes.into_iter().flatten());
             let record = apply_forward(graph, plan, ctx, path, &mut names, &mut edits)?;
             detached.extend(record.1);
             out.folds.push(record.0);

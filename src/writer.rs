@@ -24,30 +24,26 @@ enum Job {
 
 /// Appends to a file in the order of the calls, on a background thread or on the caller's.
 pub struct BufferedWriter {
-    /// A handle to the file, for preallocation.
-    handle: File,
-    /// Set when writing on the calling thread.
-    inline: Option<File>,
+    /// A handle to the file: written through on the calling thread, preallocated through always.
+    file: File,
+    current: Vec<u8>,
+    pipeline: Option<Pipeline>,
+}
+
+/// The writing thread and its channels.
+struct Pipeline {
     jobs: Option<SyncSender<Job>>,
     free: Receiver<Vec<u8>>,
-    current: Vec<u8>,
-    /// Bytes gathered before they are written.
-    buffer: usize,
     thread: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 impl BufferedWriter {
     /// Writes to a handle to `file` (appending at its current position) on the calling thread.
     pub fn inline(file: &File) -> std::io::Result<BufferedWriter> {
-        let (_, free) = sync_channel(0);
         Ok(BufferedWriter {
-            handle: file.try_clone()?,
-            inline: Some(file.try_clone()?),
-            jobs: None,
-            free,
+            file: file.try_clone()?,
             current: Vec::new(),
-            buffer: INLINE_BUFFER,
-            thread: None,
+            pipeline: None,
         })
     }
 
@@ -79,14 +75,22 @@ impl BufferedWriter {
                 Ok(())
             })?;
         Ok(BufferedWriter {
-            handle: file.try_clone()?,
-            inline: None,
-            jobs: Some(jobs),
-            free,
+            file: file.try_clone()?,
             current: Vec::new(),
-            buffer: BACKGROUND_BUFFER,
-            thread: Some(thread),
+            pipeline: Some(Pipeline {
+                jobs: Some(jobs),
+                free,
+                thread: Some(thread),
+            }),
         })
+    }
+
+    /// Bytes gathered before they are written.
+    fn buffer(&self) -> usize {
+        match self.pipeline {
+            Some(_) => BACKGROUND_BUFFER,
+            None => INLINE_BUFFER,
+        }
     }
 
     /// Allocates the file's blocks for the `len` bytes from `offset` that are about to be written,
@@ -97,21 +101,21 @@ impl BufferedWriter {
         #[cfg(target_os = "linux")]
         if len > 0 {
             let _ = rustix::fs::fallocate(
-                &self.handle,
+                &self.file,
                 rustix::fs::FallocateFlags::KEEP_SIZE,
                 offset,
                 len,
             );
         }
         #[cfg(not(target_os = "linux"))]
-        let _ = (&self.handle, offset, len);
+        let _ = (&self.file, offset, len);
     }
 
     /// Appends `len` bytes of `source` from `offset`, copied by the kernel.
     pub fn copy_from(&mut self, source: &File, offset: u64, len: u64) -> std::io::Result<()> {
         self.hand_over()?;
-        if let Some(target) = &self.inline {
-            return copy_range(source, offset, len, target);
+        if self.pipeline.is_none() {
+            return copy_range(source, offset, len, &self.file);
         }
         let source = source.try_clone()?;
         self.send(Job::Copy {
@@ -129,17 +133,18 @@ impl BufferedWriter {
         mut offset: u64,
         mut len: usize,
     ) -> std::io::Result<()> {
+        let buffer = self.buffer();
         while len > 0 {
             if self.current.capacity() == 0 {
-                self.current.reserve(self.buffer);
+                self.current.reserve(buffer);
             }
             let start = self.current.len();
-            let part = self.buffer.saturating_sub(start).max(1).min(len);
+            let part = buffer.saturating_sub(start).max(1).min(len);
             self.current.resize(start + part, 0);
             crate::source::read_exact_at(source, &mut self.current[start..], offset)?;
             offset += part as u64;
             len -= part;
-            if self.current.len() >= self.buffer {
+            if self.current.len() >= buffer {
                 self.hand_over()?;
             }
         }
@@ -149,37 +154,40 @@ impl BufferedWriter {
     /// Waits until everything is written.
     pub fn finish(mut self) -> std::io::Result<()> {
         self.hand_over()?;
-        self.jobs = None;
-        self.join()
+        self.stop()
     }
 
     fn hand_over(&mut self) -> std::io::Result<()> {
         if self.current.is_empty() {
             return Ok(());
         }
-        if let Some(mut target) = self.inline.as_ref() {
-            target.write_all(&self.current)?;
+        let Some(pipeline) = &self.pipeline else {
+            (&self.file).write_all(&self.current)?;
             self.current.clear();
             return Ok(());
-        }
-        let next = self.free.recv().unwrap_or_default();
+        };
+        let next = pipeline.free.recv().unwrap_or_default();
         let full = std::mem::replace(&mut self.current, next);
         self.send(Job::Bytes(full))
     }
 
     fn send(&mut self, job: Job) -> std::io::Result<()> {
-        let sent = self.jobs.as_ref().map(|jobs| jobs.send(job).is_ok());
-        if sent == Some(true) {
+        let sent = self.pipeline.as_ref().and_then(|p| p.jobs.as_ref());
+        if sent.is_some_and(|jobs| jobs.send(job).is_ok()) {
             return Ok(());
         }
         // The thread stopped: its error says why.
-        self.jobs = None;
-        self.join()?;
+        self.stop()?;
         Err(std::io::Error::other("the writing thread stopped"))
     }
 
-    fn join(&mut self) -> std::io::Result<()> {
-        match self.thread.take().map(JoinHandle::join) {
+    /// Closes the thread's inbox and waits for it: its result.
+    fn stop(&mut self) -> std::io::Result<()> {
+        let Some(pipeline) = &mut self.pipeline else {
+            return Ok(());
+        };
+        pipeline.jobs = None;
+        match pipeline.thread.take().map(JoinHandle::join) {
             Some(Ok(result)) => result,
             Some(Err(_)) => Err(std::io::Error::other("the writing thread panicked")),
             None => Ok(()),
@@ -194,15 +202,16 @@ impl Write for BufferedWriter {
     }
 
     fn write_all(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
+        let buffer = self.buffer();
         while !bytes.is_empty() {
             if self.current.capacity() == 0 {
-                self.current.reserve(self.buffer);
+                self.current.reserve(buffer);
             }
-            let room = self.buffer.saturating_sub(self.current.len()).max(1);
+            let room = buffer.saturating_sub(self.current.len()).max(1);
             let (now, rest) = bytes.split_at(room.min(bytes.len()));
             self.current.extend_from_slice(now);
             bytes = rest;
-            if self.current.len() >= self.buffer {
+            if self.current.len() >= buffer {
                 self.hand_over()?;
             }
         }
@@ -216,8 +225,7 @@ impl Write for BufferedWriter {
 
 impl Drop for BufferedWriter {
     fn drop(&mut self) {
-        self.jobs = None;
-        let _ = self.join();
+        let _ = self.stop();
     }
 }
 

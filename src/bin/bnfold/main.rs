@@ -375,8 +375,8 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
         overwrite_input: args.in_place,
         sync: args.sync,
     };
-    // With an output, the model is written to a staging folder first and the written files are
-    // what verification loads (tract reads their external data itself); they are moved into
+    // With an output, the model is written under a temporary name first and the written files
+    // are what verification loads (tract reads their external data itself); they are moved into
     // place only if verification does not fail.
     let staged = match (&args.output, writes) {
         (Some(out), true) => {
