@@ -74,6 +74,20 @@ pub enum Error {
     /// The output path is the input path and overwriting was not asked for.
     #[error("refusing to overwrite the input file {0}")]
     WouldOverwriteInput(PathBuf),
+    /// An output would replace a data file that the input model reads.
+    #[error(
+        "refusing to write {target}: it is {input}, a data file of the input model (choose \
+         another output name or folder)"
+    )]
+    WouldWriteInputData {
+        /// The output that would be written.
+        target: PathBuf,
+        /// The input's data file it is.
+        input: PathBuf,
+    },
+    /// Two outputs of one run (the model, a data file, the report) would be the same file.
+    #[error("{0}: two outputs of this run would be written there")]
+    WrittenTwice(PathBuf),
     /// The output exists and overwriting was not asked for.
     #[error("output {0} exists (use --force to overwrite)")]
     OutputExists(PathBuf),

@@ -174,7 +174,7 @@ impl ExternalStore {
     /// Reads the `expected_len` bytes of an external tensor, after checking its location.
     pub fn read(&self, t: &TensorProto, expected_len: usize) -> Result<Vec<u8>> {
         let (path, offset) = self.locate(t, expected_len)?;
-        let mut file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let (mut file, _) = crate::source::open_regular(&path)?;
         let mut buf = vec![0u8; expected_len];
         file.seek(SeekFrom::Start(offset))
             .and_then(|_| file.read_exact(&mut buf))

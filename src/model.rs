@@ -8,11 +8,12 @@ use prost::Message;
 
 use crate::error::{Error, Result};
 use crate::external::{self, ExternalStore};
+use crate::output::{FileId, InputFile, WritePlan};
 use crate::proto::{
     tensor_proto::DataLocation, GraphProto, ModelProto, StringStringEntryProto, TensorProto,
 };
 use crate::source::MappedSource;
-use crate::tensor::{self, proto_dims, proto_dtype};
+use crate::tensor;
 use crate::writer::BufferedWriter;
 
 /// The newest `ir_version` of the vendored `onnx.proto`.
@@ -35,6 +36,9 @@ pub struct Model {
     pub store: ExternalStore,
     /// The file it was loaded from, if any.
     pub source: Option<PathBuf>,
+    /// Every file it was read from: the model file and each external data file, as they were
+    /// at load. An output never replaces one of them (see [`crate::output::WritePlan`]).
+    pub input_files: Vec<InputFile>,
 }
 
 /// How [`Model::save`] treats existing files.
@@ -63,6 +67,7 @@ impl Model {
             proto,
             store,
             source: None,
+            input_files: Vec::new(),
         };
         model.check()?;
         Ok(model)
@@ -79,7 +84,46 @@ impl Model {
         };
         let mut model = Model::from_proto(proto, ExternalStore::in_dir(dir).with_source(source))?;
         model.source = Some(path.to_path_buf());
+        model.input_files = model.read_files(path);
         Ok(model)
+    }
+
+    /// The model file and the data files its external tensors point to (already checked at
+    /// load), each with its identity.
+    fn read_files(&self, path: &Path) -> Vec<InputFile> {
+        let mut files: Vec<InputFile> = FileId::of(path)
+            .map(|id| InputFile {
+                path: path.to_path_buf(),
+                id,
+                is_model: true,
+            })
+            .into_iter()
+            .collect();
+        let Some(base) = self.store.base_dir() else {
+            return files;
+        };
+        let mut locations = std::collections::BTreeSet::new();
+        if let Some(g) = &self.proto.graph {
+            visit_tensors(g, &mut |t| {
+                if let Ok(r) = external::external_ref(t) {
+                    locations.insert(r.location);
+                }
+            });
+        }
+        for location in locations {
+            if let Ok(path) = external::resolve(base, &location) {
+                if let Some(id) = FileId::of(&path) {
+                    if !files.iter().any(|f| f.id == id) {
+                        files.push(InputFile {
+                            path,
+                            id,
+                            is_model: false,
+                        });
+                    }
+                }
+            }
+        }
+        files
     }
 
     /// The opset version of the default (`ai.onnx`) domain.
@@ -181,20 +225,28 @@ impl Model {
 
     /// Writes the model (and its data files, in a staging folder) beside `path` under temporary
     /// names, where they can be read (and verified) before [`StagedModel::commit`] moves them
-    /// into place; dropped without a commit, they are removed and nothing is written.
+    /// into place; dropped without a commit, they are removed and nothing is written. Every
+    /// target is checked first (see [`crate::output::WritePlan`]): nothing the model was read
+    /// from is ever written, and an existing file is replaced only with `options.force`.
     pub fn stage(&self, path: impl AsRef<Path>, options: SaveOptions) -> Result<StagedModel> {
-        let path = path.as_ref();
-        if let Some(source) = &self.source {
-            if same_file(source, path) && !options.overwrite_input {
-                return Err(Error::WouldOverwriteInput(path.to_path_buf()));
-            }
+        let mut plan = WritePlan::new(options.force);
+        plan.protect(&self.input_files);
+        if options.overwrite_input {
+            plan.allow_replacing_input_model();
         }
-        if path.exists()
-            && !options.force
-            && !self.source.as_deref().is_some_and(|s| same_file(s, path))
-        {
-            return Err(Error::OutputExists(path.to_path_buf()));
-        }
+        self.stage_planned(path.as_ref(), options, &mut plan)
+    }
+
+    /// [`Model::stage`] within a plan that may hold other targets of the same run (a report) and
+    /// other protected inputs; the model file and every data file are claimed in it before
+    /// anything is written.
+    pub fn stage_planned(
+        &self,
+        path: &Path,
+        options: SaveOptions,
+        plan: &mut WritePlan,
+    ) -> Result<StagedModel> {
+        plan.protect(&self.input_files);
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
@@ -202,13 +254,25 @@ impl Model {
         let file_name = path
             .file_name()
             .ok_or_else(|| Error::io(path, std::io::Error::other("not a file name")))?;
+        plan.claim_model(path)?;
         let mut rewritten = self.with_folded_subgraphs_inline()?;
+        let written_proto = rewritten.as_ref().unwrap_or(&self.proto);
+        let data_files = DataFilesPlan::new(&dir, path, &self.store, written_proto.graph.as_ref())?;
+        for location in &data_files.locations {
+            plan.claim(&dir.join(location))?;
+        }
+        crate::staging::remove_stale(&dir);
         let (staging, model_file, files) = if self.has_external_data() {
             let folder = tempfile::Builder::new()
-                .prefix(".bnfold-")
+                .prefix(crate::staging::prefix())
                 .tempdir_in(&dir)
                 .map_err(|e| Error::io(&dir, e))?;
-            let mut data_files = DataFiles::new(&dir, folder.path(), path, &self.store);
+            crate::staging::register(folder.path());
+            let mut staging = Staging::Folder(folder);
+            let Staging::Folder(folder) = &mut staging else {
+                unreachable!()
+            };
+            let mut data_files = data_files.start(folder.path());
             let proto = rewritten.get_or_insert_with(|| self.proto.clone());
             if let Some(g) = proto.graph.as_mut() {
                 let mut failure = Ok(());
@@ -223,17 +287,18 @@ impl Model {
             let staged_model = folder.path().join(file_name);
             let model_file = create_output(&staged_model, path)?;
             files.push((staged_model, path.to_path_buf()));
-            (
-                Staging::Folder {
-                    _removed_on_drop: folder,
-                },
-                model_file,
-                files,
-            )
+            (staging, model_file, files)
         } else {
             let (model_file, temp_path) = new_output_file(&dir, path)?.into_parts();
+            crate::staging::register(&temp_path);
             let files = vec![(temp_path.to_path_buf(), path.to_path_buf())];
             (Staging::File(temp_path), model_file, files)
+        };
+        let mut staged = StagedModel {
+            staging: Some(staging),
+            files,
+            sync: options.sync,
+            extra: Vec::new(),
         };
         let proto = rewritten.as_ref().unwrap_or(&self.proto);
         let writer = if self.folded_bytes() >= BACKGROUND_WRITE_MIN_FOLDED {
@@ -248,35 +313,43 @@ impl Model {
             writer.finish().map_err(|e| Error::io(path, e))?;
         }
         if options.sync {
-            for (staged, _) in &files {
+            for (staged, _) in &staged.files {
                 std::fs::File::open(staged)
                     .and_then(|f| f.sync_all())
                     .map_err(|e| Error::io(staged, e))?;
             }
         }
-        Ok(StagedModel {
-            staging,
-            files,
-            sync: options.sync,
-        })
+        staged.files.shrink_to_fit();
+        Ok(staged)
     }
 }
 
 /// Where a staged model waits: a hidden folder beside the target when it has data files, else a
-/// hidden file.
+/// hidden file. Both are listed in [`crate::staging`] while they exist.
 #[derive(Debug)]
 enum Staging {
-    Folder { _removed_on_drop: tempfile::TempDir },
+    Folder(tempfile::TempDir),
     File(tempfile::TempPath),
+}
+
+impl Staging {
+    fn path(&self) -> &Path {
+        match self {
+            Staging::Folder(folder) => folder.path(),
+            Staging::File(file) => file,
+        }
+    }
 }
 
 /// A written model waiting under a temporary name (see [`Model::stage`]).
 #[derive(Debug)]
 pub struct StagedModel {
-    staging: Staging,
+    staging: Option<Staging>,
     /// (staged, final) paths; the model file last.
     files: Vec<(PathBuf, PathBuf)>,
     sync: bool,
+    /// Other files of the same run (a report), committed after the model.
+    extra: Vec<StagedFile>,
 }
 
 impl StagedModel {
@@ -285,32 +358,119 @@ impl StagedModel {
         &self.files[self.files.len() - 1].0
     }
 
-    /// Moves the data files, then the model file, into place (each an atomic rename).
-    pub fn commit(self) -> Result<()> {
-        for (staged, target) in &self.files {
-            if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    /// Commits `file` with the model, after it.
+    pub fn attach(&mut self, file: StagedFile) {
+        self.extra.push(file);
+    }
+
+    /// Moves the data files, then the model file, then any attached file into place (each an
+    /// atomic rename). A signal arriving meanwhile waits until every rename is done.
+    pub fn commit(mut self) -> Result<()> {
+        let extra = std::mem::take(&mut self.extra);
+        crate::staging::while_held(|live| -> Result<()> {
+            for (staged, target) in &self.files {
+                if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+                }
+                std::fs::rename(staged, target).map_err(|e| Error::io(target, e))?;
             }
-            std::fs::rename(staged, target).map_err(|e| Error::io(target, e))?;
-        }
-        if let Staging::File(temp_path) = self.staging {
-            // Renamed: there is nothing left to remove under the temporary name.
-            let _ = temp_path.keep();
-        }
+            if let Some(staging) = self.staging.take() {
+                live.remove(staging.path());
+                if let Staging::File(temp_path) = staging {
+                    // Renamed: there is nothing left to remove under the temporary name.
+                    let _ = temp_path.keep();
+                }
+            }
+            for file in extra {
+                file.commit_held(live)?;
+            }
+            Ok(())
+        })?;
         if self.sync {
             if let Some(dir) = self.files.last().and_then(|(_, t)| t.parent()) {
-                let dir = if dir.as_os_str().is_empty() {
-                    Path::new(".")
-                } else {
-                    dir
-                };
-                std::fs::File::open(dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(|e| Error::io(dir, e))?;
+                sync_dir(dir)?;
             }
         }
         Ok(())
     }
+}
+
+impl Drop for StagedModel {
+    fn drop(&mut self) {
+        if let Some(staging) = &self.staging {
+            crate::staging::unregister(staging.path());
+        }
+    }
+}
+
+/// One file (a report) written under a temporary name beside its target, waiting to be renamed
+/// into place; dropped without a commit, it is removed.
+#[derive(Debug)]
+pub struct StagedFile {
+    temp: Option<tempfile::TempPath>,
+    target: PathBuf,
+    sync: bool,
+}
+
+impl StagedFile {
+    /// Writes `bytes` beside `target` (which the run's [`WritePlan`] has claimed).
+    pub fn write(target: &Path, bytes: &[u8], sync: bool) -> Result<StagedFile> {
+        let dir = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        crate::staging::remove_stale(dir);
+        let (mut file, temp) = new_output_file(dir, target)?.into_parts();
+        crate::staging::register(&temp);
+        let staged = StagedFile {
+            temp: Some(temp),
+            target: target.to_path_buf(),
+            sync,
+        };
+        file.write_all(bytes)
+            .and_then(|_| if sync { file.sync_all() } else { Ok(()) })
+            .map_err(|e| Error::io(target, e))?;
+        Ok(staged)
+    }
+
+    /// Renames the file into place.
+    pub fn commit(self) -> Result<()> {
+        crate::staging::while_held(|live| self.commit_held(live))
+    }
+
+    fn commit_held(mut self, live: &mut std::collections::BTreeSet<PathBuf>) -> Result<()> {
+        let Some(temp) = self.temp.take() else {
+            return Ok(());
+        };
+        live.remove(&temp.to_path_buf());
+        temp.persist(&self.target)
+            .map_err(|e| Error::io(&self.target, e.error))?;
+        if self.sync {
+            if let Some(dir) = self.target.parent() {
+                sync_dir(dir)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for StagedFile {
+    fn drop(&mut self) {
+        if let Some(temp) = &self.temp {
+            crate::staging::unregister(temp);
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
 }
 
 /// Replaces folded tensors by their values: in the main graph's initializers too when `all`,
@@ -533,7 +693,7 @@ fn encode_graph_except_initializers(g: &GraphProto, buf: &mut Vec<u8>) {
 /// writes (the permissions of the file it replaces, else 0644), not tempfile's private 0600.
 pub fn new_output_file(dir: &Path, target: &Path) -> Result<tempfile::NamedTempFile> {
     let mut builder = tempfile::Builder::new();
-    builder.prefix(".bnfold-");
+    builder.prefix(crate::staging::prefix());
     #[cfg(unix)]
     builder.permissions(output_permissions(target));
     builder.tempfile_in(dir).map_err(|e| Error::io(dir, e))
@@ -608,6 +768,76 @@ fn visit_tensors_mut(g: &mut GraphProto, f: &mut dyn FnMut(&mut TensorProto)) {
     }
 }
 
+/// The data files an output model will have, known before any is written: one per location of
+/// the input, renamed after the output when it is written into the input's own folder.
+struct DataFilesPlan {
+    dir: PathBuf,
+    prefix: Option<String>,
+    /// Their locations relative to the output's folder, in the order they are first used.
+    locations: Vec<String>,
+}
+
+impl DataFilesPlan {
+    fn new(
+        dir: &Path,
+        model_path: &Path,
+        input: &ExternalStore,
+        graph: Option<&GraphProto>,
+    ) -> Result<DataFilesPlan> {
+        // Writing into the input's own folder must not replace the data files the input still
+        // points to: name them after the output model instead (the write plan then refuses
+        // any that is still an input's file).
+        let shares_folder = input.base_dir().is_some_and(|b| same_file(b, dir));
+        let prefix = shares_folder.then(|| {
+            model_path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "model".into())
+        });
+        let mut locations: Vec<String> = Vec::new();
+        let mut failure = Ok(());
+        if let Some(g) = graph {
+            visit_tensors(g, &mut |t| {
+                if failure.is_err() || !tensor::is_external(t) {
+                    return;
+                }
+                match external::external_ref(t) {
+                    Ok(r) => {
+                        let location = output_location(prefix.as_deref(), &r.location);
+                        if !locations.contains(&location) {
+                            locations.push(location);
+                        }
+                    }
+                    Err(e) => failure = Err(e),
+                }
+            });
+        }
+        failure?;
+        Ok(DataFilesPlan {
+            dir: dir.to_path_buf(),
+            prefix,
+            locations,
+        })
+    }
+
+    fn start(self, staging: &Path) -> DataFiles {
+        DataFiles {
+            dir: self.dir,
+            staging: staging.to_path_buf(),
+            prefix: self.prefix,
+            files: Vec::new(),
+        }
+    }
+}
+
+/// Where the output's copy of an input data file goes.
+fn output_location(prefix: Option<&str>, location: &str) -> String {
+    match prefix {
+        Some(p) => format!("{p}.{}", location.replace(['/', '\\'], "_")),
+        None => location.to_string(),
+    }
+}
+
 /// The external data files being written beside an output model, one per input location.
 struct DataFiles {
     dir: PathBuf,
@@ -625,36 +855,15 @@ struct DataFile {
 }
 
 impl DataFiles {
-    fn new(dir: &Path, staging: &Path, model_path: &Path, input: &ExternalStore) -> DataFiles {
-        // Writing into the input's own folder must not replace the data files the input still
-        // points to: name them after the output model instead.
-        let shares_folder = input.base_dir().is_some_and(|b| same_file(b, dir));
-        let prefix = shares_folder.then(|| {
-            model_path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "model".into())
-        });
-        DataFiles {
-            dir: dir.to_path_buf(),
-            staging: staging.to_path_buf(),
-            prefix,
-            files: Vec::new(),
-        }
-    }
-
     fn stream(&mut self, t: &mut TensorProto, store: &ExternalStore) -> Result<()> {
         let reference = external::external_ref(t)?;
-        let len = proto_dims(t)?.iter().product::<usize>() * proto_dtype(t)?.size();
+        let len = tensor::stored_len(t)?;
         let pending = store.pending(t)?;
         let stored = match &pending {
             Some(_) => None,
             None => Some(store.locate(t, len)?),
         };
-        let location = match &self.prefix {
-            Some(p) => format!("{p}.{}", reference.location.replace(['/', '\\'], "_")),
-            None => reference.location.clone(),
-        };
+        let location = output_location(self.prefix.as_deref(), &reference.location);
         let slot = match self.files.iter().position(|f| f.location == location) {
             Some(i) => i,
             None => {
@@ -683,8 +892,7 @@ impl DataFiles {
         match (pending, stored) {
             (Some(p), _) => p.stream(store, &mut |chunk| writer.write_all(chunk))?,
             (None, Some((source_path, source_offset))) => {
-                let source =
-                    std::fs::File::open(&source_path).map_err(|e| Error::io(&source_path, e))?;
+                let (source, _) = crate::source::open_regular(&source_path)?;
                 writer
                     .copy_from(&source, source_offset, len as u64)
                     .map_err(|e| Error::io(&target_path, e))?;

@@ -21,7 +21,10 @@ const MAGIC: &[u8] = b"\x93NUMPY";
 
 /// Reads a `.npy` file.
 pub fn read_npy(path: &Path) -> Result<NpyArray> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let (file, metadata) = crate::source::open_regular(path)?;
+    let mut bytes = Vec::with_capacity(metadata.len() as usize);
+    std::io::Read::read_to_end(&mut std::io::Read::take(&file, metadata.len()), &mut bytes)
+        .map_err(|e| Error::io(path, e))?;
     parse_npy(&bytes).map_err(|problem| Error::InputData {
         source_file: path.display().to_string(),
         problem,

@@ -259,7 +259,7 @@ impl ScaledTensor {
         };
         if tensor::is_external(stored) {
             let (path, offset) = store.locate(stored, numel * size)?;
-            let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+            let (file, _) = crate::source::open_regular(&path)?;
             read_chunks(&mut |at, buf| {
                 crate::source::read_exact_at(&file, buf, offset + at as u64)
                     .map_err(|e| Error::io(&path, e))

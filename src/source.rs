@@ -25,9 +25,8 @@ impl MappedSource {
     /// Maps `path` and returns its bytes with the handle that locates slices of them in the
     /// file; `None` for an empty file or one that cannot be mapped (it is then read whole).
     pub fn open(path: &Path) -> Result<(Bytes, Option<MappedSource>)> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let metadata = file.metadata().map_err(|e| Error::io(path, e))?;
-        if metadata.is_file() && metadata.len() > 0 {
+        let (file, metadata) = open_regular(path)?;
+        if metadata.len() > 0 {
             if let Ok(map) = map_read_only(&file) {
                 let _ = map.advise(memmap2::Advice::Random);
                 let whole = Bytes::from_owner(map);
@@ -38,7 +37,9 @@ impl MappedSource {
                 return Ok((whole, Some(source)));
             }
         }
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let mut bytes = Vec::with_capacity(metadata.len() as usize);
+        std::io::Read::read_to_end(&mut std::io::Read::take(&file, metadata.len()), &mut bytes)
+            .map_err(|e| Error::io(path, e))?;
         Ok((Bytes::from(bytes), None))
     }
 
@@ -53,6 +54,31 @@ impl MappedSource {
     pub fn file(&self) -> &File {
         &self.file
     }
+}
+
+/// Opens `path` for reading if it is a regular file, and refuses anything else (a device such as
+/// `/dev/zero` would be read until memory runs out, a FIFO would block): the file is opened
+/// without blocking and then checked, so a file swapped between a check and the open cannot
+/// slip through.
+pub fn open_regular(path: &Path) -> Result<(File, std::fs::Metadata)> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
+    }
+    let file = options.open(path).map_err(|e| Error::io(path, e))?;
+    let metadata = file.metadata().map_err(|e| Error::io(path, e))?;
+    if !metadata.is_file() {
+        let kind = if metadata.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file (a device, FIFO or socket has no size to read up to)"
+        };
+        return Err(Error::io(path, std::io::Error::other(kind)));
+    }
+    Ok((file, metadata))
 }
 
 #[allow(unsafe_code)]

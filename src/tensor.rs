@@ -224,6 +224,34 @@ pub fn proto_dtype(t: &TensorProto) -> Result<Dtype> {
     })
 }
 
+/// Bits per stored element of every `TensorProto.DataType` the vendored schema knows; `None`
+/// for `STRING` (not stored as bytes) and unknown codes. Types under 8 bits are packed, low
+/// bits first, as onnx packs them.
+pub fn stored_bits(code: i32) -> Option<usize> {
+    Some(match code {
+        2 | 3 | 9 | 17..=20 | 24 => 8,
+        4 | 5 | 10 | 16 => 16,
+        1 | 6 | 12 => 32,
+        7 | 11 | 13 | 14 => 64,
+        15 => 128,
+        21..=23 => 4,
+        25 | 26 => 2,
+        27 | 28 => 6,
+        _ => return None,
+    })
+}
+
+/// The bytes a tensor's data takes in `raw_data` or an external file, for every dtype whose
+/// elements are stored as bytes (see [`stored_bits`]).
+pub fn stored_len(t: &TensorProto) -> Result<usize> {
+    let numel: usize = proto_dims(t)?.iter().product();
+    let bits = stored_bits(t.data_type()).ok_or_else(|| Error::UnsupportedDtype {
+        tensor: t.name().to_string(),
+        data_type: t.data_type(),
+    })?;
+    Ok((numel * bits).div_ceil(8))
+}
+
 /// Whether the tensor's data lives in an external file.
 pub fn is_external(t: &TensorProto) -> bool {
     t.data_location == Some(crate::proto::tensor_proto::DataLocation::External as i32)

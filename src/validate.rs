@@ -35,23 +35,45 @@ pub fn stored_size(t: &TensorProto, store: &ExternalStore) -> Result<()> {
         });
     }
     let dims = tensor::proto_dims(t)?;
-    let Some(dtype) = Dtype::from_code(code) else {
-        return Ok(());
-    };
-    let numel: usize = dims.iter().product();
-    let needed = numel * dtype.size();
     if t.external_data.iter().any(|e| e.key() == PENDING_KEY) {
         return Err(Error::tensor(
             name,
             format!("external_data key '{PENDING_KEY}' is reserved"),
         ));
     }
+    // Every dtype gets these checks, whether or not bnfold reads its values: a location is
+    // refused the same way for a FLOAT8 tensor as for a float one.
     if tensor::is_external(t) {
         if t.raw_data.as_ref().is_some_and(|r| !r.is_empty()) {
             return Err(Error::tensor(name, "has both external data and raw_data"));
         }
-        return store.locate(t, needed).map(|_| ());
+        if tensor::stored_bits(code).is_none() {
+            return Err(Error::tensor(
+                name,
+                "a STRING tensor cannot keep its data in an external file",
+            ));
+        }
+        return store.locate(t, tensor::stored_len(t)?).map(|_| ());
     }
+    let numel: usize = dims.iter().product();
+    let Some(dtype) = Dtype::from_code(code) else {
+        // Passed through untouched; only its packed raw size can be checked.
+        return match (
+            t.raw_data.as_ref().filter(|r| !r.is_empty()),
+            tensor::stored_bits(code),
+        ) {
+            (Some(raw), Some(_)) if raw.len() != tensor::stored_len(t)? => Err(Error::tensor(
+                name,
+                format!(
+                    "raw_data has {} bytes, the shape {dims:?} needs {}",
+                    raw.len(),
+                    tensor::stored_len(t)?
+                ),
+            )),
+            _ => Ok(()),
+        };
+    };
+    let needed = numel * dtype.size();
     if let Some(raw) = t.raw_data.as_ref().filter(|r| !r.is_empty()) {
         if raw.len() != needed {
             return Err(Error::tensor(

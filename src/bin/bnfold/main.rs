@@ -15,6 +15,9 @@ use progress::Progress;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use bnfold::model::StagedFile;
+use bnfold::output::WritePlan;
+use bnfold::printable::Shown;
 use bnfold::report::{Report, SCHEMA_VERSION};
 use bnfold::verify::{SampleHook, Status};
 use bnfold::{fold, verify, FoldKind, FoldOptions, Model, SaveOptions, VerifyOptions};
@@ -95,9 +98,6 @@ struct FoldArgs {
     /// run time, so by default they are not folded).
     #[arg(long)]
     inputs_are_constants: bool,
-    /// Overwrite the output file if it exists.
-    #[arg(long)]
-    force: bool,
     /// Allow the output to be the input file itself.
     #[arg(long)]
     in_place: bool,
@@ -156,6 +156,10 @@ struct OutputArgs {
     /// Also write the JSON report to this file.
     #[arg(long, value_name = "PATH")]
     report_file: Option<PathBuf>,
+    /// Replace existing output files (the model, its data files, the report). Files the input
+    /// reads are never replaced.
+    #[arg(long)]
+    force: bool,
     /// Print only errors.
     #[arg(short, long)]
     quiet: bool,
@@ -189,7 +193,24 @@ impl From<KindArg> for FoldKind {
     }
 }
 
+/// On SIGINT and SIGTERM, removes the files staged so far and exits 128 + the signal's number
+/// (130, 143), as a shell reports a process the signal ended.
+#[cfg(unix)]
+fn remove_staging_on_signals() {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    if let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+        std::thread::spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                bnfold::staging::remove_all();
+                std::process::exit(128 + signal);
+            }
+        });
+    }
+}
+
 fn main() -> ExitCode {
+    #[cfg(unix)]
+    remove_staging_on_signals();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -206,10 +227,10 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("bnfold: error: {}", one_line(&e));
+            eprintln!("bnfold: error: {}", Shown(&one_line(&e)));
             if verbose {
                 for cause in e.chain().skip(1) {
-                    eprintln!("  caused by: {cause}");
+                    eprintln!("  caused by: {}", Shown(&cause.to_string()));
                 }
             }
             ExitCode::from(2)
@@ -320,7 +341,7 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
                     out.display()
                 );
             }
-            if out.exists() && !args.force && !args.in_place {
+            if out.exists() && !args.output_args.force && !args.in_place {
                 bail!(
                     "{}: output exists (use --force to overwrite)",
                     out.display()
@@ -333,6 +354,13 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let loaded = load(&input)?;
     check_skip_nodes(&loaded, &options.skip_nodes)?;
+    // Every file this run writes is claimed before anything is written.
+    let mut plan = WritePlan::new(args.output_args.force || args.in_place);
+    plan.protect(&loaded.input_files);
+    if args.in_place {
+        plan.allow_replacing_input_model();
+    }
+    claim_report(&mut plan, &args.output_args)?;
     progress.stage("folding");
     let readiness = !args.no_readiness && !args.check;
     // The original is kept only for what compares against it. Neither model is freed at the
@@ -360,7 +388,9 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
             );
         }
         let json = || json_report(&report, &input, None);
-        emit(&args.output_args, json, || {
+        let (pretty, staged_report) = stage_report(&args.output_args, json, args.sync)?;
+        commit_report(staged_report)?;
+        print(&args.output_args, &pretty, || {
             let mut s = text::fold_report(&report, &input, None);
             if args.output_args.verbose {
                 s += &timings(fold_seconds, None);
@@ -371,7 +401,7 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
     }
 
     let save_options = SaveOptions {
-        force: args.force || args.in_place,
+        force: args.output_args.force || args.in_place,
         overwrite_input: args.in_place,
         sync: args.sync,
     };
@@ -382,7 +412,7 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
         (Some(out), true) => {
             progress.stage("writing");
             let staged = fused
-                .stage(out, save_options)
+                .stage_planned(out, save_options, &mut plan)
                 .with_context(|| format!("{}", out.display()))?;
             Some((out.clone(), staged))
         }
@@ -424,7 +454,7 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
             .as_ref()
             .and_then(|v| v.reason.clone())
             .unwrap_or_default();
-        eprintln!("bnfold: warning: not verified: {reason}");
+        eprintln!("bnfold: warning: not verified: {}", Shown(&reason));
     }
     if status == Some(Status::Failed) {
         let reason = report
@@ -432,20 +462,32 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
             .as_ref()
             .and_then(|v| v.reason.clone())
             .unwrap_or_default();
-        eprintln!("bnfold: error: verification failed ({reason}); no model written");
+        eprintln!(
+            "bnfold: error: verification failed ({}); no model written",
+            Shown(&reason)
+        );
     }
-    let written = match staged {
-        Some((out, staged)) if !failed => {
+    // The report is staged before anything is committed, and committed after the model: a
+    // failure on the way leaves neither.
+    let written = staged
+        .as_ref()
+        .filter(|_| !failed)
+        .map(|(out, _)| out.clone());
+    let json = || json_report(&report, &input, written.as_deref());
+    let (pretty, staged_report) = stage_report(&args.output_args, json, args.sync)?;
+    match staged {
+        Some((out, mut staged)) if !failed => {
+            if let Some(r) = staged_report {
+                staged.attach(r);
+            }
             staged
                 .commit()
                 .with_context(|| format!("{}", out.display()))?;
-            Some(out)
         }
-        _ => None,
-    };
+        _ => commit_report(staged_report)?,
+    }
     progress.finish();
-    let json = || json_report(&report, &input, written.as_deref());
-    emit(&args.output_args, json, || {
+    print(&args.output_args, &pretty, || {
         let mut s = text::fold_report(&report, &input, written.as_deref());
         if args.output_args.verbose {
             s += &timings(fold_seconds, verify_seconds);
@@ -500,6 +542,9 @@ fn run_verify(
     progress.stage("loading");
     let a = load(original)?;
     let b = load(candidate)?;
+    let mut plan = WritePlan::new(output.force);
+    plan.protect(&a.input_files).protect(&b.input_files);
+    claim_report(&mut plan, output)?;
     progress.stage("verifying");
     options.on_sample = Some(SampleHook(Arc::new(progress.counter())));
     let started = Instant::now();
@@ -514,7 +559,9 @@ fn run_verify(
             "verification": v,
         })
     };
-    emit(output, json, || {
+    let (pretty, staged_report) = stage_report(output, json, false)?;
+    commit_report(staged_report)?;
+    print(output, &pretty, || {
         let mut s = String::new();
         text::verification(&v, &mut s);
         if output.verbose {
@@ -527,14 +574,14 @@ fn run_verify(
         Status::Failed => {
             eprintln!(
                 "bnfold: error: verification failed: {}",
-                v.reason.clone().unwrap_or_default()
+                Shown(v.reason.as_deref().unwrap_or_default())
             );
             1
         }
         Status::NotVerified => {
             eprintln!(
                 "bnfold: warning: not verified: {}",
-                v.reason.clone().unwrap_or_default()
+                Shown(v.reason.as_deref().unwrap_or_default())
             );
             1
         }
@@ -547,6 +594,9 @@ fn run_inspect(
     output: &OutputArgs,
 ) -> anyhow::Result<ExitCode> {
     let original = load(path)?;
+    let mut plan = WritePlan::new(output.force);
+    plan.protect(&original.input_files);
+    claim_report(&mut plan, output)?;
     let mut folded = original.clone();
     let options = FoldOptions {
         inputs_are_constants,
@@ -590,7 +640,9 @@ fn run_inspect(
             "quantization_readiness": readiness,
         })
     };
-    emit(output, json, || {
+    let (pretty, staged_report) = stage_report(output, json, false)?;
+    commit_report(staged_report)?;
+    print(output, &pretty, || {
         text::inspect(path, &normalizations, &readiness)
     })?;
     Ok(ExitCode::SUCCESS)
@@ -634,20 +686,46 @@ fn json_report(report: &Report, input: &Path, output: Option<&Path>) -> serde_js
     })
 }
 
-/// Writes the report where it was asked for; the JSON is built only if it goes somewhere.
-fn emit(
+/// Claims the report file in the run's plan, before anything is written.
+fn claim_report(plan: &mut WritePlan, args: &OutputArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.report_file {
+        plan.claim(path)
+            .with_context(|| format!("--report-file {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The JSON report (built only if it goes somewhere), and the report file staged under a
+/// temporary name beside its target.
+fn stage_report(
     args: &OutputArgs,
     json: impl FnOnce() -> serde_json::Value,
-    text: impl FnOnce() -> String,
-) -> anyhow::Result<()> {
+    sync: bool,
+) -> anyhow::Result<(String, Option<StagedFile>)> {
     let wants_json = args.report_file.is_some() || matches!(args.report, ReportFormat::Json);
     let pretty = match wants_json {
         true => serde_json::to_string_pretty(&json())? + "\n",
         false => String::new(),
     };
-    if let Some(path) = &args.report_file {
-        write_atomic(path, pretty.as_bytes())?;
+    let staged = match &args.report_file {
+        Some(path) => Some(
+            StagedFile::write(path, pretty.as_bytes(), sync)
+                .with_context(|| format!("--report-file {}", path.display()))?,
+        ),
+        None => None,
+    };
+    Ok((pretty, staged))
+}
+
+fn commit_report(staged: Option<StagedFile>) -> anyhow::Result<()> {
+    if let Some(staged) = staged {
+        staged.commit()?;
     }
+    Ok(())
+}
+
+/// Prints the report on stdout in the format asked for.
+fn print(args: &OutputArgs, pretty: &str, text: impl FnOnce() -> String) -> anyhow::Result<()> {
     match args.report {
         ReportFormat::Json => {
             let mut stdout = std::io::stdout().lock();
@@ -661,18 +739,5 @@ fn emit(
         }
         ReportFormat::Text => {}
     }
-    Ok(())
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut tmp = bnfold::model::new_output_file(&dir, path)?;
-    tmp.write_all(bytes)?;
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .with_context(|| format!("{}", path.display()))?;
     Ok(())
 }

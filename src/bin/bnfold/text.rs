@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anstyle::{AnsiColor, Style};
+use bnfold::printable::{printable, printable_path, Shown};
 use bnfold::readiness::Readiness;
 use bnfold::report::{Direction, Report};
 use bnfold::verify::{Status, Verification};
@@ -24,7 +25,11 @@ fn paint(style: Style, text: impl std::fmt::Display) -> String {
 /// The whole report of a fold, `--check` or `--dry-run`.
 pub fn fold_report(report: &Report, input: &Path, output: Option<&Path>) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "{}", paint(BOLD, format!("bnfold {}", input.display())));
+    let _ = writeln!(
+        s,
+        "{}",
+        paint(BOLD, format!("bnfold {}", printable_path(input)))
+    );
     op_table(report, &mut s);
     if !report.folds.is_empty() {
         let _ = writeln!(
@@ -34,36 +39,44 @@ pub fn fold_report(report: &Report, input: &Path, output: Option<&Path>) -> Stri
         );
         for f in &report.folds {
             if f.direction == Direction::Forward {
-                let through: String = f.passthrough.iter().map(|p| format!(" → {p}")).collect();
+                let through: String = f
+                    .passthrough
+                    .iter()
+                    .map(|p| format!(" → {}", Shown(p)))
+                    .collect();
                 let how = match (&f.shift_kept_as, f.kind) {
                     (Some(add), FoldKind::ConvTranspose) => format!(
-                        "forward, the scale only: a transposed convolution does not spread the shift evenly, so it stays as {add}"
+                        "forward, the scale only: a transposed convolution does not spread the shift evenly, so it stays as {}", Shown(add)
                     ),
-                    (Some(add), _) => format!("forward, the scale only: the Conv pads, so the shift stays as {add}"),
+                    (Some(add), _) => format!("forward, the scale only: the Conv pads, so the shift stays as {}", Shown(add)),
                     (None, FoldKind::MatMul) => "forward; the MatMul becomes a Gemm".into(),
                     (None, _) => "forward".into(),
                 };
                 let _ = writeln!(
                     s,
                     "  BatchNormalization {}{through} → {} {} ({how})",
-                    f.batch_norm,
+                    Shown(&f.batch_norm),
                     f.kind.op_type(),
-                    f.producer
+                    Shown(&f.producer)
                 );
                 continue;
             }
-            let through: String = f.passthrough.iter().map(|p| format!(" ← {p}")).collect();
+            let through: String = f
+                .passthrough
+                .iter()
+                .map(|p| format!(" ← {}", Shown(p)))
+                .collect();
             let then = f
                 .followed_by
                 .as_ref()
-                .map(|o| format!(" (→ {o})"))
+                .map(|o| format!(" (→ {})", Shown(o)))
                 .unwrap_or_default();
             let _ = writeln!(
                 s,
                 "  {} {}{through} ← BatchNormalization {}{then}",
                 f.kind.op_type(),
-                f.producer,
-                f.batch_norm
+                Shown(&f.producer),
+                Shown(&f.batch_norm)
             );
         }
     }
@@ -77,14 +90,15 @@ pub fn fold_report(report: &Report, input: &Path, output: Option<&Path>) -> Stri
             let _ = writeln!(
                 s,
                 "  BatchNormalization {}: {} {}",
-                k.node,
-                k.message,
+                Shown(&k.node),
+                Shown(&k.message),
                 paint(DIM, format!("[{}]", k.reason.code()))
             );
             if let (Some(f), Some(m)) = (&k.forward, &k.forward_message) {
                 let _ = writeln!(
                     s,
-                    "    not forward either: {m} {}",
+                    "    not forward either: {} {}",
+                    Shown(m),
                     paint(DIM, format!("[{}]", f.code()))
                 );
             }
@@ -103,7 +117,9 @@ pub fn fold_report(report: &Report, input: &Path, output: Option<&Path>) -> Stri
             let _ = writeln!(
                 s,
                 "  BatchNormalization {} → Mul {} → Add {}",
-                d.node, d.mul, d.add
+                Shown(&d.node),
+                Shown(&d.mul),
+                Shown(&d.add)
             );
         }
     }
@@ -114,7 +130,7 @@ pub fn fold_report(report: &Report, input: &Path, output: Option<&Path>) -> Stri
             paint(BOLD, "not foldable (statistics depend on the input):")
         );
         for n in &report.non_foldable_normalizations {
-            let _ = writeln!(s, "  {} {}", n.op_type, n.node);
+            let _ = writeln!(s, "  {} {}", Shown(&n.op_type), Shown(&n.node));
         }
     }
     if let Some(r) = &report.readiness {
@@ -126,7 +142,7 @@ pub fn fold_report(report: &Report, input: &Path, output: Option<&Path>) -> Stri
     }
     match output {
         Some(o) => {
-            let _ = writeln!(s, "\nwrote {}", o.display());
+            let _ = writeln!(s, "\nwrote {}", printable_path(o));
         }
         None => {
             let _ = writeln!(s, "\nno model written");
@@ -142,13 +158,18 @@ fn op_table(report: &Report, s: &mut String) {
         .keys()
         .chain(report.ops_after.keys())
         .collect();
-    let width = ops.iter().map(|o| o.len()).max().unwrap_or(2).max(2);
+    let width = ops
+        .iter()
+        .map(|o| printable(o).len())
+        .max()
+        .unwrap_or(2)
+        .max(2);
     let header = format!("{:<width$}  {:>6}  {:>6}", "op", "before", "after");
     let _ = writeln!(s, "\n  {}", paint(BOLD, header));
     for op in ops {
         let before = report.ops_before.get(op).copied().unwrap_or(0);
         let after = report.ops_after.get(op).copied().unwrap_or(0);
-        let row = format!("{op:<width$}  {before:>6}  {after:>6}");
+        let row = format!("{:<width$}  {before:>6}  {after:>6}", Shown(op));
         if before != after {
             let _ = writeln!(s, "  {}", paint(BOLD, row + " *"));
         } else {
@@ -173,14 +194,14 @@ pub fn verification(v: &Verification, s: &mut String) {
         v.seed
     );
     if let Some(r) = &v.reason {
-        let _ = writeln!(s, "  {r}");
+        let _ = writeln!(s, "  {}", Shown(r));
     }
     let graph_outputs: Vec<_> = v.outputs.iter().filter(|o| o.graph_output).collect();
     let chains = v.outputs.len() - graph_outputs.len();
     if !graph_outputs.is_empty() {
         let width = graph_outputs
             .iter()
-            .map(|o| o.name.len())
+            .map(|o| printable(&o.name).len())
             .max()
             .unwrap_or(6)
             .max(6);
@@ -193,7 +214,7 @@ pub fn verification(v: &Verification, s: &mut String) {
             let _ = writeln!(
                 s,
                 "  {:<width$}  {:>10.3e}  {:>10.3e}  {:>10.3e}  {:>10.3e}{}",
-                o.name,
+                Shown(&o.name),
                 o.max_abs_error,
                 o.max_rel_error,
                 o.normalized_error,
@@ -213,11 +234,11 @@ pub fn verification(v: &Verification, s: &mut String) {
             .filter(|o| !o.graph_output)
             .map(|o| o.normalized_error)
             .fold(0.0, f64::max);
-        let failing: Vec<&str> = v
+        let failing: Vec<String> = v
             .outputs
             .iter()
             .filter(|o| !o.graph_output && !o.passed)
-            .map(|o| o.name.as_str())
+            .map(|o| printable(&o.name).into_owned())
             .collect();
         let _ = writeln!(
             s,
@@ -231,7 +252,7 @@ pub fn verification(v: &Verification, s: &mut String) {
         );
     }
     if !v.guessed_dims.is_empty() {
-        let _ = writeln!(s, "  guessed dims: {}", v.guessed_dims.join(", "));
+        let _ = writeln!(s, "  guessed dims: {}", Shown(&v.guessed_dims.join(", ")));
     }
 }
 
@@ -279,7 +300,12 @@ pub fn readiness(r: &Readiness, s: &mut String) {
     if worst.is_empty() {
         return;
     }
-    let width = worst.iter().map(|l| l.node.len()).max().unwrap_or(5).max(5);
+    let width = worst
+        .iter()
+        .map(|l| printable(&l.node).len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
     let header = format!(
         "{:<width$}  {:>10}  {:>11}  {:>8}  {:>8}",
         "layer", "per-tensor", "per-channel", "spread", "starved"
@@ -289,7 +315,7 @@ pub fn readiness(r: &Readiness, s: &mut String) {
         let _ = writeln!(
             s,
             "  {:<width$}  {:>10}  {:>11}  {:>8.1}  {:>4}/{}",
-            l.node,
+            Shown(&l.node),
             db(l.sqnr_per_tensor_db),
             db(l.sqnr_per_channel_db),
             l.range_spread,
@@ -305,7 +331,7 @@ pub fn inspect(path: &Path, normalizations: &[serde_json::Value], r: &Readiness)
     let _ = writeln!(
         s,
         "{}",
-        paint(BOLD, format!("bnfold inspect {}", path.display()))
+        paint(BOLD, format!("bnfold inspect {}", printable_path(path)))
     );
     if normalizations.is_empty() {
         let _ = writeln!(s, "\nno normalization nodes");
@@ -321,9 +347,9 @@ pub fn inspect(path: &Path, normalizations: &[serde_json::Value], r: &Readiness)
             let _ = writeln!(
                 s,
                 "  {} {}: {mark} {}",
-                n["op_type"].as_str().unwrap_or(""),
-                n["node"].as_str().unwrap_or(""),
-                n["how"].as_str().unwrap_or("")
+                Shown(n["op_type"].as_str().unwrap_or("")),
+                Shown(n["node"].as_str().unwrap_or("")),
+                Shown(n["how"].as_str().unwrap_or(""))
             );
         }
     }
