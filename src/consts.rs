@@ -20,6 +20,8 @@ pub enum NotConstant {
     OverridableInput(String),
     /// Computed at run time from this tensor.
     Runtime(String),
+    /// Stored as a `sparse_initializer`, which bnfold does not densify.
+    Sparse(String),
 }
 
 /// Largest constant bnfold computes from a subgraph, in elements.
@@ -111,6 +113,9 @@ impl<'a> ConstEval<'a> {
         }
         let runtime = || Ok(Err(NotConstant::Runtime(name.to_string())));
         let Some(producer) = index.producer(name) else {
+            if index.is_sparse_initializer(name) {
+                return Ok(Err(NotConstant::Sparse(name.to_string())));
+            }
             return runtime();
         };
         if depth > MAX_DEPTH {

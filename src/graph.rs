@@ -103,6 +103,14 @@ impl<'g> GraphIndex<'g> {
             .or_else(|| self.outer.initializers.and_then(|m| m.get(name)))
     }
 
+    /// Whether `name` is a `sparse_initializer` of this graph.
+    pub fn is_sparse_initializer(&self, name: &str) -> bool {
+        self.graph
+            .sparse_initializer
+            .iter()
+            .any(|s| s.values.as_ref().is_some_and(|v| v.name() == name))
+    }
+
     /// Whether `name` is an initializer of this graph (not of an enclosing one).
     pub fn is_own_initializer(&self, name: &str) -> bool {
         self.initializers.contains_key(name)

@@ -70,6 +70,9 @@ pub fn fold(model: &mut Model, options: &FoldOptions) -> Result<Report> {
     let mut outcome = PassOutcome::default();
     pass::fold_graph(graph, &ctx, "main", OuterScope::default(), &mut outcome)?;
     validate::graph_structure(graph, &Default::default())?;
+    outcome
+        .skips
+        .extend(batch_norms_in_functions(&model.proto.functions));
     Ok(Report {
         ops_before,
         ops_after: op_counts(graph),
@@ -90,6 +93,41 @@ pub fn fold_bytes(
     let mut model = Model::from_bytes(bytes)?;
     let report = fold(&mut model, options)?;
     Ok((model.to_bytes()?, report))
+}
+
+/// Every BatchNormalization inside a model-local function (and its subgraphs), left in place.
+fn batch_norms_in_functions(functions: &[proto::FunctionProto]) -> Vec<report::SkipRecord> {
+    fn walk(nodes: &[proto::NodeProto], function: &str, found: &mut Vec<report::SkipRecord>) {
+        for node in nodes {
+            if node.op_type() == "BatchNormalization" && matches!(node.domain(), "" | "ai.onnx") {
+                let reason = SkipReason::InFunction {
+                    function: function.to_string(),
+                };
+                found.push(report::SkipRecord {
+                    graph: format!("function {function}"),
+                    node: graph::node_label(node),
+                    message: reason.message(),
+                    reason,
+                    forward: None,
+                    forward_message: None,
+                });
+            }
+            for a in &node.attribute {
+                for sub in a.g.as_deref().into_iter().chain(&a.graphs) {
+                    walk(&sub.node, function, found);
+                }
+            }
+        }
+    }
+    let mut found = Vec::new();
+    for f in functions {
+        let function = match f.domain() {
+            "" => f.name().to_string(),
+            domain => format!("{domain}.{}", f.name()),
+        };
+        walk(&f.node, &function, &mut found);
+    }
+    found
 }
 
 /// Counts the nodes of each op type, subgraphs included.

@@ -738,12 +738,23 @@ pub fn visit_tensors(g: &GraphProto, f: &mut dyn FnMut(&TensorProto)) {
     for t in &g.initializer {
         f(t);
     }
+    for s in &g.sparse_initializer {
+        s.values.iter().chain(&s.indices).for_each(&mut *f);
+    }
     for node in &g.node {
         for a in &node.attribute {
             a.t.as_deref()
                 .into_iter()
                 .chain(&a.tensors)
                 .for_each(&mut *f);
+            for s in a
+                .sparse_tensor
+                .as_deref()
+                .into_iter()
+                .chain(&a.sparse_tensors)
+            {
+                s.values.iter().chain(&s.indices).for_each(&mut *f);
+            }
             for sub in a.g.as_deref().into_iter().chain(&a.graphs) {
                 visit_tensors(sub, f);
             }
@@ -755,12 +766,29 @@ fn visit_tensors_mut(g: &mut GraphProto, f: &mut dyn FnMut(&mut TensorProto)) {
     for t in &mut g.initializer {
         f(t);
     }
+    for s in &mut g.sparse_initializer {
+        s.values
+            .iter_mut()
+            .chain(s.indices.iter_mut())
+            .for_each(&mut *f);
+    }
     for node in &mut g.node {
         for a in &mut node.attribute {
             a.t.as_deref_mut()
                 .into_iter()
                 .chain(a.tensors.iter_mut())
                 .for_each(&mut *f);
+            for s in a
+                .sparse_tensor
+                .as_deref_mut()
+                .into_iter()
+                .chain(a.sparse_tensors.iter_mut())
+            {
+                s.values
+                    .iter_mut()
+                    .chain(s.indices.iter_mut())
+                    .for_each(&mut *f);
+            }
             for sub in a.g.as_deref_mut().into_iter().chain(a.graphs.iter_mut()) {
                 visit_tensors_mut(sub, f);
             }

@@ -972,6 +972,12 @@ fn bn_affine(eval: &ConstEval, bn: &NodeProto) -> Result<std::result::Result<Aff
         );
     }
     let epsilon = attr::float(bn, "epsilon")?.unwrap_or(1e-5) as f64;
+    skip_if!(
+        !epsilon.is_finite(),
+        SkipReason::EpsilonNotFinite {
+            value: describe_non_finite(epsilon)
+        }
+    );
     let mut affine = Affine {
         scale: Vec::with_capacity(channels),
         shift: Vec::with_capacity(channels),
@@ -1026,6 +1032,13 @@ fn layer_weight(
             dtype: weight.dtype.name().into()
         }
     );
+    if let Some((element, value)) = weight.first_not_finite(eval.store())? {
+        return Ok(Err(SkipReason::NotFinite {
+            tensor: name.to_string(),
+            element,
+            value: describe_non_finite(value),
+        }));
+    }
     Ok(Ok(weight))
 }
 
@@ -1042,7 +1055,23 @@ fn float_constant(
             dtype: value.dtype.name().into()
         }
     );
+    if let Some(element) = value.data.iter().position(|v| !v.is_finite()) {
+        return Ok(Err(SkipReason::NotFinite {
+            tensor: name.to_string(),
+            element,
+            value: describe_non_finite(value.data[element]),
+        }));
+    }
     Ok(Ok(value))
+}
+
+/// `NaN`, `inf` or `-inf`.
+fn describe_non_finite(value: f64) -> String {
+    match value {
+        v if v.is_nan() => "NaN".into(),
+        v if v > 0.0 => "inf".into(),
+        _ => "-inf".into(),
+    }
 }
 
 fn constant(
@@ -1058,6 +1087,7 @@ fn not_constant(name: &str, not: NotConstant) -> SkipReason {
         NotConstant::Runtime(_) => SkipReason::ParamNotConstant {
             tensor: name.to_string(),
         },
+        NotConstant::Sparse(t) => SkipReason::ParamSparse { tensor: t },
     }
 }
 

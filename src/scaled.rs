@@ -160,6 +160,34 @@ impl ScaledTensor {
         Ok(self.encode(store, &mut |_| Ok(()))?.is_none())
     }
 
+    /// The first element of the source (before any scaling) that is NaN or infinite, with its
+    /// value. Reads the source once, comparing bit patterns; only a chunk that holds such a
+    /// value is decoded.
+    pub fn first_not_finite(&self, store: &ExternalStore) -> Result<Option<(usize, f64)>> {
+        let mut found = None;
+        self.for_each_source_chunk(store, &mut |start, chunk| {
+            if found.is_some() {
+                return Ok(());
+            }
+            let at = match chunk {
+                Chunk::Raw(raw) if max_magnitude(self.dtype, raw).is_finite() => None,
+                Chunk::Raw(raw) => tensor::decode_le(self.dtype, raw)
+                    .iter()
+                    .enumerate()
+                    .find(|(_, v)| !v.is_finite())
+                    .map(|(i, &v)| (start + i, v)),
+                Chunk::Values(values) => values
+                    .iter()
+                    .enumerate()
+                    .find(|(_, v)| !v.is_finite())
+                    .map(|(i, &v)| (start + i, v)),
+            };
+            found = at;
+            Ok(())
+        })?;
+        Ok(found)
+    }
+
     /// Calls `sink` with the little-endian bytes of the scaled values, in order, a chunk at a
     /// time.
     pub fn stream(
@@ -171,7 +199,10 @@ impl ScaledTensor {
             None => Ok(()),
             Some(element) => Err(Error::tensor(
                 &self.name,
-                format!("folded value {element} does not fit {}", self.dtype.name()),
+                format!(
+                    "folded element {element} is not finite in {} (scaled past its range)",
+                    self.dtype.name()
+                ),
             )),
         }
     }

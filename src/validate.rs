@@ -106,11 +106,16 @@ pub fn stored_size(t: &TensorProto, store: &ExternalStore) -> Result<()> {
 /// outputs exist, and the nodes can be ordered (no cycle).
 pub fn graph_structure(graph: &GraphProto, outer: &HashSet<String>) -> Result<()> {
     let mut defined: HashSet<&str> = HashSet::default();
+    let sparse_names = graph
+        .sparse_initializer
+        .iter()
+        .filter_map(|s| s.values.as_ref().map(|v| v.name()));
     for name in graph
         .input
         .iter()
         .map(|v| v.name())
         .chain(graph.initializer.iter().map(|t| t.name()))
+        .chain(sparse_names)
     {
         if !defined.insert(name) && !graph.input.iter().any(|i| i.name() == name) {
             return Err(Error::InvalidGraph(format!(
@@ -260,6 +265,43 @@ fn node_attributes(node: &NodeProto, initializers: &HashMap<&str, &TensorProto>)
                             ),
                         ));
                     }
+                }
+                for (name, per_dim) in [
+                    ("strides", 1),
+                    ("dilations", 1),
+                    ("pads", 2),
+                    ("output_padding", 1),
+                ] {
+                    if let Some(list) = attr::ints(node, name)? {
+                        if list.len() != per_dim * (rank - 2) {
+                            return Err(node_error(
+                                node,
+                                format!(
+                                    "attribute '{name}' has {} entries, the weight's {} spatial \
+                                     dims need {}",
+                                    list.len(),
+                                    rank - 2,
+                                    per_dim * (rank - 2)
+                                ),
+                            ));
+                        }
+                    }
+                }
+                // Conv splits its output channels (weight axis 0) into groups; ConvTranspose its
+                // input channels, also on weight axis 0.
+                let grouped = w.dims[0];
+                if grouped % group != 0 {
+                    let axis = match node.op_type() {
+                        "Conv" => "output channels",
+                        _ => "input channels",
+                    };
+                    return Err(node_error(
+                        node,
+                        format!(
+                            "group {group} does not divide the {grouped} {axis} of weight '{}'",
+                            w.name()
+                        ),
+                    ));
                 }
             }
         }

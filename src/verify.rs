@@ -131,6 +131,58 @@ impl Verification {
     }
 }
 
+/// The first graph input (of `data_inputs`) or output whose declared element type or rank
+/// differs between the two graphs, said in one line; ranks are compared where both declare one.
+fn interface_difference(
+    a: &crate::proto::GraphProto,
+    b: &crate::proto::GraphProto,
+    data_inputs: &[String],
+) -> Option<String> {
+    use crate::proto::type_proto::Value;
+    fn declared<'g>(
+        values: &'g [crate::proto::ValueInfoProto],
+        name: &str,
+    ) -> Option<&'g crate::proto::type_proto::Tensor> {
+        let v = values.iter().find(|v| v.name() == name)?;
+        match v.r#type.as_ref()?.value.as_ref()? {
+            Value::TensorType(t) => Some(t),
+            _ => None,
+        }
+    }
+    let type_name = |code: Option<i32>| match code.and_then(Dtype::from_code) {
+        Some(d) => d.name().to_string(),
+        None => format!("type {}", code.unwrap_or(0)),
+    };
+    let inputs = data_inputs
+        .iter()
+        .map(|n| ("input", n.as_str(), &a.input, &b.input));
+    let outputs = a
+        .output
+        .iter()
+        .map(|o| ("output", o.name(), &a.output, &b.output));
+    for (kind, name, in_a, in_b) in inputs.chain(outputs) {
+        let (Some(ta), Some(tb)) = (declared(in_a, name), declared(in_b, name)) else {
+            continue;
+        };
+        if ta.elem_type != tb.elem_type {
+            return Some(format!(
+                "graph {kind} '{name}' is {} in the original and {} in the candidate",
+                type_name(ta.elem_type),
+                type_name(tb.elem_type)
+            ));
+        }
+        let rank = |t: &crate::proto::type_proto::Tensor| t.shape.as_ref().map(|s| s.dim.len());
+        if let (Some(ra), Some(rb)) = (rank(ta), rank(tb)) {
+            if ra != rb {
+                return Some(format!(
+                    "graph {kind} '{name}' has rank {ra} in the original and {rb} in the candidate"
+                ));
+            }
+        }
+    }
+    None
+}
+
 /// Runs `original` and `candidate` on the same random inputs and compares their graph outputs
 /// and the tensors named in `intermediates` (present in both models).
 pub fn verify(
@@ -171,6 +223,13 @@ pub fn verify(
             reason: Some(format!(
                 "graph inputs differ: {inputs_a:?} against {inputs_b:?}"
             )),
+            ..Verification::not_verified(String::new(), options.seed)
+        });
+    }
+    if let Some(difference) = interface_difference(orig_graph, cand_graph, &inputs_a) {
+        return Ok(Verification {
+            status: Status::Failed,
+            reason: Some(difference),
             ..Verification::not_verified(String::new(), options.seed)
         });
     }

@@ -174,7 +174,7 @@ fn an_f32_weight_that_overflows_when_written_is_an_error_naming_it_and_no_output
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(
-        err.contains("'w'") && err.contains("does not fit float32"),
+        err.contains("'w'") && err.contains("is not finite in float32"),
         "{err}"
     );
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");

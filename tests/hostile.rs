@@ -3,94 +3,13 @@
 //! the model, signals leave nothing behind, names are printed as data, and valid models with
 //! data types bnfold does not decode pass through.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bnfold::proto::tensor_proto::DataLocation;
-use bnfold::proto::{ModelProto, StringStringEntryProto, TensorProto};
-use prost::Message;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
-}
-
-fn bnfold(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_bnfold"))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// `conv_bn.onnx` with every value inline.
-fn conv_bn() -> ModelProto {
-    bnfold::Model::load(fixture("conv_bn.onnx"))
-        .unwrap()
-        .materialized()
-        .unwrap()
-}
-
-fn initializer<'m>(model: &'m mut ModelProto, name: &str) -> &'m mut TensorProto {
-    model
-        .graph
-        .as_mut()
-        .unwrap()
-        .initializer
-        .iter_mut()
-        .find(|t| t.name() == name)
-        .unwrap()
-}
-
-/// Moves tensor `name`'s bytes to the end of `dir/location`.
-fn externalize(model: &mut ModelProto, dir: &Path, name: &str, location: &str) {
-    let t = initializer(model, name);
-    let bytes = t.raw_data.take().unwrap();
-    let path = dir.join(location);
-    let mut data = std::fs::read(&path).unwrap_or_default();
-    let offset = data.len();
-    data.extend_from_slice(&bytes);
-    std::fs::write(&path, data).unwrap();
-    let entry = |k: &str, v: String| StringStringEntryProto {
-        key: Some(k.into()),
-        value: Some(v),
-    };
-    t.external_data = vec![
-        entry("location", location.into()),
-        entry("offset", offset.to_string()),
-        entry("length", bytes.len().to_string()),
-    ];
-    t.data_location = Some(DataLocation::External as i32);
-}
-
-fn write(path: &Path, model: &ModelProto) {
-    std::fs::write(path, model.encode_to_vec()).unwrap();
-}
-
-/// Every file under `dir` and its bytes.
-fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut all = BTreeMap::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            all.extend(files(&path));
-        } else {
-            all.insert(path.clone(), std::fs::read(&path).unwrap());
-        }
-    }
-    all
-}
+use common::*;
 
 /// A folder with `m.onnx`, its weight in `w.bin` and its BN parameters in `fused.w.bin`: the
 /// name a fold to `fused.onnx` beside it would give its copy of `w.bin`.
@@ -319,47 +238,6 @@ fn control_characters_in_an_error_are_printed_escaped_on_one_line() {
         "{err}"
     );
     assert!(!err.contains('\u{1b}') && !err.contains('\0'));
-}
-
-/// A tensor of `code` with `dims`, its packed bytes in `dir/location`, returned by an Identity
-/// as graph output `q_out` so that it stays in the model.
-fn add_passthrough_tensor(
-    model: &mut ModelProto,
-    dir: &Path,
-    code: i32,
-    dims: &[i64],
-    bytes: &[u8],
-    location: &str,
-) {
-    use bnfold::proto::{type_proto, NodeProto, TypeProto, ValueInfoProto};
-    model.ir_version = Some(10);
-    let graph = model.graph.as_mut().unwrap();
-    graph.initializer.push(TensorProto {
-        name: Some("q".into()),
-        data_type: Some(code),
-        dims: dims.to_vec(),
-        raw_data: Some(bytes.to_vec().into()),
-        ..Default::default()
-    });
-    graph.node.push(NodeProto {
-        op_type: Some("Identity".into()),
-        name: Some("keep_q".into()),
-        input: vec!["q".into()],
-        output: vec!["q_out".into()],
-        ..Default::default()
-    });
-    graph.output.push(ValueInfoProto {
-        name: Some("q_out".into()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(code),
-                shape: None,
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    externalize(model, dir, "q", location);
 }
 
 #[test]

@@ -113,6 +113,11 @@ pub enum SkipReason {
         /// The parameter as the node names it.
         tensor: String,
     },
+    /// A parameter is stored as a `sparse_initializer`: left as it is rather than densified.
+    ParamSparse {
+        /// The parameter.
+        tensor: String,
+    },
     /// A parameter is an initializer that is also a graph input, so it can be overridden at run
     /// time (IR ≥ 4); `--inputs-are-constants` treats it as constant.
     ParamOverridable {
@@ -138,7 +143,21 @@ pub enum SkipReason {
         /// Its dtype.
         dtype: String,
     },
-    /// `var + ε ≤ 0` (or not finite) for some channel.
+    /// A weight, bias or BN parameter holds NaN or an infinity.
+    NotFinite {
+        /// The tensor.
+        tensor: String,
+        /// The first such element, in storage order.
+        element: usize,
+        /// What it holds: `NaN`, `inf` or `-inf`.
+        value: String,
+    },
+    /// The BN's `epsilon` attribute is NaN or infinite.
+    EpsilonNotFinite {
+        /// What it holds.
+        value: String,
+    },
+    /// `var + ε ≤ 0` for some channel.
     NonPositiveVariance {
         /// The first such channel.
         channel: usize,
@@ -167,6 +186,12 @@ pub enum SkipReason {
     },
     /// The node was excluded with `--skip-node`.
     NodeExcluded,
+    /// The BN is inside a model-local function, whose body bnfold does not rewrite (every call
+    /// site would change with it).
+    InFunction {
+        /// The function, as `domain.name`.
+        function: String,
+    },
     /// Forward: the BN's output is a graph output or feeds nothing.
     NoConsumer,
     /// Forward: the BN's output (or the Flatten's) feeds more than one node.
@@ -209,6 +234,10 @@ impl SkipReason {
             SkipReason::ParamNotConstant { tensor } => {
                 format!("parameter '{tensor}' is computed at run time")
             }
+            SkipReason::ParamSparse { tensor } => format!(
+                "parameter '{tensor}' is a sparse_initializer; bnfold leaves sparse tensors as \
+                 they are"
+            ),
             SkipReason::ParamOverridable { tensor } => format!(
                 "parameter '{tensor}' is also a graph input and can be overridden at run time \
                  (use --inputs-are-constants to fold anyway)"
@@ -219,6 +248,14 @@ impl SkipReason {
             SkipReason::ShapeMismatch { tensor, detail } => format!("'{tensor}': {detail}"),
             SkipReason::UnsupportedDtype { tensor, dtype } => {
                 format!("'{tensor}' is {dtype}, not floating point")
+            }
+            SkipReason::NotFinite {
+                tensor,
+                element,
+                value,
+            } => format!("'{tensor}' holds {value} (element {element}): nothing finite to fold"),
+            SkipReason::EpsilonNotFinite { value } => {
+                format!("its epsilon is {value}: the normalization is not finite")
             }
             SkipReason::NonPositiveVariance { channel } => {
                 format!("var + epsilon <= 0 at channel {channel}")
@@ -243,6 +280,10 @@ impl SkipReason {
                 format!("folds into {} are excluded by --only", kind.op_type())
             }
             SkipReason::NodeExcluded => "excluded by --skip-node".into(),
+            SkipReason::InFunction { function } => format!(
+                "it is inside the model-local function '{function}', whose body bnfold does not \
+                 rewrite"
+            ),
             SkipReason::NoConsumer => {
                 "its output is a graph output or unused: nothing to fold forward into".into()
             }

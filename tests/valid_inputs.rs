@@ -1,0 +1,220 @@
+//! Valid means valid, invalid means refused: non-finite parameters are named skips, sparse
+//! weights stay as they are with a reason, BatchNormalization inside model-local functions is
+//! listed, layers whose group does not divide their channels are refused, and `bnfold verify`
+//! compares interfaces before values.
+
+mod common;
+
+use bnfold::proto::{FunctionProto, NodeProto, OperatorSetIdProto, SparseTensorProto, TensorProto};
+use common::*;
+
+fn json(args: &[&str]) -> (Option<i32>, serde_json::Value, String) {
+    let mut args = args.to_vec();
+    args.extend(["--report", "json"]);
+    let o = bnfold(&args);
+    let report = serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null);
+    (o.status.code(), report, stderr(&o))
+}
+
+fn set_value(model: &mut bnfold::proto::ModelProto, name: &str, element: usize, value: f32) {
+    let t = initializer(model, name);
+    let mut raw = t.raw_data.take().unwrap().to_vec();
+    raw[element * 4..element * 4 + 4].copy_from_slice(&value.to_le_bytes());
+    t.raw_data = Some(raw.into());
+}
+
+#[test]
+fn a_non_finite_weight_bias_or_bn_parameter_is_a_skip_naming_the_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    for (tensor, element, value, shown) in [
+        ("w", 31, f32::NAN, "NaN"),
+        ("b", 2, f32::INFINITY, "inf"),
+        ("bn.var", 1, f32::NAN, "NaN"),
+        ("bn.gamma", 0, f32::NEG_INFINITY, "-inf"),
+    ] {
+        let mut model = conv_bn();
+        set_value(&mut model, tensor, element, value);
+        let input = dir.path().join(format!("{tensor}.onnx"));
+        write(&input, &model);
+        let (code, report, err) = json(&[s(&input), "--dry-run", "--no-verify"]);
+        assert_eq!(code, Some(0), "{tensor}: {err}");
+        let skip = &report["skips"][0];
+        assert_eq!(skip["reason"], "not_finite", "{tensor}: {report}");
+        assert_eq!(skip["details"]["tensor"], tensor);
+        assert_eq!(skip["details"]["element"], element);
+        assert_eq!(skip["details"]["value"], shown);
+        let (code, _, err) = json(&["inspect", s(&input)]);
+        assert_eq!(code, Some(0), "inspect {tensor}: {err}");
+    }
+}
+
+#[test]
+fn a_non_finite_epsilon_is_its_own_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = conv_bn();
+    let bn = model
+        .graph
+        .as_mut()
+        .unwrap()
+        .node
+        .iter_mut()
+        .find(|n| n.op_type() == "BatchNormalization")
+        .unwrap();
+    bn.attribute.retain(|a| a.name() != "epsilon");
+    bn.attribute.push(bnfold::proto::AttributeProto {
+        name: Some("epsilon".into()),
+        r#type: Some(bnfold::proto::attribute_proto::AttributeType::Float as i32),
+        f: Some(f32::INFINITY),
+        ..Default::default()
+    });
+    let input = dir.path().join("eps.onnx");
+    write(&input, &model);
+    let (code, report, err) = json(&[s(&input), "--dry-run", "--no-verify"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        report["skips"][0]["reason"], "epsilon_not_finite",
+        "{report}"
+    );
+    assert_eq!(report["skips"][0]["details"]["value"], "inf");
+}
+
+#[test]
+fn a_conv_whose_group_does_not_divide_its_channels_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = conv_bn();
+    let conv = model
+        .graph
+        .as_mut()
+        .unwrap()
+        .node
+        .iter_mut()
+        .find(|n| n.op_type() == "Conv")
+        .unwrap();
+    conv.attribute.retain(|a| a.name() != "group");
+    conv.attribute.push(bnfold::proto::AttributeProto {
+        name: Some("group".into()),
+        r#type: Some(bnfold::proto::attribute_proto::AttributeType::Int as i32),
+        i: Some(3),
+        ..Default::default()
+    });
+    let input = dir.path().join("group3.onnx");
+    write(&input, &model);
+    let out = dir.path().join("fused.onnx");
+    let o = bnfold(&[s(&input), "-o", s(&out)]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("node 'conv' (Conv): group 3 does not divide the 4 output channels"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1);
+    assert!(!out.exists());
+}
+
+#[test]
+fn a_sparse_weight_is_read_as_defined_and_left_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = conv_bn();
+    let graph = model.graph.as_mut().unwrap();
+    let at = graph
+        .initializer
+        .iter()
+        .position(|t| t.name() == "w")
+        .unwrap();
+    let dense = graph.initializer.remove(at);
+    // Two non-zero elements of the [4, 3, 3, 3] weight, at linear indices 0 and 50.
+    let raw = dense.raw_data.unwrap();
+    let values: Vec<u8> = raw[0..4].iter().chain(&raw[200..204]).copied().collect();
+    graph.sparse_initializer.push(SparseTensorProto {
+        values: Some(TensorProto {
+            name: Some("w".into()),
+            data_type: Some(1),
+            dims: vec![2],
+            raw_data: Some(values.into()),
+            ..Default::default()
+        }),
+        indices: Some(TensorProto {
+            name: Some("w_indices".into()),
+            data_type: Some(7),
+            dims: vec![2],
+            int64_data: vec![0, 50],
+            ..Default::default()
+        }),
+        dims: vec![4, 3, 3, 3],
+    });
+    let input = dir.path().join("sparse.onnx");
+    write(&input, &model);
+    let (code, report, err) = json(&[s(&input), "--dry-run", "--no-verify"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(report["skips"][0]["reason"], "param_sparse", "{report}");
+    assert_eq!(report["skips"][0]["details"]["tensor"], "w");
+    let out = dir.path().join("out.onnx");
+    let o = bnfold(&[s(&input), "-o", s(&out), "--no-verify"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let written = bnfold::Model::load(&out).unwrap();
+    assert_eq!(written.proto.graph.unwrap().sparse_initializer.len(), 1);
+}
+
+#[test]
+fn batch_norm_inside_a_model_local_function_is_listed_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = conv_bn();
+    model.opset_import.push(OperatorSetIdProto {
+        domain: Some("local".into()),
+        version: Some(1),
+    });
+    model.functions.push(FunctionProto {
+        name: Some("norm_block".into()),
+        domain: Some("local".into()),
+        input: ["x", "g", "b", "m", "v"].map(String::from).to_vec(),
+        output: vec!["y".into()],
+        node: vec![NodeProto {
+            op_type: Some("BatchNormalization".into()),
+            name: Some("inner_bn".into()),
+            input: ["x", "g", "b", "m", "v"].map(String::from).to_vec(),
+            output: vec!["y".into()],
+            ..Default::default()
+        }],
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(13),
+        }],
+        ..Default::default()
+    });
+    let input = dir.path().join("function.onnx");
+    write(&input, &model);
+    let (code, report, err) = json(&[s(&input), "--dry-run", "--no-verify"]);
+    assert_eq!(code, Some(0), "{err}");
+    let skips = report["skips"].as_array().unwrap();
+    let inner = skips.iter().find(|k| k["node"] == "inner_bn").unwrap();
+    assert_eq!(inner["reason"], "in_function");
+    assert_eq!(inner["details"]["function"], "local.norm_block");
+    assert_eq!(report["folds"].as_array().unwrap().len(), 1);
+    let (code, inspected, _) = json(&["inspect", s(&input)]);
+    assert_eq!(code, Some(0));
+    let listed = inspected["normalizations"].as_array().unwrap();
+    assert!(listed
+        .iter()
+        .any(|n| n["node"] == "inner_bn" && n["reason"] == "in_function"));
+}
+
+#[test]
+fn verify_fails_when_an_input_changes_its_type_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = conv_bn();
+    let x = &mut model.graph.as_mut().unwrap().input[0];
+    if let Some(bnfold::proto::type_proto::Value::TensorType(t)) =
+        x.r#type.as_mut().unwrap().value.as_mut()
+    {
+        t.elem_type = Some(11);
+    }
+    let candidate = dir.path().join("double.onnx");
+    write(&candidate, &model);
+    let o = bnfold(&["verify", s(&fixture("conv_bn.onnx")), s(&candidate)]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("graph input 'x' is float32 in the original and float64 in the candidate"),
+        "{err}"
+    );
+}
