@@ -262,12 +262,12 @@ impl Model {
             plan.claim(&dir.join(location))?;
         }
         crate::staging::remove_stale(&dir);
+        crate::staging::watch(&dir);
         let (staging, model_file, files) = if self.has_external_data() {
             let folder = tempfile::Builder::new()
                 .prefix(crate::staging::prefix())
                 .tempdir_in(&dir)
                 .map_err(|e| Error::io(&dir, e))?;
-            crate::staging::register(folder.path());
             let mut staging = Staging::Folder(folder);
             let Staging::Folder(folder) = &mut staging else {
                 unreachable!()
@@ -290,7 +290,6 @@ impl Model {
             (staging, model_file, files)
         } else {
             let (model_file, temp_path) = new_output_file(&dir, path)?.into_parts();
-            crate::staging::register(&temp_path);
             let files = vec![(temp_path.to_path_buf(), path.to_path_buf())];
             (Staging::File(temp_path), model_file, files)
         };
@@ -325,20 +324,11 @@ impl Model {
 }
 
 /// Where a staged model waits: a hidden folder beside the target when it has data files, else a
-/// hidden file. Both are listed in [`crate::staging`] while they exist.
+/// hidden file; their folder is watched by [`crate::staging`] before they are created.
 #[derive(Debug)]
 enum Staging {
     Folder(tempfile::TempDir),
     File(tempfile::TempPath),
-}
-
-impl Staging {
-    fn path(&self) -> &Path {
-        match self {
-            Staging::Folder(folder) => folder.path(),
-            Staging::File(file) => file,
-        }
-    }
 }
 
 /// A written model waiting under a temporary name (see [`Model::stage`]).
@@ -367,7 +357,7 @@ impl StagedModel {
     /// atomic rename). A signal arriving meanwhile waits until every rename is done.
     pub fn commit(mut self) -> Result<()> {
         let extra = std::mem::take(&mut self.extra);
-        crate::staging::while_held(|live| -> Result<()> {
+        crate::staging::while_held(|| -> Result<()> {
             for (staged, target) in &self.files {
                 if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
                     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
@@ -375,14 +365,13 @@ impl StagedModel {
                 std::fs::rename(staged, target).map_err(|e| Error::io(target, e))?;
             }
             if let Some(staging) = self.staging.take() {
-                live.remove(staging.path());
                 if let Staging::File(temp_path) = staging {
                     // Renamed: there is nothing left to remove under the temporary name.
                     let _ = temp_path.keep();
                 }
             }
             for file in extra {
-                file.commit_held(live)?;
+                file.commit_held()?;
             }
             Ok(())
         })?;
@@ -392,14 +381,6 @@ impl StagedModel {
             }
         }
         Ok(())
-    }
-}
-
-impl Drop for StagedModel {
-    fn drop(&mut self) {
-        if let Some(staging) = &self.staging {
-            crate::staging::unregister(staging.path());
-        }
     }
 }
 
@@ -420,8 +401,8 @@ impl StagedFile {
             _ => Path::new("."),
         };
         crate::staging::remove_stale(dir);
+        crate::staging::watch(dir);
         let (mut file, temp) = new_output_file(dir, target)?.into_parts();
-        crate::staging::register(&temp);
         let staged = StagedFile {
             temp: Some(temp),
             target: target.to_path_buf(),
@@ -435,14 +416,13 @@ impl StagedFile {
 
     /// Renames the file into place.
     pub fn commit(self) -> Result<()> {
-        crate::staging::while_held(|live| self.commit_held(live))
+        crate::staging::while_held(|| self.commit_held())
     }
 
-    fn commit_held(mut self, live: &mut std::collections::BTreeSet<PathBuf>) -> Result<()> {
+    fn commit_held(mut self) -> Result<()> {
         let Some(temp) = self.temp.take() else {
             return Ok(());
         };
-        live.remove(&temp.to_path_buf());
         temp.persist(&self.target)
             .map_err(|e| Error::io(&self.target, e.error))?;
         if self.sync {
@@ -451,14 +431,6 @@ impl StagedFile {
             }
         }
         Ok(())
-    }
-}
-
-impl Drop for StagedFile {
-    fn drop(&mut self) {
-        if let Some(temp) = &self.temp {
-            crate::staging::unregister(temp);
-        }
     }
 }
 

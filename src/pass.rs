@@ -122,6 +122,12 @@ pub fn fold_graph(
     out: &mut PassOutcome,
 ) -> Result<()> {
     fold_subgraphs(graph, ctx, path, outer, out)?;
+    if !graph.node.iter().any(is_batch_norm) {
+        // Nothing to fold, decompose or report here: no index of a large graph is built.
+        list_other_normalizations(graph, path, out);
+        drop_stale_value_info(graph);
+        return Ok(());
+    }
     // Rounds: plan every BN against one index, then apply the plans whose nodes no other plan of
     // the round took; node removals and insertions are made at the round's end, so the indices
     // the plans were made with hold throughout. BNs a fold just made foldable (BN → BN) wait for
@@ -239,7 +245,17 @@ pub fn fold_graph(
                     forward,
                 });
             }
-        } else if matches!(
+        }
+    }
+    list_other_normalizations(graph, path, out);
+    drop_stale_value_info(graph);
+    Ok(())
+}
+
+/// Records the normalizations whose statistics come from the input, which never fold.
+fn list_other_normalizations(graph: &GraphProto, path: &str, out: &mut PassOutcome) {
+    for node in &graph.node {
+        if matches!(
             node.op_type(),
             "LayerNormalization" | "GroupNormalization" | "InstanceNormalization"
         ) {
@@ -250,8 +266,6 @@ pub fn fold_graph(
             });
         }
     }
-    drop_stale_value_info(graph);
-    Ok(())
 }
 
 /// Whether a BN left by the backward folds may fold forward: its own preconditions hold.
@@ -1526,12 +1540,15 @@ fn value_info_of(t: &TensorProto) -> ValueInfoProto {
 
 /// `value_info` entries for tensors that no longer exist.
 fn drop_stale_value_info(graph: &mut GraphProto) {
-    let live: HashSet<String> = graph
+    if graph.value_info.is_empty() {
+        return;
+    }
+    let live: HashSet<&str> = graph
         .node
         .iter()
-        .flat_map(|n| n.output.iter().cloned())
-        .chain(graph.initializer.iter().map(|t| t.name().to_string()))
-        .chain(graph.input.iter().map(|v| v.name().to_string()))
+        .flat_map(|n| n.output.iter().map(String::as_str))
+        .chain(graph.initializer.iter().map(|t| t.name()))
+        .chain(graph.input.iter().map(|v| v.name()))
         .collect();
     graph.value_info.retain(|v| live.contains(v.name()));
 }

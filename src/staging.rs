@@ -2,9 +2,10 @@
 //! them into place.
 //!
 //! Each name records its owner, `.bnfold-<pid>-<start>-<random>`, where `<start>` is the
-//! process's start time (so a reused pid is not mistaken for the owner). Every staging path
-//! of this process is listed in one registry, so that a signal handler can remove them all
-//! ([`remove_all`]) before the process exits, and a later run removes the staging entries of
+//! process's start time (so a reused pid is not mistaken for the owner). Every folder this
+//! process stages in is listed in one registry before anything is created there, so that a
+//! signal handler can remove every entry of this process's prefix in them ([`remove_all`])
+//! before the process exits, even one created an instant before the signal, and a later run removes the staging entries of
 //! runs that are gone ([`remove_stale`]: killed with SIGKILL, or on a machine that lost power),
 //! never one whose owner still runs.
 
@@ -32,28 +33,34 @@ pub fn prefix() -> &'static str {
     })
 }
 
-/// Lists `path` as a staging path of this process (removed by [`remove_all`]).
-pub fn register(path: &Path) {
-    registry().insert(path.to_path_buf());
+/// Lists `dir` as a folder this process stages in, before a staging entry is created there.
+pub fn watch(dir: &Path) {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    registry().insert(dir);
 }
 
-/// Takes `path` off the list: it was renamed into place or removed.
-pub fn unregister(path: &Path) {
-    registry().remove(path);
+/// Runs `f` while no signal handler can remove staging entries: renames into place happen
+/// here, so a signal during a commit waits for it instead of removing half of it.
+pub fn while_held<T>(f: impl FnOnce() -> T) -> T {
+    let _held = registry();
+    f()
 }
 
-/// Runs `f` while no signal handler can remove staging paths: renames into place happen here,
-/// so a signal during a commit waits for it instead of removing half of it.
-pub fn while_held<T>(f: impl FnOnce(&mut BTreeSet<PathBuf>) -> T) -> T {
-    f(&mut registry())
-}
-
-/// Removes every staging path of this process (for a signal handler, before exiting).
+/// Removes every staging entry of this process in the folders it stages in (for a signal
+/// handler, before exiting). Holds the registry until the process exits, so no commit starts.
 pub fn remove_all() {
-    let mut live = registry();
-    for path in std::mem::take(&mut *live) {
-        remove(&path);
+    let live = registry();
+    for dir in live.iter() {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(prefix()) {
+                remove(&entry.path());
+            }
+        }
     }
+    std::mem::forget(live);
 }
 
 fn remove(path: &Path) {

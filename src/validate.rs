@@ -166,6 +166,14 @@ pub fn graph_structure(graph: &GraphProto, outer: &HashSet<String>) -> Result<()
             node.op_type()
         )));
     }
+    let has_subgraphs = graph.node.iter().any(|n| {
+        n.attribute
+            .iter()
+            .any(|a| a.g.is_some() || !a.graphs.is_empty())
+    });
+    if !has_subgraphs {
+        return Ok(());
+    }
     let mut visible: HashSet<String> = outer.clone();
     visible.extend(defined.iter().map(|s| s.to_string()));
     visible.extend(producer.keys().map(|s| s.to_string()));

@@ -318,3 +318,37 @@ fn a_non_regular_input_is_refused_at_once() {
     assert!(stderr(&o).contains("not a regular file"));
     assert!(started.elapsed() < Duration::from_secs(20));
 }
+
+#[test]
+fn the_whole_model_run_is_skipped_with_its_reason_above_the_node_limit() {
+    use bnfold::proto::NodeProto;
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = conv_bn();
+    let graph = model.graph.as_mut().unwrap();
+    let last = graph.output[0].name().to_string();
+    let extra = bnfold::verify::MAX_WHOLE_MODEL_NODES;
+    for i in 0..extra {
+        let input = if i == 0 {
+            last.clone()
+        } else {
+            format!("id{}", i - 1)
+        };
+        graph.node.push(NodeProto {
+            op_type: Some("Identity".into()),
+            name: Some(format!("identity{i}")),
+            input: vec![input],
+            output: vec![format!("id{i}")],
+            ..Default::default()
+        });
+    }
+    graph.output[0].name = Some(format!("id{}", extra - 1));
+    let input = dir.path().join("long.onnx");
+    write(&input, &model);
+    let o = bnfold(&[s(&input), "--dry-run", "--report", "json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["folds"].as_array().unwrap().len(), 1);
+    assert_eq!(report["verification"]["status"], "not_verified");
+    let reason = report["verification"]["reason"].as_str().unwrap();
+    assert!(reason.contains(&format!("{} nodes", extra + 2)), "{reason}");
+}
