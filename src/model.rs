@@ -364,11 +364,9 @@ impl StagedModel {
                 }
                 std::fs::rename(staged, target).map_err(|e| Error::io(target, e))?;
             }
-            if let Some(staging) = self.staging.take() {
-                if let Staging::File(temp_path) = staging {
-                    // Renamed: there is nothing left to remove under the temporary name.
-                    let _ = temp_path.keep();
-                }
+            if let Some(Staging::File(temp_path)) = self.staging.take() {
+                // Renamed: there is nothing left to remove under the temporary name.
+                let _ = temp_path.keep();
             }
             for file in extra {
                 file.commit_held()?;
