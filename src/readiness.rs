@@ -91,7 +91,16 @@ impl Readiness {
 /// statistics of `original`.
 pub fn analyse(original: &Model, folded: &Model) -> Result<Readiness> {
     let mut out = Readiness::default();
-    if let Some(graph) = &folded.proto.graph {
+    let has = |graph: &&crate::proto::GraphProto, wanted: fn(&crate::proto::NodeProto) -> bool| {
+        graph.node.iter().any(wanted)
+    };
+    // No index of a graph that has nothing to analyse.
+    if let Some(graph) = folded
+        .proto
+        .graph
+        .as_ref()
+        .filter(|g| has(g, |n| output_axis(n).is_some()))
+    {
         let index = GraphIndex::new(graph, OuterScope::default());
         let eval = ConstEval::new(&index, &folded.store, folded.opset(), true);
         for node in &graph.node {
@@ -128,7 +137,12 @@ pub fn analyse(original: &Model, folded: &Model) -> Result<Readiness> {
             out.layers.push(layer(node, name, &channels));
         }
     }
-    if let Some(graph) = &original.proto.graph {
+    if let Some(graph) = original
+        .proto
+        .graph
+        .as_ref()
+        .filter(|g| has(g, |n| n.op_type() == "BatchNormalization"))
+    {
         let index = GraphIndex::new(graph, OuterScope::default());
         let eval = ConstEval::new(&index, &original.store, original.opset(), true);
         for node in graph

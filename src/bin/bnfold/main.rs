@@ -365,14 +365,22 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
     let readiness = !args.no_readiness && !args.check;
     // The original is kept only for what compares against it. Neither model is freed at the
     // end: the process exits right after, and freeing a large graph node by node takes longer.
-    let (original, mut fused) = if readiness || !args.no_verify {
+    // Readiness reads the original only for its BatchNormalization statistics.
+    let has_batch_norm = loaded
+        .proto
+        .graph
+        .as_ref()
+        .is_some_and(|g| g.node.iter().any(|n| n.op_type() == "BatchNormalization"));
+    let (original, mut fused) = if (readiness && has_batch_norm) || !args.no_verify {
         (Some(loaded.clone()), loaded)
     } else {
         (None, loaded)
     };
     let mut report = fold(&mut fused, &options).with_context(|| format!("{}", input.display()))?;
     let fold_seconds = started.elapsed().as_secs_f64();
-    if let (true, Some(original)) = (readiness, &original) {
+    if readiness {
+        // Without BatchNormalization nothing folded: the fused model is the original.
+        let original = original.as_ref().unwrap_or(&fused);
         report.readiness = Some(
             bnfold::readiness::analyse(original, &fused)
                 .with_context(|| format!("{}", input.display()))?,
