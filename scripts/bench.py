@@ -156,6 +156,14 @@ def scaling(bnfold, py, work, runs):
             wall, rss, err = measure({"fold-only": cmd}, runs, cleanup)["fold-only"]
             row = f"{wall:.3f} | {rss:.1f}" if wall else f"failed: {err} |"
             lines.append(f"| {blocks} | {3 * blocks} | {direction} | {row} |")
+    # A structure-only graph, folded with the defaults (readiness on, verification off).
+    for count in (100_000, 300_000, 1_000_000):
+        model = os.path.join(work, f"identity{count}.onnx")
+        sh([py, os.path.join(HERE, "make_chain_model.py"), str(count), model, "--identity"])
+        cmd = [bnfold, model, "-o", os.path.join(out_dir, "out.onnx"), "--no-verify", "-q"]
+        wall, rss, err = measure({"fold": cmd}, runs, cleanup)["fold"]
+        row = f"{wall:.3f} | {rss:.1f}" if wall else f"failed: {err} |"
+        lines.append(f"| {count} Identity | {count} | none (default run) | {row} |")
     return lines + [""]
 
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """A long model for the benchmark's scaling run: N blocks of Conv (4 channels, 1x1, no bias) ->
 BatchNormalization -> Relu (backward folds), or with --forward BatchNormalization -> Conv -> Relu
-(forward folds), opset 13, seeded weights. Needs onnx and numpy.
+(forward folds), or with --identity N Identity nodes and nothing to fold (a structure-only graph),
+opset 13, seeded weights. Needs onnx and numpy.
 
-    python3 scripts/make_chain_model.py N OUT.onnx [--forward]"""
+    python3 scripts/make_chain_model.py N OUT.onnx [--forward | --identity]"""
 import sys
 
 import numpy as np
@@ -14,6 +15,8 @@ from onnx import TensorProto, helper, numpy_helper
 def main():
     blocks, out = int(sys.argv[1]), sys.argv[2]
     forward = "--forward" in sys.argv[3:]
+    if "--identity" in sys.argv[3:]:
+        return identity_chain(blocks, out)
     channels = 4
     rng = np.random.default_rng(0)
     nodes, initializers = [], []
@@ -42,6 +45,19 @@ def main():
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
         [helper.make_tensor_value_info(x, TensorProto.FLOAT, shape)],
         initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, out)
+
+
+def identity_chain(count, out):
+    nodes = [helper.make_node("Identity", [f"t{i}"], [f"t{i + 1}"], name=f"n{i}") for i in range(count)]
+    graph = helper.make_graph(
+        nodes,
+        "identities",
+        [helper.make_tensor_value_info("t0", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info(f"t{count}", TensorProto.FLOAT, [1, 4])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8

@@ -119,6 +119,11 @@ pub struct Verification {
 }
 
 impl Verification {
+    /// "Not verified" without running anything, for `reason`.
+    pub fn not_run(reason: String, seed: u64) -> Verification {
+        Verification::not_verified(reason, seed)
+    }
+
     fn not_verified(reason: String, seed: u64) -> Verification {
         Verification {
             status: Status::NotVerified,
@@ -134,6 +139,19 @@ impl Verification {
 /// Above this many nodes (subgraphs included) the whole-model run is not attempted: tract's
 /// typing is superlinear in the node count and would take minutes.
 pub const MAX_WHOLE_MODEL_NODES: usize = 20_000;
+
+/// Why the whole-model run is not attempted on `model`: more nodes than
+/// [`MAX_WHOLE_MODEL_NODES`], said in one line.
+pub fn too_large_to_run(model: &Model) -> Option<String> {
+    let nodes = model.proto.graph.as_ref().map_or(0, node_count);
+    (nodes > MAX_WHOLE_MODEL_NODES).then(|| {
+        format!(
+            "the model has {nodes} nodes; tract's typing of a graph grows faster than its size \
+             (10,000 nodes 0.7 s, 30,000 nodes 7.6 s), so the whole-model run is skipped above \
+             {MAX_WHOLE_MODEL_NODES}"
+        )
+    })
+}
 
 fn node_count(g: &crate::proto::GraphProto) -> usize {
     g.node.len()
@@ -247,16 +265,8 @@ pub fn verify(
             ..Verification::not_verified(String::new(), options.seed)
         });
     }
-    let nodes = node_count(orig_graph).max(node_count(cand_graph));
-    if nodes > MAX_WHOLE_MODEL_NODES {
-        return Ok(Verification::not_verified(
-            format!(
-                "the model has {nodes} nodes; tract's typing of a graph grows faster than its \
-                 size (10,000 nodes 0.7 s, 30,000 nodes 7.6 s), so the whole-model run is \
-                 skipped above {MAX_WHOLE_MODEL_NODES}"
-            ),
-            options.seed,
-        ));
+    if let Some(reason) = too_large_to_run(original).or_else(|| too_large_to_run(candidate)) {
+        return Ok(Verification::not_run(reason, options.seed));
     }
     let inputs = match plan_inputs(original, options) {
         Ok(i) => i,

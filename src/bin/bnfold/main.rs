@@ -19,7 +19,7 @@ use bnfold::model::StagedFile;
 use bnfold::output::WritePlan;
 use bnfold::printable::Shown;
 use bnfold::report::{Report, SCHEMA_VERSION};
-use bnfold::verify::{SampleHook, Status};
+use bnfold::verify::{SampleHook, Status, Verification};
 use bnfold::{fold, verify, FoldKind, FoldOptions, Model, SaveOptions, VerifyOptions};
 
 const EXIT_HELP: &str = "\
@@ -371,7 +371,12 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
         .graph
         .as_ref()
         .is_some_and(|g| g.node.iter().any(|n| n.op_type() == "BatchNormalization"));
-    let (original, mut fused) = if (readiness && has_batch_norm) || !args.no_verify {
+    let too_large = match args.no_verify {
+        false => bnfold::verify::too_large_to_run(&loaded),
+        true => None,
+    };
+    let runs_verification = !args.no_verify && too_large.is_none();
+    let (original, mut fused) = if (readiness && has_batch_norm) || runs_verification {
         (Some(loaded.clone()), loaded)
     } else {
         (None, loaded)
@@ -427,7 +432,10 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
         _ => None,
     };
     let verify_started = Instant::now();
-    let live = if let Some(original) = original.as_ref().filter(|_| !args.no_verify) {
+    if let Some(reason) = too_large {
+        report.verification = Some(Verification::not_run(reason, verify_opts.seed));
+    }
+    let live = if let Some(original) = original.as_ref().filter(|_| runs_verification) {
         progress.stage("verifying");
         verify_opts.on_sample = Some(SampleHook(Arc::new(progress.counter())));
         let intermediates: Vec<String> = report
@@ -601,17 +609,24 @@ fn run_inspect(
     inputs_are_constants: bool,
     output: &OutputArgs,
 ) -> anyhow::Result<ExitCode> {
-    let original = load(path)?;
+    let mut folded = load(path)?;
     let mut plan = WritePlan::new(output.force);
-    plan.protect(&original.input_files);
+    plan.protect(&folded.input_files);
     claim_report(&mut plan, output)?;
-    let mut folded = original.clone();
+    // Readiness reads the original only for its BatchNormalization statistics; without any,
+    // nothing in the main graph folds and the folded model serves for both.
+    let has_batch_norm = folded
+        .proto
+        .graph
+        .as_ref()
+        .is_some_and(|g| g.node.iter().any(|n| n.op_type() == "BatchNormalization"));
+    let original = has_batch_norm.then(|| folded.clone());
     let options = FoldOptions {
         inputs_are_constants,
         ..FoldOptions::default()
     };
     let report = fold(&mut folded, &options).with_context(|| format!("{}", path.display()))?;
-    let readiness = bnfold::readiness::analyse(&original, &folded)
+    let readiness = bnfold::readiness::analyse(original.as_ref().unwrap_or(&folded), &folded)
         .with_context(|| format!("{}", path.display()))?;
     let normalizations: Vec<serde_json::Value> = report
         .folds
