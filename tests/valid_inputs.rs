@@ -8,11 +8,21 @@ mod common;
 use bnfold::proto::{FunctionProto, NodeProto, OperatorSetIdProto, SparseTensorProto, TensorProto};
 use common::*;
 
+/// The JSON report of a run, checked against `schema/report.schema.json`.
 fn json(args: &[&str]) -> (Option<i32>, serde_json::Value, String) {
     let mut args = args.to_vec();
     args.extend(["--report", "json"]);
     let o = bnfold(&args);
     let report = serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null);
+    let schema_text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/report.schema.json"),
+    )
+    .unwrap();
+    let schema = jsonschema::validator_for(&serde_json::from_str(&schema_text).unwrap()).unwrap();
+    if !report.is_null() {
+        let errors: Vec<String> = schema.iter_errors(&report).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{args:?}: {errors:?}");
+    }
     (o.status.code(), report, stderr(&o))
 }
 
