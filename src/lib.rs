@@ -15,6 +15,7 @@
 #![deny(missing_docs)]
 
 pub mod attr;
+pub mod certificate;
 pub mod consts;
 pub mod error;
 pub mod external;

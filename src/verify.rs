@@ -9,6 +9,7 @@ use prost::Message;
 use serde::Serialize;
 use tract_onnx::prelude::*;
 
+use crate::certificate::NodeCertificate;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::npy::NpyArray;
@@ -116,6 +117,9 @@ pub struct Verification {
     pub samples: usize,
     /// The seed.
     pub seed: u64,
+    /// The exact certificate of every node that took over a BatchNormalization's output
+    /// (see [`crate::certificate`]).
+    pub certificates: Vec<NodeCertificate>,
 }
 
 impl Verification {
@@ -132,6 +136,7 @@ impl Verification {
             guessed_dims: vec![],
             samples: 0,
             seed,
+            certificates: vec![],
         }
     }
 }
@@ -215,9 +220,56 @@ fn interface_difference(
     None
 }
 
-/// Runs `original` and `candidate` on the same random inputs and compares their graph outputs
-/// and the tensors named in `intermediates` (present in both models).
+/// Certifies every node of `candidate` that took over a BatchNormalization's output in
+/// `original` (each rewritten element against the fold's formula, see [`crate::certificate`]),
+/// then runs both models on the same random inputs and compares their graph outputs and the
+/// tensors named in `intermediates` (present in both models). A certificate that fails fails
+/// the verification, whatever the run says; one that cannot be made is reported with its
+/// reason.
 pub fn verify(
+    original: &Model,
+    candidate: &Model,
+    intermediates: &[String],
+    options: &VerifyOptions,
+) -> Result<Verification> {
+    let certificates = crate::certificate::certify(original, candidate)?;
+    let mut v = run_whole_model(original, candidate, intermediates, options)?;
+    let failed: Vec<&NodeCertificate> = certificates
+        .iter()
+        .filter(|c| !c.passed() && c.unproven.is_none())
+        .collect();
+    if let Some(first) = failed.first() {
+        let tensor = first.tensors.iter().find(|t| !t.passed());
+        let what = tensor.map_or(String::new(), |t| {
+            format!(
+                ": '{}' element {} is {:.1} ulps from the formula (bound {:.1})",
+                t.tensor,
+                t.first_bad_element.unwrap_or(0),
+                t.max_ulps,
+                t.bound_ulps
+            )
+        });
+        let others = match failed.len() {
+            1 => String::new(),
+            n => format!(" (and {} other nodes)", n - 1),
+        };
+        let run = v
+            .reason
+            .take()
+            .map(|r| format!("; {r}"))
+            .unwrap_or_default();
+        v.status = Status::Failed;
+        v.reason = Some(format!(
+            "certificate: {} {} (folded from {}){what}{others}{run}",
+            first.op_type, first.node, first.batch_norm
+        ));
+    }
+    v.certificates = certificates;
+    Ok(v)
+}
+
+/// The whole-model comparison of [`verify`].
+fn run_whole_model(
     original: &Model,
     candidate: &Model,
     intermediates: &[String],
@@ -407,6 +459,7 @@ pub fn verify(
         guessed_dims: inputs.guessed,
         samples,
         seed: options.seed,
+        certificates: vec![],
     })
 }
 

@@ -196,6 +196,7 @@ pub fn verification(v: &Verification, s: &mut String) {
     if let Some(r) = &v.reason {
         let _ = writeln!(s, "  {}", Shown(r));
     }
+    certificates(v, s);
     let graph_outputs: Vec<_> = v.outputs.iter().filter(|o| o.graph_output).collect();
     let chains = v.outputs.len() - graph_outputs.len();
     if !graph_outputs.is_empty() {
@@ -253,6 +254,50 @@ pub fn verification(v: &Verification, s: &mut String) {
     }
     if !v.guessed_dims.is_empty() {
         let _ = writeln!(s, "  guessed dims: {}", Shown(&v.guessed_dims.join(", ")));
+    }
+}
+
+/// One line on the exact certificates: how many nodes, their worst element, and any that could
+/// not be certified.
+fn certificates(v: &Verification, s: &mut String) {
+    if v.certificates.is_empty() {
+        return;
+    }
+    let proven: Vec<_> = v
+        .certificates
+        .iter()
+        .filter(|c| c.unproven.is_none())
+        .collect();
+    let worst = proven
+        .iter()
+        .flat_map(|c| &c.tensors)
+        .map(|t| t.max_ulps)
+        .fold(0.0, f64::max);
+    let failing = proven.iter().filter(|c| !c.passed()).count();
+    let _ = write!(
+        s,
+        "  certificate: {} folded node{}, worst element {worst:.2} ulps from the formula, {failing} beyond half an ulp",
+        proven.len(),
+        if proven.len() == 1 { "" } else { "s" },
+    );
+    let unproven: Vec<_> = v
+        .certificates
+        .iter()
+        .filter(|c| c.unproven.is_some())
+        .collect();
+    match unproven.first() {
+        Some(first) => {
+            let _ = writeln!(
+                s,
+                "; {} not certified ({}: {})",
+                unproven.len(),
+                Shown(&first.node),
+                Shown(first.unproven.as_deref().unwrap_or_default())
+            );
+        }
+        None => {
+            let _ = writeln!(s);
+        }
     }
 }
 

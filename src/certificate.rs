@@ -1,0 +1,587 @@
+//! An exact, input-free certificate for backward folds: every element of every rewritten weight
+//! and bias, checked against the fold's formula recomputed here, in f64, from the original
+//! model's own parameters.
+//!
+//! **Which nodes**: a Conv, ConvTranspose or Gemm of the fused model (or the `Add` after a
+//! MatMul, before opset 7) whose output name the original model gives to a BatchNormalization:
+//! the node took over the BN's output, so it claims to compute the original's chain
+//! `layer → (Identity | Add of a per-channel constant | BatchNormalization)* → BN`. This needs no
+//! fold report, so `bnfold verify original fused` certifies too.
+//!
+//! **Formula**: along the chain the per-channel affine map composes, `y = S·(layer without
+//! bias) + T`, starting from `S = 1`, `T = bias` (or `β·C` for a Gemm), with `T += a` for an
+//! added constant and `S ← s·S`, `T ← s·T + (β − μ·s)` for a BN (`s = γ/√(σ²+ε)`). The fused
+//! weight must hold `S·W` along the layer's output-channel layout (`[C_out, …]` for Conv,
+//! `[C_in, C_out/group, …]` for ConvTranspose, the columns of `op(B)` for Gemm, with `α` and
+//! `β` of both nodes accounted for), the fused bias `T`.
+//!
+//! **Tolerance**: each stored element within half a unit in the last place of its dtype from
+//! the exact value, plus what computing that value in f64 may itself be off by: `16·k·ε₆₄`
+//! times the sum of the magnitudes of its terms, for a chain of `k` steps (it matters only
+//! where terms cancel, as `s·b + β − μ·s` can, and for f64 tensors, which it bounds to a few
+//! ulps). So any f32, f16 or bf16 element off by more than one rounding fails, named.
+//!
+//! The region run of the whole-model check is what shows the formula itself is right; this shows
+//! that what was written is the formula.
+
+use serde::Serialize;
+
+use crate::attr;
+use crate::consts::ConstEval;
+use crate::error::Result;
+use crate::graph::{node_label, GraphIndex, OuterScope};
+use crate::model::Model;
+use crate::proto::NodeProto;
+use crate::tensor::{self, Dtype, Tensor};
+
+/// The certificate of one fused node.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NodeCertificate {
+    /// The fused node (name, or first output).
+    pub node: String,
+    /// Its op type.
+    pub op_type: String,
+    /// The original BatchNormalization whose output it took over.
+    pub batch_norm: String,
+    /// Each rewritten tensor checked; empty when the node could not be certified.
+    pub tensors: Vec<TensorCheck>,
+    /// Why it could not be certified, when it could not.
+    pub unproven: Option<String>,
+}
+
+/// One rewritten tensor against its formula.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TensorCheck {
+    /// The tensor of the fused model.
+    pub tensor: String,
+    /// Elements compared.
+    pub elements: usize,
+    /// The largest distance from the exact value, in units in the last place of its dtype.
+    pub max_ulps: f64,
+    /// The first element beyond the bound, when there is one.
+    pub first_bad_element: Option<usize>,
+    /// The bound, in ulps.
+    pub bound_ulps: f64,
+}
+
+impl TensorCheck {
+    /// Whether every element is within the bound.
+    pub fn passed(&self) -> bool {
+        self.first_bad_element.is_none()
+    }
+}
+
+impl NodeCertificate {
+    /// Whether every tensor passed (and the node could be certified).
+    pub fn passed(&self) -> bool {
+        self.unproven.is_none() && self.tensors.iter().all(TensorCheck::passed)
+    }
+}
+
+/// Certifies every node of `fused`'s main graph that took over a BatchNormalization's output
+/// in `original`'s main graph.
+pub fn certify(original: &Model, fused: &Model) -> Result<Vec<NodeCertificate>> {
+    let (Some(orig_graph), Some(fused_graph)) = (&original.proto.graph, &fused.proto.graph) else {
+        return Ok(Vec::new());
+    };
+    let orig_index = GraphIndex::new(orig_graph, OuterScope::default());
+    let fused_index = GraphIndex::new(fused_graph, OuterScope::default());
+    let orig = Side {
+        index: &orig_index,
+        eval: ConstEval::new(&orig_index, &original.store, original.opset(), true),
+        model: original,
+    };
+    let fused_side = Side {
+        index: &fused_index,
+        eval: ConstEval::new(&fused_index, &fused.store, fused.opset(), true),
+        model: fused,
+    };
+    let mut out = Vec::new();
+    for node in &fused_graph.node {
+        let Some(output) = node.output.first() else {
+            continue;
+        };
+        let Some(bn) = orig_index.producer(output).map(|i| orig_index.node(i)) else {
+            continue;
+        };
+        let takes_over = match node.op_type() {
+            "Conv" | "ConvTranspose" | "Gemm" => true,
+            // A MatMul fold before opset 7 (a decomposed BN's Add follows a Mul instead).
+            "Add" => node.input.iter().any(|i| {
+                fused_index
+                    .producer(i)
+                    .is_some_and(|p| fused_index.node(p).op_type() == "MatMul")
+            }),
+            _ => false,
+        };
+        if bn.op_type() != "BatchNormalization" || !takes_over {
+            continue;
+        }
+        let mut cert = NodeCertificate {
+            node: node_label(node),
+            op_type: node.op_type().to_string(),
+            batch_norm: node_label(bn),
+            tensors: Vec::new(),
+            unproven: None,
+        };
+        match certify_node(&orig, &fused_side, bn, node)? {
+            Ok(tensors) => cert.tensors = tensors,
+            Err(why) => cert.unproven = Some(why),
+        }
+        out.push(cert);
+    }
+    Ok(out)
+}
+
+/// One model with its index and evaluator.
+struct Side<'a> {
+    index: &'a GraphIndex<'a>,
+    eval: ConstEval<'a>,
+    model: &'a Model,
+}
+
+impl Side<'_> {
+    /// The value of constant `name`; an initializer is decoded on its own (not memoized, so a
+    /// large model's weights are not all held at once).
+    fn value(&self, name: &str) -> Result<std::result::Result<Tensor, String>> {
+        if let Some(t) = self.index.initializer(name) {
+            return Ok(Ok(tensor::decode(t, &self.model.store)?));
+        }
+        let found = self.eval.value(name)?;
+        Ok(found
+            .map(|t| Tensor::clone(&t))
+            .map_err(|_| format!("'{name}' is not a constant")))
+    }
+
+    fn producer(&self, name: &str) -> Option<&NodeProto> {
+        self.index.producer(name).map(|i| self.index.node(i))
+    }
+}
+
+/// The composed per-channel map `y = S·x + T` of a chain; `T` may hold several rows (a Gemm's
+/// `C` of shape `[M, N]`).
+struct Chain {
+    scale: Vec<f64>,
+    shift_rows: usize,
+    shift: Vec<f64>,
+    /// Per shift element, the sum of the magnitudes of the terms it was computed from.
+    shift_terms: Vec<f64>,
+    steps: usize,
+}
+
+/// The layer at the start of the chain ending in `bn`, with the chain's steps in order from the
+/// layer, or why the chain is not one this certificate knows.
+fn chain_from<'o>(
+    orig: &'o Side,
+    bn: &'o NodeProto,
+) -> std::result::Result<(&'o NodeProto, Vec<&'o NodeProto>), String> {
+    let mut steps = vec![bn];
+    let mut current = bn;
+    loop {
+        // An Add's data operand is the one a node computes (its other one is the constant).
+        let data = match current.op_type() {
+            "Add" => current
+                .input
+                .iter()
+                .find(|i| {
+                    orig.index.initializer(i).is_none()
+                        && orig.producer(i).is_some_and(|p| p.op_type() != "Constant")
+                })
+                .cloned()
+                .unwrap_or_default(),
+            _ => current.input.first().cloned().unwrap_or_default(),
+        };
+        let Some(prev) = orig.producer(&data) else {
+            return Err(format!("'{data}' comes from no node in the original"));
+        };
+        match prev.op_type() {
+            "BatchNormalization" | "Identity" | "Add" => {
+                steps.push(prev);
+                current = prev;
+            }
+            "Conv" | "ConvTranspose" | "Gemm" | "MatMul" => {
+                steps.reverse();
+                return Ok((prev, steps));
+            }
+            other => return Err(format!("the original chain passes through {other}")),
+        }
+    }
+}
+
+fn certify_node(
+    orig: &Side,
+    fused: &Side,
+    bn: &NodeProto,
+    node: &NodeProto,
+) -> Result<std::result::Result<Vec<TensorCheck>, String>> {
+    let (layer, steps) = match chain_from(orig, bn) {
+        Ok(found) => found,
+        Err(why) => return Ok(Err(why)),
+    };
+    // Before opset 7 a MatMul fold is `Add(MatMul(A, W'), b)`: the Add took the name.
+    let (fused_layer, fused_bias_name) = match node.op_type() {
+        "Add" => {
+            let matmul = node.input.iter().find_map(|i| {
+                fused
+                    .producer(i)
+                    .filter(|p| p.op_type() == "MatMul")
+                    .map(|p| (p, i))
+            });
+            let Some((matmul, product)) = matmul else {
+                return Ok(Err("an Add that does not follow a MatMul".into()));
+            };
+            let bias = node.input.iter().find(|i| *i != product).cloned();
+            (matmul, bias)
+        }
+        _ => (node, node.input.get(2).cloned().filter(|n| !n.is_empty())),
+    };
+    let weight_name = &layer.input[1];
+    let weight = match orig.value(weight_name)? {
+        Ok(w) => w,
+        Err(why) => return Ok(Err(why)),
+    };
+    let fused_weight_name = &fused_layer.input[1];
+    let fused_weight = match fused.value(fused_weight_name)? {
+        Ok(w) => w,
+        Err(why) => return Ok(Err(why)),
+    };
+    let layout = match Layout::of(layer, fused_layer, &weight)? {
+        Ok(l) => l,
+        Err(why) => return Ok(Err(why)),
+    };
+    let channels = layout.channels;
+    let original_bias = match layer.input.get(2).filter(|n| !n.is_empty()) {
+        Some(name) => match orig.value(name)? {
+            Ok(b) => Some(b),
+            Err(why) => return Ok(Err(why)),
+        },
+        None => None,
+    };
+    let mut chain = match start_chain(layer, original_bias.as_ref(), channels)? {
+        Ok(c) => c,
+        Err(why) => return Ok(Err(why)),
+    };
+    for step in steps {
+        if let Err(why) = apply_step(orig, step, &mut chain)? {
+            return Ok(Err(why));
+        }
+    }
+    let mut checks = Vec::new();
+    let expected_weight: Vec<f64> = weight
+        .data
+        .iter()
+        .enumerate()
+        .map(|(k, &w)| chain.scale[layout.channel_of(k, &weight.dims)] * w * layout.weight_factor)
+        .collect();
+    let weight_terms: Vec<f64> = expected_weight.iter().map(|e| e.abs()).collect();
+    let slack = 16.0 * chain.steps as f64 * f64::EPSILON;
+    checks.push(compare(
+        fused_weight_name,
+        &fused_weight,
+        (&expected_weight, &weight_terms, slack),
+        &weight.dims,
+    ));
+    let fused_bias = match fused_bias_name {
+        Some(name) => match fused.value(&name)? {
+            Ok(b) => Some((name, b)),
+            Err(why) => return Ok(Err(why)),
+        },
+        None => None,
+    };
+    let needs_bias = chain.shift.iter().any(|&t| t != 0.0);
+    match fused_bias {
+        Some((name, bias)) => {
+            let rows = bias.len() / channels.max(1);
+            if bias.len() != rows * channels || (rows != chain.shift_rows && chain.shift_rows != 1)
+            {
+                return Ok(Err(format!(
+                    "fused bias '{name}' of shape {:?} does not hold the chain's {} x {channels} shift",
+                    bias.dims, chain.shift_rows
+                )));
+            }
+            let at = |k: usize| {
+                let (row, n) = (k / channels, k % channels);
+                let row = if chain.shift_rows == 1 { 0 } else { row };
+                row * channels + n
+            };
+            let expected: Vec<f64> = (0..bias.len())
+                .map(|k| chain.shift[at(k)] / layout.bias_factor)
+                .collect();
+            let terms: Vec<f64> = (0..bias.len())
+                .map(|k| chain.shift_terms[at(k)] / layout.bias_factor.abs())
+                .collect();
+            checks.push(compare(
+                &name,
+                &bias,
+                (&expected, &terms, slack),
+                &bias.dims,
+            ));
+        }
+        None if needs_bias => {
+            return Ok(Err("the fused node has no bias but the chain shifts".into()));
+        }
+        None => {}
+    }
+    Ok(Ok(checks))
+}
+
+/// Where a layer's output channels lie in its weight, and the factors of `α`/`β` between the
+/// original and the fused node.
+struct Layout {
+    channels: usize,
+    /// Where output channels lie.
+    kind: LayoutKind,
+    /// `α / α'`: what the fused weight holds beyond `S·W`.
+    weight_factor: f64,
+    /// `β'`: the fused bias is stored divided by it.
+    bias_factor: f64,
+}
+
+enum LayoutKind {
+    /// Output channel = index along axis 0 (Conv; Gemm with `transB`).
+    AxisZero,
+    /// Output channel = last index of a `[K, N]` matrix.
+    Columns,
+    /// ConvTranspose `[C_in, C_out/group, …]`.
+    Transposed {
+        in_per_group: usize,
+        out_per_group: usize,
+    },
+}
+
+impl Layout {
+    fn of(
+        layer: &NodeProto,
+        fused: &NodeProto,
+        weight: &Tensor,
+    ) -> Result<std::result::Result<Layout, String>> {
+        let dims = &weight.dims;
+        // A MatMul becomes a Gemm: its α' and β' count.
+        let (fused_alpha, fused_beta) = match fused.op_type() {
+            "Gemm" => (
+                attr::float(fused, "alpha")?.unwrap_or(1.0) as f64,
+                attr::float(fused, "beta")?.unwrap_or(1.0) as f64,
+            ),
+            _ => (1.0, 1.0),
+        };
+        let flat = |kind, channels| Layout {
+            channels,
+            kind,
+            weight_factor: 1.0 / fused_alpha,
+            bias_factor: fused_beta,
+        };
+        Ok(Ok(match layer.op_type() {
+            "Conv" if !dims.is_empty() => flat(LayoutKind::AxisZero, dims[0]),
+            "ConvTranspose" if dims.len() >= 2 => {
+                let group = attr::int(layer, "group")?.unwrap_or(1).max(1) as usize;
+                flat(
+                    LayoutKind::Transposed {
+                        in_per_group: (dims[0] / group).max(1),
+                        out_per_group: dims[1],
+                    },
+                    group * dims[1],
+                )
+            }
+            "MatMul" if dims.len() == 2 => flat(LayoutKind::Columns, dims[1]),
+            "Gemm" if dims.len() == 2 => {
+                let trans_b = attr::int(layer, "transB")?.unwrap_or(0) != 0;
+                if fused.op_type() != "Gemm"
+                    || (attr::int(fused, "transB")?.unwrap_or(0) != 0) != trans_b
+                {
+                    return Ok(Err("the fused Gemm changed its weight's layout".into()));
+                }
+                let alpha = attr::float(layer, "alpha")?.unwrap_or(1.0) as f64;
+                Layout {
+                    channels: if trans_b { dims[0] } else { dims[1] },
+                    kind: if trans_b {
+                        LayoutKind::AxisZero
+                    } else {
+                        LayoutKind::Columns
+                    },
+                    weight_factor: alpha / fused_alpha,
+                    bias_factor: fused_beta,
+                }
+            }
+            other => return Ok(Err(format!("{other} with a weight of shape {dims:?}"))),
+        }))
+    }
+
+    /// The output channel of element `k` of a weight of shape `dims`.
+    fn channel_of(&self, k: usize, dims: &[usize]) -> usize {
+        let per = |axis: usize| dims[axis + 1..].iter().product::<usize>().max(1);
+        match self.kind {
+            LayoutKind::AxisZero => k / per(0),
+            LayoutKind::Columns => k % dims[1].max(1),
+            LayoutKind::Transposed {
+                in_per_group,
+                out_per_group,
+            } => {
+                let i = k / per(0);
+                let j = (k / per(1)) % dims[1].max(1);
+                (i / in_per_group) * out_per_group + j
+            }
+        }
+    }
+}
+
+/// `S = 1` and `T` = the layer's own bias (`β·C` broadcast to `[rows, N]` for a Gemm).
+fn start_chain(
+    layer: &NodeProto,
+    bias: Option<&Tensor>,
+    channels: usize,
+) -> Result<std::result::Result<Chain, String>> {
+    let beta = match layer.op_type() {
+        "Gemm" => attr::float(layer, "beta")?.unwrap_or(1.0) as f64,
+        _ => 1.0,
+    };
+    let (rows, shift) = match bias {
+        None => (1, vec![0.0; channels]),
+        Some(b) if b.len() == channels || b.len() == 1 => {
+            let value = |n: usize| b.data[if b.len() == 1 { 0 } else { n }] * beta;
+            (1, (0..channels).map(value).collect())
+        }
+        Some(b) if b.dims.len() == 2 && (b.dims[1] == channels || b.dims[1] == 1) => {
+            let rows = b.dims[0];
+            let value = |k: usize| {
+                let (m, n) = (k / channels, k % channels);
+                b.data[m * b.dims[1] + if b.dims[1] == 1 { 0 } else { n }] * beta
+            };
+            (rows, (0..rows * channels).map(value).collect())
+        }
+        Some(b) => return Ok(Err(format!("a bias of shape {:?}", b.dims))),
+    };
+    Ok(Ok(Chain {
+        scale: vec![1.0; channels],
+        shift_rows: rows,
+        shift_terms: shift.iter().map(|t| t.abs()).collect(),
+        shift,
+        steps: 1,
+    }))
+}
+
+/// Composes one step of the chain into `chain`.
+fn apply_step(
+    orig: &Side,
+    step: &NodeProto,
+    chain: &mut Chain,
+) -> Result<std::result::Result<(), String>> {
+    let channels = chain.scale.len();
+    match step.op_type() {
+        "Identity" => {}
+        "Add" => {
+            let constant = step.input.iter().skip(1).chain(step.input.first());
+            let mut added = None;
+            for name in constant {
+                if let Ok(t) = orig.value(name)? {
+                    added = Some(t);
+                    break;
+                }
+            }
+            let Some(a) = added.filter(|a| a.len() == channels || a.len() == 1) else {
+                return Ok(Err(format!(
+                    "Add '{}' does not add one constant per channel",
+                    node_label(step)
+                )));
+            };
+            for (k, t) in chain.shift.iter_mut().enumerate() {
+                let added = a.data[if a.len() == 1 { 0 } else { k % channels }];
+                *t += added;
+                chain.shift_terms[k] += added.abs();
+            }
+        }
+        _ => {
+            chain.steps += 1;
+            let epsilon = attr::float(step, "epsilon")?.unwrap_or(1e-5) as f64;
+            let mut params = Vec::with_capacity(4);
+            for name in &step.input[1..5] {
+                match orig.value(name)? {
+                    Ok(p) if p.len() == channels => params.push(p.data),
+                    Ok(p) => return Ok(Err(format!("'{name}' has {} values", p.len()))),
+                    Err(why) => return Ok(Err(why)),
+                }
+            }
+            for (k, t) in chain.shift.iter_mut().enumerate() {
+                let c = k % channels;
+                let s = params[0][c] / (params[3][c] + epsilon).sqrt();
+                *t = s * *t + (params[1][c] - params[2][c] * s);
+                chain.shift_terms[k] =
+                    s.abs() * chain.shift_terms[k] + params[1][c].abs() + (params[2][c] * s).abs();
+            }
+            for (c, s) in chain.scale.iter_mut().enumerate() {
+                *s *= params[0][c] / (params[3][c] + epsilon).sqrt();
+            }
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// `stored` (shape `dims` of the expectation) against `expected` = (values, the magnitude of
+/// their terms, the relative slack of computing them in f64), element by element.
+fn compare(
+    name: &str,
+    stored: &Tensor,
+    (expected, terms, slack): (&[f64], &[f64], f64),
+    dims: &[usize],
+) -> TensorCheck {
+    let bound = 0.5 + 1e-9;
+    let mut check = TensorCheck {
+        tensor: name.to_string(),
+        elements: expected.len(),
+        max_ulps: 0.0,
+        first_bad_element: None,
+        bound_ulps: bound,
+    };
+    if stored.dims != dims || stored.len() != expected.len() {
+        check.first_bad_element = Some(0);
+        check.max_ulps = f64::INFINITY;
+        return check;
+    }
+    for (k, ((&v, &e), &m)) in stored.data.iter().zip(expected).zip(terms).enumerate() {
+        let beyond = ((v - e).abs() - slack * m).max(0.0);
+        let off = ulps(stored.dtype, e, e + beyond.copysign(v - e));
+        if off > check.max_ulps || off.is_nan() {
+            check.max_ulps = if off.is_nan() { f64::INFINITY } else { off };
+        }
+        if !(off <= bound) && check.first_bad_element.is_none() {
+            check.first_bad_element = Some(k);
+        }
+    }
+    check
+}
+
+/// `|stored − exact|` in units in the last place of `dtype`, the unit taken at the larger of
+/// the two magnitudes.
+pub fn ulps(dtype: Dtype, exact: f64, stored: f64) -> f64 {
+    if exact == stored {
+        return 0.0;
+    }
+    let (precision, min_exponent) = match dtype {
+        Dtype::F32 => (24, -126),
+        Dtype::F16 => (11, -14),
+        Dtype::Bf16 => (8, -126),
+        _ => (53, -1022),
+    };
+    let magnitude = exact.abs().max(stored.abs());
+    let exponent = if magnitude > 0.0 && magnitude.is_finite() {
+        ((magnitude.to_bits() >> 52) & 0x7ff) as i32 - 1023
+    } else {
+        min_exponent
+    };
+    let unit = 2f64.powi(exponent.max(min_exponent) - (precision - 1));
+    (stored - exact).abs() / unit
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ulps_count_units_of_the_dtype() {
+        assert_eq!(ulps(Dtype::F32, 1.0, 1.0), 0.0);
+        let next = f32::from_bits(1.0f32.to_bits() + 1) as f64;
+        assert_eq!(ulps(Dtype::F32, 1.0, next), 1.0);
+        assert_eq!(ulps(Dtype::F32, 1.0 + (next - 1.0) / 2.0, next), 0.5);
+        let f16_next = half::f16::from_bits(half::f16::ONE.to_bits() + 2).to_f64();
+        assert_eq!(ulps(Dtype::F16, 1.0, f16_next), 2.0);
+    }
+}

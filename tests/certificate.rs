@@ -1,0 +1,164 @@
+//! The exact certificate: every folded element of bnfold's own folds, on real exporter output
+//! and hand-built graphs, is within half an ulp of the formula recomputed from the original; an
+//! element moved by two ulps, a weight ×1.001, a bias moved by 1e-3 of its range or two swapped
+//! channels fail, naming the node and the tensor, in `fold` and in `bnfold verify`.
+
+mod common;
+
+use bnfold::certificate::{ulps, NodeCertificate};
+use bnfold::tensor::{decode, Dtype};
+use bnfold::verify::Status;
+use bnfold::{fold, verify, FoldOptions, Model, VerifyOptions};
+use common::*;
+
+/// The original, the fused model as written (reloaded from its bytes), and the first fold's
+/// producer, weight and bias names.
+fn folded(name: &str) -> (Model, Model, [String; 3]) {
+    let original = Model::load(fixture(name)).unwrap();
+    let mut fused = original.clone();
+    let report = fold(&mut fused, &FoldOptions::default()).unwrap();
+    let f = &report.folds[0];
+    let names = [f.producer.clone(), f.weight.clone(), f.bias.clone()];
+    let fused = Model::from_bytes(fused.to_bytes().unwrap()).unwrap();
+    (original, fused, names)
+}
+
+fn certificates(original: &Model, fused: &Model) -> Vec<NodeCertificate> {
+    bnfold::certificate::certify(original, fused).unwrap()
+}
+
+/// `model` with tensor `name`'s values edited.
+fn edited(model: &Model, name: &str, edit: impl Fn(&mut Vec<f64>, &[usize], Dtype)) -> Model {
+    let mut proto = model.proto.clone();
+    let graph = proto.graph.as_mut().unwrap();
+    let t = graph
+        .initializer
+        .iter_mut()
+        .find(|t| t.name() == name)
+        .unwrap();
+    let mut value = decode(t, &model.store).unwrap();
+    edit(&mut value.data, &value.dims, value.dtype);
+    *t = value.to_proto(name);
+    Model::from_proto(proto, model.store.clone()).unwrap()
+}
+
+/// `v` moved by `n` units in the last place of `dtype` (the unit of `v`'s own binade).
+fn moved(dtype: Dtype, v: f64, n: f64) -> f64 {
+    let (precision, min_exponent) = match dtype {
+        Dtype::F32 => (24, -126),
+        Dtype::F16 => (11, -14),
+        Dtype::Bf16 => (8, -126),
+        _ => (53, -1022),
+    };
+    let exponent = match v {
+        0.0 => min_exponent,
+        _ => ((v.abs().to_bits() >> 52) & 0x7ff) as i32 - 1023,
+    };
+    let moved = v + n * 2f64.powi(exponent.max(min_exponent) - (precision - 1));
+    assert!(ulps(dtype, v, moved) >= n / 2.0);
+    moved
+}
+
+const KINDS: [&str; 10] = [
+    "conv_bn.onnx",
+    "torch_conv2d_grouped_depthwise_op11.onnx",
+    "torch_conv3d_bn_op17.onnx",
+    "torch_convtranspose_grouped_op13.onnx",
+    "gemm_transb0_c_3x6.onnx",
+    "gemm_transb1_c_1x6.onnx",
+    "matmul_bn.onnx",
+    "matmul_transposed_weight_bn.onnx",
+    "conv_identity_add_bn.onnx",
+    "torch_conv_bn_bn_op13.onnx",
+];
+
+#[test]
+fn every_folded_element_is_within_half_an_ulp_in_every_dtype() {
+    let dtypes = ["conv_bn_f16.onnx", "conv_bn_bf16.onnx", "conv_bn_f64.onnx"];
+    for name in KINDS.iter().chain(&dtypes) {
+        let (original, fused, _) = folded(name);
+        let certs = certificates(&original, &fused);
+        assert!(!certs.is_empty(), "{name}: nothing certified");
+        for c in &certs {
+            assert!(c.passed(), "{name}: {c:?}");
+            assert!(c.tensors.len() >= 1, "{name}: {c:?}");
+        }
+    }
+}
+
+fn assert_caught(name: &str, original: &Model, tampered: &Model, node: &str, tensor: &str) {
+    let certs = certificates(original, tampered);
+    let failing: Vec<_> = certs.iter().filter(|c| !c.passed()).collect();
+    assert_eq!(failing.len(), 1, "{name}: {certs:?}");
+    assert_eq!(failing[0].node, node, "{name}");
+    let bad = failing[0].tensors.iter().find(|t| !t.passed()).unwrap();
+    assert_eq!(bad.tensor, tensor, "{name}");
+    let v = verify(original, tampered, &[], &VerifyOptions::default()).unwrap();
+    assert_eq!(v.status, Status::Failed, "{name}: {v:?}");
+    let reason = v.reason.unwrap();
+    assert!(
+        reason.starts_with("certificate: ") && reason.contains(node) && reason.contains(tensor),
+        "{name}: {reason}"
+    );
+}
+
+#[test]
+fn one_element_two_ulps_off_is_caught_naming_node_and_tensor() {
+    for name in KINDS {
+        let (original, fused, [node, weight, _]) = folded(name);
+        let tampered = edited(&fused, &weight, |data, _, dtype| {
+            let k = data.len() / 2;
+            data[k] = moved(dtype, data[k], 2.0);
+        });
+        assert_caught(name, &original, &tampered, &node, &weight);
+    }
+}
+
+#[test]
+fn a_weight_times_1_001_a_moved_bias_and_swapped_channels_are_caught() {
+    for name in KINDS {
+        let (original, fused, [node, weight, bias]) = folded(name);
+        let largest = edited(&fused, &weight, |data, _, _| {
+            let k = (0..data.len())
+                .max_by(|&a, &b| data[a].abs().total_cmp(&data[b].abs()))
+                .unwrap();
+            data[k] *= 1.001;
+        });
+        assert_caught(name, &original, &largest, &node, &weight);
+        let shifted = edited(&fused, &bias, |data, _, _| {
+            let range = data.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-3);
+            data[0] += 1e-3 * range;
+        });
+        assert_caught(name, &original, &shifted, &node, &bias);
+        let swapped = edited(&fused, &weight, |data, dims, _| {
+            let per = data.len() / dims[0];
+            for k in 0..per {
+                data.swap(k, per + k);
+            }
+        });
+        assert_caught(name, &original, &swapped, &node, &weight);
+    }
+}
+
+#[test]
+fn one_depthwise_channel_times_1_01_is_caught_by_bnfold_verify_on_the_command_line() {
+    let name = "torch_conv2d_grouped_depthwise_op11.onnx";
+    let (_, fused, [node, weight, _]) = folded(name);
+    let tampered = edited(&fused, &weight, |data, dims, _| {
+        let per = data.len() / dims[0];
+        data[per..2 * per].iter_mut().for_each(|v| *v *= 1.01);
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tampered.onnx");
+    std::fs::write(&path, tampered.to_bytes().unwrap()).unwrap();
+    let o = bnfold(&["verify", s(&fixture(name)), s(&path)]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let line = err.lines().next().unwrap();
+    assert!(
+        line.starts_with("bnfold: error: verification failed: certificate: Conv ")
+            && line.contains(&node)
+            && line.contains(&format!("'{weight}' element")),
+        "{err}"
+    );
+}
