@@ -185,13 +185,8 @@ fn a_later_run_removes_staging_left_by_a_dead_run_and_keeps_a_live_ones() {
 fn control_characters_in_names_are_printed_escaped_in_the_report_and_inspect() {
     let dir = tempfile::tempdir().unwrap();
     let mut model = conv_bn();
-    let graph = model.graph.as_mut().unwrap();
-    let bn = graph
-        .node
-        .iter_mut()
-        .find(|n| n.op_type() == "BatchNormalization")
-        .unwrap();
-    bn.name = Some("bn\u{1b}[2J\u{1b}[H\nwrote fused.onnx\r\u{0}".into());
+    node_mut(&mut model, "BatchNormalization").name =
+        Some("bn\u{1b}[2J\u{1b}[H\nwrote fused.onnx\r\u{0}".into());
     let input = dir.path().join("m.onnx");
     write(&input, &model);
     let o = bnfold(&[s(&input), "--dry-run", "--no-verify", "--no-readiness"]);

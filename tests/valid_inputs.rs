@@ -62,21 +62,15 @@ fn a_non_finite_weight_bias_or_bn_parameter_is_a_skip_naming_the_tensor() {
 fn a_non_finite_epsilon_is_its_own_reason() {
     let dir = tempfile::tempdir().unwrap();
     let mut model = conv_bn();
-    let bn = model
-        .graph
-        .as_mut()
-        .unwrap()
-        .node
-        .iter_mut()
-        .find(|n| n.op_type() == "BatchNormalization")
-        .unwrap();
-    bn.attribute.retain(|a| a.name() != "epsilon");
-    bn.attribute.push(bnfold::proto::AttributeProto {
-        name: Some("epsilon".into()),
-        r#type: Some(bnfold::proto::attribute_proto::AttributeType::Float as i32),
-        f: Some(f32::INFINITY),
-        ..Default::default()
-    });
+    set_attribute(
+        node_mut(&mut model, "BatchNormalization"),
+        bnfold::proto::AttributeProto {
+            name: Some("epsilon".into()),
+            r#type: Some(bnfold::proto::attribute_proto::AttributeType::Float as i32),
+            f: Some(f32::INFINITY),
+            ..Default::default()
+        },
+    );
     let input = dir.path().join("eps.onnx");
     write(&input, &model);
     let (code, report, err) = json(&[s(&input), "--dry-run", "--no-verify"]);
@@ -92,21 +86,15 @@ fn a_non_finite_epsilon_is_its_own_reason() {
 fn a_conv_whose_group_does_not_divide_its_channels_is_refused_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut model = conv_bn();
-    let conv = model
-        .graph
-        .as_mut()
-        .unwrap()
-        .node
-        .iter_mut()
-        .find(|n| n.op_type() == "Conv")
-        .unwrap();
-    conv.attribute.retain(|a| a.name() != "group");
-    conv.attribute.push(bnfold::proto::AttributeProto {
-        name: Some("group".into()),
-        r#type: Some(bnfold::proto::attribute_proto::AttributeType::Int as i32),
-        i: Some(3),
-        ..Default::default()
-    });
+    set_attribute(
+        node_mut(&mut model, "Conv"),
+        bnfold::proto::AttributeProto {
+            name: Some("group".into()),
+            r#type: Some(bnfold::proto::attribute_proto::AttributeType::Int as i32),
+            i: Some(3),
+            ..Default::default()
+        },
+    );
     let input = dir.path().join("group3.onnx");
     write(&input, &model);
     let out = dir.path().join("fused.onnx");

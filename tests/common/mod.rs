@@ -50,6 +50,27 @@ pub fn initializer<'m>(model: &'m mut ModelProto, name: &str) -> &'m mut TensorP
         .unwrap()
 }
 
+/// The first node of `op_type` in the main graph.
+pub fn node_mut<'m>(model: &'m mut ModelProto, op_type: &str) -> &'m mut bnfold::proto::NodeProto {
+    model
+        .graph
+        .as_mut()
+        .unwrap()
+        .node
+        .iter_mut()
+        .find(|n| n.op_type() == op_type)
+        .unwrap()
+}
+
+/// Replaces attribute `name` of `node` with `attribute`.
+pub fn set_attribute(
+    node: &mut bnfold::proto::NodeProto,
+    attribute: bnfold::proto::AttributeProto,
+) {
+    node.attribute.retain(|a| a.name != attribute.name);
+    node.attribute.push(attribute);
+}
+
 /// Moves tensor `name`'s bytes to the end of `dir/location`.
 pub fn externalize(model: &mut ModelProto, dir: &Path, name: &str, location: &str) {
     let t = initializer(model, name);
