@@ -879,7 +879,37 @@ fn runners(
     shape_sets: &[(Vec<Vec<usize>>, usize)],
     outputs: &[String],
 ) -> std::result::Result<Vec<Runner>, String> {
-    let parsed = parse(model)?;
+    match runners_of(parse(model, false)?, inputs, shape_sets, outputs) {
+        Ok(runners) => Ok(runners),
+        // Declared shapes can contradict the graph (value_info written against other symbolic
+        // dims): tract gets a copy without them; the model that is written keeps them.
+        Err(first) if declares_shapes(model) => {
+            runners_of(parse(model, true)?, inputs, shape_sets, outputs).map_err(|_| first)
+        }
+        Err(first) => Err(first),
+    }
+}
+
+/// Whether the main graph declares shapes beyond its inputs: `value_info`, or output shapes.
+fn declares_shapes(model: &Model) -> bool {
+    model.proto.graph.as_ref().is_some_and(|g| {
+        !g.value_info.is_empty() || g.output.iter().any(|o| tensor_shape(o).is_some())
+    })
+}
+
+fn tensor_shape(v: &crate::proto::ValueInfoProto) -> Option<&crate::proto::TensorShapeProto> {
+    match v.r#type.as_ref()?.value.as_ref()? {
+        crate::proto::type_proto::Value::TensorType(t) => t.shape.as_ref(),
+        _ => None,
+    }
+}
+
+fn runners_of(
+    parsed: InferenceModel,
+    inputs: &Inputs,
+    shape_sets: &[(Vec<Vec<usize>>, usize)],
+    outputs: &[String],
+) -> std::result::Result<Vec<Runner>, String> {
     if shape_sets.len() > 1 {
         let template = inputs.symbolic_batch_template();
         if let Ok(r) = typed(parsed.clone(), &inputs.specs, &template, outputs) {
@@ -921,17 +951,27 @@ fn run_all(
     Ok(results)
 }
 
-/// Parses a model into tract's inference model, once per run.
-fn parse(model: &Model) -> std::result::Result<InferenceModel, String> {
+/// Parses a model into tract's inference model, once per run; with `drop_declared`, without its
+/// `value_info` and output shapes (tract then infers them from the inputs alone).
+fn parse(model: &Model, drop_declared: bool) -> std::result::Result<InferenceModel, String> {
     if let Some(bf16) = bf16_tensor(&model.proto) {
         return Err(format!(
             "tensor '{bf16}' is bfloat16, which tract does not know"
         ));
     }
-    let bytes = model
-        .materialized()
-        .map_err(|e| e.to_string())?
-        .encode_to_vec();
+    let mut proto = model.materialized().map_err(|e| e.to_string())?;
+    if let Some(g) = proto.graph.as_mut().filter(|_| drop_declared) {
+        g.value_info.clear();
+        for o in &mut g.output {
+            if let Some(crate::proto::type_proto::Value::TensorType(t)) =
+                o.r#type.as_mut().and_then(|t| t.value.as_mut())
+            {
+                t.shape = None;
+            }
+        }
+    }
+    let bytes = proto.encode_to_vec();
+    drop(proto);
     let dir = model
         .store
         .base_dir()

@@ -216,3 +216,47 @@ fn verify_fails_when_an_input_changes_its_type_naming_it() {
         "{err}"
     );
 }
+
+#[test]
+fn a_model_whose_value_info_contradicts_its_shapes_is_still_verified() {
+    use bnfold::proto::{tensor_shape_proto, type_proto, TensorShapeProto, TypeProto};
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = conv_bn();
+    let dim = |d: tensor_shape_proto::dimension::Value| tensor_shape_proto::Dimension {
+        value: Some(d),
+        ..Default::default()
+    };
+    use tensor_shape_proto::dimension::Value::{DimParam, DimValue};
+    // The Conv's output declared with a symbolic batch and 5 channels, where it has 1 and 4.
+    model
+        .graph
+        .as_mut()
+        .unwrap()
+        .value_info
+        .push(bnfold::proto::ValueInfoProto {
+            name: Some("y0".into()),
+            r#type: Some(TypeProto {
+                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                    elem_type: Some(1),
+                    shape: Some(TensorShapeProto {
+                        dim: vec![
+                            dim(DimParam("N".into())),
+                            dim(DimValue(5)),
+                            dim(DimValue(7)),
+                            dim(DimValue(7)),
+                        ],
+                    }),
+                })),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    let input = dir.path().join("contradicting.onnx");
+    write(&input, &model);
+    let original = bnfold::Model::load(&input).unwrap();
+    let v = bnfold::verify(&original, &original, &[], &Default::default()).unwrap();
+    assert_eq!(v.status, bnfold::verify::Status::Passed, "{v:?}");
+    let (code, report, err) = json(&[s(&input), "--dry-run"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(report["verification"]["status"], "passed", "{report}");
+}
