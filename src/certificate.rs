@@ -97,26 +97,7 @@ pub fn certify(original: &Model, fused: &Model) -> Result<Vec<NodeCertificate>> 
         model: fused,
     };
     let mut out = Vec::new();
-    for node in &fused_graph.node {
-        let Some(output) = node.output.first() else {
-            continue;
-        };
-        let Some(bn) = orig_index.producer(output).map(|i| orig_index.node(i)) else {
-            continue;
-        };
-        let takes_over = match node.op_type() {
-            "Conv" | "ConvTranspose" | "Gemm" => true,
-            // A MatMul fold before opset 7 (a decomposed BN's Add follows a Mul instead).
-            "Add" => node.input.iter().any(|i| {
-                fused_index
-                    .producer(i)
-                    .is_some_and(|p| fused_index.node(p).op_type() == "MatMul")
-            }),
-            _ => false,
-        };
-        if bn.op_type() != "BatchNormalization" || !takes_over {
-            continue;
-        }
+    for (node, bn) in fold_targets(&orig_index, &fused_index) {
         let mut cert = NodeCertificate {
             node: node_label(node),
             op_type: node.op_type().to_string(),
@@ -133,17 +114,48 @@ pub fn certify(original: &Model, fused: &Model) -> Result<Vec<NodeCertificate>> 
     Ok(out)
 }
 
+/// Every node of the fused graph that took over a BatchNormalization's output in the original,
+/// with that BN: a Conv, ConvTranspose or Gemm, or the `Add` after a MatMul.
+pub(crate) fn fold_targets<'g>(
+    orig_index: &GraphIndex<'g>,
+    fused_index: &GraphIndex<'g>,
+) -> Vec<(&'g NodeProto, &'g NodeProto)> {
+    let mut found = Vec::new();
+    for node in &fused_index.graph.node {
+        let Some(output) = node.output.first() else {
+            continue;
+        };
+        let Some(bn) = orig_index.producer(output).map(|i| orig_index.node(i)) else {
+            continue;
+        };
+        let takes_over = match node.op_type() {
+            "Conv" | "ConvTranspose" | "Gemm" => true,
+            // A MatMul fold before opset 7 (a decomposed BN's Add follows a Mul instead).
+            "Add" => node.input.iter().any(|i| {
+                fused_index
+                    .producer(i)
+                    .is_some_and(|p| fused_index.node(p).op_type() == "MatMul")
+            }),
+            _ => false,
+        };
+        if bn.op_type() == "BatchNormalization" && takes_over {
+            found.push((node, bn));
+        }
+    }
+    found
+}
+
 /// One model with its index and evaluator.
-struct Side<'a> {
-    index: &'a GraphIndex<'a>,
-    eval: ConstEval<'a>,
-    model: &'a Model,
+pub(crate) struct Side<'a> {
+    pub(crate) index: &'a GraphIndex<'a>,
+    pub(crate) eval: ConstEval<'a>,
+    pub(crate) model: &'a Model,
 }
 
 impl Side<'_> {
     /// The value of constant `name`; an initializer is decoded on its own (not memoized, so a
     /// large model's weights are not all held at once).
-    fn value(&self, name: &str) -> Result<std::result::Result<Tensor, String>> {
+    pub(crate) fn value(&self, name: &str) -> Result<std::result::Result<Tensor, String>> {
         if let Some(t) = self.index.initializer(name) {
             return Ok(Ok(tensor::decode(t, &self.model.store)?));
         }
@@ -171,10 +183,11 @@ struct Chain {
 
 /// The layer at the start of the chain ending in `bn`, with the chain's steps in order from the
 /// layer, or why the chain is not one this certificate knows.
-fn chain_from<'o>(
-    orig: &'o Side,
+pub(crate) fn chain_from<'o>(
+    orig: &GraphIndex<'o>,
     bn: &'o NodeProto,
 ) -> std::result::Result<(&'o NodeProto, Vec<&'o NodeProto>), String> {
+    let producer = |name: &str| orig.producer(name).map(|i| orig.node(i));
     let mut steps = vec![bn];
     let mut current = bn;
     loop {
@@ -184,14 +197,14 @@ fn chain_from<'o>(
                 .input
                 .iter()
                 .find(|i| {
-                    orig.index.initializer(i).is_none()
-                        && orig.producer(i).is_some_and(|p| p.op_type() != "Constant")
+                    orig.initializer(i).is_none()
+                        && producer(i).is_some_and(|p| p.op_type() != "Constant")
                 })
                 .cloned()
                 .unwrap_or_default(),
             _ => current.input.first().cloned().unwrap_or_default(),
         };
-        let Some(prev) = orig.producer(&data) else {
+        let Some(prev) = producer(&data) else {
             return Err(format!("'{data}' comes from no node in the original"));
         };
         match prev.op_type() {
@@ -214,7 +227,7 @@ fn certify_node(
     bn: &NodeProto,
     node: &NodeProto,
 ) -> Result<std::result::Result<Vec<TensorCheck>, String>> {
-    let (layer, steps) = match chain_from(orig, bn) {
+    let (layer, steps) = match chain_from(orig.index, bn) {
         Ok(found) => found,
         Err(why) => return Ok(Err(why)),
     };

@@ -27,6 +27,7 @@ pub mod output;
 pub mod pass;
 pub mod printable;
 pub mod readiness;
+pub mod regions;
 pub mod report;
 pub mod scaled;
 pub mod source;

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::npy::NpyArray;
 use crate::proto::{type_proto, ModelProto};
+use crate::regions::RegionCheck;
 use crate::tensor::Dtype;
 
 /// How the check runs.
@@ -120,6 +121,8 @@ pub struct Verification {
     /// The exact certificate of every node that took over a BatchNormalization's output
     /// (see [`crate::certificate`]).
     pub certificates: Vec<NodeCertificate>,
+    /// Each backward fold run alone against its original region (see [`crate::regions`]).
+    pub regions: Vec<RegionCheck>,
 }
 
 impl Verification {
@@ -137,6 +140,7 @@ impl Verification {
             samples: 0,
             seed,
             certificates: vec![],
+            regions: vec![],
         }
     }
 }
@@ -233,7 +237,47 @@ pub fn verify(
     options: &VerifyOptions,
 ) -> Result<Verification> {
     let certificates = crate::certificate::certify(original, candidate)?;
-    let mut v = run_whole_model(original, candidate, intermediates, options)?;
+    let regions = crate::regions::check(original, candidate, options)?;
+    // A fold whose region passed is proven where it is; comparing its output deep in the
+    // network would judge the whole network's float error instead.
+    let proven: Vec<&str> = regions
+        .iter()
+        .filter(|r| r.status == Status::Passed)
+        .map(|r| r.output.as_str())
+        .collect();
+    let intermediates: Vec<String> = intermediates
+        .iter()
+        .filter(|n| !proven.contains(&n.as_str()))
+        .cloned()
+        .collect();
+    let mut v = run_whole_model(original, candidate, &intermediates, options)?;
+    let failed_regions: Vec<&RegionCheck> = regions
+        .iter()
+        .filter(|r| r.status == Status::Failed)
+        .collect();
+    if let Some(first) = failed_regions.first() {
+        let figures = first.check.as_ref().map_or(String::new(), |c| {
+            format!(
+                ": max abs error {:.3e} against a tolerance of {:.3e}",
+                c.max_abs_error, c.atol
+            )
+        });
+        let others = match failed_regions.len() {
+            1 => String::new(),
+            n => format!(" (and {} other regions)", n - 1),
+        };
+        let run = v
+            .reason
+            .take()
+            .map(|r| format!("; {r}"))
+            .unwrap_or_default();
+        v.status = Status::Failed;
+        v.reason = Some(format!(
+            "region of {} (folded from {}) run alone on inputs {:?}{figures}{others}{run}",
+            first.node, first.batch_norm, first.input_shape
+        ));
+    }
+    v.regions = regions;
     let failed: Vec<&NodeCertificate> = certificates
         .iter()
         .filter(|c| !c.passed() && c.unproven.is_none())
@@ -269,7 +313,7 @@ pub fn verify(
 }
 
 /// The whole-model comparison of [`verify`].
-fn run_whole_model(
+pub(crate) fn run_whole_model(
     original: &Model,
     candidate: &Model,
     intermediates: &[String],
@@ -460,6 +504,7 @@ fn run_whole_model(
         samples,
         seed: options.seed,
         certificates: vec![],
+        regions: vec![],
     })
 }
 

@@ -197,6 +197,7 @@ pub fn verification(v: &Verification, s: &mut String) {
         let _ = writeln!(s, "  {}", Shown(r));
     }
     certificates(v, s);
+    regions(v, s);
     let graph_outputs: Vec<_> = v.outputs.iter().filter(|o| o.graph_output).collect();
     let chains = v.outputs.len() - graph_outputs.len();
     if !graph_outputs.is_empty() {
@@ -293,6 +294,45 @@ fn certificates(v: &Verification, s: &mut String) {
                 unproven.len(),
                 Shown(&first.node),
                 Shown(first.unproven.as_deref().unwrap_or_default())
+            );
+        }
+        None => {
+            let _ = writeln!(s);
+        }
+    }
+}
+
+/// One line on the folds run alone: how many, the worst error, and any that could not run.
+fn regions(v: &Verification, s: &mut String) {
+    if v.regions.is_empty() {
+        return;
+    }
+    let ran: Vec<_> = v.regions.iter().filter_map(|r| r.check.as_ref()).collect();
+    let worst = ran.iter().map(|c| c.normalized_error).fold(0.0, f64::max);
+    let failing = v
+        .regions
+        .iter()
+        .filter(|r| r.status == Status::Failed)
+        .count();
+    let _ = write!(
+        s,
+        "  regions: {} fold{} run alone, worst normalized error {worst:.3e}, {failing} beyond tolerance",
+        ran.len(),
+        if ran.len() == 1 { "" } else { "s" },
+    );
+    let not_run: Vec<_> = v
+        .regions
+        .iter()
+        .filter(|r| r.status == Status::NotVerified)
+        .collect();
+    match not_run.first() {
+        Some(first) => {
+            let _ = writeln!(
+                s,
+                "; {} not run ({}: {})",
+                not_run.len(),
+                Shown(&first.node),
+                Shown(first.reason.as_deref().unwrap_or_default())
             );
         }
         None => {

@@ -1,0 +1,267 @@
+//! Each backward fold run in isolation: the original region (layer → pass-throughs → BNs) as a
+//! model of its own against the fused node, on seeded random inputs.
+//!
+//! A fold replaces a small region by one node and is an identity for every input, so random
+//! inputs of any valid shape test it fully, and a shallow region's float error does not compound
+//! as a deep network's does: the tolerance of one layer is a fair one. The regions are the
+//! nodes the certificate finds (see [`crate::certificate`]); the data input gets a small shape
+//! the layer accepts (spatial sizes of `dilation·(k − 1) + 1 + 2·stride`, so padded borders are a
+//! large share of the output), and every other input its constant value. A region runs whatever
+//! else the model contains, since only its own ops go to tract.
+//!
+//! The certificate shows that what was written is the formula; the region run shows that the
+//! formula is right for the layer (layout, groups, padding).
+
+use serde::Serialize;
+
+use crate::attr;
+use crate::certificate::{chain_from, fold_targets, Side};
+use crate::consts::ConstEval;
+use crate::error::Result;
+use crate::external::ExternalStore;
+use crate::graph::{node_label, GraphIndex, OuterScope};
+use crate::model::Model;
+use crate::proto::{
+    tensor_shape_proto, type_proto, GraphProto, ModelProto, NodeProto, TensorShapeProto, TypeProto,
+    ValueInfoProto,
+};
+use crate::verify::{OutputCheck, Status, VerifyOptions};
+
+/// Samples each region runs, at least.
+const REGION_SAMPLES: usize = 4;
+
+/// One fold's region against its fused node.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RegionCheck {
+    /// The fused node (name, or first output).
+    pub node: String,
+    /// The last BatchNormalization of the original region.
+    pub batch_norm: String,
+    /// The tensor compared: the region's output, which the fused node took over.
+    pub output: String,
+    /// The shape of the region's data input.
+    pub input_shape: Vec<usize>,
+    /// Passed, failed, or not verified (the region could not be built or run).
+    pub status: Status,
+    /// Why it failed or could not run.
+    pub reason: Option<String>,
+    /// The comparison of the region's output, when it ran.
+    pub check: Option<OutputCheck>,
+}
+
+/// Runs every backward fold's region of `original` against its fused node in `fused`.
+pub fn check(original: &Model, fused: &Model, options: &VerifyOptions) -> Result<Vec<RegionCheck>> {
+    let (Some(orig_graph), Some(fused_graph)) = (&original.proto.graph, &fused.proto.graph) else {
+        return Ok(Vec::new());
+    };
+    let orig_index = GraphIndex::new(orig_graph, OuterScope::default());
+    let fused_index = GraphIndex::new(fused_graph, OuterScope::default());
+    let orig = Side {
+        index: &orig_index,
+        eval: ConstEval::new(&orig_index, &original.store, original.opset(), true),
+        model: original,
+    };
+    let fused_side = Side {
+        index: &fused_index,
+        eval: ConstEval::new(&fused_index, &fused.store, fused.opset(), true),
+        model: fused,
+    };
+    let region_options = VerifyOptions {
+        seed: options.seed,
+        samples: options.samples.max(REGION_SAMPLES),
+        atol: options.atol,
+        rtol: options.rtol,
+        one_model_at_a_time: Some(false),
+        ..VerifyOptions::default()
+    };
+    let mut out = Vec::new();
+    for (node, bn) in fold_targets(&orig_index, &fused_index) {
+        let output = node.output[0].clone();
+        let mut region = RegionCheck {
+            node: node_label(node),
+            batch_norm: node_label(bn),
+            output: output.clone(),
+            input_shape: Vec::new(),
+            status: Status::NotVerified,
+            reason: None,
+            check: None,
+        };
+        let built = chain_from(orig.index, bn).and_then(|(layer, steps)| {
+            let mut orig_nodes = vec![layer];
+            orig_nodes.extend(steps);
+            let fused_nodes = match node.op_type() {
+                "Add" => node
+                    .input
+                    .iter()
+                    .filter_map(|i| fused_index.producer(i).map(|p| fused_index.node(p)))
+                    .filter(|p| p.op_type() == "MatMul")
+                    .chain([node])
+                    .collect(),
+                _ => vec![node],
+            };
+            Ok((layer, orig_nodes, fused_nodes))
+        });
+        let (layer, orig_nodes, fused_nodes) = match built {
+            Ok(b) => b,
+            Err(why) => {
+                region.reason = Some(why);
+                out.push(region);
+                continue;
+            }
+        };
+        let prepared = (|| -> Result<std::result::Result<(Model, Model, Vec<usize>), String>> {
+            let weight = match orig.value(&layer.input[1])? {
+                Ok(w) => w,
+                Err(why) => return Ok(Err(why)),
+            };
+            let shape = match input_shape(layer, &weight.dims, &orig)? {
+                Ok(s) => s,
+                Err(why) => return Ok(Err(why)),
+            };
+            let data = layer.input[0].as_str();
+            let dtype = weight.dtype.code();
+            let a = match region_model(&orig, &orig_nodes, data, &shape, dtype, &output)? {
+                Ok(m) => m,
+                Err(why) => return Ok(Err(why)),
+            };
+            let b = match region_model(&fused_side, &fused_nodes, data, &shape, dtype, &output)? {
+                Ok(m) => m,
+                Err(why) => return Ok(Err(why)),
+            };
+            Ok(Ok((a, b, shape)))
+        })()?;
+        let (a, b, shape) = match prepared {
+            Ok(p) => p,
+            Err(why) => {
+                region.reason = Some(why);
+                out.push(region);
+                continue;
+            }
+        };
+        region.input_shape = shape;
+        let v = crate::verify::run_whole_model(&a, &b, &[], &region_options)?;
+        region.status = v.status;
+        region.reason = v.reason;
+        region.check = v.outputs.into_iter().next();
+        out.push(region);
+    }
+    Ok(out)
+}
+
+/// A shape the layer's data input may have.
+fn input_shape(
+    layer: &NodeProto,
+    weight: &[usize],
+    orig: &Side,
+) -> Result<std::result::Result<Vec<usize>, String>> {
+    let ints = |name: &str, n: usize, default: usize| -> Result<Vec<usize>> {
+        Ok(attr::ints(layer, name)?
+            .map(|v| v.iter().map(|&x| x.max(1) as usize).collect())
+            .unwrap_or_else(|| vec![default; n]))
+    };
+    Ok(Ok(match layer.op_type() {
+        "Conv" if weight.len() >= 3 => {
+            let spatial = weight.len() - 2;
+            let group = attr::int(layer, "group")?.unwrap_or(1).max(1) as usize;
+            let (strides, dilations) =
+                (ints("strides", spatial, 1)?, ints("dilations", spatial, 1)?);
+            let mut shape = vec![1, weight[1] * group];
+            for i in 0..spatial {
+                shape.push(dilations[i] * (weight[2 + i] - 1) + 1 + 2 * strides[i]);
+            }
+            shape
+        }
+        "ConvTranspose" if weight.len() >= 3 => {
+            let mut shape = vec![1, weight[0]];
+            shape.extend(std::iter::repeat_n(3, weight.len() - 2));
+            shape
+        }
+        "Gemm" if weight.len() == 2 => {
+            let trans_a = attr::int(layer, "transA")?.unwrap_or(0) != 0;
+            let trans_b = attr::int(layer, "transB")?.unwrap_or(0) != 0;
+            let k = if trans_b { weight[1] } else { weight[0] };
+            // A C of shape [M, N] fixes M.
+            let c_rows = match layer.input.get(2).filter(|c| !c.is_empty()) {
+                Some(c) => match orig.value(c)? {
+                    Ok(c) if c.dims.len() == 2 && c.dims[0] > 1 => c.dims[0],
+                    _ => 2,
+                },
+                None => 2,
+            };
+            if trans_a {
+                vec![k, c_rows]
+            } else {
+                vec![c_rows, k]
+            }
+        }
+        "MatMul" if weight.len() == 2 => vec![2, weight[0]],
+        other => return Ok(Err(format!("{other} with a weight of shape {weight:?}"))),
+    }))
+}
+
+/// A model of `nodes` alone: `data` its input of `shape`, every other outside input a constant
+/// taken from `side`, `output` its output.
+fn region_model(
+    side: &Side,
+    nodes: &[&NodeProto],
+    data: &str,
+    shape: &[usize],
+    elem_type: i32,
+    output: &str,
+) -> Result<std::result::Result<Model, String>> {
+    let internal: Vec<&str> = nodes
+        .iter()
+        .flat_map(|n| n.output.iter().map(String::as_str))
+        .collect();
+    let mut initializers = Vec::new();
+    for name in nodes.iter().flat_map(|n| &n.input) {
+        if name.is_empty()
+            || name == data
+            || internal.contains(&name.as_str())
+            || initializers
+                .iter()
+                .any(|t: &crate::proto::TensorProto| t.name() == name)
+        {
+            continue;
+        }
+        match side.value(name)? {
+            Ok(t) => initializers.push(t.to_proto(name)),
+            Err(why) => return Ok(Err(why)),
+        }
+    }
+    let tensor_type = |dims: Option<&[usize]>| TypeProto {
+        value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+            elem_type: Some(elem_type),
+            shape: dims.map(|d| TensorShapeProto {
+                dim: d
+                    .iter()
+                    .map(|&v| tensor_shape_proto::Dimension {
+                        value: Some(tensor_shape_proto::dimension::Value::DimValue(v as i64)),
+                        ..Default::default()
+                    })
+                    .collect(),
+            }),
+        })),
+        ..Default::default()
+    };
+    let value_info = |name: &str, dims: Option<&[usize]>| ValueInfoProto {
+        name: Some(name.to_string()),
+        r#type: Some(tensor_type(dims)),
+        ..Default::default()
+    };
+    let proto = ModelProto {
+        // Below IR 4 initializers would have to be inputs too.
+        ir_version: Some(side.model.proto.ir_version().max(4)),
+        opset_import: side.model.proto.opset_import.clone(),
+        graph: Some(GraphProto {
+            name: Some("region".into()),
+            node: nodes.iter().map(|n| (*n).clone()).collect(),
+            initializer: initializers,
+            input: vec![value_info(data, Some(shape))],
+            output: vec![value_info(output, None)],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Ok(Model::from_proto(proto, ExternalStore::none()).map_err(|e| e.to_string()))
+}
