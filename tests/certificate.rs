@@ -162,3 +162,57 @@ fn one_depthwise_channel_times_1_01_is_caught_by_bnfold_verify_on_the_command_li
         "{err}"
     );
 }
+
+#[test]
+fn a_fused_conv_whose_padding_moved_passes_the_certificate_and_fails_its_region() {
+    // Same output size, every value shifted by one row and column: the weights are the
+    // formula's, the layer is not.
+    let name = "torch_conv2d_grouped_depthwise_op11.onnx";
+    let (original, fused, [node, _, _]) = folded(name);
+    let mut proto = fused.proto.clone();
+    let conv = proto
+        .graph
+        .as_mut()
+        .unwrap()
+        .node
+        .iter_mut()
+        .find(|n| n.name() == node)
+        .unwrap();
+    let pads = conv
+        .attribute
+        .iter_mut()
+        .find(|a| a.name() == "pads")
+        .unwrap();
+    pads.ints = vec![2, 2, 0, 0];
+    let shifted = Model::from_proto(proto, fused.store.clone()).unwrap();
+    assert!(certificates(&original, &shifted).iter().all(|c| c.passed()));
+    let v = verify(&original, &shifted, &[], &VerifyOptions::default()).unwrap();
+    assert_eq!(v.status, Status::Failed, "{v:?}");
+    let failing: Vec<_> = v
+        .regions
+        .iter()
+        .filter(|r| r.status == Status::Failed)
+        .collect();
+    assert_eq!(failing.len(), 1, "{:?}", v.regions);
+    assert_eq!(failing[0].node, node);
+    assert!(v.reason.unwrap().starts_with(&format!("region of {node} ")));
+    // The other folds of the model ran alone and passed.
+    assert!(v
+        .regions
+        .iter()
+        .filter(|r| r.node != node)
+        .all(|r| r.status == Status::Passed));
+}
+
+#[test]
+fn every_backward_fold_of_every_kind_passes_its_region() {
+    for name in KINDS {
+        let (original, fused, _) = folded(name);
+        let v = verify(&original, &fused, &[], &VerifyOptions::default()).unwrap();
+        assert_eq!(v.status, Status::Passed, "{name}: {v:?}");
+        assert!(!v.regions.is_empty(), "{name}");
+        for r in &v.regions {
+            assert_eq!(r.status, Status::Passed, "{name}: {r:?}");
+        }
+    }
+}

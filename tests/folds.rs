@@ -99,11 +99,26 @@ fn rounded_figures(v: &bnfold::Verification) -> serde_json::Value {
             })
         })
         .collect();
+    let regions: Vec<serde_json::Value> = v
+        .regions
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "node": r.node,
+                "status": r.status,
+                "input_shape": r.input_shape,
+                "normalized_error": r.check.as_ref().map(|c| decade(c.normalized_error)),
+            })
+        })
+        .collect();
+    let certified = v.certificates.iter().filter(|c| c.passed()).count();
     serde_json::json!({
         "status": v.status,
         "samples": v.samples,
         "guessed_dims": v.guessed_dims,
         "outputs": outputs,
+        "regions": regions,
+        "certified_nodes": certified,
     })
 }
 
