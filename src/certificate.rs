@@ -555,7 +555,7 @@ fn compare(
         if off > check.max_ulps || off.is_nan() {
             check.max_ulps = if off.is_nan() { f64::INFINITY } else { off };
         }
-        if !(off <= bound) && check.first_bad_element.is_none() {
+        if (off > bound || off.is_nan()) && check.first_bad_element.is_none() {
             check.first_bad_element = Some(k);
         }
     }

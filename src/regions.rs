@@ -86,7 +86,7 @@ pub fn check(original: &Model, fused: &Model, options: &VerifyOptions) -> Result
             reason: None,
             check: None,
         };
-        let built = chain_from(orig.index, bn).and_then(|(layer, steps)| {
+        let built = chain_from(orig.index, bn).map(|(layer, steps)| {
             let mut orig_nodes = vec![layer];
             orig_nodes.extend(steps);
             let fused_nodes = match node.op_type() {
@@ -99,7 +99,7 @@ pub fn check(original: &Model, fused: &Model, options: &VerifyOptions) -> Result
                     .collect(),
                 _ => vec![node],
             };
-            Ok((layer, orig_nodes, fused_nodes))
+            (layer, orig_nodes, fused_nodes)
         });
         let (layer, orig_nodes, fused_nodes) = match built {
             Ok(b) => b,
@@ -109,27 +109,14 @@ pub fn check(original: &Model, fused: &Model, options: &VerifyOptions) -> Result
                 continue;
             }
         };
-        let prepared = (|| -> Result<std::result::Result<(Model, Model, Vec<usize>), String>> {
-            let weight = match orig.value(&layer.input[1])? {
-                Ok(w) => w,
-                Err(why) => return Ok(Err(why)),
-            };
-            let shape = match input_shape(layer, &weight.dims, &orig)? {
-                Ok(s) => s,
-                Err(why) => return Ok(Err(why)),
-            };
-            let data = layer.input[0].as_str();
-            let dtype = weight.dtype.code();
-            let a = match region_model(&orig, &orig_nodes, data, &shape, dtype, &output)? {
-                Ok(m) => m,
-                Err(why) => return Ok(Err(why)),
-            };
-            let b = match region_model(&fused_side, &fused_nodes, data, &shape, dtype, &output)? {
-                Ok(m) => m,
-                Err(why) => return Ok(Err(why)),
-            };
-            Ok(Ok((a, b, shape)))
-        })()?;
+        let prepared = prepare(
+            &orig,
+            &fused_side,
+            layer,
+            &orig_nodes,
+            &fused_nodes,
+            &output,
+        )?;
         let (a, b, shape) = match prepared {
             Ok(p) => p,
             Err(why) => {
@@ -146,6 +133,39 @@ pub fn check(original: &Model, fused: &Model, options: &VerifyOptions) -> Result
         out.push(region);
     }
     Ok(out)
+}
+
+/// The two region models (original, fused) and the data input's shape, or why they cannot be
+/// built.
+type Prepared = std::result::Result<(Model, Model, Vec<usize>), String>;
+
+fn prepare(
+    orig: &Side,
+    fused: &Side,
+    layer: &NodeProto,
+    orig_nodes: &[&NodeProto],
+    fused_nodes: &[&NodeProto],
+    output: &str,
+) -> Result<Prepared> {
+    let weight = match orig.value(&layer.input[1])? {
+        Ok(w) => w,
+        Err(why) => return Ok(Err(why)),
+    };
+    let shape = match input_shape(layer, &weight.dims, orig)? {
+        Ok(s) => s,
+        Err(why) => return Ok(Err(why)),
+    };
+    let data = layer.input[0].as_str();
+    let dtype = weight.dtype.code();
+    let a = match region_model(orig, orig_nodes, data, &shape, dtype, output)? {
+        Ok(m) => m,
+        Err(why) => return Ok(Err(why)),
+    };
+    let b = match region_model(fused, fused_nodes, data, &shape, dtype, output)? {
+        Ok(m) => m,
+        Err(why) => return Ok(Err(why)),
+    };
+    Ok(Ok((a, b, shape)))
 }
 
 /// A shape the layer's data input may have.

@@ -346,4 +346,7 @@ fn the_whole_model_run_is_skipped_with_its_reason_above_the_node_limit() {
     assert_eq!(report["verification"]["status"], "not_verified");
     let reason = report["verification"]["reason"].as_str().unwrap();
     assert!(reason.contains(&format!("{} nodes", extra + 2)), "{reason}");
+    // The fold is still proven where it is.
+    assert_eq!(report["verification"]["regions"][0]["status"], "passed");
+    assert!(report["verification"]["certificates"][0]["unproven"].is_null());
 }

@@ -375,7 +375,9 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
         false => bnfold::verify::too_large_to_run(&loaded),
         true => None,
     };
-    let runs_verification = !args.no_verify && too_large.is_none();
+    // Above the node limit there is no whole-model run, but folds still get their certificate
+    // and region run, which need the original.
+    let runs_verification = !args.no_verify && (too_large.is_none() || has_batch_norm);
     let (original, mut fused) = if (readiness && has_batch_norm) || runs_verification {
         (Some(loaded.clone()), loaded)
     } else {
@@ -432,7 +434,7 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
         _ => None,
     };
     let verify_started = Instant::now();
-    if let Some(reason) = too_large {
+    if let Some(reason) = too_large.filter(|_| !runs_verification) {
         report.verification = Some(Verification::not_run(reason, verify_opts.seed));
     }
     let live = if let Some(original) = original.as_ref().filter(|_| runs_verification) {
