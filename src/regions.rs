@@ -1,5 +1,7 @@
-//! Each backward fold run in isolation: the original region (layer → pass-throughs → BNs) as a
-//! model of its own against the fused node, on seeded random inputs.
+//! Each fold run in isolation: the original region as a model of its own against the nodes that
+//! replace it, on seeded random inputs. Backward, the region is layer → pass-throughs → BNs and
+//! the fused layer; forward, BN → (Flatten | Reshape)? → layer and the shift's `Add` (when kept),
+//! the same Flatten or Reshape and the fused layer.
 //!
 //! A fold replaces a small region by one node and is an identity for every input, so random
 //! inputs of any valid shape test it fully, and a shallow region's float error does not compound
@@ -49,7 +51,7 @@ pub struct RegionCheck {
     pub check: Option<OutputCheck>,
 }
 
-/// Runs every backward fold's region of `original` against its fused node in `fused`.
+/// Runs every fold's region of `original` against the nodes that replace it in `fused`.
 pub fn check(original: &Model, fused: &Model, options: &VerifyOptions) -> Result<Vec<RegionCheck>> {
     let (Some(orig_graph), Some(fused_graph)) = (&original.proto.graph, &fused.proto.graph) else {
         return Ok(Vec::new());
@@ -74,94 +76,219 @@ pub fn check(original: &Model, fused: &Model, options: &VerifyOptions) -> Result
         one_model_at_a_time: Some(false),
         ..VerifyOptions::default()
     };
-    let mut out = Vec::new();
+    let mut regions: Vec<std::result::Result<Region, (RegionCheck, String)>> = Vec::new();
     for (node, bn) in fold_targets(&orig_index, &fused_index) {
-        let output = node.output[0].clone();
-        let mut region = RegionCheck {
-            node: node_label(node),
-            batch_norm: node_label(bn),
-            output: output.clone(),
-            input_shape: Vec::new(),
-            status: Status::NotVerified,
-            reason: None,
-            check: None,
-        };
-        let built = chain_from(orig.index, bn).map(|(layer, steps)| {
-            let mut orig_nodes = vec![layer];
-            orig_nodes.extend(steps);
-            let fused_nodes = match node.op_type() {
-                "Add" => node
-                    .input
-                    .iter()
-                    .filter_map(|i| fused_index.producer(i).map(|p| fused_index.node(p)))
-                    .filter(|p| p.op_type() == "MatMul")
-                    .chain([node])
-                    .collect(),
-                _ => vec![node],
-            };
-            (layer, orig_nodes, fused_nodes)
+        regions.push(match chain_from(orig.index, bn) {
+            Ok((layer, steps)) => {
+                let mut orig_nodes = vec![layer];
+                orig_nodes.extend(steps);
+                let fused_nodes = match node.op_type() {
+                    "Add" => node
+                        .input
+                        .iter()
+                        .filter_map(|i| fused_index.producer(i).map(|p| fused_index.node(p)))
+                        .filter(|p| p.op_type() == "MatMul")
+                        .chain([node])
+                        .collect(),
+                    _ => vec![node],
+                };
+                Ok(Region {
+                    node,
+                    bn,
+                    layer,
+                    orig_nodes,
+                    fused_nodes,
+                    data: layer.input[0].clone(),
+                    forward: None,
+                })
+            }
+            Err(why) => Err((empty_check(node, bn), why)),
         });
-        let (layer, orig_nodes, fused_nodes) = match built {
-            Ok(b) => b,
-            Err(why) => {
-                region.reason = Some(why);
-                out.push(region);
+    }
+    regions.extend(
+        forward_targets(&orig_index, &fused_index)
+            .into_iter()
+            .map(Ok),
+    );
+    let mut out = Vec::new();
+    for region in regions {
+        let r = match region {
+            Ok(r) => r,
+            Err((mut check, why)) => {
+                check.reason = Some(why);
+                out.push(check);
                 continue;
             }
         };
-        let prepared = prepare(
-            &orig,
-            &fused_side,
-            layer,
-            &orig_nodes,
-            &fused_nodes,
-            &output,
-        )?;
-        let (a, b, shape) = match prepared {
+        let mut check = empty_check(r.node, r.bn);
+        let (a, b, shape) = match prepare(&orig, &fused_side, &r)? {
             Ok(p) => p,
             Err(why) => {
-                region.reason = Some(why);
-                out.push(region);
+                check.reason = Some(why);
+                out.push(check);
                 continue;
             }
         };
-        region.input_shape = shape;
+        check.input_shape = shape;
         let v = crate::verify::run_whole_model(&a, &b, &[], &region_options)?;
-        region.status = v.status;
-        region.reason = v.reason;
-        region.check = v.outputs.into_iter().next();
-        out.push(region);
+        check.status = v.status;
+        check.reason = v.reason;
+        check.check = v.outputs.into_iter().next();
+        out.push(check);
     }
     Ok(out)
+}
+
+fn empty_check(node: &NodeProto, bn: &NodeProto) -> RegionCheck {
+    RegionCheck {
+        node: node_label(node),
+        batch_norm: node_label(bn),
+        output: node.output[0].clone(),
+        input_shape: Vec::new(),
+        status: Status::NotVerified,
+        reason: None,
+        check: None,
+    }
+}
+
+/// A fold's region: the original nodes and the fused ones that replace them, from `data` to
+/// the fused node's output.
+struct Region<'g> {
+    node: &'g NodeProto,
+    bn: &'g NodeProto,
+    /// The layer whose weight tells the data's shape: the producer (backward) or the consumer
+    /// (forward).
+    layer: &'g NodeProto,
+    orig_nodes: Vec<&'g NodeProto>,
+    fused_nodes: Vec<&'g NodeProto>,
+    data: String,
+    /// Forward: the BN's channel count and whether a Flatten or Reshape lies between.
+    forward: Option<(usize, bool)>,
+}
+
+/// Forward folds: a fused Conv, ConvTranspose or Gemm whose output the original computes with
+/// the same kind of layer from a BatchNormalization (directly, or through one Flatten or
+/// Reshape), and which reads that BN's input (through the `Add` that keeps a shift, and the
+/// same Flatten or Reshape).
+fn forward_targets<'g>(
+    orig_index: &GraphIndex<'g>,
+    fused_index: &GraphIndex<'g>,
+) -> Vec<Region<'g>> {
+    let orig_producer = |name: &str| orig_index.producer(name).map(|i| orig_index.node(i));
+    let fused_producer = |name: &str| fused_index.producer(name).map(|i| fused_index.node(i));
+    let mut found = Vec::new();
+    for node in &fused_index.graph.node {
+        if !matches!(node.op_type(), "Conv" | "ConvTranspose" | "Gemm") {
+            continue;
+        }
+        let Some(consumer) = node.output.first().and_then(|o| orig_producer(o)) else {
+            continue;
+        };
+        let same_kind = consumer.op_type() == node.op_type()
+            || (consumer.op_type() == "MatMul" && node.op_type() == "Gemm");
+        let Some(mut before) = consumer.input.first().and_then(|i| orig_producer(i)) else {
+            continue;
+        };
+        if !same_kind {
+            continue;
+        }
+        let mut orig_nodes = vec![consumer];
+        if matches!(before.op_type(), "Flatten" | "Reshape") {
+            orig_nodes.push(before);
+            match before.input.first().and_then(|i| orig_producer(i)) {
+                Some(p) => before = p,
+                None => continue,
+            }
+        }
+        if before.op_type() != "BatchNormalization" {
+            continue;
+        }
+        let bn = before;
+        let through_flatten = orig_nodes.len() == 2;
+        orig_nodes.push(bn);
+        orig_nodes.reverse();
+        let data = bn.input[0].clone();
+        let mut fused_nodes = vec![node];
+        let mut current = node.input[0].clone();
+        while current != data {
+            match fused_producer(&current) {
+                Some(p) if matches!(p.op_type(), "Add" | "Flatten" | "Reshape") => {
+                    fused_nodes.push(p);
+                    current = p.input[0].clone();
+                }
+                _ => break,
+            }
+        }
+        if current != data {
+            continue;
+        }
+        fused_nodes.reverse();
+        let channels = orig_index
+            .initializer(&bn.input[1])
+            .and_then(|t| t.dims.first().copied())
+            .unwrap_or(0)
+            .max(0) as usize;
+        found.push(Region {
+            node,
+            bn,
+            layer: consumer,
+            orig_nodes,
+            fused_nodes,
+            data,
+            forward: Some((channels, through_flatten)),
+        });
+    }
+    found
 }
 
 /// The two region models (original, fused) and the data input's shape, or why they cannot be
 /// built.
 type Prepared = std::result::Result<(Model, Model, Vec<usize>), String>;
 
-fn prepare(
-    orig: &Side,
-    fused: &Side,
-    layer: &NodeProto,
-    orig_nodes: &[&NodeProto],
-    fused_nodes: &[&NodeProto],
-    output: &str,
-) -> Result<Prepared> {
-    let weight = match orig.value(&layer.input[1])? {
+fn prepare(orig: &Side, fused: &Side, region: &Region) -> Result<Prepared> {
+    let weight = match orig.value(&region.layer.input[1])? {
         Ok(w) => w,
         Err(why) => return Ok(Err(why)),
     };
-    let shape = match input_shape(layer, &weight.dims, orig)? {
+    let mut shape = match input_shape(region.layer, &weight.dims, orig)? {
         Ok(s) => s,
         Err(why) => return Ok(Err(why)),
     };
-    let data = layer.input[0].as_str();
+    if let Some((channels, true)) = region.forward {
+        // BN → Flatten → layer: `[rows, C, K/C]` flattens to the layer's `[rows, K]` with the
+        // channel-major layout any `[rows, C, H, W]` has.
+        match shape.as_slice() {
+            [rows, k] if channels > 0 && k % channels == 0 => {
+                shape = vec![*rows, channels, k / channels];
+            }
+            _ => {
+                return Ok(Err(format!(
+                    "the layer's input {shape:?} is not {channels} channels flattened"
+                )))
+            }
+        }
+    }
     let dtype = weight.dtype.code();
-    let a = match region_model(orig, orig_nodes, data, &shape, dtype, output)? {
+    let output = region.node.output[0].as_str();
+    let a = match region_model(
+        orig,
+        &region.orig_nodes,
+        &region.data,
+        &shape,
+        dtype,
+        output,
+    )? {
         Ok(m) => m,
         Err(why) => return Ok(Err(why)),
     };
-    let b = match region_model(fused, fused_nodes, data, &shape, dtype, output)? {
+    let b = match region_model(
+        fused,
+        &region.fused_nodes,
+        &region.data,
+        &shape,
+        dtype,
+        output,
+    )? {
         Ok(m) => m,
         Err(why) => return Ok(Err(why)),
     };

@@ -122,10 +122,54 @@ fn the_naive_full_fold_into_a_padded_conv_is_caught_by_verification() {
     }
     g.node[conv_at].input[0] = bn.input[0].clone();
     g.node.remove(bn_at);
-    assert!(
-        !passes(&original, &naive),
-        "the naive fold should differ at the borders"
+    let v = verify(&original, &naive, &[], &VerifyOptions::default()).unwrap();
+    assert_eq!(
+        v.status,
+        Status::Failed,
+        "the naive fold differs at the borders"
     );
+    // Caught where it is: the fold's own region, run alone, names the Conv.
+    let conv_name = bnfold::graph::node_label(&conv);
+    let region = v.regions.iter().find(|r| r.node == conv_name).unwrap();
+    assert_eq!(region.status, Status::Failed, "{region:?}");
+    assert!(
+        v.reason
+            .unwrap()
+            .contains(&format!("region of {conv_name} ")),
+        "{:?}",
+        v.regions
+    );
+}
+
+#[test]
+fn every_forward_fold_passes_its_region_run_alone() {
+    for name in [
+        "torch_relu_bn_conv_pad_op13.onnx",
+        "torch_relu_bn_conv_nopad_op13.onnx",
+        "torch_relu_bn_conv_grouped_op13.onnx",
+        "torch_relu_bn_convtranspose_op13.onnx",
+        "torch_head_bn_flatten_linear_op13.onnx",
+        "torch_head_bn_view_linear_op13.onnx",
+        "torch_bn1d_input_linear_op13.onnx",
+        "torch_bn1d_matmul_op13.onnx",
+        "torch_bn_input_conv_pad_op13.onnx",
+    ] {
+        let (original, fused, report) = folded(name, &FoldOptions::default());
+        assert_eq!(report.folds[0].direction, Direction::Forward, "{name}");
+        let v = verify(&original, &fused, &[], &VerifyOptions::default()).unwrap();
+        assert_eq!(v.status, Status::Passed, "{name}: {v:?}");
+        assert_eq!(
+            v.regions.len(),
+            report.folds.len(),
+            "{name}: {:?}",
+            v.regions
+        );
+        assert!(
+            v.regions.iter().all(|r| r.status == Status::Passed),
+            "{name}: {:?}",
+            v.regions
+        );
+    }
 }
 
 #[test]
