@@ -32,6 +32,7 @@ pub mod report;
 pub mod scaled;
 pub mod source;
 pub mod staging;
+pub mod structure;
 pub mod tensor;
 pub mod validate;
 pub mod verify;

@@ -51,10 +51,21 @@ pub struct RegionCheck {
     pub check: Option<OutputCheck>,
 }
 
-/// Runs every fold's region of `original` against the nodes that replace it in `fused`.
-pub fn check(original: &Model, fused: &Model, options: &VerifyOptions) -> Result<Vec<RegionCheck>> {
+/// The local proof: every region's run, and the structure outside them.
+#[derive(Clone, Debug, Default)]
+pub struct LocalProof {
+    /// Each fold's region run alone.
+    pub regions: Vec<RegionCheck>,
+    /// The first difference between the graphs outside the regions, if any
+    /// (see [`crate::structure`]).
+    pub structure_difference: Option<String>,
+}
+
+/// Runs every fold's region of `original` against the nodes that replace it in `fused`, and
+/// compares the graphs outside them.
+pub fn check(original: &Model, fused: &Model, options: &VerifyOptions) -> Result<LocalProof> {
     let (Some(orig_graph), Some(fused_graph)) = (&original.proto.graph, &fused.proto.graph) else {
-        return Ok(Vec::new());
+        return Ok(LocalProof::default());
     };
     let orig_index = GraphIndex::new(orig_graph, OuterScope::default());
     let fused_index = GraphIndex::new(fused_graph, OuterScope::default());
@@ -110,6 +121,42 @@ pub fn check(original: &Model, fused: &Model, options: &VerifyOptions) -> Result
             .into_iter()
             .map(Ok),
     );
+    let position = |g: &GraphProto, n: &NodeProto| g.node.iter().position(|m| std::ptr::eq(m, n));
+    let (mut orig_region, mut fused_region) = (Vec::new(), Vec::new());
+    for r in regions.iter().flatten() {
+        orig_region.extend(r.orig_nodes.iter().filter_map(|n| position(orig_graph, n)));
+        fused_region.extend(
+            r.fused_nodes
+                .iter()
+                .filter_map(|n| position(fused_graph, n)),
+        );
+    }
+    // Constant nodes (and constant subgraphs) that fed only the regions and are gone from the
+    // fused graph were folded into them; the region runs used their values.
+    for i in (0..orig_graph.node.len()).rev() {
+        let node = &orig_graph.node[i];
+        if orig_region.contains(&i) || node.output.is_empty() {
+            continue;
+        }
+        let feeds_only_regions = node.output.iter().all(|o| {
+            !orig_index.is_graph_output(o)
+                && fused_index.producer(o).is_none()
+                && orig_index
+                    .consumers(o)
+                    .iter()
+                    .all(|c| orig_region.contains(c))
+        });
+        if feeds_only_regions
+            && node
+                .output
+                .iter()
+                .all(|o| matches!(orig.eval.value(o), Ok(Ok(_))))
+        {
+            orig_region.push(i);
+        }
+    }
+    let structure_difference =
+        crate::structure::first_difference(original, fused, &orig_region, &fused_region)?;
     let mut out = Vec::new();
     for region in regions {
         let r = match region {
@@ -136,7 +183,10 @@ pub fn check(original: &Model, fused: &Model, options: &VerifyOptions) -> Result
         check.check = v.outputs.into_iter().next();
         out.push(check);
     }
-    Ok(out)
+    Ok(LocalProof {
+        regions: out,
+        structure_difference,
+    })
 }
 
 fn empty_check(node: &NodeProto, bn: &NodeProto) -> RegionCheck {

@@ -123,6 +123,11 @@ pub struct Verification {
     pub certificates: Vec<NodeCertificate>,
     /// Each backward fold run alone against its original region (see [`crate::regions`]).
     pub regions: Vec<RegionCheck>,
+    /// The first difference between the graphs outside the folds (see [`crate::structure`]).
+    pub structure_difference: Option<String>,
+    /// Whether the local proof is complete: no difference outside the folds, every region
+    /// passed, every certificate passed.
+    pub proven_locally: bool,
 }
 
 impl Verification {
@@ -141,6 +146,8 @@ impl Verification {
             seed,
             certificates: vec![],
             regions: vec![],
+            structure_difference: None,
+            proven_locally: false,
         }
     }
 }
@@ -237,7 +244,8 @@ pub fn verify(
     options: &VerifyOptions,
 ) -> Result<Verification> {
     let certificates = crate::certificate::certify(original, candidate)?;
-    let regions = crate::regions::check(original, candidate, options)?;
+    let local = crate::regions::check(original, candidate, options)?;
+    let regions = local.regions;
     // A fold whose region passed is proven where it is; comparing its output deep in the
     // network would judge the whole network's float error instead.
     let proven: Vec<&str> = regions
@@ -277,7 +285,7 @@ pub fn verify(
             first.node, first.batch_norm, first.input_shape
         ));
     }
-    v.regions = regions;
+
     let failed: Vec<&NodeCertificate> = certificates
         .iter()
         .filter(|c| !c.passed() && c.unproven.is_none())
@@ -308,6 +316,24 @@ pub fn verify(
             first.op_type, first.node, first.batch_norm
         ));
     }
+    // Where the whole model cannot run, the local proof decides: the graphs are the same outside
+    // the folds, and every fold is certified (backward) and passed its region.
+    let complete = local.structure_difference.is_none()
+        && regions.iter().all(|r| r.status == Status::Passed)
+        && certificates.iter().all(NodeCertificate::passed);
+    if v.status == Status::NotVerified && complete {
+        v.status = Status::Passed;
+        v.reason = Some(format!(
+            "proven locally ({} folds run alone, {} certified, the graphs identical outside \
+             them); the whole-model run could not run: {}",
+            regions.len(),
+            certificates.len(),
+            v.reason.take().unwrap_or_default()
+        ));
+    }
+    v.proven_locally = complete;
+    v.regions = regions;
+    v.structure_difference = local.structure_difference;
     v.certificates = certificates;
     Ok(v)
 }
@@ -505,6 +531,8 @@ pub(crate) fn run_whole_model(
         seed: options.seed,
         certificates: vec![],
         regions: vec![],
+        structure_difference: None,
+        proven_locally: false,
     })
 }
 

@@ -503,8 +503,11 @@ fn a_model_tract_cannot_run_is_reported_not_verified_naming_the_op() {
             domain: Some("com.example".into()),
             version: Some(1),
         });
+    // Against itself: the whole model cannot run, but the two graphs are the same, which the
+    // local proof shows; the reason still names the op.
     let v = verify(&m, &m, &[], &VerifyOptions::default()).unwrap();
-    assert_eq!(v.status, Status::NotVerified);
+    assert_eq!(v.status, Status::Passed, "{v:?}");
+    assert!(v.proven_locally);
     assert!(
         v.reason
             .as_deref()
@@ -513,4 +516,57 @@ fn a_model_tract_cannot_run_is_reported_not_verified_naming_the_op() {
         "{:?}",
         v.reason
     );
+    // Against a different model it cannot say.
+    let other = Model::load(fixtures().join("conv_bn.onnx")).unwrap();
+    let v = verify(&m, &other, &[], &VerifyOptions::default()).unwrap();
+    assert_ne!(v.status, Status::Passed, "{v:?}");
+}
+
+#[test]
+fn folds_in_a_model_with_an_op_tract_lacks_are_proven_locally() {
+    let mut original = Model::load(fixtures().join("torch_conv_bn_bn_op13.onnx")).unwrap();
+    let g = original.proto.graph.as_mut().unwrap();
+    let out = g.output[0].name().to_string();
+    g.node.push(bnfold::proto::NodeProto {
+        op_type: Some("FancyCustomOp".into()),
+        domain: Some("com.example".into()),
+        name: Some("far_away".into()),
+        input: vec![out],
+        output: vec!["custom_out".into()],
+        ..Default::default()
+    });
+    g.output[0].name = Some("custom_out".into());
+    original
+        .proto
+        .opset_import
+        .push(bnfold::proto::OperatorSetIdProto {
+            domain: Some("com.example".into()),
+            version: Some(1),
+        });
+    let mut fused = original.clone();
+    let report = fold(&mut fused, &FoldOptions::default()).unwrap();
+    assert_eq!(report.folds.len(), 2);
+    let fused = Model::from_bytes(fused.to_bytes().unwrap()).unwrap();
+    let v = verify(&original, &fused, &[], &VerifyOptions::default()).unwrap();
+    assert_eq!(v.status, Status::Passed, "{v:?}");
+    assert!(v.proven_locally && v.structure_difference.is_none());
+    assert!(v.reason.unwrap().contains("FancyCustomOp"));
+    assert!(v.regions.iter().all(|r| r.status == Status::Passed) && !v.regions.is_empty());
+    // One weight element off: the local proof fails it although the whole model cannot run.
+    let mut tampered = fused.proto.clone();
+    let w = &report.folds[0].weight;
+    let t = tampered
+        .graph
+        .as_mut()
+        .unwrap()
+        .initializer
+        .iter_mut()
+        .find(|t| &t.name() == w)
+        .unwrap();
+    let mut value = decode(t, &Default::default()).unwrap();
+    value.data[0] *= 1.001;
+    *t = value.to_proto(w);
+    let tampered = Model::from_proto(tampered, Default::default()).unwrap();
+    let v = verify(&original, &tampered, &[], &VerifyOptions::default()).unwrap();
+    assert_eq!(v.status, Status::Failed, "{v:?}");
 }

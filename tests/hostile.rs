@@ -315,7 +315,7 @@ fn a_non_regular_input_is_refused_at_once() {
 }
 
 #[test]
-fn the_whole_model_run_is_skipped_with_its_reason_above_the_node_limit() {
+fn above_the_node_limit_the_whole_model_run_is_skipped_and_the_local_proof_decides() {
     use bnfold::proto::NodeProto;
     let dir = tempfile::tempdir().unwrap();
     let mut model = conv_bn();
@@ -343,7 +343,9 @@ fn the_whole_model_run_is_skipped_with_its_reason_above_the_node_limit() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(report["folds"].as_array().unwrap().len(), 1);
-    assert_eq!(report["verification"]["status"], "not_verified");
+    // No whole-model run; the local proof (structure, region, certificate) decides.
+    assert_eq!(report["verification"]["status"], "passed", "{report}");
+    assert_eq!(report["verification"]["proven_locally"], true);
     let reason = report["verification"]["reason"].as_str().unwrap();
     assert!(reason.contains(&format!("{} nodes", extra + 2)), "{reason}");
     // The fold is still proven where it is.

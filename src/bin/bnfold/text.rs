@@ -198,6 +198,13 @@ pub fn verification(v: &Verification, s: &mut String) {
     }
     certificates(v, s);
     regions(v, s);
+    if let Some(d) = &v.structure_difference {
+        let _ = writeln!(
+            s,
+            "  outside the folds: {} (the local proof is incomplete)",
+            Shown(d)
+        );
+    }
     let graph_outputs: Vec<_> = v.outputs.iter().filter(|o| o.graph_output).collect();
     let chains = v.outputs.len() - graph_outputs.len();
     if !graph_outputs.is_empty() {

@@ -1,0 +1,124 @@
+//! The structure half of the local proof: outside the rewritten regions, the original and the
+//! fused main graphs are the same graph.
+//!
+//! With the regions' nodes set aside on both sides, the remaining nodes must be equal one for
+//! one and in order (op, domain, name, inputs, outputs, attributes, subgraphs), every
+//! initializer they read must hold the same values, and the graph outputs must be the same.
+//! The fused graph may list extra graph inputs only for its own initializers (IR < 4), and drops
+//! `value_info` freely (it is a declaration, not a computation). Any other difference is named.
+
+use crate::error::Result;
+use crate::graph::node_label;
+use crate::model::Model;
+use crate::proto::GraphProto;
+use crate::tensor::decode;
+
+/// The first difference outside the regions, said in one line; `None` when there is none.
+/// `orig_region` and `fused_region` are the node indices of the regions in each main graph.
+pub fn first_difference(
+    original: &Model,
+    fused: &Model,
+    orig_region: &[usize],
+    fused_region: &[usize],
+) -> Result<Option<String>> {
+    let (Some(a), Some(b)) = (&original.proto.graph, &fused.proto.graph) else {
+        return Ok(Some("a model has no graph".into()));
+    };
+    let outside = |g: &GraphProto, region: &[usize]| -> Vec<usize> {
+        (0..g.node.len()).filter(|i| !region.contains(i)).collect()
+    };
+    let (kept_a, kept_b) = (outside(a, orig_region), outside(b, fused_region));
+    for (k, (&i, &j)) in kept_a.iter().zip(&kept_b).enumerate() {
+        let (na, nb) = (&a.node[i], &b.node[j]);
+        if na != nb {
+            return Ok(Some(format!(
+                "node {} of the original ({} {}) is not the fused graph's node {} ({} {}) outside \
+                 the folds (the {}th node kept)",
+                i,
+                na.op_type(),
+                node_label(na),
+                j,
+                nb.op_type(),
+                node_label(nb),
+                k + 1
+            )));
+        }
+    }
+    if kept_a.len() != kept_b.len() {
+        return Ok(Some(format!(
+            "outside the folds the original has {} nodes, the fused graph {}",
+            kept_a.len(),
+            kept_b.len()
+        )));
+    }
+    if a.output != b.output {
+        return Ok(Some("the graph outputs differ".into()));
+    }
+    let b_initializers: Vec<&str> = b.initializer.iter().map(|t| t.name()).collect();
+    for input in &b.input {
+        if !a.input.contains(input) && !b_initializers.contains(&input.name()) {
+            return Ok(Some(format!(
+                "the fused graph has an input '{}' the original does not",
+                input.name()
+            )));
+        }
+    }
+    for input in &a.input {
+        let constant = a.initializer.iter().any(|t| t.name() == input.name());
+        if !constant && !b.input.contains(input) {
+            return Ok(Some(format!(
+                "graph input '{}' of the original is gone or changed",
+                input.name()
+            )));
+        }
+    }
+    let mut read: Vec<&str> = kept_b
+        .iter()
+        .flat_map(|&j| b.node[j].input.iter().map(String::as_str))
+        .filter(|n| !n.is_empty())
+        .collect();
+    read.sort_unstable();
+    read.dedup();
+    for name in read {
+        let Some(tb) = b.initializer.iter().find(|t| t.name() == name) else {
+            continue;
+        };
+        let Some(ta) = a.initializer.iter().find(|t| t.name() == name) else {
+            return Ok(Some(format!(
+                "'{name}', read outside the folds, is not an initializer of the original"
+            )));
+        };
+        if ta.data_type() != tb.data_type() || ta.dims != tb.dims {
+            return Ok(Some(format!(
+                "initializer '{name}' changed its type or shape"
+            )));
+        }
+        if !same_values(ta, tb, original, fused)? {
+            return Ok(Some(format!("initializer '{name}' changed its values")));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether two tensors hold the same values, bit for bit (compared decoded where bnfold
+/// decodes the dtype, else by their stored bytes).
+fn same_values(
+    a: &crate::proto::TensorProto,
+    b: &crate::proto::TensorProto,
+    original: &Model,
+    fused: &Model,
+) -> Result<bool> {
+    if a == b {
+        return Ok(true);
+    }
+    if crate::tensor::Dtype::from_code(a.data_type()).is_none() {
+        return Ok(false);
+    }
+    let (va, vb) = (decode(a, &original.store)?, decode(b, &fused.store)?);
+    Ok(va.data.len() == vb.data.len()
+        && va
+            .data
+            .iter()
+            .zip(&vb.data)
+            .all(|(x, y)| x.to_bits() == y.to_bits()))
+}
