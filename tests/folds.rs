@@ -561,7 +561,7 @@ fn folds_in_a_model_with_an_op_tract_lacks_are_proven_locally() {
         .unwrap()
         .initializer
         .iter_mut()
-        .find(|t| &t.name() == w)
+        .find(|t| t.name() == w)
         .unwrap();
     let mut value = decode(t, &Default::default()).unwrap();
     value.data[0] *= 1.001;
