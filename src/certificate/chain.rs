@@ -1,0 +1,252 @@
+//! The chain a fold replaced, as the certificate reads it from the original: the layer at its
+//! start, the composed per-channel affine map of its steps, and where the layer's output
+//! channels lie in its weight.
+
+use crate::attr;
+use crate::error::Result;
+use crate::graph::{node_label, GraphIndex};
+use crate::proto::NodeProto;
+use crate::tensor::Tensor;
+
+use super::Side;
+
+/// The composed per-channel map `y = S·x + T` of a chain; `T` may hold several rows (a Gemm's
+/// `C` of shape `[M, N]`).
+pub(super) struct Chain {
+    pub(super) scale: Vec<f64>,
+    pub(super) shift_rows: usize,
+    pub(super) shift: Vec<f64>,
+    /// Per shift element, the sum of the magnitudes of the terms it was computed from.
+    pub(super) shift_terms: Vec<f64>,
+    pub(super) steps: usize,
+}
+
+/// The layer at the start of the chain ending in `bn`, with the chain's steps in order from the
+/// layer, or why the chain is not one this certificate knows.
+pub(crate) fn chain_from<'o>(
+    orig: &GraphIndex<'o>,
+    bn: &'o NodeProto,
+) -> std::result::Result<(&'o NodeProto, Vec<&'o NodeProto>), String> {
+    let producer = |name: &str| orig.producer(name).map(|i| orig.node(i));
+    let mut steps = vec![bn];
+    let mut current = bn;
+    loop {
+        // An Add's data operand is the one a node computes (its other one is the constant).
+        let data = match current.op_type() {
+            "Add" => current
+                .input
+                .iter()
+                .find(|i| {
+                    orig.initializer(i).is_none()
+                        && producer(i).is_some_and(|p| p.op_type() != "Constant")
+                })
+                .cloned()
+                .unwrap_or_default(),
+            _ => current.input.first().cloned().unwrap_or_default(),
+        };
+        let Some(prev) = producer(&data) else {
+            return Err(format!("'{data}' comes from no node in the original"));
+        };
+        match prev.op_type() {
+            "BatchNormalization" | "Identity" | "Add" => {
+                steps.push(prev);
+                current = prev;
+            }
+            "Conv" | "ConvTranspose" | "Gemm" | "MatMul" => {
+                steps.reverse();
+                return Ok((prev, steps));
+            }
+            other => return Err(format!("the original chain passes through {other}")),
+        }
+    }
+}
+
+/// Where a layer's output channels lie in its weight, and the factors of `α`/`β` between the
+/// original and the fused node.
+pub(super) struct Layout {
+    pub(super) channels: usize,
+    /// Where output channels lie.
+    pub(super) kind: LayoutKind,
+    /// `α / α'`: what the fused weight holds beyond `S·W`.
+    pub(super) weight_factor: f64,
+    /// `β'`: the fused bias is stored divided by it.
+    pub(super) bias_factor: f64,
+}
+
+pub(super) enum LayoutKind {
+    /// Output channel = index along axis 0 (Conv; Gemm with `transB`).
+    AxisZero,
+    /// Output channel = last index of a `[K, N]` matrix.
+    Columns,
+    /// ConvTranspose `[C_in, C_out/group, …]`.
+    Transposed {
+        in_per_group: usize,
+        out_per_group: usize,
+    },
+}
+
+impl Layout {
+    pub(super) fn of(
+        layer: &NodeProto,
+        fused: &NodeProto,
+        weight: &Tensor,
+    ) -> Result<std::result::Result<Layout, String>> {
+        let dims = &weight.dims;
+        // A MatMul becomes a Gemm: its α' and β' count.
+        let (fused_alpha, fused_beta) = match fused.op_type() {
+            "Gemm" => (
+                attr::float(fused, "alpha")?.unwrap_or(1.0) as f64,
+                attr::float(fused, "beta")?.unwrap_or(1.0) as f64,
+            ),
+            _ => (1.0, 1.0),
+        };
+        let flat = |kind, channels| Layout {
+            channels,
+            kind,
+            weight_factor: 1.0 / fused_alpha,
+            bias_factor: fused_beta,
+        };
+        Ok(Ok(match layer.op_type() {
+            "Conv" if !dims.is_empty() => flat(LayoutKind::AxisZero, dims[0]),
+            "ConvTranspose" if dims.len() >= 2 => {
+                let group = attr::int(layer, "group")?.unwrap_or(1).max(1) as usize;
+                flat(
+                    LayoutKind::Transposed {
+                        in_per_group: (dims[0] / group).max(1),
+                        out_per_group: dims[1],
+                    },
+                    group * dims[1],
+                )
+            }
+            "MatMul" if dims.len() == 2 => flat(LayoutKind::Columns, dims[1]),
+            "Gemm" if dims.len() == 2 => {
+                let trans_b = attr::int(layer, "transB")?.unwrap_or(0) != 0;
+                if fused.op_type() != "Gemm"
+                    || (attr::int(fused, "transB")?.unwrap_or(0) != 0) != trans_b
+                {
+                    return Ok(Err("the fused Gemm changed its weight's layout".into()));
+                }
+                let alpha = attr::float(layer, "alpha")?.unwrap_or(1.0) as f64;
+                Layout {
+                    channels: if trans_b { dims[0] } else { dims[1] },
+                    kind: if trans_b {
+                        LayoutKind::AxisZero
+                    } else {
+                        LayoutKind::Columns
+                    },
+                    weight_factor: alpha / fused_alpha,
+                    bias_factor: fused_beta,
+                }
+            }
+            other => return Ok(Err(format!("{other} with a weight of shape {dims:?}"))),
+        }))
+    }
+
+    /// The output channel of element `k` of a weight of shape `dims`.
+    pub(super) fn channel_of(&self, k: usize, dims: &[usize]) -> usize {
+        let per = |axis: usize| dims[axis + 1..].iter().product::<usize>().max(1);
+        match self.kind {
+            LayoutKind::AxisZero => k / per(0),
+            LayoutKind::Columns => k % dims[1].max(1),
+            LayoutKind::Transposed {
+                in_per_group,
+                out_per_group,
+            } => {
+                let i = k / per(0);
+                let j = (k / per(1)) % dims[1].max(1);
+                (i / in_per_group) * out_per_group + j
+            }
+        }
+    }
+}
+
+/// `S = 1` and `T` = the layer's own bias (`β·C` broadcast to `[rows, N]` for a Gemm).
+pub(super) fn start_chain(
+    layer: &NodeProto,
+    bias: Option<&Tensor>,
+    channels: usize,
+) -> Result<std::result::Result<Chain, String>> {
+    let beta = match layer.op_type() {
+        "Gemm" => attr::float(layer, "beta")?.unwrap_or(1.0) as f64,
+        _ => 1.0,
+    };
+    let (rows, shift) = match bias {
+        None => (1, vec![0.0; channels]),
+        Some(b) if b.len() == channels || b.len() == 1 => {
+            let value = |n: usize| b.data[if b.len() == 1 { 0 } else { n }] * beta;
+            (1, (0..channels).map(value).collect())
+        }
+        Some(b) if b.dims.len() == 2 && (b.dims[1] == channels || b.dims[1] == 1) => {
+            let rows = b.dims[0];
+            let value = |k: usize| {
+                let (m, n) = (k / channels, k % channels);
+                b.data[m * b.dims[1] + if b.dims[1] == 1 { 0 } else { n }] * beta
+            };
+            (rows, (0..rows * channels).map(value).collect())
+        }
+        Some(b) => return Ok(Err(format!("a bias of shape {:?}", b.dims))),
+    };
+    Ok(Ok(Chain {
+        scale: vec![1.0; channels],
+        shift_rows: rows,
+        shift_terms: shift.iter().map(|t| t.abs()).collect(),
+        shift,
+        steps: 1,
+    }))
+}
+
+/// Composes one step of the chain into `chain`.
+pub(super) fn apply_step(
+    orig: &Side,
+    step: &NodeProto,
+    chain: &mut Chain,
+) -> Result<std::result::Result<(), String>> {
+    let channels = chain.scale.len();
+    match step.op_type() {
+        "Identity" => {}
+        "Add" => {
+            let constant = step.input.iter().skip(1).chain(step.input.first());
+            let mut added = None;
+            for name in constant {
+                if let Ok(t) = orig.value(name)? {
+                    added = Some(t);
+                    break;
+                }
+            }
+            let Some(a) = added.filter(|a| a.len() == channels || a.len() == 1) else {
+                return Ok(Err(format!(
+                    "Add '{}' does not add one constant per channel",
+                    node_label(step)
+                )));
+            };
+            for (k, t) in chain.shift.iter_mut().enumerate() {
+                let added = a.data[if a.len() == 1 { 0 } else { k % channels }];
+                *t += added;
+                chain.shift_terms[k] += added.abs();
+            }
+        }
+        _ => {
+            chain.steps += 1;
+            let epsilon = attr::float(step, "epsilon")?.unwrap_or(1e-5) as f64;
+            let mut params = Vec::with_capacity(4);
+            for name in &step.input[1..5] {
+                match orig.value(name)? {
+                    Ok(p) if p.len() == channels => params.push(p.data),
+                    Ok(p) => return Ok(Err(format!("'{name}' has {} values", p.len()))),
+                    Err(why) => return Ok(Err(why)),
+                }
+            }
+            for (k, t) in chain.shift.iter_mut().enumerate() {
+                let c = k % channels;
+                let s = params[0][c] / (params[3][c] + epsilon).sqrt();
+                *t = s * *t + (params[1][c] - params[2][c] * s);
+                chain.shift_terms[k] =
+                    s.abs() * chain.shift_terms[k] + params[1][c].abs() + (params[2][c] * s).abs();
+            }
+            for (c, s) in chain.scale.iter_mut().enumerate() {
+                *s *= params[0][c] / (params[3][c] + epsilon).sqrt();
+            }
+        }
+    }
+    Ok(Ok(()))
+}

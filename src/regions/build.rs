@@ -1,0 +1,130 @@
+//! The region models: a shape the layer's data input may have, and a model of a few nodes with
+//! that input and every other input a constant.
+
+use crate::attr;
+use crate::certificate::Side;
+use crate::error::Result;
+use crate::external::ExternalStore;
+use crate::model::Model;
+use crate::proto::{
+    tensor_shape_proto, type_proto, GraphProto, ModelProto, NodeProto, TensorShapeProto, TypeProto,
+    ValueInfoProto,
+};
+
+/// A shape the layer's data input may have.
+pub(super) fn input_shape(
+    layer: &NodeProto,
+    weight: &[usize],
+    orig: &Side,
+) -> Result<std::result::Result<Vec<usize>, String>> {
+    let ints = |name: &str, n: usize, default: usize| -> Result<Vec<usize>> {
+        Ok(attr::ints(layer, name)?
+            .map(|v| v.iter().map(|&x| x.max(1) as usize).collect())
+            .unwrap_or_else(|| vec![default; n]))
+    };
+    Ok(Ok(match layer.op_type() {
+        "Conv" if weight.len() >= 3 => {
+            let spatial = weight.len() - 2;
+            let group = attr::int(layer, "group")?.unwrap_or(1).max(1) as usize;
+            let (strides, dilations) =
+                (ints("strides", spatial, 1)?, ints("dilations", spatial, 1)?);
+            let mut shape = vec![1, weight[1] * group];
+            for i in 0..spatial {
+                shape.push(dilations[i] * (weight[2 + i] - 1) + 1 + 2 * strides[i]);
+            }
+            shape
+        }
+        "ConvTranspose" if weight.len() >= 3 => {
+            let mut shape = vec![1, weight[0]];
+            shape.extend(std::iter::repeat_n(3, weight.len() - 2));
+            shape
+        }
+        "Gemm" if weight.len() == 2 => {
+            let trans_a = attr::int(layer, "transA")?.unwrap_or(0) != 0;
+            let trans_b = attr::int(layer, "transB")?.unwrap_or(0) != 0;
+            let k = if trans_b { weight[1] } else { weight[0] };
+            // A C of shape [M, N] fixes M.
+            let c_rows = match layer.input.get(2).filter(|c| !c.is_empty()) {
+                Some(c) => match orig.value(c)? {
+                    Ok(c) if c.dims.len() == 2 && c.dims[0] > 1 => c.dims[0],
+                    _ => 2,
+                },
+                None => 2,
+            };
+            if trans_a {
+                vec![k, c_rows]
+            } else {
+                vec![c_rows, k]
+            }
+        }
+        "MatMul" if weight.len() == 2 => vec![2, weight[0]],
+        other => return Ok(Err(format!("{other} with a weight of shape {weight:?}"))),
+    }))
+}
+
+/// A model of `nodes` alone: `data` its input of `shape`, every other outside input a constant
+/// taken from `side`, `output` its output.
+pub(super) fn region_model(
+    side: &Side,
+    nodes: &[&NodeProto],
+    data: &str,
+    shape: &[usize],
+    elem_type: i32,
+    output: &str,
+) -> Result<std::result::Result<Model, String>> {
+    let internal: Vec<&str> = nodes
+        .iter()
+        .flat_map(|n| n.output.iter().map(String::as_str))
+        .collect();
+    let mut initializers = Vec::new();
+    for name in nodes.iter().flat_map(|n| &n.input) {
+        if name.is_empty()
+            || name == data
+            || internal.contains(&name.as_str())
+            || initializers
+                .iter()
+                .any(|t: &crate::proto::TensorProto| t.name() == name)
+        {
+            continue;
+        }
+        match side.value(name)? {
+            Ok(t) => initializers.push(t.to_proto(name)),
+            Err(why) => return Ok(Err(why)),
+        }
+    }
+    let tensor_type = |dims: Option<&[usize]>| TypeProto {
+        value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+            elem_type: Some(elem_type),
+            shape: dims.map(|d| TensorShapeProto {
+                dim: d
+                    .iter()
+                    .map(|&v| tensor_shape_proto::Dimension {
+                        value: Some(tensor_shape_proto::dimension::Value::DimValue(v as i64)),
+                        ..Default::default()
+                    })
+                    .collect(),
+            }),
+        })),
+        ..Default::default()
+    };
+    let value_info = |name: &str, dims: Option<&[usize]>| ValueInfoProto {
+        name: Some(name.to_string()),
+        r#type: Some(tensor_type(dims)),
+        ..Default::default()
+    };
+    let proto = ModelProto {
+        // Below IR 4 initializers would have to be inputs too.
+        ir_version: Some(side.model.proto.ir_version().max(4)),
+        opset_import: side.model.proto.opset_import.clone(),
+        graph: Some(GraphProto {
+            name: Some("region".into()),
+            node: nodes.iter().map(|n| (*n).clone()).collect(),
+            initializer: initializers,
+            input: vec![value_info(data, Some(shape))],
+            output: vec![value_info(output, None)],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Ok(Model::from_proto(proto, ExternalStore::none()).map_err(|e| e.to_string()))
+}
