@@ -270,20 +270,11 @@ pub fn verify(
                 c.max_abs_error, c.atol
             )
         });
-        let others = match failed_regions.len() {
-            1 => String::new(),
-            n => format!(" (and {} other regions)", n - 1),
-        };
-        let run = v
-            .reason
-            .take()
-            .map(|r| format!("; {r}"))
-            .unwrap_or_default();
-        v.status = Status::Failed;
-        v.reason = Some(format!(
-            "region of {} (folded from {}) run alone on inputs {:?}{figures}{others}{run}",
+        let head = format!(
+            "region of {} (folded from {}) run alone on inputs {:?}{figures}",
             first.node, first.batch_norm, first.input_shape
-        ));
+        );
+        fail(&mut v, head, failed_regions.len(), "regions");
     }
 
     let failed: Vec<&NodeCertificate> = certificates
@@ -301,20 +292,11 @@ pub fn verify(
                 t.bound_ulps
             )
         });
-        let others = match failed.len() {
-            1 => String::new(),
-            n => format!(" (and {} other nodes)", n - 1),
-        };
-        let run = v
-            .reason
-            .take()
-            .map(|r| format!("; {r}"))
-            .unwrap_or_default();
-        v.status = Status::Failed;
-        v.reason = Some(format!(
-            "certificate: {} {} (folded from {}){what}{others}{run}",
+        let head = format!(
+            "certificate: {} {} (folded from {}){what}",
             first.op_type, first.node, first.batch_norm
-        ));
+        );
+        fail(&mut v, head, failed.len(), "nodes");
     }
     // Where the whole model cannot run, the local proof decides: the graphs are the same outside
     // the folds, and every fold is certified (backward) and passed its region.
@@ -336,6 +318,21 @@ pub fn verify(
     v.structure_difference = local.structure_difference;
     v.certificates = certificates;
     Ok(v)
+}
+
+/// Fails `v` with `head` first: how many other `what` failed, then what it said before.
+fn fail(v: &mut Verification, head: String, failing: usize, what: &str) {
+    let others = match failing {
+        0 | 1 => String::new(),
+        n => format!(" (and {} other {what})", n - 1),
+    };
+    let before = v
+        .reason
+        .take()
+        .map(|r| format!("; {r}"))
+        .unwrap_or_default();
+    v.status = Status::Failed;
+    v.reason = Some(format!("{head}{others}{before}"));
 }
 
 /// The whole-model comparison of [`verify`].

@@ -90,16 +90,8 @@ pub fn certify(original: &Model, fused: &Model) -> Result<Vec<NodeCertificate>> 
     };
     let orig_index = GraphIndex::new(orig_graph, OuterScope::default());
     let fused_index = GraphIndex::new(fused_graph, OuterScope::default());
-    let orig = Side {
-        index: &orig_index,
-        eval: ConstEval::new(&orig_index, &original.store, original.opset(), true),
-        model: original,
-    };
-    let fused_side = Side {
-        index: &fused_index,
-        eval: ConstEval::new(&fused_index, &fused.store, fused.opset(), true),
-        model: fused,
-    };
+    let orig = Side::new(&orig_index, original);
+    let fused_side = Side::new(&fused_index, fused);
     let mut out = Vec::new();
     for (node, bn) in fold_targets(&orig_index, &fused_index) {
         let mut cert = NodeCertificate {
@@ -156,7 +148,16 @@ pub(crate) struct Side<'a> {
     pub(crate) model: &'a Model,
 }
 
-impl Side<'_> {
+impl<'a> Side<'a> {
+    /// `model` with its index and a constant evaluator over it.
+    pub(crate) fn new(index: &'a GraphIndex<'a>, model: &'a Model) -> Side<'a> {
+        Side {
+            index,
+            eval: ConstEval::new(index, &model.store, model.opset(), true),
+            model,
+        }
+    }
+
     /// The value of constant `name`; an initializer is decoded on its own (not memoized, so a
     /// large model's weights are not all held at once).
     pub(crate) fn value(&self, name: &str) -> Result<std::result::Result<Tensor, String>> {

@@ -21,7 +21,6 @@ mod build;
 use build::{input_shape, region_model};
 
 use crate::certificate::{chain_from, fold_targets, Side};
-use crate::consts::ConstEval;
 use crate::error::Result;
 use crate::graph::{node_label, GraphIndex, OuterScope};
 use crate::model::Model;
@@ -68,16 +67,8 @@ pub fn check(original: &Model, fused: &Model, options: &VerifyOptions) -> Result
     };
     let orig_index = GraphIndex::new(orig_graph, OuterScope::default());
     let fused_index = GraphIndex::new(fused_graph, OuterScope::default());
-    let orig = Side {
-        index: &orig_index,
-        eval: ConstEval::new(&orig_index, &original.store, original.opset(), true),
-        model: original,
-    };
-    let fused_side = Side {
-        index: &fused_index,
-        eval: ConstEval::new(&fused_index, &fused.store, fused.opset(), true),
-        model: fused,
-    };
+    let orig = Side::new(&orig_index, original);
+    let fused_side = Side::new(&fused_index, fused);
     let region_options = VerifyOptions {
         seed: options.seed,
         samples: options.samples.max(REGION_SAMPLES),
