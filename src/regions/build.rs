@@ -128,3 +128,42 @@ pub(super) fn region_model(
     };
     Ok(Model::from_proto(proto, ExternalStore::none()).map_err(|e| e.to_string()))
 }
+
+/// One model holding every region of `regions` (each with its data input), the data inputs
+/// renamed apart (`<name>#region<k>`) so that regions reading one tensor get shapes of their own;
+/// `None` when a region is not a single-input graph.
+pub(super) fn merged(regions: &[(&Model, &str)]) -> Option<Model> {
+    let first = regions.first()?.0;
+    let mut graph = GraphProto {
+        name: Some("regions".into()),
+        ..Default::default()
+    };
+    for (k, (model, data)) in regions.iter().enumerate() {
+        let g = model.proto.graph.as_ref()?;
+        let renamed = format!("{data}#region{k}");
+        let [input] = g.input.as_slice() else {
+            return None;
+        };
+        let mut input = input.clone();
+        input.name = Some(renamed.clone());
+        graph.input.push(input);
+        for node in &g.node {
+            let mut node = node.clone();
+            for i in node.input.iter_mut().filter(|i| i.as_str() == *data) {
+                *i = renamed.clone();
+            }
+            graph.node.push(node);
+        }
+        for t in &g.initializer {
+            if !graph.initializer.iter().any(|u| u.name == t.name) {
+                graph.initializer.push(t.clone());
+            }
+        }
+        graph.output.extend(g.output.iter().cloned());
+    }
+    let proto = ModelProto {
+        graph: Some(graph),
+        ..first.proto.clone()
+    };
+    Model::from_proto(proto, ExternalStore::none()).ok()
+}
