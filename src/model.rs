@@ -268,10 +268,6 @@ impl Model {
                 .prefix(crate::staging::prefix())
                 .tempdir_in(&dir)
                 .map_err(|e| Error::io(&dir, e))?;
-            let mut staging = Staging::Folder(folder);
-            let Staging::Folder(folder) = &mut staging else {
-                unreachable!()
-            };
             let mut data_files = data_files.start(folder.path());
             let proto = rewritten.get_or_insert_with(|| self.proto.clone());
             if let Some(g) = proto.graph.as_mut() {
@@ -287,7 +283,13 @@ impl Model {
             let staged_model = folder.path().join(file_name);
             let model_file = create_output(&staged_model, path)?;
             files.push((staged_model, path.to_path_buf()));
-            (staging, model_file, files)
+            (
+                Staging::Folder {
+                    _removed_on_drop: folder,
+                },
+                model_file,
+                files,
+            )
         } else {
             let (model_file, temp_path) = new_output_file(&dir, path)?.into_parts();
             let files = vec![(temp_path.to_path_buf(), path.to_path_buf())];
@@ -327,7 +329,7 @@ impl Model {
 /// hidden file; their folder is watched by [`crate::staging`] before they are created.
 #[derive(Debug)]
 enum Staging {
-    Folder(tempfile::TempDir),
+    Folder { _removed_on_drop: tempfile::TempDir },
     File(tempfile::TempPath),
 }
 
