@@ -216,3 +216,52 @@ fn every_backward_fold_of_every_kind_passes_its_region() {
         }
     }
 }
+
+#[test]
+fn a_layer_with_a_bn_on_each_side_is_proven_by_one_region_without_a_false_alarm() {
+    // Found by the fuzzer: BN → padded Conv → BN folds forward and backward into one Conv. The
+    // certificate composes one side only and says so; the region starts at the first BN.
+    let mut original = Model::load(fixture("torch_bn_input_conv_pad_op13.onnx")).unwrap();
+    let g = original.proto.graph.as_mut().unwrap();
+    g.node[1].output[0] = "conv_out".into();
+    let channels = 4;
+    for (k, values) in [
+        ("gamma", [1.5, 0.5, -0.7, 1.1]),
+        ("beta", [0.1, -0.2, 0.3, 0.0]),
+        ("mean", [0.2, -0.1, 0.05, 0.4]),
+        ("var", [0.9, 1.7, 0.3, 2.5]),
+    ] {
+        let t = bnfold::tensor::Tensor::new(Dtype::F32, vec![channels], values.to_vec());
+        g.initializer.push(t.to_proto(&format!("after.{k}")));
+    }
+    g.node.push(bnfold::proto::NodeProto {
+        op_type: Some("BatchNormalization".into()),
+        name: Some("after".into()),
+        input: [
+            "conv_out",
+            "after.gamma",
+            "after.beta",
+            "after.mean",
+            "after.var",
+        ]
+        .map(String::from)
+        .to_vec(),
+        output: vec!["output".into()],
+        ..Default::default()
+    });
+    let mut fused = original.clone();
+    let report = fold(&mut fused, &FoldOptions::default()).unwrap();
+    assert_eq!(report.folds.len(), 2, "{:?}", report.folds);
+    let fused = Model::from_bytes(fused.to_bytes().unwrap()).unwrap();
+    let v = verify(&original, &fused, &[], &VerifyOptions::default()).unwrap();
+    assert_eq!(v.status, Status::Passed, "{v:?}");
+    assert_eq!(v.regions.len(), 1, "{:?}", v.regions);
+    assert_eq!(v.regions[0].status, Status::Passed);
+    let unproven = v.certificates[0].unproven.as_deref().unwrap_or_default();
+    assert!(unproven.contains("forward"), "{unproven}");
+    // And the combined region still catches a wrong weight.
+    let w = &report.folds[0].weight;
+    let tampered = edited(&fused, w, |data, _, _| data[0] *= 1.001);
+    let v = verify(&original, &tampered, &[], &VerifyOptions::default()).unwrap();
+    assert_eq!(v.status, Status::Failed, "{v:?}");
+}

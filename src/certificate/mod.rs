@@ -141,6 +141,29 @@ pub(crate) fn fold_targets<'g>(
     found
 }
 
+/// The BatchNormalization before `layer` in the original that folded forward into it too (a
+/// BN on each side of one layer, `fused_layer` its fused node): the BN producing the layer's data
+/// input, when the fused layer reads past it (from the BN's own input) or through the `Add`
+/// that keeps its shift (an `Add` of the BN's input, under the BN's output name).
+pub(crate) fn forward_folded_before<'g>(
+    orig: &GraphIndex<'g>,
+    fused: &GraphIndex<'_>,
+    layer: &NodeProto,
+    fused_layer: &NodeProto,
+) -> Option<&'g NodeProto> {
+    let data = layer.input.first()?;
+    let before = orig.node(orig.producer(data)?);
+    if before.op_type() != "BatchNormalization" {
+        return None;
+    }
+    let reads_past = fused_layer.input.first() != Some(data);
+    let through_shift = fused.producer(data).is_some_and(|p| {
+        let p = fused.node(p);
+        p.op_type() == "Add" && p.input.first() == before.input.first()
+    });
+    (reads_past || through_shift).then_some(before)
+}
+
 /// One model with its index and evaluator.
 pub(crate) struct Side<'a> {
     pub(crate) index: &'a GraphIndex<'a>,
@@ -202,6 +225,13 @@ fn certify_node(
         }
         _ => (node, node.input.get(2).cloned().filter(|n| !n.is_empty())),
     };
+    if let Some(before) = forward_folded_before(orig.index, fused.index, layer, fused_layer) {
+        return Ok(Err(format!(
+            "the layer also took {} forward, on its input side, which this certificate does \
+             not compose",
+            node_label(before)
+        )));
+    }
     let weight_name = &layer.input[1];
     let weight = match orig.value(weight_name)? {
         Ok(w) => w,

@@ -20,7 +20,7 @@ mod build;
 
 use build::{input_shape, region_model};
 
-use crate::certificate::{chain_from, fold_targets, Side};
+use crate::certificate::{chain_from, fold_targets, forward_folded_before, Side};
 use crate::error::Result;
 use crate::graph::{node_label, GraphIndex, OuterScope};
 use crate::model::Model;
@@ -83,7 +83,7 @@ pub fn check(original: &Model, fused: &Model, options: &VerifyOptions) -> Result
             Ok((layer, steps)) => {
                 let mut orig_nodes = vec![layer];
                 orig_nodes.extend(steps);
-                let fused_nodes = match node.op_type() {
+                let mut fused_nodes: Vec<&NodeProto> = match node.op_type() {
                     "Add" => node
                         .input
                         .iter()
@@ -93,13 +93,32 @@ pub fn check(original: &Model, fused: &Model, options: &VerifyOptions) -> Result
                         .collect(),
                     _ => vec![node],
                 };
+                let mut data = layer.input[0].clone();
+                // A BN on each side of the layer: the one before folded forward into it too, so
+                // the region starts at that BN's input (and, fused, at the Add keeping its shift).
+                if let Some(before) =
+                    forward_folded_before(&orig_index, &fused_index, layer, fused_nodes[0])
+                {
+                    orig_nodes.insert(0, before);
+                    data = before.input[0].clone();
+                    let mut current = fused_nodes[0].input[0].clone();
+                    while current != data {
+                        match fused_index.producer(&current).map(|p| fused_index.node(p)) {
+                            Some(p) if p.op_type() == "Add" => {
+                                fused_nodes.insert(0, p);
+                                current = p.input[0].clone();
+                            }
+                            _ => break,
+                        }
+                    }
+                }
                 Ok(Region {
                     node,
                     bn,
                     layer,
                     orig_nodes,
                     fused_nodes,
-                    data: layer.input[0].clone(),
+                    data,
                     forward: None,
                 })
             }
