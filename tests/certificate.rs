@@ -265,3 +265,23 @@ fn a_layer_with_a_bn_on_each_side_is_proven_by_one_region_without_a_false_alarm(
     let v = verify(&original, &tampered, &[], &VerifyOptions::default()).unwrap();
     assert_eq!(v.status, Status::Failed, "{v:?}");
 }
+
+#[test]
+fn the_inputs_the_fuzzer_found_certify_without_a_false_alarm() {
+    // A BN → BN chain whose bias bnfold rounds between the two folds (0.59 ulp from the exact
+    // value, within its two roundings), and a layer with a BN on each side.
+    for name in [
+        "regressions/conv_bn_bn_bias_rounded_between.onnx",
+        "regressions/bn_conv_bn_each_side.onnx",
+    ] {
+        let original = Model::load(fixture(name)).unwrap();
+        let mut fused = original.clone();
+        fold(&mut fused, &FoldOptions::default()).unwrap();
+        let fused = Model::from_bytes(fused.to_bytes().unwrap()).unwrap();
+        for c in certificates(&original, &fused) {
+            assert!(c.passed() || c.unproven.is_some(), "{name}: {c:?}");
+        }
+        let v = verify(&original, &fused, &[], &VerifyOptions::default()).unwrap();
+        assert_eq!(v.status, Status::Passed, "{name}: {v:?}");
+    }
+}

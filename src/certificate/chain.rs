@@ -19,6 +19,10 @@ pub(super) struct Chain {
     /// Per shift element, the sum of the magnitudes of the terms it was computed from.
     pub(super) shift_terms: Vec<f64>,
     pub(super) steps: usize,
+    /// The shift as it was stored (rounded) before each BN after the first, with the product of
+    /// the magnitudes of the scales applied since: bnfold folds a BN → BN chain's bias one BN at
+    /// a time, rounding it in between (its weight is rounded once).
+    pub(super) intermediate: Vec<(Vec<f64>, Vec<f64>)>,
 }
 
 /// The layer at the start of the chain ending in `bn`, with the chain's steps in order from the
@@ -192,6 +196,7 @@ pub(super) fn start_chain(
         shift_terms: shift.iter().map(|t| t.abs()).collect(),
         shift,
         steps: 1,
+        intermediate: Vec::new(),
     }))
 }
 
@@ -226,6 +231,12 @@ pub(super) fn apply_step(
             }
         }
         _ => {
+            if chain.steps > 1 {
+                let stored: Vec<f64> = chain.shift.iter().map(|t| t.abs()).collect();
+                chain
+                    .intermediate
+                    .push((stored, vec![1.0; chain.shift.len()]));
+            }
             chain.steps += 1;
             let epsilon = attr::float(step, "epsilon")?.unwrap_or(1e-5) as f64;
             let mut params = Vec::with_capacity(4);
@@ -242,6 +253,12 @@ pub(super) fn apply_step(
                 *t = s * *t + (params[1][c] - params[2][c] * s);
                 chain.shift_terms[k] =
                     s.abs() * chain.shift_terms[k] + params[1][c].abs() + (params[2][c] * s).abs();
+            }
+            for (_, since) in &mut chain.intermediate {
+                for (k, p) in since.iter_mut().enumerate() {
+                    let c = k % channels;
+                    *p *= (params[0][c] / (params[3][c] + epsilon).sqrt()).abs();
+                }
             }
             for (c, s) in chain.scale.iter_mut().enumerate() {
                 *s *= params[0][c] / (params[3][c] + epsilon).sqrt();
