@@ -167,7 +167,10 @@ pub fn check(original: &Model, fused: &Model, options: &VerifyOptions) -> Result
     let structure_difference =
         crate::structure::first_difference(original, fused, &orig_region, &fused_region)?;
     let mut out = Vec::new();
+    // Regions are prepared and run in batches of at most BATCH_BYTES of weights (both sides), so
+    // that neither bnfold nor tract ever holds a large model's folded weights all at once.
     let mut ready = Vec::new();
+    let mut ready_bytes = 0;
     for region in regions {
         let r = match region {
             Ok(r) => r,
@@ -181,22 +184,42 @@ pub fn check(original: &Model, fused: &Model, options: &VerifyOptions) -> Result
         match prepare(&orig, &fused_side, &r)? {
             Ok((a, b, shape)) => {
                 check.input_shape = shape;
-                ready.push((out.len(), a, b, r.data.clone()));
+                let entry = (out.len(), a, b, r.data.clone());
+                let bytes = weight_bytes(&entry);
+                if !ready.is_empty() && ready_bytes + bytes > BATCH_BYTES {
+                    run_batch(&mut out, &ready, &region_options)?;
+                    ready.clear();
+                    ready_bytes = 0;
+                }
+                ready_bytes += bytes;
+                ready.push(entry);
             }
             Err(why) => check.reason = Some(why),
         }
         out.push(check);
     }
-    run_regions(&mut out, &ready, &region_options)?;
+    run_batch(&mut out, &ready, &region_options)?;
     Ok(LocalProof {
         regions: out,
         structure_difference,
     })
 }
 
-/// Runs the prepared regions (`(slot in checks, original, fused, data input)`): all in one
+/// Weights (of both sides) a batch of regions may hold.
+const BATCH_BYTES: usize = 64 << 20;
+
+fn weight_bytes((_, a, b, _): &(usize, Model, Model, String)) -> usize {
+    [a, b]
+        .iter()
+        .filter_map(|m| m.proto.graph.as_ref())
+        .flat_map(|g| &g.initializer)
+        .map(|t| t.raw_data.as_ref().map_or(0, |r| r.len()))
+        .sum()
+}
+
+/// Runs one batch of prepared regions (`(slot in checks, original, fused, data input)`) in one
 /// model pair when tract takes it (each region's data input renamed apart), else one by one.
-fn run_regions(
+fn run_batch(
     checks: &mut [RegionCheck],
     ready: &[(usize, Model, Model, String)],
     options: &VerifyOptions,
