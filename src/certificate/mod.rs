@@ -27,16 +27,19 @@
 use serde::Serialize;
 
 mod chain;
+mod ulps;
 
 pub(crate) use chain::chain_from;
 use chain::{apply_step, start_chain, Layout};
+use ulps::compare;
+pub use ulps::{ulps, unit};
 
 use crate::consts::ConstEval;
 use crate::error::Result;
 use crate::graph::{node_label, GraphIndex, OuterScope};
 use crate::model::Model;
 use crate::proto::NodeProto;
-use crate::tensor::{self, Dtype, Tensor};
+use crate::tensor::{self, Tensor};
 
 /// The certificate of one fused node.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -332,76 +335,10 @@ fn certify_node(
     Ok(Ok(checks))
 }
 
-/// `stored` (shape `dims` of the expectation) against `expected` = (values, the magnitude of
-/// their terms, the relative slack of computing them in f64), element by element.
-fn compare(
-    name: &str,
-    stored: &Tensor,
-    (expected, terms, slack): (&[f64], &[f64], f64),
-    dims: &[usize],
-    rounded: &[(Vec<f64>, Vec<f64>)],
-) -> TensorCheck {
-    let bound = 0.5 + 1e-9;
-    let mut check = TensorCheck {
-        tensor: name.to_string(),
-        elements: expected.len(),
-        max_ulps: 0.0,
-        first_bad_element: None,
-        bound_ulps: bound,
-    };
-    if stored.dims != dims || stored.len() != expected.len() {
-        check.first_bad_element = Some(0);
-        check.max_ulps = f64::INFINITY;
-        return check;
-    }
-    for (k, ((&v, &e), &m)) in stored.data.iter().zip(expected).zip(terms).enumerate() {
-        // Half an ulp of each intermediate rounding, carried by the scales applied after it.
-        let carried: f64 = rounded
-            .iter()
-            .map(|(value, since)| 0.5 * unit(stored.dtype, value[k]) * since[k])
-            .sum();
-        let beyond = ((v - e).abs() - slack * m - carried).max(0.0);
-        let off = ulps(stored.dtype, e, e + beyond.copysign(v - e));
-        if off > check.max_ulps || off.is_nan() {
-            check.max_ulps = if off.is_nan() { f64::INFINITY } else { off };
-        }
-        if (off > bound || off.is_nan()) && check.first_bad_element.is_none() {
-            check.first_bad_element = Some(k);
-        }
-    }
-    check
-}
-
-/// `|stored − exact|` in units in the last place of `dtype`, the unit taken at the larger of
-/// the two magnitudes.
-pub fn ulps(dtype: Dtype, exact: f64, stored: f64) -> f64 {
-    if exact == stored {
-        return 0.0;
-    }
-    (stored - exact).abs() / unit(dtype, exact.abs().max(stored.abs()))
-}
-
-/// One unit in the last place of `dtype` at `magnitude` (the subnormal spacing below the
-/// smallest normal).
-pub fn unit(dtype: Dtype, magnitude: f64) -> f64 {
-    let (precision, min_exponent) = match dtype {
-        Dtype::F32 => (24, -126),
-        Dtype::F16 => (11, -14),
-        Dtype::Bf16 => (8, -126),
-        _ => (53, -1022),
-    };
-    let magnitude = magnitude.abs();
-    let exponent = if magnitude > 0.0 && magnitude.is_finite() {
-        ((magnitude.to_bits() >> 52) & 0x7ff) as i32 - 1023
-    } else {
-        min_exponent
-    };
-    2f64.powi(exponent.max(min_exponent) - (precision - 1))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tensor::Dtype;
 
     #[test]
     fn ulps_count_units_of_the_dtype() {

@@ -17,8 +17,10 @@
 use serde::Serialize;
 
 mod build;
+mod forward;
 
 use build::{input_shape, region_model};
+use forward::forward_targets;
 
 use crate::certificate::{chain_from, fold_targets, forward_folded_before, Side};
 use crate::error::Result;
@@ -274,92 +276,17 @@ fn empty_check(node: &NodeProto, bn: &NodeProto) -> RegionCheck {
 
 /// A fold's region: the original nodes and the fused ones that replace them, from `data` to
 /// the fused node's output.
-struct Region<'g> {
-    node: &'g NodeProto,
-    bn: &'g NodeProto,
+pub(super) struct Region<'g> {
+    pub(super) node: &'g NodeProto,
+    pub(super) bn: &'g NodeProto,
     /// The layer whose weight tells the data's shape: the producer (backward) or the consumer
     /// (forward).
-    layer: &'g NodeProto,
-    orig_nodes: Vec<&'g NodeProto>,
-    fused_nodes: Vec<&'g NodeProto>,
-    data: String,
+    pub(super) layer: &'g NodeProto,
+    pub(super) orig_nodes: Vec<&'g NodeProto>,
+    pub(super) fused_nodes: Vec<&'g NodeProto>,
+    pub(super) data: String,
     /// Forward: the BN's channel count and whether a Flatten or Reshape lies between.
-    forward: Option<(usize, bool)>,
-}
-
-/// Forward folds: a fused Conv, ConvTranspose or Gemm whose output the original computes with
-/// the same kind of layer from a BatchNormalization (directly, or through one Flatten or
-/// Reshape), and which reads that BN's input (through the `Add` that keeps a shift, and the
-/// same Flatten or Reshape).
-fn forward_targets<'g>(
-    orig_index: &GraphIndex<'g>,
-    fused_index: &GraphIndex<'g>,
-) -> Vec<Region<'g>> {
-    let orig_producer = |name: &str| orig_index.producer(name).map(|i| orig_index.node(i));
-    let fused_producer = |name: &str| fused_index.producer(name).map(|i| fused_index.node(i));
-    let mut found = Vec::new();
-    for node in &fused_index.graph.node {
-        if !matches!(node.op_type(), "Conv" | "ConvTranspose" | "Gemm") {
-            continue;
-        }
-        let Some(consumer) = node.output.first().and_then(|o| orig_producer(o)) else {
-            continue;
-        };
-        let same_kind = consumer.op_type() == node.op_type()
-            || (consumer.op_type() == "MatMul" && node.op_type() == "Gemm");
-        let Some(mut before) = consumer.input.first().and_then(|i| orig_producer(i)) else {
-            continue;
-        };
-        if !same_kind {
-            continue;
-        }
-        let mut orig_nodes = vec![consumer];
-        if matches!(before.op_type(), "Flatten" | "Reshape") {
-            orig_nodes.push(before);
-            match before.input.first().and_then(|i| orig_producer(i)) {
-                Some(p) => before = p,
-                None => continue,
-            }
-        }
-        if before.op_type() != "BatchNormalization" {
-            continue;
-        }
-        let bn = before;
-        let through_flatten = orig_nodes.len() == 2;
-        orig_nodes.push(bn);
-        orig_nodes.reverse();
-        let data = bn.input[0].clone();
-        let mut fused_nodes = vec![node];
-        let mut current = node.input[0].clone();
-        while current != data {
-            match fused_producer(&current) {
-                Some(p) if matches!(p.op_type(), "Add" | "Flatten" | "Reshape") => {
-                    fused_nodes.push(p);
-                    current = p.input[0].clone();
-                }
-                _ => break,
-            }
-        }
-        if current != data {
-            continue;
-        }
-        fused_nodes.reverse();
-        let channels = orig_index
-            .initializer(&bn.input[1])
-            .and_then(|t| t.dims.first().copied())
-            .unwrap_or(0)
-            .max(0) as usize;
-        found.push(Region {
-            node,
-            bn,
-            layer: consumer,
-            orig_nodes,
-            fused_nodes,
-            data,
-            forward: Some((channels, through_flatten)),
-        });
-    }
-    found
+    pub(super) forward: Option<(usize, bool)>,
 }
 
 /// The two region models (original, fused) and the data input's shape, or why they cannot be
@@ -391,27 +318,16 @@ fn prepare(orig: &Side, fused: &Side, region: &Region) -> Result<Prepared> {
     }
     let dtype = weight.dtype.code();
     let output = region.node.output[0].as_str();
-    let a = match region_model(
-        orig,
-        &region.orig_nodes,
-        &region.data,
-        &shape,
-        dtype,
-        output,
-    )? {
-        Ok(m) => m,
-        Err(why) => return Ok(Err(why)),
+    let model = |side: &Side, nodes: &[&NodeProto]| {
+        region_model(side, nodes, &region.data, &shape, dtype, output)
     };
-    let b = match region_model(
-        fused,
-        &region.fused_nodes,
-        &region.data,
-        &shape,
-        dtype,
-        output,
-    )? {
-        Ok(m) => m,
-        Err(why) => return Ok(Err(why)),
-    };
-    Ok(Ok((a, b, shape)))
+    Ok(
+        match (
+            model(orig, &region.orig_nodes)?,
+            model(fused, &region.fused_nodes)?,
+        ) {
+            (Ok(a), Ok(b)) => Ok((a, b, shape)),
+            (Err(why), _) | (_, Err(why)) => Err(why),
+        },
+    )
 }
