@@ -288,19 +288,24 @@ fn certificates(v: &Verification, s: &mut String) {
         proven.len(),
         if proven.len() == 1 { "" } else { "s" },
     );
-    let unproven: Vec<_> = v
+    let unproven: Vec<(&str, &str)> = v
         .certificates
         .iter()
-        .filter(|c| c.unproven.is_some())
+        .filter_map(|c| c.unproven.as_deref().map(|why| (c.node.as_str(), why)))
         .collect();
-    match unproven.first() {
-        Some(first) => {
+    end_with_left_out(s, "not certified", &unproven);
+}
+
+/// Ends a summary line with how many were left out and why the first was, if any were.
+fn end_with_left_out(s: &mut String, what: &str, left_out: &[(&str, &str)]) {
+    match left_out.first() {
+        Some((node, why)) => {
             let _ = writeln!(
                 s,
-                "; {} not certified ({}: {})",
-                unproven.len(),
-                Shown(&first.node),
-                Shown(first.unproven.as_deref().unwrap_or_default())
+                "; {} {what} ({}: {})",
+                left_out.len(),
+                Shown(node),
+                Shown(why)
             );
         }
         None => {
@@ -327,25 +332,13 @@ fn regions(v: &Verification, s: &mut String) {
         ran.len(),
         if ran.len() == 1 { "" } else { "s" },
     );
-    let not_run: Vec<_> = v
+    let not_run: Vec<(&str, &str)> = v
         .regions
         .iter()
         .filter(|r| r.status == Status::NotVerified)
+        .map(|r| (r.node.as_str(), r.reason.as_deref().unwrap_or_default()))
         .collect();
-    match not_run.first() {
-        Some(first) => {
-            let _ = writeln!(
-                s,
-                "; {} not run ({}: {})",
-                not_run.len(),
-                Shown(&first.node),
-                Shown(first.reason.as_deref().unwrap_or_default())
-            );
-        }
-        None => {
-            let _ = writeln!(s);
-        }
-    }
+    end_with_left_out(s, "not run", &not_run);
 }
 
 /// The quantization-readiness summary and the five worst layers.
