@@ -26,6 +26,7 @@ pub mod npy;
 pub mod output;
 pub mod pass;
 pub mod printable;
+pub mod proof;
 pub mod readiness;
 pub mod regions;
 pub mod report;
@@ -50,8 +51,9 @@ pub use error::{Error, Result};
 pub use folds::{FoldKind, SkipReason};
 pub use model::{Model, SaveOptions};
 pub use pass::FoldOptions;
+pub use proof::verify;
 pub use report::Report;
-pub use verify::{verify, Verification, VerifyOptions};
+pub use verify::{Verification, VerifyOptions};
 
 use graph::OuterScope;
 use pass::{PassContext, PassOutcome};

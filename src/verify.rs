@@ -14,7 +14,6 @@ use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::npy::NpyArray;
 use crate::proto::{type_proto, ModelProto};
-use crate::regions::RegionCheck;
 use crate::tensor::Dtype;
 
 /// How the check runs.
@@ -130,6 +129,25 @@ pub struct Verification {
     pub proven_locally: bool,
 }
 
+/// One fold's region against its fused node.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RegionCheck {
+    /// The fused node (name, or first output).
+    pub node: String,
+    /// The last BatchNormalization of the original region.
+    pub batch_norm: String,
+    /// The tensor compared: the region's output, which the fused node took over.
+    pub output: String,
+    /// The shape of the region's data input.
+    pub input_shape: Vec<usize>,
+    /// Passed, failed, or not verified (the region could not be built or run).
+    pub status: Status,
+    /// Why it failed or could not run.
+    pub reason: Option<String>,
+    /// The comparison of the region's output, when it ran.
+    pub check: Option<OutputCheck>,
+}
+
 impl Verification {
     /// "Not verified" without running anything, for `reason`.
     pub fn not_run(reason: String, seed: u64) -> Verification {
@@ -231,111 +249,7 @@ fn interface_difference(
     None
 }
 
-/// Certifies every node of `candidate` that took over a BatchNormalization's output in
-/// `original` (each rewritten element against the fold's formula, see [`crate::certificate`]),
-/// then runs both models on the same random inputs and compares their graph outputs and the
-/// tensors named in `intermediates` (present in both models). A certificate that fails fails
-/// the verification, whatever the run says; one that cannot be made is reported with its
-/// reason.
-pub fn verify(
-    original: &Model,
-    candidate: &Model,
-    intermediates: &[String],
-    options: &VerifyOptions,
-) -> Result<Verification> {
-    let certificates = crate::certificate::certify(original, candidate)?;
-    let local = crate::regions::check(original, candidate, options)?;
-    let regions = local.regions;
-    // A fold whose region passed is proven where it is; comparing its output deep in the
-    // network would judge the whole network's float error instead.
-    let proven: Vec<&str> = regions
-        .iter()
-        .filter(|r| r.status == Status::Passed)
-        .map(|r| r.output.as_str())
-        .collect();
-    let intermediates: Vec<String> = intermediates
-        .iter()
-        .filter(|n| !proven.contains(&n.as_str()))
-        .cloned()
-        .collect();
-    let mut v = run_whole_model(original, candidate, &intermediates, options)?;
-    let failed_regions: Vec<&RegionCheck> = regions
-        .iter()
-        .filter(|r| r.status == Status::Failed)
-        .collect();
-    if let Some(first) = failed_regions.first() {
-        let figures = first.check.as_ref().map_or(String::new(), |c| {
-            format!(
-                ": max abs error {:.3e} against a tolerance of {:.3e}",
-                c.max_abs_error, c.atol
-            )
-        });
-        let head = format!(
-            "region of {} (folded from {}) run alone on inputs {:?}{figures}",
-            first.node, first.batch_norm, first.input_shape
-        );
-        fail(&mut v, head, failed_regions.len(), "regions");
-    }
-
-    let failed: Vec<&NodeCertificate> = certificates
-        .iter()
-        .filter(|c| !c.passed() && c.unproven.is_none())
-        .collect();
-    if let Some(first) = failed.first() {
-        let tensor = first.tensors.iter().find(|t| !t.passed());
-        let what = tensor.map_or(String::new(), |t| {
-            format!(
-                ": '{}' element {} is {:.1} ulps from the formula (bound {:.1})",
-                t.tensor,
-                t.first_bad_element.unwrap_or(0),
-                t.max_ulps,
-                t.bound_ulps
-            )
-        });
-        let head = format!(
-            "certificate: {} {} (folded from {}){what}",
-            first.op_type, first.node, first.batch_norm
-        );
-        fail(&mut v, head, failed.len(), "nodes");
-    }
-    // Where the whole model cannot run, the local proof decides: the graphs are the same outside
-    // the folds, and every fold is certified (backward) and passed its region.
-    let complete = local.structure_difference.is_none()
-        && regions.iter().all(|r| r.status == Status::Passed)
-        && certificates.iter().all(NodeCertificate::passed);
-    if v.status == Status::NotVerified && complete {
-        v.status = Status::Passed;
-        v.reason = Some(format!(
-            "proven locally ({} folds run alone, {} certified, the graphs identical outside \
-             them); the whole-model run could not run: {}",
-            regions.len(),
-            certificates.len(),
-            v.reason.take().unwrap_or_default()
-        ));
-    }
-    v.proven_locally = complete;
-    v.regions = regions;
-    v.structure_difference = local.structure_difference;
-    v.certificates = certificates;
-    Ok(v)
-}
-
-/// Fails `v` with `head` first: how many other `what` failed, then what it said before.
-fn fail(v: &mut Verification, head: String, failing: usize, what: &str) {
-    let others = match failing {
-        0 | 1 => String::new(),
-        n => format!(" (and {} other {what})", n - 1),
-    };
-    let before = v
-        .reason
-        .take()
-        .map(|r| format!("; {r}"))
-        .unwrap_or_default();
-    v.status = Status::Failed;
-    v.reason = Some(format!("{head}{others}{before}"));
-}
-
-/// The whole-model comparison of [`verify`].
+/// The whole-model comparison of [`crate::verify()`].
 pub(crate) fn run_whole_model(
     original: &Model,
     candidate: &Model,

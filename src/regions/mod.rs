@@ -14,8 +14,6 @@
 //! The certificate shows that what was written is the formula; the region run shows that the
 //! formula is right for the layer (layout, groups, padding).
 
-use serde::Serialize;
-
 mod build;
 mod forward;
 
@@ -27,29 +25,11 @@ use crate::error::Result;
 use crate::graph::{node_label, GraphIndex, OuterScope};
 use crate::model::Model;
 use crate::proto::{GraphProto, NodeProto};
-use crate::verify::{OutputCheck, Status, VerifyOptions};
+pub use crate::verify::RegionCheck;
+use crate::verify::{Status, VerifyOptions};
 
 /// Samples each region runs, at least.
 const REGION_SAMPLES: usize = 4;
-
-/// One fold's region against its fused node.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct RegionCheck {
-    /// The fused node (name, or first output).
-    pub node: String,
-    /// The last BatchNormalization of the original region.
-    pub batch_norm: String,
-    /// The tensor compared: the region's output, which the fused node took over.
-    pub output: String,
-    /// The shape of the region's data input.
-    pub input_shape: Vec<usize>,
-    /// Passed, failed, or not verified (the region could not be built or run).
-    pub status: Status,
-    /// Why it failed or could not run.
-    pub reason: Option<String>,
-    /// The comparison of the region's output, when it ran.
-    pub check: Option<OutputCheck>,
-}
 
 /// The local proof: every region's run, and the structure outside them.
 #[derive(Clone, Debug, Default)]
