@@ -144,8 +144,30 @@ pub struct RegionCheck {
     pub status: Status,
     /// Why it failed or could not run.
     pub reason: Option<String>,
-    /// The comparison of the region's output, when it ran.
+    /// The comparison of the region's output against the original region's, when it ran (its
+    /// figures; the exact check decides).
     pub check: Option<OutputCheck>,
+    /// The region's output against its exact value (see [`crate::regions`]), which decides.
+    pub exact: Option<ExactCheck>,
+    /// Why the region has no exact check (tract cannot run it in f64), when it has none: then
+    /// `check` decides, with the tolerance of one layer.
+    pub exact_unavailable: Option<String>,
+}
+
+/// A region's outputs against their exact values.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ExactCheck {
+    /// Largest error of the fused nodes against the exact value, in units of rounding of `M`.
+    pub fused_error_units: f64,
+    /// Largest error of the original region against the exact value, in the same units.
+    pub original_error_units: f64,
+    /// The bound held to: `4 × original_error_units + 2` (for f64 regions, whose reference is
+    /// no wider than themselves, plus the dot product's rounding bound `n`, `n` its terms).
+    pub bound_units: f64,
+    /// The unit roundoff `u` of the region's dtype.
+    pub unit_roundoff: f64,
+    /// Whether `fused_error_units ≤ bound_units`.
+    pub passed: bool,
 }
 
 impl Verification {
@@ -470,7 +492,7 @@ pub fn default_tolerance(dtype: Option<Dtype>) -> f64 {
 }
 
 /// Streaming error statistics of one tensor: memory does not grow with the tensor's size.
-struct Accumulator {
+pub(crate) struct Accumulator {
     rtol: f64,
     max_abs: f64,
     max_ref: f64,
@@ -481,7 +503,7 @@ struct Accumulator {
 }
 
 impl Accumulator {
-    fn new(rtol: f64) -> Accumulator {
+    pub(crate) fn new(rtol: f64) -> Accumulator {
         Accumulator {
             rtol,
             max_abs: 0.0,
@@ -491,7 +513,7 @@ impl Accumulator {
         }
     }
 
-    fn add(&mut self, a: &[f64], b: &[f64]) {
+    pub(crate) fn add(&mut self, a: &[f64], b: &[f64]) {
         for (&x, &y) in a.iter().zip(b) {
             let same = x == y || (x.is_nan() && y.is_nan());
             let diff = if same { 0.0 } else { (x - y).abs() };
@@ -515,7 +537,7 @@ impl Accumulator {
         }
     }
 
-    fn check(
+    pub(crate) fn check(
         &self,
         name: &str,
         graph_output: bool,
@@ -791,7 +813,7 @@ fn plan_inputs(model: &Model, options: &VerifyOptions) -> std::result::Result<In
     })
 }
 
-fn to_tract(dtype: Dtype, shape: &[usize], values: &[f64]) -> Tensor {
+pub(crate) fn to_tract(dtype: Dtype, shape: &[usize], values: &[f64]) -> Tensor {
     let f32s: Vec<f32> = values.iter().map(|&v| v as f32).collect();
     let build = || -> TractResult<Tensor> {
         Ok(match dtype {
@@ -1008,14 +1030,37 @@ fn typed(
     }
 }
 
+/// `model` typed for the shapes its inputs declare (every dim fixed), and those inputs' dtypes
+/// and shapes; for models bnfold builds itself (the regions).
+pub(crate) fn fixed_runner(
+    model: &Model,
+    outputs: &[String],
+) -> std::result::Result<(Runner, Vec<(Dtype, Vec<usize>)>), String> {
+    let inputs = plan_inputs(model, &VerifyOptions::default())?;
+    let template: Vec<Vec<Option<usize>>> = inputs
+        .options_dims
+        .iter()
+        .map(|s| s.iter().map(|&d| Some(d)).collect())
+        .collect();
+    let runner = typed(parse(model, false)?, &inputs.specs, &template, outputs)?;
+    let shapes = inputs
+        .specs
+        .iter()
+        .map(|s| s.dtype)
+        .zip(inputs.options_dims)
+        .collect();
+    Ok((runner, shapes))
+}
+
 /// One model prepared for tract: typed, not optimized.
 #[derive(Clone)]
-struct Runner {
+pub(crate) struct Runner {
     plan: Arc<TypedRunnableModel>,
 }
 
 impl Runner {
-    fn run(&self, feed: &[Tensor]) -> std::result::Result<Vec<Vec<f64>>, String> {
+    /// Runs one sample; every output widened to `f64`.
+    pub(crate) fn run(&self, feed: &[Tensor]) -> std::result::Result<Vec<Vec<f64>>, String> {
         let inputs: TVec<TValue> = feed.iter().map(|t| t.clone().into()).collect();
         let outputs = match catch_unwind(AssertUnwindSafe(|| self.plan.run(inputs))) {
             Ok(Ok(o)) => o,
@@ -1052,10 +1097,10 @@ fn bf16_tensor(model: &ModelProto) -> Option<String> {
 }
 
 /// splitmix64 with a Box–Muller normal: small, seeded, identical on every platform.
-struct SplitMix(u64);
+pub(crate) struct SplitMix(pub(crate) u64);
 
 impl SplitMix {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -1067,7 +1112,7 @@ impl SplitMix {
         ((self.next() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
     }
 
-    fn normal(&mut self) -> f64 {
+    pub(crate) fn normal(&mut self) -> f64 {
         let (u, v) = (self.uniform(), self.uniform());
         (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
     }

@@ -27,7 +27,7 @@
 use serde::Serialize;
 
 mod chain;
-mod ulps;
+pub(crate) mod ulps;
 
 pub(crate) use chain::chain_from;
 use chain::{apply_step, start_chain, Layout};

@@ -1,11 +1,13 @@
 //! The region models: a shape the layer's data input may have, and a model of a few nodes with
 //! that input and every other input a constant.
 
+use super::arithmetic::{convert, spell_gemms, Arithmetic};
 use crate::attr;
 use crate::certificate::Side;
 use crate::error::Result;
 use crate::external::ExternalStore;
 use crate::model::Model;
+use crate::tensor::{Dtype, Tensor};
 use crate::proto::{
     tensor_shape_proto, type_proto, GraphProto, ModelProto, NodeProto, TensorShapeProto, TypeProto,
     ValueInfoProto,
@@ -69,29 +71,45 @@ pub(super) fn region_model(
     nodes: &[&NodeProto],
     data: &str,
     shape: &[usize],
-    elem_type: i32,
+    elem_type: Dtype,
     output: &str,
+    arithmetic: Arithmetic,
 ) -> Result<std::result::Result<Model, String>> {
     let internal: Vec<&str> = nodes
         .iter()
         .flat_map(|n| n.output.iter().map(String::as_str))
         .collect();
-    let mut initializers = Vec::new();
+    let mut constants: Vec<(String, Tensor)> = Vec::new();
+    let widen = match arithmetic {
+        Arithmetic::Magnitudes => Arithmetic::Widened(Dtype::F64),
+        other => other,
+    };
     for name in nodes.iter().flat_map(|n| &n.input) {
         if name.is_empty()
             || name == data
             || internal.contains(&name.as_str())
-            || initializers
-                .iter()
-                .any(|t: &crate::proto::TensorProto| t.name() == name)
+            || constants.iter().any(|(n, _)| n == name)
         {
             continue;
         }
         match side.value(name)? {
-            Ok(t) => initializers.push(t.to_proto(name)),
+            Ok(t) => constants.push((name.clone(), convert(t, widen))),
             Err(why) => return Ok(Err(why)),
         }
     }
+    let nodes = spell_gemms(
+        nodes.iter().map(|n| (*n).clone()).collect(),
+        &mut constants,
+        arithmetic,
+    )?;
+    let initializers = constants
+        .into_iter()
+        .map(|(name, t)| match arithmetic {
+            Arithmetic::Magnitudes => convert(t, arithmetic).to_proto(&name),
+            _ => t.to_proto(&name),
+        })
+        .collect();
+    let elem_type = arithmetic.dtype(elem_type).code();
     let tensor_type = |dims: Option<&[usize]>| TypeProto {
         value: Some(type_proto::Value::TensorType(type_proto::Tensor {
             elem_type: Some(elem_type),
@@ -118,7 +136,7 @@ pub(super) fn region_model(
         opset_import: side.model.proto.opset_import.clone(),
         graph: Some(GraphProto {
             name: Some("region".into()),
-            node: nodes.iter().map(|n| (*n).clone()).collect(),
+            node: nodes,
             initializer: initializers,
             input: vec![value_info(data, Some(shape))],
             output: vec![value_info(output, None)],

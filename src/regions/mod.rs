@@ -14,10 +14,13 @@
 //! The certificate shows that what was written is the formula; the region run shows that the
 //! formula is right for the layer (layout, groups, padding).
 
+mod arithmetic;
 mod build;
+mod exact;
 mod forward;
 
 use build::{input_shape, region_model};
+use exact::{RegionModels, Units};
 use forward::forward_targets;
 
 use crate::certificate::{chain_from, fold_targets, forward_folded_before, Side};
@@ -26,7 +29,7 @@ use crate::graph::{node_label, GraphIndex, OuterScope};
 use crate::model::Model;
 use crate::proto::{GraphProto, NodeProto};
 pub use crate::verify::RegionCheck;
-use crate::verify::{Status, VerifyOptions};
+use crate::verify::{ExactCheck, OutputCheck, Status, VerifyOptions};
 
 /// Samples each region runs, at least.
 const REGION_SAMPLES: usize = 4;
@@ -164,9 +167,14 @@ pub fn check(original: &Model, fused: &Model, options: &VerifyOptions) -> Result
         };
         let mut check = empty_check(r.node, r.bn);
         match prepare(&orig, &fused_side, &r)? {
-            Ok((a, b, shape)) => {
+            Ok((models, units, shape)) => {
                 check.input_shape = shape;
-                let entry = (out.len(), a, b, r.data.clone());
+                let entry = Ready {
+                    slot: out.len(),
+                    models,
+                    units,
+                    data: r.data.clone(),
+                };
                 let bytes = weight_bytes(&entry);
                 if !ready.is_empty() && ready_bytes + bytes > BATCH_BYTES {
                     run_batch(&mut out, &ready, &region_options)?;
@@ -190,8 +198,9 @@ pub fn check(original: &Model, fused: &Model, options: &VerifyOptions) -> Result
 /// Weights (of both sides) a batch of regions may hold.
 const BATCH_BYTES: usize = 64 << 20;
 
-fn weight_bytes((_, a, b, _): &(usize, Model, Model, String)) -> usize {
-    [a, b]
+fn weight_bytes(r: &Ready) -> usize {
+    let m = &r.models;
+    [&m.original, &m.fused, &m.exact, &m.magnitudes]
         .iter()
         .filter_map(|m| m.proto.graph.as_ref())
         .flat_map(|g| &g.initializer)
@@ -199,47 +208,95 @@ fn weight_bytes((_, a, b, _): &(usize, Model, Model, String)) -> usize {
         .sum()
 }
 
-/// Runs one batch of prepared regions (`(slot in checks, original, fused, data input)`) in one
-/// model pair when tract takes it (each region's data input renamed apart), else one by one.
-fn run_batch(
-    checks: &mut [RegionCheck],
-    ready: &[(usize, Model, Model, String)],
-    options: &VerifyOptions,
-) -> Result<()> {
+/// A region ready to run: its slot among the checks, its models, how its output is measured,
+/// and its data input's name.
+struct Ready {
+    slot: usize,
+    models: RegionModels,
+    units: Units,
+    data: String,
+}
+
+/// Runs one batch of prepared regions in one merged model each (the regions' data inputs
+/// renamed apart) when tract takes it, else one by one.
+fn run_batch(checks: &mut [RegionCheck], ready: &[Ready], options: &VerifyOptions) -> Result<()> {
     if ready.len() > 1 {
-        let originals: Vec<(&Model, &str)> =
-            ready.iter().map(|(_, a, _, d)| (a, d.as_str())).collect();
-        let fused: Vec<(&Model, &str)> = ready.iter().map(|(_, _, b, d)| (b, d.as_str())).collect();
-        if let (Some(a), Some(b)) = (build::merged(&originals), build::merged(&fused)) {
-            let v = crate::verify::run_whole_model(&a, &b, &[], options)?;
-            if v.status != Status::NotVerified && v.outputs.len() == ready.len() {
-                for (slot, ..) in ready {
-                    let check = &mut checks[*slot];
-                    let Some(output) = v.outputs.iter().find(|o| o.name == check.output).cloned()
-                    else {
-                        continue;
-                    };
-                    check.status = if output.passed {
-                        Status::Passed
-                    } else {
-                        Status::Failed
-                    };
-                    check.reason =
-                        (!output.passed).then(|| format!("beyond tolerance: {}", output.name));
-                    check.check = Some(output);
+        let merge = |pick: fn(&RegionModels) -> &Model| {
+            let parts: Vec<(&Model, &str)> = ready
+                .iter()
+                .map(|r| (pick(&r.models), r.data.as_str()))
+                .collect();
+            build::merged(&parts)
+        };
+        let merged = (
+            merge(|m| &m.original),
+            merge(|m| &m.fused),
+            merge(|m| &m.exact),
+            merge(|m| &m.magnitudes),
+        );
+        if let (Some(original), Some(fused), Some(exact), Some(magnitudes)) = merged {
+            let models = RegionModels {
+                original,
+                fused,
+                exact,
+                magnitudes,
+            };
+            let outputs: Vec<String> = ready
+                .iter()
+                .map(|r| checks[r.slot].output.clone())
+                .collect();
+            let units: Vec<Units> = ready.iter().map(|r| r.units).collect();
+            if let Ok(judged) = exact::judge(&models, &outputs, &units, options) {
+                for (r, j) in ready.iter().zip(judged) {
+                    record(&mut checks[r.slot], j);
                 }
                 return Ok(());
             }
         }
     }
-    for (slot, a, b, _) in ready {
-        let v = crate::verify::run_whole_model(a, b, &[], options)?;
-        let check = &mut checks[*slot];
-        check.status = v.status;
-        check.reason = v.reason;
-        check.check = v.outputs.into_iter().next();
+    for r in ready {
+        let check = &mut checks[r.slot];
+        let outputs = [check.output.clone()];
+        match exact::judge(&r.models, &outputs, &[r.units], options) {
+            Ok(judged) => {
+                for j in judged {
+                    record(check, j);
+                }
+            }
+            Err(why) => {
+                // No exact reference (an op tract does not run in f64): the region is judged
+                // against the original alone, with the tolerance of one layer.
+                let v = crate::verify::run_whole_model(
+                    &r.models.original,
+                    &r.models.fused,
+                    &[],
+                    options,
+                )?;
+                check.status = v.status;
+                check.reason = v.reason;
+                check.check = v.outputs.into_iter().next();
+                check.exact_unavailable = Some(why);
+            }
+        }
     }
     Ok(())
+}
+
+/// Records a region's exact check (which decides) and its comparison against the original.
+fn record(check: &mut RegionCheck, (judged, compared): (ExactCheck, OutputCheck)) {
+    check.status = if judged.passed {
+        Status::Passed
+    } else {
+        Status::Failed
+    };
+    check.reason = (!judged.passed).then(|| {
+        format!(
+            "{:.1} units of rounding from the exact value, beyond the bound of {:.1}",
+            judged.fused_error_units, judged.bound_units
+        )
+    });
+    check.check = Some(compared);
+    check.exact = Some(judged);
 }
 
 fn empty_check(node: &NodeProto, bn: &NodeProto) -> RegionCheck {
@@ -251,6 +308,8 @@ fn empty_check(node: &NodeProto, bn: &NodeProto) -> RegionCheck {
         status: Status::NotVerified,
         reason: None,
         check: None,
+        exact: None,
+        exact_unavailable: None,
     }
 }
 
@@ -269,9 +328,9 @@ pub(super) struct Region<'g> {
     pub(super) forward: Option<(usize, bool)>,
 }
 
-/// The two region models (original, fused) and the data input's shape, or why they cannot be
-/// built.
-type Prepared = std::result::Result<(Model, Model, Vec<usize>), String>;
+/// The region's models, how its output is measured and the data input's shape, or why they
+/// cannot be built.
+type Prepared = std::result::Result<(RegionModels, Units, Vec<usize>), String>;
 
 fn prepare(orig: &Side, fused: &Side, region: &Region) -> Result<Prepared> {
     let weight = match orig.value(&region.layer.input[1])? {
@@ -296,18 +355,51 @@ fn prepare(orig: &Side, fused: &Side, region: &Region) -> Result<Prepared> {
             }
         }
     }
-    let dtype = weight.dtype.code();
-    let output = region.node.output[0].as_str();
-    let model = |side: &Side, nodes: &[&NodeProto]| {
-        region_model(side, nodes, &region.data, &shape, dtype, output)
+    let units = Units {
+        dtype: weight.dtype,
+        terms: terms(region.layer, &weight.dims)?,
     };
-    Ok(
-        match (
-            model(orig, &region.orig_nodes)?,
-            model(fused, &region.fused_nodes)?,
-        ) {
-            (Ok(a), Ok(b)) => Ok((a, b, shape)),
-            (Err(why), _) | (_, Err(why)) => Err(why),
-        },
-    )
+    let output = region.node.output[0].as_str();
+    let [a_stored, b_stored, a_exact, b_magnitudes] = exact::arithmetics(weight.dtype);
+    let model = |side: &Side, nodes: &[&NodeProto], arithmetic| {
+        region_model(side, nodes, &region.data, &shape, weight.dtype, output, arithmetic)
+    };
+    let built = (
+        model(orig, &region.orig_nodes, a_stored)?,
+        model(fused, &region.fused_nodes, b_stored)?,
+        model(orig, &region.orig_nodes, a_exact)?,
+        model(fused, &region.fused_nodes, b_magnitudes)?,
+    );
+    Ok(match built {
+        (Ok(original), Ok(fused), Ok(exact), Ok(magnitudes)) => Ok((
+            RegionModels {
+                original,
+                fused,
+                exact,
+                magnitudes,
+            },
+            units,
+            shape,
+        )),
+        (Err(why), ..) | (_, Err(why), ..) | (_, _, Err(why), _) | (.., Err(why)) => Err(why),
+    })
+}
+
+/// The terms of each output element's dot product in `layer` (weight of shape `weight`).
+fn terms(layer: &NodeProto, weight: &[usize]) -> Result<usize> {
+    let kernel: usize = weight.iter().skip(2).product();
+    let group = crate::attr::int(layer, "group")?.unwrap_or(1).max(1) as usize;
+    Ok(1 + match (layer.op_type(), weight) {
+        ("Conv", [_, c, ..]) => c * kernel,
+        ("ConvTranspose", [c, ..]) => c / group * kernel,
+        ("Gemm", [k, n]) => {
+            if crate::attr::int(layer, "transB")?.unwrap_or(0) != 0 {
+                *n
+            } else {
+                *k
+            }
+        }
+        (_, [k, ..]) => *k,
+        _ => 1,
+    })
 }
