@@ -1,6 +1,7 @@
 //! The arithmetic a region model computes in: as stored, widened (f32 for bfloat16, which tract
 //! does not run; f64 for the exact reference), or the magnitudes `Σ|W|·|x| + |b|` that bound
-//! the rounding of every dot product.
+//! the rounding of every dot product (in f32: a bound needs no more precision, and tract's f32
+//! kernels are many times faster than its f64 ones).
 
 use crate::proto::NodeProto;
 use crate::tensor::{Dtype, Tensor};
@@ -12,8 +13,8 @@ pub(crate) enum Arithmetic {
     Stored,
     /// Every float value widened (exactly) to this dtype.
     Widened(Dtype),
-    /// Every float value widened to f64 and replaced by its magnitude: fed `|x|`, the model
-    /// computes the sum of the magnitudes of the terms of each output element.
+    /// Every float value replaced by its magnitude, in f32: fed `|x|`, the model computes the
+    /// sum of the magnitudes of the terms of each output element.
     Magnitudes,
 }
 
@@ -23,12 +24,16 @@ impl Arithmetic {
         match self {
             Arithmetic::Stored => stored,
             Arithmetic::Widened(d) => d,
-            Arithmetic::Magnitudes => Dtype::F64,
+            Arithmetic::Magnitudes => Dtype::F32,
         }
     }
 
-    fn in_f64(self) -> bool {
-        self.dtype(Dtype::F32) == Dtype::F64
+    /// Whether a Gemm is spelled as MatMul and Add (see [`spell_gemms`]).
+    fn spells_gemm(self) -> bool {
+        matches!(
+            self,
+            Arithmetic::Widened(Dtype::F64) | Arithmetic::Magnitudes
+        )
     }
 }
 
@@ -42,12 +47,13 @@ pub(crate) fn convert(t: Tensor, arithmetic: Arithmetic) -> Tensor {
         Arithmetic::Stored => t,
         Arithmetic::Widened(d) => Tensor::new(d, t.dims, t.data),
         Arithmetic::Magnitudes => {
-            Tensor::new(Dtype::F64, t.dims, t.data.iter().map(|v| v.abs()).collect())
+            Tensor::new(Dtype::F32, t.dims, t.data.iter().map(|v| v.abs()).collect())
         }
     }
 }
 
-/// In f64, tract's Gemm multiplies by an f32 `beta`, so the f64 models spell each Gemm
+/// In f64, tract's Gemm multiplies by an f32 `beta`, and on magnitudes a negative `alpha` or
+/// `beta` would subtract, so those models spell each Gemm
 /// `(Transpose(A))? · B″ (+ C″)` with `B″ = alpha·B` (transposed when `transB`) and
 /// `C″ = beta·C` computed in f64 (rounded at 2⁻⁵³, far below any dtype's own rounding).
 /// `constants` holds the region's constants by name; new ones are added to it.
@@ -56,7 +62,7 @@ pub(crate) fn spell_gemms(
     constants: &mut Vec<(String, Tensor)>,
     arithmetic: Arithmetic,
 ) -> crate::error::Result<Vec<NodeProto>> {
-    if !arithmetic.in_f64() {
+    if !arithmetic.spells_gemm() {
         return Ok(nodes);
     }
     let mut out = Vec::new();

@@ -13,12 +13,13 @@ use crate::proto::{
     ValueInfoProto,
 };
 
-/// A shape the layer's data input may have.
+/// A shape the layer's data input may have, and whether its first axis is free (samples may be
+/// stacked along it: not where a Gemm's C of shape `[M, N]` fixes it, nor where it is transposed).
 pub(super) fn input_shape(
     layer: &NodeProto,
     weight: &[usize],
     orig: &Side,
-) -> Result<std::result::Result<Vec<usize>, String>> {
+) -> Result<std::result::Result<(Vec<usize>, bool), String>> {
     let ints = |name: &str, n: usize, default: usize| -> Result<Vec<usize>> {
         Ok(attr::ints(layer, name)?
             .map(|v| v.iter().map(|&x| x.max(1) as usize).collect())
@@ -34,12 +35,12 @@ pub(super) fn input_shape(
             for i in 0..spatial {
                 shape.push(dilations[i] * (weight[2 + i] - 1) + 1 + 2 * strides[i]);
             }
-            shape
+            (shape, true)
         }
         "ConvTranspose" if weight.len() >= 3 => {
             let mut shape = vec![1, weight[0]];
             shape.extend(std::iter::repeat_n(3, weight.len() - 2));
-            shape
+            (shape, true)
         }
         "Gemm" if weight.len() == 2 => {
             let trans_a = attr::int(layer, "transA")?.unwrap_or(0) != 0;
@@ -48,18 +49,19 @@ pub(super) fn input_shape(
             // A C of shape [M, N] fixes M.
             let c_rows = match layer.input.get(2).filter(|c| !c.is_empty()) {
                 Some(c) => match orig.value(c)? {
-                    Ok(c) if c.dims.len() == 2 && c.dims[0] > 1 => c.dims[0],
-                    _ => 2,
+                    Ok(c) if c.dims.len() == 2 && c.dims[0] > 1 => Some(c.dims[0]),
+                    _ => None,
                 },
-                None => 2,
+                None => None,
             };
+            let rows = c_rows.unwrap_or(2);
             if trans_a {
-                vec![k, c_rows]
+                (vec![k, rows], false)
             } else {
-                vec![c_rows, k]
+                (vec![rows, k], c_rows.is_none())
             }
         }
-        "MatMul" if weight.len() == 2 => vec![2, weight[0]],
+        "MatMul" if weight.len() == 2 => (vec![2, weight[0]], true),
         other => return Ok(Err(format!("{other} with a weight of shape {weight:?}"))),
     }))
 }
@@ -81,6 +83,7 @@ pub(super) fn region_model(
         .collect();
     let mut constants: Vec<(String, Tensor)> = Vec::new();
     let widen = match arithmetic {
+        // Alpha and beta are applied before the magnitudes are taken.
         Arithmetic::Magnitudes => Arithmetic::Widened(Dtype::F64),
         other => other,
     };

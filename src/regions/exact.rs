@@ -33,7 +33,7 @@ pub(super) struct RegionModels {
     pub(super) fused: Model,
     /// The original region in f64.
     pub(super) exact: Model,
-    /// The fused nodes on magnitudes, in f64.
+    /// The fused nodes on magnitudes (in f32).
     pub(super) magnitudes: Model,
 }
 
@@ -96,7 +96,7 @@ pub(super) fn judge(
             stored.push(to_tract(*dtype, shape, &values));
             wide.push(to_tract(Dtype::F64, shape, &values));
             let magnitudes: Vec<f64> = values.iter().map(|v| v.abs()).collect();
-            abs.push(to_tract(Dtype::F64, shape, &magnitudes));
+            abs.push(to_tract(Dtype::F32, shape, &magnitudes));
         }
         let o = original.run(&stored)?;
         let f = fused.run(&stored)?;
@@ -147,7 +147,7 @@ impl Stats {
                 off if off <= 0.0 => 0.0,
                 off => {
                     let r = off / (roundoff * magnitude);
-                    if r.is_nan() {
+                    if r.is_nan() || !magnitude.is_finite() {
                         f64::INFINITY
                     } else {
                         r

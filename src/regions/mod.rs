@@ -166,14 +166,15 @@ pub fn check(original: &Model, fused: &Model, options: &VerifyOptions) -> Result
             }
         };
         let mut check = empty_check(r.node, r.bn);
-        match prepare(&orig, &fused_side, &r)? {
-            Ok((models, units, shape)) => {
+        match prepare(&orig, &fused_side, &r, region_options.samples)? {
+            Ok((models, units, shape, runs)) => {
                 check.input_shape = shape;
                 let entry = Ready {
                     slot: out.len(),
                     models,
                     units,
                     data: r.data.clone(),
+                    runs,
                 };
                 let bytes = weight_bytes(&entry);
                 if !ready.is_empty() && ready_bytes + bytes > BATCH_BYTES {
@@ -215,6 +216,8 @@ struct Ready {
     models: RegionModels,
     units: Units,
     data: String,
+    /// Runs its samples take (1 when they are stacked along the first axis).
+    runs: usize,
 }
 
 /// Runs one batch of prepared regions in one merged model each (the regions' data inputs
@@ -246,7 +249,11 @@ fn run_batch(checks: &mut [RegionCheck], ready: &[Ready], options: &VerifyOption
                 .map(|r| checks[r.slot].output.clone())
                 .collect();
             let units: Vec<Units> = ready.iter().map(|r| r.units).collect();
-            if let Ok(judged) = exact::judge(&models, &outputs, &units, options) {
+            let runs = VerifyOptions {
+                samples: ready.iter().map(|r| r.runs).max().unwrap_or(1),
+                ..options.clone()
+            };
+            if let Ok(judged) = exact::judge(&models, &outputs, &units, &runs) {
                 for (r, j) in ready.iter().zip(judged) {
                     record(&mut checks[r.slot], j);
                 }
@@ -257,7 +264,11 @@ fn run_batch(checks: &mut [RegionCheck], ready: &[Ready], options: &VerifyOption
     for r in ready {
         let check = &mut checks[r.slot];
         let outputs = [check.output.clone()];
-        match exact::judge(&r.models, &outputs, &[r.units], options) {
+        let runs = VerifyOptions {
+            samples: r.runs,
+            ..options.clone()
+        };
+        match exact::judge(&r.models, &outputs, &[r.units], &runs) {
             Ok(judged) => {
                 for j in judged {
                     record(check, j);
@@ -270,7 +281,7 @@ fn run_batch(checks: &mut [RegionCheck], ready: &[Ready], options: &VerifyOption
                     &r.models.original,
                     &r.models.fused,
                     &[],
-                    options,
+                    &runs,
                 )?;
                 check.status = v.status;
                 check.reason = v.reason;
@@ -330,16 +341,25 @@ pub(super) struct Region<'g> {
 
 /// The region's models, how its output is measured and the data input's shape, or why they
 /// cannot be built.
-type Prepared = std::result::Result<(RegionModels, Units, Vec<usize>), String>;
+type Prepared = std::result::Result<(RegionModels, Units, Vec<usize>, usize), String>;
 
-fn prepare(orig: &Side, fused: &Side, region: &Region) -> Result<Prepared> {
+/// Builds a region's models for `samples` samples; also returns how many runs they take.
+fn prepare(orig: &Side, fused: &Side, region: &Region, samples: usize) -> Result<Prepared> {
     let weight = match orig.value(&region.layer.input[1])? {
         Ok(w) => w,
         Err(why) => return Ok(Err(why)),
     };
-    let mut shape = match input_shape(region.layer, &weight.dims, orig)? {
+    let (mut shape, free_first_axis) = match input_shape(region.layer, &weight.dims, orig)? {
         Ok(s) => s,
         Err(why) => return Ok(Err(why)),
+    };
+    // Every sample in one run, stacked along the first axis, where it is free (through a
+    // Flatten or Reshape it may be fixed): each model runs once, packing its weights once.
+    let runs = if free_first_axis && region.forward.is_none_or(|(_, through)| !through) {
+        shape[0] *= samples;
+        1
+    } else {
+        samples
     };
     if let Some((channels, true)) = region.forward {
         // BN → Flatten → layer: `[rows, C, K/C]` flattens to the layer's `[rows, K]` with the
@@ -380,6 +400,7 @@ fn prepare(orig: &Side, fused: &Side, region: &Region) -> Result<Prepared> {
             },
             units,
             shape,
+            runs,
         )),
         (Err(why), ..) | (_, Err(why), ..) | (_, _, Err(why), _) | (.., Err(why)) => Err(why),
     })
