@@ -28,6 +28,7 @@ pub mod pass;
 pub mod printable;
 pub mod proof;
 pub mod readiness;
+pub mod reference;
 pub mod regions;
 pub mod report;
 pub mod scaled;

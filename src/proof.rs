@@ -41,12 +41,17 @@ pub fn verify(
         .filter(|r| r.status == Status::Failed)
         .collect();
     if let Some(first) = failed_regions.first() {
-        let figures = first.check.as_ref().map_or(String::new(), |c| {
-            format!(
+        let figures = match (&first.exact, &first.check) {
+            (Some(e), _) => format!(
+                ": {:.1} units of rounding from the exact value, bound {:.1}",
+                e.fused_error_units, e.bound_units
+            ),
+            (None, Some(c)) => format!(
                 ": max abs error {:.3e} against a tolerance of {:.3e}",
                 c.max_abs_error, c.atol
-            )
-        });
+            ),
+            (None, None) => String::new(),
+        };
         let head = format!(
             "region of {} (folded from {}) run alone on inputs {:?}{figures}",
             first.node, first.batch_norm, first.input_shape

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::npy::NpyArray;
 use crate::proto::{type_proto, ModelProto};
+use crate::reference::{ReferenceCheck, ReferenceKind};
 use crate::tensor::Dtype;
 
 /// How the check runs.
@@ -98,8 +99,11 @@ pub struct OutputCheck {
     pub atol: f64,
     /// Relative tolerance held to.
     pub rtol: f64,
-    /// Whether every element satisfied `|a − b| ≤ atol + rtol·|a|`.
+    /// Whether every element satisfied `|a − b| ≤ atol + rtol·|a|`, or, where one did not, the
+    /// second opinion passed.
     pub passed: bool,
+    /// The second opinion, for an output beyond the fixed tolerance (see [`crate::reference`]).
+    pub reference: Option<ReferenceCheck>,
 }
 
 /// What the check did.
@@ -271,8 +275,11 @@ fn interface_difference(
     None
 }
 
-/// The whole-model comparison of [`crate::verify()`].
-pub(crate) fn run_whole_model(
+/// The whole-model comparison of [`crate::verify()`] alone: both models on the same seeded
+/// random inputs, every graph output and every tensor of `intermediates` compared (with a
+/// second opinion where the fixed tolerance is exceeded, see [`crate::reference`]); no
+/// certificate, no regions.
+pub fn run_whole_model(
     original: &Model,
     candidate: &Model,
     intermediates: &[String],
@@ -438,7 +445,7 @@ pub(crate) fn run_whole_model(
             done += 1;
         }
     }
-    let outputs: Vec<OutputCheck> = names
+    let mut outputs: Vec<OutputCheck> = names
         .iter()
         .zip(&errors)
         .zip(&dtypes)
@@ -446,6 +453,16 @@ pub(crate) fn run_whole_model(
             acc.check(name, outputs_a.contains(&name.as_str()), dtype, options)
         })
         .collect();
+    if outputs.iter().any(|o| !o.passed) {
+        second_opinion(
+            original,
+            candidate,
+            &inputs,
+            &shape_sets,
+            &mut outputs,
+            options,
+        )?;
+    }
     let failed: Vec<&str> = outputs
         .iter()
         .filter(|o| !o.passed)
@@ -467,6 +484,137 @@ pub(crate) fn run_whole_model(
         structure_difference: None,
         proven_locally: false,
     })
+}
+
+/// Judges each output beyond the fixed tolerance a second time, against the original in f64
+/// where tract runs it so, else against the original's sensitivity (see [`crate::reference`]),
+/// on the same inputs as the first run. Where neither can run, the fixed tolerance stands.
+fn second_opinion(
+    original: &Model,
+    candidate: &Model,
+    inputs: &Inputs,
+    shape_sets: &[(Vec<Vec<usize>>, usize)],
+    outputs: &mut [OutputCheck],
+    options: &VerifyOptions,
+) -> Result<()> {
+    let failing: Vec<String> = outputs
+        .iter()
+        .filter(|o| !o.passed && o.max_abs_error.is_finite())
+        .map(|o| o.name.clone())
+        .collect();
+    if failing.is_empty() {
+        return Ok(());
+    }
+    let runs = |model: &Model, inputs: &Inputs| runners(model, inputs, shape_sets, &failing);
+    let (Ok(orig_runs), Ok(cand_runs)) = (runs(original, inputs), runs(candidate, inputs)) else {
+        return Ok(());
+    };
+    let mut wide_inputs = inputs.clone();
+    for spec in wide_inputs.specs.iter_mut().filter(|s| s.dtype.is_float()) {
+        spec.dtype = Dtype::F64;
+    }
+    // The exact reference first; tract may type an f64 model and fail only when an op runs.
+    let exact = match crate::reference::widened(original)? {
+        Ok(wide) => runs(&wide, &wide_inputs).ok(),
+        Err(_) => None,
+    };
+    let mut judged = exact.and_then(|r| {
+        worst_errors(
+            ReferenceKind::Exact,
+            &r,
+            &orig_runs,
+            &cand_runs,
+            inputs,
+            shape_sets,
+            options,
+        )
+        .map(|w| (ReferenceKind::Exact, w))
+    });
+    if judged.is_none() {
+        let perturbed = crate::reference::perturbed(original, options.seed)?;
+        judged = runs(&perturbed, inputs).ok().and_then(|r| {
+            worst_errors(
+                ReferenceKind::Sensitivity,
+                &r,
+                &orig_runs,
+                &cand_runs,
+                inputs,
+                shape_sets,
+                options,
+            )
+            .map(|w| (ReferenceKind::Sensitivity, w))
+        });
+    }
+    let Some((kind, worst)) = judged else {
+        return Ok(());
+    };
+    for (name, (cand, orig, magnitude)) in failing.iter().zip(worst) {
+        let Some(o) = outputs.iter_mut().find(|o| &o.name == name) else {
+            continue;
+        };
+        let dtype = declared_dtype_of(original, name).unwrap_or(Dtype::F32);
+        let check = crate::reference::judge(kind, cand, orig, magnitude, dtype);
+        o.passed = check.passed;
+        o.reference = Some(check);
+    }
+    Ok(())
+}
+
+/// The largest (candidate error, original error, reference magnitude) of each compared output
+/// over the same samples as the first run (see [`crate::reference`]); `None` when a run fails.
+fn worst_errors(
+    kind: ReferenceKind,
+    reference: &[Runner],
+    originals: &[Runner],
+    candidates: &[Runner],
+    inputs: &Inputs,
+    shape_sets: &[(Vec<Vec<usize>>, usize)],
+    options: &VerifyOptions,
+) -> Option<Vec<(f64, f64, f64)>> {
+    let max_diff = |x: &[f64], y: &[f64]| {
+        x.iter()
+            .zip(y)
+            .map(|(a, b)| if a == b { 0.0 } else { (a - b).abs() })
+            .fold(
+                0.0,
+                |m: f64, d| if d.is_nan() { f64::INFINITY } else { m.max(d) },
+            )
+    };
+    let mut worst: Vec<(f64, f64, f64)> = Vec::new();
+    let mut rng = SplitMix(options.seed);
+    for (k, (shapes, count)) in shape_sets.iter().enumerate() {
+        for _ in 0..*count {
+            let feed = inputs.random(shapes, &mut rng);
+            let reference_feed: Vec<Tensor> = match kind {
+                ReferenceKind::Exact => feed
+                    .iter()
+                    .map(|t| match t.datum_type().is_float() {
+                        true => t.cast_to_dt(DatumType::F64).map(|c| c.into_owned()),
+                        false => Ok(t.clone()),
+                    })
+                    .collect::<TractResult<_>>()
+                    .ok()?,
+                ReferenceKind::Sensitivity => feed.clone(),
+            };
+            let a = originals[k].run(&feed).ok()?;
+            let b = candidates[k].run(&feed).ok()?;
+            let r = reference[k].run(&reference_feed).ok()?;
+            worst.resize(a.len(), (0.0, 0.0, 0.0));
+            for (j, w) in worst.iter_mut().enumerate() {
+                let (cand, orig) = match kind {
+                    ReferenceKind::Exact => (max_diff(&b[j], &r[j]), max_diff(&a[j], &r[j])),
+                    ReferenceKind::Sensitivity => (max_diff(&b[j], &a[j]), max_diff(&r[j], &a[j])),
+                };
+                let magnitude = r[j].iter().fold(0f64, |m, v| m.max(v.abs()));
+                *w = (w.0.max(cand), w.1.max(orig), w.2.max(magnitude));
+            }
+        }
+    }
+    Some(worst)
+}
+
+fn declared_dtype_of(model: &Model, name: &str) -> Option<Dtype> {
+    declared_dtype(model.proto.graph.as_ref()?, name)
 }
 
 fn declared_dtype(graph: &crate::proto::GraphProto, name: &str) -> Option<Dtype> {
@@ -566,11 +714,13 @@ impl Accumulator {
             atol,
             rtol: self.rtol,
             passed: self.worst_excess <= atol,
+            reference: None,
         }
     }
 }
 
 /// A graph input: its name, dtype and shape with symbolic axes as `None`.
+#[derive(Clone)]
 struct InputSpec {
     name: String,
     dtype: Dtype,
@@ -595,6 +745,7 @@ impl InputSpec {
     }
 }
 
+#[derive(Clone)]
 struct Inputs {
     specs: Vec<InputSpec>,
     options_dims: Vec<Vec<usize>>,
@@ -1030,12 +1181,15 @@ fn typed(
     }
 }
 
+/// A graph input's dtype and fixed shape.
+pub(crate) type InputShape = (Dtype, Vec<usize>);
+
 /// `model` typed for the shapes its inputs declare (every dim fixed), and those inputs' dtypes
 /// and shapes; for models bnfold builds itself (the regions).
 pub(crate) fn fixed_runner(
     model: &Model,
     outputs: &[String],
-) -> std::result::Result<(Runner, Vec<(Dtype, Vec<usize>)>), String> {
+) -> std::result::Result<(Runner, Vec<InputShape>), String> {
     let inputs = plan_inputs(model, &VerifyOptions::default())?;
     let template: Vec<Vec<Option<usize>>> = inputs
         .options_dims

@@ -71,7 +71,11 @@ fn every_kind_of_fold_is_judged_against_its_exact_value_and_passes() {
 fn cancelling() -> Model {
     let mut proto = conv_bn();
     set(&mut proto, "b", &[1e6, -1e6, 1e6, 2e6]);
-    set(&mut proto, "bn.mean", &[1e6 + 0.5, -1e6 - 0.25, 1e6, 2e6 - 1.0]);
+    set(
+        &mut proto,
+        "bn.mean",
+        &[1e6 + 0.5, -1e6 - 0.25, 1e6, 2e6 - 1.0],
+    );
     set(&mut proto, "bn.var", &[0.0; 4]);
     Model::from_proto(proto, bnfold::external::ExternalStore::none()).unwrap()
 }
@@ -99,12 +103,7 @@ fn a_bias_moved_by_a_tenth_of_the_old_tolerance_is_caught_by_its_region() {
     let bias = proto.graph.as_ref().unwrap().node[0].input[2].clone();
     let t = initializer(&mut proto, &bias);
     let mut value = decode(t, &bnfold::external::ExternalStore::none()).unwrap();
-    let good = check(
-        &original,
-        &fused(&original),
-        &VerifyOptions::default(),
-    )
-    .unwrap();
+    let good = check(&original, &fused(&original), &VerifyOptions::default()).unwrap();
     let magnitude = good.regions[0].check.as_ref().unwrap().max_magnitude;
     // 1e-5 of the output's largest value: the fixed tolerance (1e-4 of it) lets it through.
     value.data[2] += 1e-5 * magnitude;
@@ -115,6 +114,86 @@ fn a_bias_moved_by_a_tenth_of_the_old_tolerance_is_caught_by_its_region() {
     assert!(r.check.as_ref().unwrap().passed, "{r:?}");
     assert_eq!(r.status, Status::Failed, "{r:?}");
     let exact = r.exact.as_ref().unwrap();
-    assert!(exact.fused_error_units > 3.0 * exact.bound_units, "{exact:?}");
-    assert!(r.reason.as_ref().unwrap().contains("units of rounding from the exact value"));
+    assert!(
+        exact.fused_error_units > 3.0 * exact.bound_units,
+        "{exact:?}"
+    );
+    assert!(r
+        .reason
+        .as_ref()
+        .unwrap()
+        .contains("units of rounding from the exact value"));
+}
+
+#[test]
+fn a_whole_model_beyond_the_fixed_tolerance_is_judged_against_the_original_in_f64() {
+    // The ill-conditioned model end to end: its output differs from the original's by more than
+    // 1e-4 of its largest value, and is closer to the exact one than the original is.
+    let original = cancelling();
+    let v = bnfold::verify(&original, &fused(&original), &[], &VerifyOptions::default()).unwrap();
+    assert_eq!(v.status, Status::Passed, "{v:?}");
+    let output = &v.outputs[0];
+    let reference = output.reference.as_ref().expect("a second opinion");
+    assert_eq!(reference.kind, bnfold::reference::ReferenceKind::Exact);
+    assert!(output.max_abs_error > output.atol, "{output:?}");
+    assert!(
+        reference.candidate_error * 100.0 < reference.original_error,
+        "{reference:?}"
+    );
+}
+
+/// The ill-conditioned model reading `Sigmoid(x)` (which tract does not run in f64), with
+/// `offset` added to the fused Conv's bias (0: the fold as made).
+fn cancelling_with_sigmoid(offset: f64) -> (Model, Model) {
+    let with_sigmoid = |m: &Model| {
+        let mut proto = m.proto.clone();
+        let g = proto.graph.as_mut().unwrap();
+        g.node[0].input[0] = "xs".into();
+        g.node.insert(
+            0,
+            bnfold::proto::NodeProto {
+                op_type: Some("Sigmoid".into()),
+                input: vec!["x".into()],
+                output: vec!["xs".into()],
+                ..Default::default()
+            },
+        );
+        Model::from_proto(proto, bnfold::external::ExternalStore::none()).unwrap()
+    };
+    let original = with_sigmoid(&cancelling());
+    let mut proto = fused(&cancelling()).proto.clone();
+    let bias = proto.graph.as_ref().unwrap().node[0].input[2].clone();
+    let t = initializer(&mut proto, &bias);
+    let mut value = decode(t, &bnfold::external::ExternalStore::none()).unwrap();
+    value.data[1] += offset;
+    *t = value.to_proto(&bias);
+    let fused =
+        with_sigmoid(&Model::from_proto(proto, bnfold::external::ExternalStore::none()).unwrap());
+    (original, fused)
+}
+
+#[test]
+fn where_f64_cannot_run_the_originals_own_sensitivity_judges_and_still_catches_a_wrong_bias() {
+    let (original, fused) = cancelling_with_sigmoid(0.0);
+    let options = VerifyOptions::default();
+    let run = |fused: &Model| {
+        let v = bnfold::verify::run_whole_model(&original, fused, &[], &options).unwrap();
+        v.outputs.into_iter().find(|o| o.name == "y").unwrap()
+    };
+    let y = run(&fused);
+    let reference = y.reference.as_ref().unwrap_or_else(|| panic!("{y:?}"));
+    assert_eq!(
+        reference.kind,
+        bnfold::reference::ReferenceKind::Sensitivity
+    );
+    assert!(y.passed && reference.passed, "{y:?}");
+    // The original's own arithmetic moves this output by about 100 (its bias of 1e6 has an ulp
+    // of 0.06, amplified 316 times): a bias element 2000 off is far beyond that.
+    let (_, wrong) = cancelling_with_sigmoid(2000.0);
+    let y = run(&wrong);
+    assert!(!y.passed, "{y:?}");
+    assert_eq!(
+        y.reference.unwrap().kind,
+        bnfold::reference::ReferenceKind::Sensitivity
+    );
 }

@@ -93,14 +93,27 @@ pub(crate) fn spell_gemms(
             }
             Tensor::new(b.dtype, vec![cols, rows], data)
         } else {
-            Tensor::new(b.dtype, b.dims.clone(), b.data.iter().map(|v| alpha * v).collect())
+            Tensor::new(
+                b.dtype,
+                b.dims.clone(),
+                b.data.iter().map(|v| alpha * v).collect(),
+            )
         };
-        let c = node
-            .input
-            .get(2)
-            .filter(|n| !n.is_empty())
-            .and_then(|n| constant(n))
-            .map(|c| Tensor::new(c.dtype, c.dims.clone(), c.data.iter().map(|v| beta * v).collect()));
+        let c = match node.input.get(2).filter(|n| !n.is_empty()) {
+            Some(name) => match constant(name) {
+                Some(c) => Some(Tensor::new(
+                    c.dtype,
+                    c.dims.clone(),
+                    c.data.iter().map(|v| beta * v).collect(),
+                )),
+                // A C computed in the graph: the Gemm stays as it is.
+                None => {
+                    out.push(node);
+                    continue;
+                }
+            },
+            None => None,
+        };
         let simple = |op: &str, inputs: Vec<String>, output: String| NodeProto {
             op_type: Some(op.into()),
             input: inputs,

@@ -7,11 +7,11 @@ use crate::certificate::Side;
 use crate::error::Result;
 use crate::external::ExternalStore;
 use crate::model::Model;
-use crate::tensor::{Dtype, Tensor};
 use crate::proto::{
     tensor_shape_proto, type_proto, GraphProto, ModelProto, NodeProto, TensorShapeProto, TypeProto,
     ValueInfoProto,
 };
+use crate::tensor::{Dtype, Tensor};
 
 /// A shape the layer's data input may have, and whether its first axis is free (samples may be
 /// stacked along it: not where a Gemm's C of shape `[M, N]` fixes it, nor where it is transposed).

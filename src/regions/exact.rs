@@ -15,8 +15,8 @@ use crate::certificate::ulps::unit;
 use crate::model::Model;
 use crate::tensor::Dtype;
 use crate::verify::{
-    default_tolerance, ExactCheck, fixed_runner, to_tract, Accumulator, OutputCheck, Runner, SplitMix,
-    VerifyOptions,
+    default_tolerance, fixed_runner, to_tract, Accumulator, ExactCheck, OutputCheck, Runner,
+    SplitMix, VerifyOptions,
 };
 
 /// The fused nodes may be this many times as far from the exact value as the original region.
@@ -73,8 +73,11 @@ pub(super) fn judge(
 ) -> std::result::Result<Vec<(ExactCheck, OutputCheck)>, String> {
     let (original, shapes) = fixed_runner(&models.original, outputs)?;
     let run = |m: &Model| fixed_runner(m, outputs).map(|(r, _)| r);
-    let (fused, exact, magnitudes): (Runner, Runner, Runner) =
-        (run(&models.fused)?, run(&models.exact)?, run(&models.magnitudes)?);
+    let (fused, exact, magnitudes): (Runner, Runner, Runner) = (
+        run(&models.fused)?,
+        run(&models.exact)?,
+        run(&models.magnitudes)?,
+    );
     if shapes.len() != units.len() || outputs.len() != units.len() {
         return Err("a region model without one input and one output per region".into());
     }
@@ -105,7 +108,10 @@ pub(super) fn judge(
         for (k, s) in stats.iter_mut().enumerate() {
             let lens = [o[k].len(), f[k].len(), e[k].len(), m[k].len()];
             if lens.iter().any(|&l| l != lens[0]) {
-                return Err(format!("'{}' has {lens:?} values in the four runs", outputs[k]));
+                return Err(format!(
+                    "'{}' has {lens:?} values in the four runs",
+                    outputs[k]
+                ));
             }
             s.add(&o[k], &f[k], &e[k], &m[k], units[k]);
             against_original[k].add(&o[k], &f[k]);

@@ -31,6 +31,19 @@ use crate::proto::{GraphProto, NodeProto};
 pub use crate::verify::RegionCheck;
 use crate::verify::{ExactCheck, OutputCheck, Status, VerifyOptions};
 
+/// Each Gemm of `nodes` whose B and C are among `constants` (f64) spelled as MatMul and Add,
+/// for tract in f64 (see [`arithmetic::spell_gemms`]).
+pub(crate) fn spell_gemms_f64(
+    nodes: Vec<NodeProto>,
+    constants: &mut Vec<(String, crate::tensor::Tensor)>,
+) -> Result<Vec<NodeProto>> {
+    arithmetic::spell_gemms(
+        nodes,
+        constants,
+        arithmetic::Arithmetic::Widened(crate::tensor::Dtype::F64),
+    )
+}
+
 /// Samples each region runs, at least.
 const REGION_SAMPLES: usize = 4;
 
@@ -382,7 +395,15 @@ fn prepare(orig: &Side, fused: &Side, region: &Region, samples: usize) -> Result
     let output = region.node.output[0].as_str();
     let [a_stored, b_stored, a_exact, b_magnitudes] = exact::arithmetics(weight.dtype);
     let model = |side: &Side, nodes: &[&NodeProto], arithmetic| {
-        region_model(side, nodes, &region.data, &shape, weight.dtype, output, arithmetic)
+        region_model(
+            side,
+            nodes,
+            &region.data,
+            &shape,
+            weight.dtype,
+            output,
+            arithmetic,
+        )
     };
     let built = (
         model(orig, &region.orig_nodes, a_stored)?,
