@@ -24,6 +24,7 @@ pub mod graph;
 pub mod model;
 pub mod npy;
 pub mod output;
+pub mod pairs;
 pub mod pass;
 pub mod printable;
 pub mod proof;

@@ -80,26 +80,85 @@ pub fn verify(
         );
         fail(&mut v, head, failed.len(), "nodes");
     }
-    // Where the whole model cannot run, the local proof decides: the graphs are the same outside
-    // the folds, and every fold is certified (backward) and passed its region.
+    // `passed` needs the local proof complete: the graphs the same outside the folds, every
+    // fold passed its region and every certificate passed. Where the whole model cannot run,
+    // the local proof decides; where it is incomplete, a passing whole-model run is not enough.
     let complete = local.structure_difference.is_none()
         && regions.iter().all(|r| r.status == Status::Passed)
         && certificates.iter().all(NodeCertificate::passed);
-    if v.status == Status::NotVerified && complete {
-        v.status = Status::Passed;
-        v.reason = Some(format!(
-            "proven locally ({} folds run alone, {} certified, the graphs identical outside \
-             them); the whole-model run could not run: {}",
-            regions.len(),
-            certificates.len(),
-            v.reason.take().unwrap_or_default()
-        ));
+    match (&v.status, complete) {
+        (Status::NotVerified, true) => {
+            v.status = Status::Passed;
+            v.reason = Some(format!(
+                "proven locally ({} folds run alone, {} certified, the graphs identical outside \
+                 them); the whole-model run could not run: {}",
+                regions.len(),
+                certificates.len(),
+                v.reason.take().unwrap_or_default()
+            ));
+        }
+        (Status::Passed | Status::NotVerified, false) => {
+            let whole = match v.status {
+                Status::Passed => "the whole-model run passed".to_string(),
+                _ => format!(
+                    "the whole-model run could not run: {}",
+                    v.reason.take().unwrap_or_default()
+                ),
+            };
+            v.status = Status::NotVerified;
+            v.reason = Some(format!(
+                "{}; {whole}",
+                unproven(&regions, &certificates, local.structure_difference.as_deref())
+            ));
+        }
+        _ => {}
     }
     v.proven_locally = complete;
     v.regions = regions;
     v.structure_difference = local.structure_difference;
     v.certificates = certificates;
     Ok(v)
+}
+
+/// What leaves the local proof incomplete, in one line: the first unproven fold and how many
+/// others, or the first difference outside the folds.
+fn unproven(
+    regions: &[RegionCheck],
+    certificates: &[NodeCertificate],
+    structure_difference: Option<&str>,
+) -> String {
+    if let Some(difference) = structure_difference {
+        return format!("not proven locally: outside the folds, {difference}");
+    }
+    let mut open: Vec<String> = regions
+        .iter()
+        .filter(|r| r.status != Status::Passed)
+        .map(|r| {
+            format!(
+                "region of {} (folded from {}) not run: {}",
+                r.node,
+                r.batch_norm,
+                r.reason.as_deref().unwrap_or("no reason given")
+            )
+        })
+        .collect();
+    open.extend(certificates.iter().filter(|c| !c.passed()).map(|c| {
+        format!(
+            "{} {} (folded from {}) not certified: {}",
+            c.op_type,
+            c.node,
+            c.batch_norm,
+            c.unproven.as_deref().unwrap_or("no reason given")
+        )
+    }));
+    let others = match open.len() {
+        0 | 1 => String::new(),
+        n => format!(" (and {} other unproven)", n - 1),
+    };
+    format!(
+        "not proven locally: {}{others}",
+        open.first().map_or("", String::as_str)
+    )
 }
 
 /// Fails `v` with `head` first: how many other `what` failed, then what it said before.

@@ -10,37 +10,38 @@
 use crate::error::Result;
 use crate::graph::node_label;
 use crate::model::Model;
-use crate::proto::GraphProto;
+use crate::proto::{GraphProto, NodeProto};
 use crate::tensor::decode;
 
-/// The first difference outside the regions, said in one line; `None` when there is none.
-/// `orig_region` and `fused_region` are the node indices of the regions in each main graph.
+/// The first difference outside the regions between graph `a` of `original` and graph `b` of
+/// `fused`, said in one line; `None` when there is none. `orig_region` and `fused_region` are
+/// the node indices of the regions in each graph. Subgraphs are not compared here: each pair of
+/// them is a graph pair of its own (see [`crate::pairs`]).
 pub fn first_difference(
     original: &Model,
     fused: &Model,
+    (a, b): (&GraphProto, &GraphProto),
     orig_region: &[usize],
     fused_region: &[usize],
 ) -> Result<Option<String>> {
-    let (Some(a), Some(b)) = (&original.proto.graph, &fused.proto.graph) else {
-        return Ok(Some("a model has no graph".into()));
-    };
     let outside = |g: &GraphProto, region: &[usize]| -> Vec<usize> {
         (0..g.node.len()).filter(|i| !region.contains(i)).collect()
     };
     let (kept_a, kept_b) = (outside(a, orig_region), outside(b, fused_region));
     for (k, (&i, &j)) in kept_a.iter().zip(&kept_b).enumerate() {
         let (na, nb) = (&a.node[i], &b.node[j]);
-        if na != nb {
+        if without_subgraphs(na) != without_subgraphs(nb) {
             return Ok(Some(format!(
                 "node {} of the original ({} {}) is not the fused graph's node {} ({} {}) outside \
-                 the folds (the {}th node kept)",
+                 the folds (kept node {} of {})",
                 i,
                 na.op_type(),
                 node_label(na),
                 j,
                 nb.op_type(),
                 node_label(nb),
-                k + 1
+                k + 1,
+                kept_a.len()
             )));
         }
     }
@@ -98,6 +99,22 @@ pub fn first_difference(
         }
     }
     Ok(None)
+}
+
+/// The node with its subgraphs emptied (their attributes kept, with their names and types).
+fn without_subgraphs(node: &NodeProto) -> std::borrow::Cow<'_, NodeProto> {
+    if !node.attribute.iter().any(crate::graph::is_graph_attribute) {
+        return std::borrow::Cow::Borrowed(node);
+    }
+    let mut node = node.clone();
+    for a in &mut node.attribute {
+        if a.g.is_some() {
+            a.g = Some(Box::default());
+        }
+        let count = a.graphs.len();
+        a.graphs = vec![GraphProto::default(); count];
+    }
+    std::borrow::Cow::Owned(node)
 }
 
 /// Whether two tensors hold the same values, bit for bit (compared decoded where bnfold

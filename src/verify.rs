@@ -136,6 +136,8 @@ pub struct Verification {
 /// One fold's region against its fused node.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RegionCheck {
+    /// The graph holding it: `main`, or a subgraph's path as the fold report has it.
+    pub graph: String,
     /// The fused node (name, or first output).
     pub node: String,
     /// The last BatchNormalization of the original region.

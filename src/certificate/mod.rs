@@ -27,16 +27,20 @@
 use serde::Serialize;
 
 mod chain;
+mod decomposed;
 pub(crate) mod ulps;
 
 pub(crate) use chain::chain_from;
+pub(crate) use decomposed::decompositions;
+use decomposed::certify_decomposition;
 use chain::{apply_step, start_chain, Layout};
 use ulps::compare;
 pub use ulps::{ulps, unit};
 
 use crate::consts::ConstEval;
 use crate::error::Result;
-use crate::graph::{node_label, GraphIndex, OuterScope};
+use crate::graph::{node_label, GraphIndex};
+use crate::pairs::graph_pairs;
 use crate::model::Model;
 use crate::proto::NodeProto;
 use crate::tensor::{self, Tensor};
@@ -44,6 +48,8 @@ use crate::tensor::{self, Tensor};
 /// The certificate of one fused node.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct NodeCertificate {
+    /// The graph holding it: `main`, or a subgraph's path as the fold report has it.
+    pub graph: String,
     /// The fused node (name, or first output).
     pub node: String,
     /// Its op type.
@@ -85,30 +91,45 @@ impl NodeCertificate {
     }
 }
 
-/// Certifies every node of `fused`'s main graph that took over a BatchNormalization's output
-/// in `original`'s main graph.
+/// Certifies every node of `fused` (main graph and subgraphs, see [`crate::pairs`]) that took
+/// over a BatchNormalization's output in `original`.
 pub fn certify(original: &Model, fused: &Model) -> Result<Vec<NodeCertificate>> {
-    let (Some(orig_graph), Some(fused_graph)) = (&original.proto.graph, &fused.proto.graph) else {
-        return Ok(Vec::new());
-    };
-    let orig_index = GraphIndex::new(orig_graph, OuterScope::default());
-    let fused_index = GraphIndex::new(fused_graph, OuterScope::default());
-    let orig = Side::new(&orig_index, original);
-    let fused_side = Side::new(&fused_index, fused);
     let mut out = Vec::new();
-    for (node, bn) in fold_targets(&orig_index, &fused_index) {
-        let mut cert = NodeCertificate {
-            node: node_label(node),
-            op_type: node.op_type().to_string(),
-            batch_norm: node_label(bn),
-            tensors: Vec::new(),
-            unproven: None,
-        };
-        match certify_node(&orig, &fused_side, bn, node)? {
-            Ok(tensors) => cert.tensors = tensors,
-            Err(why) => cert.unproven = Some(why),
+    for pair in graph_pairs(original, fused) {
+        let orig_index = GraphIndex::new(pair.original, pair.original_scope());
+        let fused_index = GraphIndex::new(pair.fused, pair.fused_scope());
+        let orig = Side::new(&orig_index, original);
+        let fused_side = Side::new(&fused_index, fused);
+        for (node, bn) in fold_targets(&orig_index, &fused_index) {
+            let mut cert = NodeCertificate {
+                graph: pair.path.clone(),
+                node: node_label(node),
+                op_type: node.op_type().to_string(),
+                batch_norm: node_label(bn),
+                tensors: Vec::new(),
+                unproven: None,
+            };
+            match certify_node(&orig, &fused_side, bn, node)? {
+                Ok(tensors) => cert.tensors = tensors,
+                Err(why) => cert.unproven = Some(why),
+            }
+            out.push(cert);
         }
-        out.push(cert);
+        for (add, mul, bn) in decompositions(&orig_index, &fused_index) {
+            let mut cert = NodeCertificate {
+                graph: pair.path.clone(),
+                node: node_label(add),
+                op_type: "Mul+Add".into(),
+                batch_norm: node_label(bn),
+                tensors: Vec::new(),
+                unproven: None,
+            };
+            match certify_decomposition(&orig, &fused_side, bn, mul, add)? {
+                Ok(tensors) => cert.tensors = tensors,
+                Err(why) => cert.unproven = Some(why),
+            }
+            out.push(cert);
+        }
     }
     Ok(out)
 }

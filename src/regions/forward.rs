@@ -74,6 +74,7 @@ pub(super) fn forward_targets<'g>(
             fused_nodes,
             data,
             forward: Some((channels, through_flatten)),
+            decomposed: false,
         });
     }
     found

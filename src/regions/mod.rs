@@ -23,9 +23,10 @@ use build::{input_shape, region_model};
 use exact::{RegionModels, Units};
 use forward::forward_targets;
 
-use crate::certificate::{chain_from, fold_targets, forward_folded_before, Side};
+use crate::certificate::{chain_from, decompositions, fold_targets, forward_folded_before, Side};
 use crate::error::Result;
-use crate::graph::{node_label, GraphIndex, OuterScope};
+use crate::graph::{node_label, GraphIndex};
+use crate::pairs::{graph_pairs, GraphPair};
 use crate::model::Model;
 use crate::proto::{GraphProto, NodeProto};
 pub use crate::verify::RegionCheck;
@@ -60,11 +61,35 @@ pub struct LocalProof {
 /// Runs every fold's region of `original` against the nodes that replace it in `fused`, and
 /// compares the graphs outside them.
 pub fn check(original: &Model, fused: &Model, options: &VerifyOptions) -> Result<LocalProof> {
-    let (Some(orig_graph), Some(fused_graph)) = (&original.proto.graph, &fused.proto.graph) else {
-        return Ok(LocalProof::default());
-    };
-    let orig_index = GraphIndex::new(orig_graph, OuterScope::default());
-    let fused_index = GraphIndex::new(fused_graph, OuterScope::default());
+    let mut proof = LocalProof::default();
+    let pairs = graph_pairs(original, fused);
+    if pairs.is_empty() {
+        proof.structure_difference = Some("a model has no graph".into());
+    }
+    for pair in &pairs {
+        let (regions, difference) = check_pair(original, fused, pair, options)?;
+        proof.regions.extend(regions);
+        if proof.structure_difference.is_none() {
+            proof.structure_difference = difference.map(|d| match pair.is_main() {
+                true => d,
+                false => format!("in {}: {d}", pair.path),
+            });
+        }
+    }
+    Ok(proof)
+}
+
+/// The regions of one pair of graphs, and the first difference between them outside the
+/// regions.
+fn check_pair(
+    original: &Model,
+    fused: &Model,
+    pair: &GraphPair,
+    options: &VerifyOptions,
+) -> Result<(Vec<RegionCheck>, Option<String>)> {
+    let (orig_graph, fused_graph) = (pair.original, pair.fused);
+    let orig_index = GraphIndex::new(orig_graph, pair.original_scope());
+    let fused_index = GraphIndex::new(fused_graph, pair.fused_scope());
     let orig = Side::new(&orig_index, original);
     let fused_side = Side::new(&fused_index, fused);
     let region_options = VerifyOptions {
@@ -118,6 +143,7 @@ pub fn check(original: &Model, fused: &Model, options: &VerifyOptions) -> Result
                     fused_nodes,
                     data,
                     forward: None,
+                    decomposed: false,
                 })
             }
             Err(why) => Err((empty_check(node, bn), why)),
@@ -127,6 +153,22 @@ pub fn check(original: &Model, fused: &Model, options: &VerifyOptions) -> Result
         forward_targets(&orig_index, &fused_index)
             .into_iter()
             .map(Ok),
+    );
+    regions.extend(
+        decompositions(&orig_index, &fused_index)
+            .into_iter()
+            .map(|(add, mul, bn)| {
+                Ok(Region {
+                    node: add,
+                    bn,
+                    layer: bn,
+                    orig_nodes: vec![bn],
+                    fused_nodes: vec![mul, add],
+                    data: bn.input[0].clone(),
+                    forward: None,
+                    decomposed: true,
+                })
+            }),
     );
     let position = |g: &GraphProto, n: &NodeProto| g.node.iter().position(|m| std::ptr::eq(m, n));
     let (mut orig_region, mut fused_region) = (Vec::new(), Vec::new());
@@ -162,8 +204,13 @@ pub fn check(original: &Model, fused: &Model, options: &VerifyOptions) -> Result
             orig_region.push(i);
         }
     }
-    let structure_difference =
-        crate::structure::first_difference(original, fused, &orig_region, &fused_region)?;
+    let structure_difference = crate::structure::first_difference(
+        original,
+        fused,
+        (orig_graph, fused_graph),
+        &orig_region,
+        &fused_region,
+    )?;
     let mut out = Vec::new();
     // Regions are prepared and run in batches of at most BATCH_BYTES of weights (both sides), so
     // that neither bnfold nor tract ever holds a large model's folded weights all at once.
@@ -203,10 +250,10 @@ pub fn check(original: &Model, fused: &Model, options: &VerifyOptions) -> Result
         out.push(check);
     }
     run_batch(&mut out, &ready, &region_options)?;
-    Ok(LocalProof {
-        regions: out,
-        structure_difference,
-    })
+    for check in &mut out {
+        check.graph = pair.path.clone();
+    }
+    Ok((out, structure_difference))
 }
 
 /// Weights (of both sides) a batch of regions may hold.
@@ -325,6 +372,7 @@ fn record(check: &mut RegionCheck, (judged, compared): (ExactCheck, OutputCheck)
 
 fn empty_check(node: &NodeProto, bn: &NodeProto) -> RegionCheck {
     RegionCheck {
+        graph: "main".into(),
         node: node_label(node),
         batch_norm: node_label(bn),
         output: node.output[0].clone(),
@@ -350,6 +398,8 @@ pub(super) struct Region<'g> {
     pub(super) data: String,
     /// Forward: the BN's channel count and whether a Flatten or Reshape lies between.
     pub(super) forward: Option<(usize, bool)>,
+    /// A BN decomposed into Mul and Add (`layer` is the BN itself).
+    pub(super) decomposed: bool,
 }
 
 /// The region's models, how its output is measured and the data input's shape, or why they
@@ -362,7 +412,20 @@ fn prepare(orig: &Side, fused: &Side, region: &Region, samples: usize) -> Result
         Ok(w) => w,
         Err(why) => return Ok(Err(why)),
     };
-    let (mut shape, free_first_axis) = match input_shape(region.layer, &weight.dims, orig)? {
+    let found = match region.decomposed {
+        // The Mul's constant is shaped to broadcast over the data: `[C, 1, …]` for rank 2 + its
+        // trailing ones.
+        true => match fused.value(&region.fused_nodes[0].input[1])? {
+            Ok(scale) => {
+                let mut shape = vec![1, weight.len()];
+                shape.extend(std::iter::repeat_n(3, scale.dims.len().saturating_sub(1)));
+                Ok((shape, true))
+            }
+            Err(why) => Err(why),
+        },
+        false => input_shape(region.layer, &weight.dims, orig)?,
+    };
+    let (mut shape, free_first_axis) = match found {
         Ok(s) => s,
         Err(why) => return Ok(Err(why)),
     };
@@ -390,7 +453,10 @@ fn prepare(orig: &Side, fused: &Side, region: &Region, samples: usize) -> Result
     }
     let units = Units {
         dtype: weight.dtype,
-        terms: terms(region.layer, &weight.dims)?,
+        terms: match region.decomposed {
+            true => 2,
+            false => terms(region.layer, &weight.dims)?,
+        },
     };
     let output = region.node.output[0].as_str();
     let [a_stored, b_stored, a_exact, b_magnitudes] = exact::arithmetics(weight.dtype);
