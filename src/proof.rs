@@ -108,7 +108,11 @@ pub fn verify(
             v.status = Status::NotVerified;
             v.reason = Some(format!(
                 "{}; {whole}",
-                unproven(&regions, &certificates, local.structure_difference.as_deref())
+                unproven(
+                    &regions,
+                    &certificates,
+                    local.structure_difference.as_deref()
+                )
             ));
         }
         _ => {}

@@ -220,7 +220,7 @@ fn every_backward_fold_of_every_kind_passes_its_region() {
 #[test]
 fn a_layer_with_a_bn_on_each_side_is_proven_by_one_region_without_a_false_alarm() {
     // Found by the fuzzer: BN → padded Conv → BN folds forward and backward into one Conv. The
-    // certificate composes one side only and says so; the region starts at the first BN.
+    // certificate composes both sides; the region starts at the first BN.
     let mut original = Model::load(fixture("torch_bn_input_conv_pad_op13.onnx")).unwrap();
     let g = original.proto.graph.as_mut().unwrap();
     g.node[1].output[0] = "conv_out".into();
@@ -257,8 +257,9 @@ fn a_layer_with_a_bn_on_each_side_is_proven_by_one_region_without_a_false_alarm(
     assert_eq!(v.status, Status::Passed, "{v:?}");
     assert_eq!(v.regions.len(), 1, "{:?}", v.regions);
     assert_eq!(v.regions[0].status, Status::Passed);
-    let unproven = v.certificates[0].unproven.as_deref().unwrap_or_default();
-    assert!(unproven.contains("forward"), "{unproven}");
+    // The certificate composes both sides: the shift's Add, the weight and the bias.
+    assert!(v.certificates[0].passed(), "{:?}", v.certificates);
+    assert_eq!(v.certificates[0].tensors.len(), 3, "{:?}", v.certificates);
     // And the combined region still catches a wrong weight.
     let w = &report.folds[0].weight;
     let tampered = edited(&fused, w, |data, _, _| data[0] *= 1.001);
@@ -284,4 +285,85 @@ fn the_inputs_the_fuzzer_found_certify_without_a_false_alarm() {
         let v = verify(&original, &fused, &[], &VerifyOptions::default()).unwrap();
         assert_eq!(v.status, Status::Passed, "{name}: {v:?}");
     }
+}
+
+const FORWARD_KINDS: [&str; 8] = [
+    "torch_relu_bn_conv_pad_op13.onnx",
+    "torch_relu_bn_conv_nopad_op13.onnx",
+    "torch_relu_bn_conv_grouped_op13.onnx",
+    "torch_relu_bn_convtranspose_op13.onnx",
+    "torch_head_bn_flatten_linear_op13.onnx",
+    "torch_head_bn_view_linear_op13.onnx",
+    "torch_bn1d_input_linear_op13.onnx",
+    "torch_bn1d_matmul_op13.onnx",
+];
+
+/// The fused tensor a forward fold put its shift in: the kept `Add`'s constant when there is
+/// one, else the bias.
+fn forward_shift_tensor(original: &Model, fused: &Model, bias: &str) -> String {
+    let certs = certificates(original, fused);
+    certs[0]
+        .tensors
+        .iter()
+        .map(|t| t.tensor.clone())
+        .find(|t| t.ends_with("_shift_bnfold"))
+        .unwrap_or_else(|| bias.to_string())
+}
+
+#[test]
+fn every_forward_fold_is_certified_and_a_moved_weight_shift_or_bias_is_caught() {
+    for name in FORWARD_KINDS {
+        let (original, fused, [node, weight, bias]) = folded(name);
+        let certs = certificates(&original, &fused);
+        assert_eq!(certs.len(), 1, "{name}: {certs:?}");
+        assert!(
+            certs[0].passed() && certs[0].tensors.len() >= 2,
+            "{name}: {certs:?}"
+        );
+        let two_ulps = edited(&fused, &weight, |data, _, dtype| {
+            let k = data.len() / 3;
+            data[k] = moved(dtype, data[k], 2.0);
+        });
+        assert_caught(name, &original, &two_ulps, &node, &weight);
+        let shift = forward_shift_tensor(&original, &fused, &bias);
+        let shifted = edited(&fused, &shift, |data, _, _| {
+            let range = data.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-3);
+            let last = data.len() - 1;
+            data[last] += 1e-3 * range;
+        });
+        assert_caught(name, &original, &shifted, &node, &shift);
+        if shift != bias {
+            // A padded fold keeps the bias as it was: any change to it is caught too.
+            let moved_bias = edited(&fused, &bias, |data, _, dtype| {
+                data[0] = moved(dtype, data[0], 2.0);
+            });
+            assert_caught(name, &original, &moved_bias, &node, &bias);
+        }
+    }
+}
+
+#[test]
+fn a_layer_with_a_bn_on_each_side_is_certified_on_both_sides() {
+    let (original, fused, _) = folded("regressions/bn_conv_bn_each_side.onnx");
+    let certs = certificates(&original, &fused);
+    assert!(
+        certs.iter().all(|c| c.passed() && c.unproven.is_none()),
+        "{certs:?}"
+    );
+    let both = certs
+        .iter()
+        .find(|c| c.tensors.len() == 3)
+        .expect("shift, weight and bias");
+    // The weight holds both sides' scales: one element 2 ulps off is caught.
+    let weight = both.tensors[1].tensor.clone();
+    let tampered = edited(&fused, &weight, |data, _, dtype| {
+        data[5] = moved(dtype, data[5], 2.0);
+    });
+    assert_caught(
+        "bn_conv_bn_each_side",
+        &original,
+        &tampered,
+        &both.node,
+        &weight,
+    );
 }

@@ -4,7 +4,6 @@
 
 use super::ulps::compare;
 use super::{Side, TensorCheck};
-use crate::attr;
 use crate::error::Result;
 use crate::graph::GraphIndex;
 use crate::proto::NodeProto;
@@ -47,27 +46,10 @@ pub(crate) fn certify_decomposition(
     mul: &NodeProto,
     add: &NodeProto,
 ) -> Result<std::result::Result<Vec<TensorCheck>, String>> {
-    let epsilon = attr::float(bn, "epsilon")?.unwrap_or(1e-5) as f64;
-    let mut params = Vec::with_capacity(4);
-    for name in &bn.input[1..5] {
-        match orig.value(name)? {
-            Ok(p) => params.push(p.data),
-            Err(why) => return Ok(Err(why)),
-        }
-    }
-    let channels = params[0].len();
-    if params.iter().any(|p| p.len() != channels) {
-        return Ok(Err("the BN's parameters differ in length".into()));
-    }
-    let scale: Vec<f64> = (0..channels)
-        .map(|c| params[0][c] / (params[3][c] + epsilon).sqrt())
-        .collect();
-    let shift: Vec<f64> = (0..channels)
-        .map(|c| params[1][c] - params[2][c] * scale[c])
-        .collect();
-    let shift_terms: Vec<f64> = (0..channels)
-        .map(|c| params[1][c].abs() + (params[2][c] * scale[c]).abs())
-        .collect();
+    let (scale, shift, shift_terms) = match super::forward::bn_affine(orig, bn)? {
+        Ok(map) => (map.scale, map.shift, map.shift_terms),
+        Err(why) => return Ok(Err(why)),
+    };
     let scale_terms: Vec<f64> = scale.iter().map(|s| s.abs()).collect();
     let slack = 16.0 * f64::EPSILON;
     let mut checks = Vec::new();

@@ -28,20 +28,24 @@ use serde::Serialize;
 
 mod chain;
 mod decomposed;
+mod forward;
 pub(crate) mod ulps;
 
 pub(crate) use chain::chain_from;
-pub(crate) use decomposed::decompositions;
-use decomposed::certify_decomposition;
 use chain::{apply_step, start_chain, Layout};
+use decomposed::certify_decomposition;
+pub(crate) use decomposed::decompositions;
+pub(crate) use forward::{forward_folds, ForwardFold};
+use forward::{input_side, InputSide};
 use ulps::compare;
 pub use ulps::{ulps, unit};
 
+use crate::attr;
 use crate::consts::ConstEval;
 use crate::error::Result;
 use crate::graph::{node_label, GraphIndex};
-use crate::pairs::graph_pairs;
 use crate::model::Model;
+use crate::pairs::graph_pairs;
 use crate::proto::NodeProto;
 use crate::tensor::{self, Tensor};
 
@@ -110,6 +114,21 @@ pub fn certify(original: &Model, fused: &Model) -> Result<Vec<NodeCertificate>> 
                 unproven: None,
             };
             match certify_node(&orig, &fused_side, bn, node)? {
+                Ok(tensors) => cert.tensors = tensors,
+                Err(why) => cert.unproven = Some(why),
+            }
+            out.push(cert);
+        }
+        for fold in forward_folds(&orig_index, &fused_index) {
+            let mut cert = NodeCertificate {
+                graph: pair.path.clone(),
+                node: node_label(fold.node),
+                op_type: fold.node.op_type().to_string(),
+                batch_norm: node_label(fold.bn),
+                tensors: Vec::new(),
+                unproven: None,
+            };
+            match certify_forward(&orig, &fused_side, &fold)? {
                 Ok(tensors) => cert.tensors = tensors,
                 Err(why) => cert.unproven = Some(why),
             }
@@ -217,7 +236,7 @@ impl<'a> Side<'a> {
             .map_err(|_| format!("'{name}' is not a constant")))
     }
 
-    fn producer(&self, name: &str) -> Option<&NodeProto> {
+    fn producer(&self, name: &str) -> Option<&'a NodeProto> {
         self.index.producer(name).map(|i| self.index.node(i))
     }
 }
@@ -249,17 +268,32 @@ fn certify_node(
         }
         _ => (node, node.input.get(2).cloned().filter(|n| !n.is_empty())),
     };
-    if let Some(before) = forward_folded_before(orig.index, fused.index, layer, fused_layer) {
-        return Ok(Err(format!(
-            "the layer also took {} forward, on its input side, which this certificate does \
-             not compose",
-            node_label(before)
-        )));
-    }
-    let weight_name = &layer.input[1];
-    let weight = match orig.value(weight_name)? {
-        Ok(w) => w,
-        Err(why) => return Ok(Err(why)),
+    // A BN on each side: the one before folded forward too; its map is applied to the layer's
+    // weight and bias first, then the chain after it composes as usual.
+    let input_map = match forward_folded_before(orig.index, fused.index, layer, fused_layer) {
+        Some(before) if matches!(layer.op_type(), "Conv" | "ConvTranspose") => {
+            let fused_nodes = nodes_into(fused, fused_layer, &before.input[0]);
+            match input_side(orig, fused, before, layer, &fused_nodes)? {
+                Ok(side) => Some(side),
+                Err(why) => return Ok(Err(why)),
+            }
+        }
+        Some(before) => {
+            return Ok(Err(format!(
+                "the {} also took {} forward, on its input side, which this certificate does \
+                 not compose for it",
+                layer.op_type(),
+                node_label(before)
+            )))
+        }
+        None => None,
+    };
+    let weight = match &input_map {
+        Some(side) => side.weight.clone(),
+        None => match orig.value(&layer.input[1])? {
+            Ok(w) => w,
+            Err(why) => return Ok(Err(why)),
+        },
     };
     let fused_weight_name = &fused_layer.input[1];
     let fused_weight = match fused.value(fused_weight_name)? {
@@ -271,17 +305,24 @@ fn certify_node(
         Err(why) => return Ok(Err(why)),
     };
     let channels = layout.channels;
-    let original_bias = match layer.input.get(2).filter(|n| !n.is_empty()) {
-        Some(name) => match orig.value(name)? {
+    let original_bias = match (&input_map, layer.input.get(2).filter(|n| !n.is_empty())) {
+        (Some(side), _) => side.bias.clone(),
+        (None, Some(name)) => match orig.value(name)? {
             Ok(b) => Some(b),
             Err(why) => return Ok(Err(why)),
         },
-        None => None,
+        (None, None) => None,
     };
     let mut chain = match start_chain(layer, original_bias.as_ref(), channels)? {
         Ok(c) => c,
         Err(why) => return Ok(Err(why)),
     };
+    if let Some(side) = input_map
+        .as_ref()
+        .filter(|s| s.bias_terms.len() == chain.shift.len())
+    {
+        chain.shift_terms.clone_from(&side.bias_terms);
+    }
     for step in steps {
         if let Err(why) = apply_step(orig, step, &mut chain)? {
             return Ok(Err(why));
@@ -295,7 +336,11 @@ fn certify_node(
         .map(|(k, &w)| chain.scale[layout.channel_of(k, &weight.dims)] * w * layout.weight_factor)
         .collect();
     let weight_terms: Vec<f64> = expected_weight.iter().map(|e| e.abs()).collect();
-    let slack = 16.0 * chain.steps as f64 * f64::EPSILON;
+    let summed = input_map.as_ref().map_or(0, |side| side.terms);
+    let slack = 16.0 * (chain.steps + summed) as f64 * f64::EPSILON;
+    if let Some(check) = input_map.as_ref().and_then(|side| side.shift_check.clone()) {
+        checks.push(check);
+    }
     checks.push(compare(
         fused_weight_name,
         &fused_weight,
@@ -352,6 +397,94 @@ fn certify_node(
             return Ok(Err("the fused node has no bias but the chain shifts".into()));
         }
         None => {}
+    }
+    Ok(Ok(checks))
+}
+
+/// The fused nodes from `data` to `layer` (the shift's `Add`, a Flatten or Reshape), in order.
+fn nodes_into<'g>(fused: &Side<'g>, layer: &'g NodeProto, data: &str) -> Vec<&'g NodeProto> {
+    let mut nodes = vec![layer];
+    let mut current = layer.input.first().cloned().unwrap_or_default();
+    while current != data {
+        match fused.producer(&current) {
+            Some(p) if matches!(p.op_type(), "Add" | "Flatten" | "Reshape") => {
+                nodes.push(p);
+                current = p.input.first().cloned().unwrap_or_default();
+            }
+            _ => break,
+        }
+    }
+    nodes.reverse();
+    nodes
+}
+
+/// A forward fold's weight, bias and shift against the BN's map applied to the original layer.
+fn certify_forward(
+    orig: &Side,
+    fused: &Side,
+    fold: &ForwardFold,
+) -> Result<std::result::Result<Vec<TensorCheck>, String>> {
+    let side: InputSide = match input_side(orig, fused, fold.bn, fold.layer, &fold.fused_nodes)? {
+        Ok(side) => side,
+        Err(why) => return Ok(Err(why)),
+    };
+    let node = fold.node;
+    let (alpha, beta) = match node.op_type() {
+        "Gemm" => (
+            attr::float(node, "alpha")?.unwrap_or(1.0) as f64,
+            attr::float(node, "beta")?.unwrap_or(1.0) as f64,
+        ),
+        _ => (1.0, 1.0),
+    };
+    let layer_alpha = match fold.layer.op_type() {
+        "Gemm" => attr::float(fold.layer, "alpha")?.unwrap_or(1.0) as f64,
+        _ => 1.0,
+    };
+    let slack = 16.0 * (1 + side.terms) as f64 * f64::EPSILON;
+    let mut checks: Vec<TensorCheck> = side.shift_check.iter().cloned().collect();
+    let stored_weight = match fused.value(&node.input[1])? {
+        Ok(w) => w,
+        Err(why) => return Ok(Err(why)),
+    };
+    let expected: Vec<f64> = side
+        .weight
+        .data
+        .iter()
+        .map(|w| w * layer_alpha / alpha)
+        .collect();
+    let terms: Vec<f64> = expected.iter().map(|e| e.abs()).collect();
+    checks.push(compare(
+        &node.input[1],
+        &stored_weight,
+        (&expected, &terms, slack),
+        &side.weight.dims,
+        &[],
+    ));
+    let stored_bias = match node.input.get(2).filter(|n| !n.is_empty()) {
+        Some(name) => match fused.value(name)? {
+            Ok(b) => Some((name, b)),
+            Err(why) => return Ok(Err(why)),
+        },
+        None => None,
+    };
+    match (stored_bias, &side.bias) {
+        (Some((name, stored)), expected) => {
+            let (values, terms) = match expected {
+                Some(b) => (
+                    b.data.iter().map(|v| v / beta).collect::<Vec<f64>>(),
+                    side.bias_terms.iter().map(|t| t / beta.abs()).collect(),
+                ),
+                None => (vec![0.0; stored.len()], vec![0.0; stored.len()]),
+            };
+            let dims = expected
+                .as_ref()
+                .map_or(stored.dims.clone(), |b| b.dims.clone());
+            checks.push(compare(name, &stored, (&values, &terms, slack), &dims, &[]));
+        }
+        (None, Some(b)) if b.data.iter().any(|&v| v != 0.0) => {
+            return Ok(Err("the fused layer has no bias but the fold shifts".into()));
+        }
+        (None, _) => {}
     }
     Ok(Ok(checks))
 }

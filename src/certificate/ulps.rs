@@ -89,7 +89,11 @@ mod tests {
         }
         // Below the normal range powi divides by an overflowing power; the bits are exact.
         for e in -1074..-1022 {
-            assert_eq!(super::power_of_two(e), 2f64.powi(e + 60) / 2f64.powi(60), "2^{e}");
+            assert_eq!(
+                super::power_of_two(e),
+                2f64.powi(e + 60) / 2f64.powi(60),
+                "2^{e}"
+            );
         }
     }
 }

@@ -26,8 +26,8 @@ use forward::forward_targets;
 use crate::certificate::{chain_from, decompositions, fold_targets, forward_folded_before, Side};
 use crate::error::Result;
 use crate::graph::{node_label, GraphIndex};
-use crate::pairs::{graph_pairs, GraphPair};
 use crate::model::Model;
+use crate::pairs::{graph_pairs, GraphPair};
 use crate::proto::{GraphProto, NodeProto};
 pub use crate::verify::RegionCheck;
 use crate::verify::{ExactCheck, OutputCheck, Status, VerifyOptions};
@@ -157,18 +157,17 @@ fn check_pair(
     regions.extend(
         decompositions(&orig_index, &fused_index)
             .into_iter()
-            .map(|(add, mul, bn)| {
-                Ok(Region {
-                    node: add,
-                    bn,
-                    layer: bn,
-                    orig_nodes: vec![bn],
-                    fused_nodes: vec![mul, add],
-                    data: bn.input[0].clone(),
-                    forward: None,
-                    decomposed: true,
-                })
-            }),
+            .map(|(add, mul, bn)| Region {
+                node: add,
+                bn,
+                layer: bn,
+                orig_nodes: vec![bn],
+                fused_nodes: vec![mul, add],
+                data: bn.input[0].clone(),
+                forward: None,
+                decomposed: true,
+            })
+            .map(Ok),
     );
     let position = |g: &GraphProto, n: &NodeProto| g.node.iter().position(|m| std::ptr::eq(m, n));
     let (mut orig_region, mut fused_region) = (Vec::new(), Vec::new());

@@ -107,7 +107,7 @@ struct FoldArgs {
     /// Skip the equivalence check.
     #[arg(long)]
     no_verify: bool,
-    /// Exit 1 when the check cannot run (e.g. an op tract does not support).
+    /// Exit 1 when the result is not verified: a fold not proven locally, or nothing could run.
     #[arg(long)]
     require_verify: bool,
     /// Rewrite each BatchNormalization that folds nowhere (on a graph input, after Add, Concat or
