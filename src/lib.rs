@@ -17,6 +17,7 @@
 pub mod attr;
 pub mod certificate;
 pub mod consts;
+pub mod divergence;
 pub mod error;
 pub mod external;
 pub mod folds;

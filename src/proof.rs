@@ -6,7 +6,9 @@
 use crate::certificate::NodeCertificate;
 use crate::error::Result;
 use crate::model::Model;
-use crate::verify::{run_whole_model, RegionCheck, Status, Verification, VerifyOptions};
+use crate::verify::{
+    run_whole_model, DivergenceCheck, RegionCheck, Status, Verification, VerifyOptions,
+};
 
 /// Certifies every node of `candidate` that took over a BatchNormalization's output in
 /// `original` (each rewritten element against the fold's formula, see [`crate::certificate`]),
@@ -21,8 +23,20 @@ pub fn verify(
     options: &VerifyOptions,
 ) -> Result<Verification> {
     let certificates = crate::certificate::certify(original, candidate)?;
-    let local = crate::regions::check(original, candidate, options)?;
-    let regions = local.regions;
+    let mut local = crate::regions::check(original, candidate, options)?;
+    let regions = std::mem::take(&mut local.regions);
+    // A difference outside the folds bnfold knows: each differing region run alone on the
+    // original's own values; when every one passes, the difference is explained.
+    let divergences = match local.difference_in_main {
+        true => {
+            let (a, b) = &local.main_region_nodes;
+            crate::divergence::check(original, candidate, (a, b), options)?
+        }
+        false => Vec::new(),
+    };
+    if !divergences.is_empty() && divergences.iter().all(|d| d.status == Status::Passed) {
+        local.structure_difference = local.subgraph_difference.take();
+    }
     // A fold whose region passed is proven where it is; comparing its output deep in the
     // network would judge the whole network's float error instead.
     let proven: Vec<&str> = regions
@@ -59,6 +73,29 @@ pub fn verify(
         fail(&mut v, head, failed_regions.len(), "regions");
     }
 
+    let diverged: Vec<&DivergenceCheck> = divergences
+        .iter()
+        .filter(|d| d.status == Status::Failed)
+        .collect();
+    if let Some(first) = diverged.first() {
+        let worst = first.outputs.iter().find(|o| !o.passed);
+        let figures = worst.map_or(first.reason.clone().unwrap_or_default(), |o| {
+            format!(
+                "'{}' max abs error {:.3e} against a tolerance of {:.3e}",
+                o.name, o.max_abs_error, o.atol
+            )
+        });
+        let head = format!(
+            "first divergent node: {} {} of the candidate (a region of {} node{} run alone on \
+             the original's values of {:?}): {figures}",
+            first.op_type,
+            first.first_node,
+            first.nodes,
+            if first.nodes == 1 { "" } else { "s" },
+            first.inputs
+        );
+        fail(&mut v, head, diverged.len(), "divergent regions");
+    }
     let failed: Vec<&NodeCertificate> = certificates
         .iter()
         .filter(|c| !c.passed() && c.unproven.is_none())
@@ -120,6 +157,7 @@ pub fn verify(
     v.proven_locally = complete;
     v.regions = regions;
     v.structure_difference = local.structure_difference;
+    v.divergences = divergences;
     v.certificates = certificates;
     Ok(v)
 }

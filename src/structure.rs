@@ -119,7 +119,7 @@ fn without_subgraphs(node: &NodeProto) -> std::borrow::Cow<'_, NodeProto> {
 
 /// Whether two tensors hold the same values, bit for bit (compared decoded where bnfold
 /// decodes the dtype, else by their stored bytes).
-fn same_values(
+pub(crate) fn same_values(
     a: &crate::proto::TensorProto,
     b: &crate::proto::TensorProto,
     original: &Model,

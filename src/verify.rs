@@ -131,6 +131,9 @@ pub struct Verification {
     /// Whether the local proof is complete: no difference outside the folds, every region
     /// passed, every certificate passed.
     pub proven_locally: bool,
+    /// Where the candidate differs outside the folds: each differing region run alone on the
+    /// original's values (see [`crate::divergence`]).
+    pub divergences: Vec<DivergenceCheck>,
 }
 
 /// One fold's region against its fused node.
@@ -176,6 +179,25 @@ pub struct ExactCheck {
     pub passed: bool,
 }
 
+/// One differing region of the candidate against the original's values.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DivergenceCheck {
+    /// The region's first node in the candidate's graph order (name, or first output).
+    pub first_node: String,
+    /// Its op type.
+    pub op_type: String,
+    /// How many candidate nodes the region holds.
+    pub nodes: usize,
+    /// The tensors it reads (the original's values fed).
+    pub inputs: Vec<String>,
+    /// Passed, failed, or not verified (not comparable, or tract could not run it).
+    pub status: Status,
+    /// Why it failed or could not be compared.
+    pub reason: Option<String>,
+    /// Each output against the original's value of the same tensor.
+    pub outputs: Vec<OutputCheck>,
+}
+
 impl Verification {
     /// "Not verified" without running anything, for `reason`.
     pub fn not_run(reason: String, seed: u64) -> Verification {
@@ -194,6 +216,7 @@ impl Verification {
             regions: vec![],
             structure_difference: None,
             proven_locally: false,
+            divergences: vec![],
         }
     }
 }
@@ -485,6 +508,7 @@ pub fn run_whole_model(
         regions: vec![],
         structure_difference: None,
         proven_locally: false,
+        divergences: vec![],
     })
 }
 
@@ -1183,6 +1207,99 @@ fn typed(
     }
 }
 
+/// One value of a tensor in a run: its dtype, shape and elements widened to `f64`.
+#[derive(Clone, Debug)]
+pub(crate) struct Captured {
+    pub(crate) dtype: Dtype,
+    pub(crate) shape: Vec<usize>,
+    pub(crate) values: Vec<f64>,
+}
+
+impl Captured {
+    fn of(t: &Tensor) -> std::result::Result<Captured, String> {
+        let dtype = match t.datum_type() {
+            DatumType::F32 => Dtype::F32,
+            DatumType::F16 => Dtype::F16,
+            DatumType::F64 => Dtype::F64,
+            DatumType::I8 => Dtype::I8,
+            DatumType::U8 => Dtype::U8,
+            DatumType::I16 => Dtype::I16,
+            DatumType::U16 => Dtype::U16,
+            DatumType::I32 => Dtype::I32,
+            DatumType::U32 => Dtype::U32,
+            DatumType::I64 => Dtype::I64,
+            DatumType::U64 => Dtype::U64,
+            DatumType::Bool => Dtype::Bool,
+            other => return Err(format!("a value of type {other:?}")),
+        };
+        let wide = t.cast_to::<f64>().map_err(|e| one_line(&e))?;
+        let view = wide.try_as_plain_ram().map_err(|e| one_line(&e))?;
+        let values = view.as_slice::<f64>().map_err(|e| one_line(&e))?.to_vec();
+        Ok(Captured {
+            dtype,
+            shape: t.shape().to_vec(),
+            values,
+        })
+    }
+
+    /// The value as a tract tensor of its dtype.
+    pub(crate) fn to_tract(&self) -> Tensor {
+        to_tract(self.dtype, &self.shape, &self.values)
+    }
+}
+
+/// Runs `model` on the whole-model run's seeded random inputs (the same samples, in the same
+/// order) and returns, per sample, the value of each of `names` (a graph input's from the
+/// feed); `Err` when tract cannot run it.
+pub(crate) fn capture(
+    model: &Model,
+    names: &[String],
+    options: &VerifyOptions,
+) -> Result<std::result::Result<Vec<Vec<Captured>>, String>> {
+    let inputs = match plan_inputs(model, options) {
+        Ok(i) => i,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    check_input_data(&inputs.specs, options)?;
+    let computed: Vec<String> = names
+        .iter()
+        .filter(|n| !inputs.specs.iter().any(|s| &s.name == *n))
+        .cloned()
+        .collect();
+    let shape_sets = inputs.shape_sets(options.samples);
+    let runs = match runners(model, &inputs, &shape_sets, &computed) {
+        Ok(r) => r,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    let mut rng = SplitMix(options.seed);
+    let mut samples = Vec::new();
+    for ((shapes, count), runner) in shape_sets.iter().zip(&runs) {
+        for _ in 0..*count {
+            let feed = inputs.random(shapes, &mut rng);
+            let outputs = match runner.run_tensors(&feed) {
+                Ok(o) => o,
+                Err(reason) => return Ok(Err(reason)),
+            };
+            let mut values = Vec::with_capacity(names.len());
+            for name in names {
+                let tensor = match inputs.specs.iter().position(|s| &s.name == name) {
+                    Some(i) => &feed[i],
+                    None => {
+                        let k = computed.iter().position(|c| c == name).unwrap_or(0);
+                        &*outputs[k]
+                    }
+                };
+                match Captured::of(tensor) {
+                    Ok(c) => values.push(c),
+                    Err(reason) => return Ok(Err(format!("'{name}' holds {reason}"))),
+                }
+            }
+            samples.push(values);
+        }
+    }
+    Ok(Ok(samples))
+}
+
 /// A graph input's dtype and fixed shape.
 pub(crate) type InputShape = (Dtype, Vec<usize>);
 
@@ -1215,14 +1332,19 @@ pub(crate) struct Runner {
 }
 
 impl Runner {
+    /// Runs one sample; every output as tract gives it.
+    fn run_tensors(&self, feed: &[Tensor]) -> std::result::Result<TVec<TValue>, String> {
+        let inputs: TVec<TValue> = feed.iter().map(|t| t.clone().into()).collect();
+        match catch_unwind(AssertUnwindSafe(|| self.plan.run(inputs))) {
+            Ok(Ok(o)) => Ok(o),
+            Ok(Err(e)) => Err(format!("tract failed to run it: {}", one_line(&e))),
+            Err(_) => Err("tract panicked while running it".into()),
+        }
+    }
+
     /// Runs one sample; every output widened to `f64`.
     pub(crate) fn run(&self, feed: &[Tensor]) -> std::result::Result<Vec<Vec<f64>>, String> {
-        let inputs: TVec<TValue> = feed.iter().map(|t| t.clone().into()).collect();
-        let outputs = match catch_unwind(AssertUnwindSafe(|| self.plan.run(inputs))) {
-            Ok(Ok(o)) => o,
-            Ok(Err(e)) => return Err(format!("tract failed to run it: {}", one_line(&e))),
-            Err(_) => return Err("tract panicked while running it".into()),
-        };
+        let outputs = self.run_tensors(feed)?;
         outputs
             .iter()
             .map(|t| {

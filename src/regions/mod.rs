@@ -56,6 +56,13 @@ pub struct LocalProof {
     /// The first difference between the graphs outside the regions, if any
     /// (see [`crate::structure`]).
     pub structure_difference: Option<String>,
+    /// The main graphs' node indices inside the folds' regions (original, fused).
+    pub main_region_nodes: (Vec<usize>, Vec<usize>),
+    /// Whether the first difference is in the main graph (a difference there can be explained
+    /// by [`crate::divergence`]).
+    pub difference_in_main: bool,
+    /// The first difference inside a subgraph, if any.
+    pub subgraph_difference: Option<String>,
 }
 
 /// Runs every fold's region of `original` against the nodes that replace it in `fused`, and
@@ -67,26 +74,37 @@ pub fn check(original: &Model, fused: &Model, options: &VerifyOptions) -> Result
         proof.structure_difference = Some("a model has no graph".into());
     }
     for pair in &pairs {
-        let (regions, difference) = check_pair(original, fused, pair, options)?;
+        let (regions, difference, nodes) = check_pair(original, fused, pair, options)?;
         proof.regions.extend(regions);
+        if pair.is_main() {
+            proof.main_region_nodes = nodes;
+            proof.difference_in_main = difference.is_some();
+        }
+        let difference = difference.map(|d| match pair.is_main() {
+            true => d,
+            false => format!("in {}: {d}", pair.path),
+        });
+        if !pair.is_main() && proof.subgraph_difference.is_none() {
+            proof.subgraph_difference.clone_from(&difference);
+        }
         if proof.structure_difference.is_none() {
-            proof.structure_difference = difference.map(|d| match pair.is_main() {
-                true => d,
-                false => format!("in {}: {d}", pair.path),
-            });
+            proof.structure_difference = difference;
         }
     }
     Ok(proof)
 }
 
-/// The regions of one pair of graphs, and the first difference between them outside the
-/// regions.
+/// One pair of graphs' regions, first difference outside them, and region node indices.
+type PairProof = (Vec<RegionCheck>, Option<String>, (Vec<usize>, Vec<usize>));
+
+/// The regions of one pair of graphs, the first difference between them outside the regions,
+/// and the indices of the regions' nodes (original, fused).
 fn check_pair(
     original: &Model,
     fused: &Model,
     pair: &GraphPair,
     options: &VerifyOptions,
-) -> Result<(Vec<RegionCheck>, Option<String>)> {
+) -> Result<PairProof> {
     let (orig_graph, fused_graph) = (pair.original, pair.fused);
     let orig_index = GraphIndex::new(orig_graph, pair.original_scope());
     let fused_index = GraphIndex::new(fused_graph, pair.fused_scope());
@@ -252,7 +270,7 @@ fn check_pair(
     for check in &mut out {
         check.graph = pair.path.clone();
     }
-    Ok((out, structure_difference))
+    Ok((out, structure_difference, (orig_region, fused_region)))
 }
 
 /// Weights (of both sides) a batch of regions may hold.

@@ -198,6 +198,19 @@ pub fn verification(v: &Verification, s: &mut String) {
     }
     certificates(v, s);
     regions(v, s);
+    if !v.divergences.is_empty() {
+        let passed = v
+            .divergences
+            .iter()
+            .filter(|d| d.status == Status::Passed)
+            .count();
+        let _ = writeln!(
+            s,
+            "  outside the folds: {} differing region{} run alone on the original's values, {passed} within tolerance",
+            v.divergences.len(),
+            if v.divergences.len() == 1 { "" } else { "s" },
+        );
+    }
     if let Some(d) = &v.structure_difference {
         let _ = writeln!(
             s,
@@ -320,15 +333,32 @@ fn regions(v: &Verification, s: &mut String) {
         return;
     }
     let ran: Vec<_> = v.regions.iter().filter_map(|r| r.check.as_ref()).collect();
-    let worst = ran.iter().map(|c| c.normalized_error).fold(0.0, f64::max);
     let failing = v
         .regions
         .iter()
         .filter(|r| r.status == Status::Failed)
         .count();
+    // The region nearest its bound: its error against the exact value, in units of rounding.
+    let closest = v
+        .regions
+        .iter()
+        .filter_map(|r| r.exact.as_ref())
+        .max_by(|a, b| {
+            (a.fused_error_units / a.bound_units).total_cmp(&(b.fused_error_units / b.bound_units))
+        });
+    let worst = match closest {
+        Some(e) => format!(
+            "worst {:.1} units of rounding from the exact value (bound {:.1})",
+            e.fused_error_units, e.bound_units
+        ),
+        None => format!(
+            "worst normalized error {:.3e}",
+            ran.iter().map(|c| c.normalized_error).fold(0.0, f64::max)
+        ),
+    };
     let _ = write!(
         s,
-        "  regions: {} fold{} run alone, worst normalized error {worst:.3e}, {failing} beyond tolerance",
+        "  regions: {} fold{} run alone, {worst}, {failing} beyond the bound",
         ran.len(),
         if ran.len() == 1 { "" } else { "s" },
     );
