@@ -260,11 +260,11 @@ fn differing_regions(
     let constants: BTreeSet<&str> = b.initializer.iter().map(|t| t.name()).collect();
     let graph_outputs: BTreeSet<&str> = b.output.iter().map(|o| o.name()).collect();
     let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
-    for k in 0..differing.len() {
+    for (k, &j) in differing.iter().enumerate() {
         let r = root(&mut component, k);
         match groups.iter_mut().find(|(root, _)| *root == r) {
-            Some((_, nodes)) => nodes.push(differing[k]),
-            None => groups.push((r, vec![differing[k]])),
+            Some((_, nodes)) => nodes.push(j),
+            None => groups.push((r, vec![j])),
         }
     }
     groups
