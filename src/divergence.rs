@@ -259,6 +259,12 @@ fn differing_regions(
     }
     let constants: BTreeSet<&str> = b.initializer.iter().map(|t| t.name()).collect();
     let graph_outputs: BTreeSet<&str> = b.output.iter().map(|o| o.name()).collect();
+    let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (j, n) in b.node.iter().enumerate() {
+        for i in &n.input {
+            consumers.entry(i.as_str()).or_default().push(j);
+        }
+    }
     let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
     for (k, &j) in differing.iter().enumerate() {
         let r = root(&mut component, k);
@@ -285,10 +291,9 @@ fn differing_regions(
             }
             let read_after = |name: &str| {
                 graph_outputs.contains(name)
-                    || b.node
-                        .iter()
-                        .enumerate()
-                        .any(|(j, n)| !nodes.contains(&j) && n.input.iter().any(|i| i == name))
+                    || consumers
+                        .get(name)
+                        .is_some_and(|c| c.iter().any(|j| !nodes.contains(j)))
             };
             let outputs = nodes
                 .iter()
