@@ -22,8 +22,28 @@ pub fn verify(
     intermediates: &[String],
     options: &VerifyOptions,
 ) -> Result<Verification> {
-    let certificates = crate::certificate::certify(original, candidate)?;
-    let mut local = crate::regions::check(original, candidate, options)?;
+    // A fold is proven where it is (certificate and region); comparing its output deep in the
+    // network would judge the whole network's float error instead. So the whole-model run
+    // compares the graph outputs and the other tensors asked for, and runs on a second thread
+    // while the local proof is made on this one.
+    let folded = crate::certificate::folded_outputs(original, candidate);
+    let intermediates: Vec<String> = intermediates
+        .iter()
+        .filter(|n| !folded.contains(n))
+        .cloned()
+        .collect();
+    let (whole, local) = std::thread::scope(|scope| {
+        let whole = scope.spawn(|| run_whole_model(original, candidate, &intermediates, options));
+        let local = local_proof(original, candidate, options);
+        let whole = whole.join().unwrap_or_else(|_| {
+            Err(crate::error::Error::Verify(
+                "the whole-model run panicked".into(),
+            ))
+        });
+        (whole, local)
+    });
+    let mut v = whole?;
+    let (certificates, mut local) = local?;
     let regions = std::mem::take(&mut local.regions);
     // A difference outside the folds bnfold knows: each differing region run alone on the
     // original's own values; when every one passes, the difference is explained.
@@ -37,19 +57,6 @@ pub fn verify(
     if !divergences.is_empty() && divergences.iter().all(|d| d.status == Status::Passed) {
         local.structure_difference = local.subgraph_difference.take();
     }
-    // A fold whose region passed is proven where it is; comparing its output deep in the
-    // network would judge the whole network's float error instead.
-    let proven: Vec<&str> = regions
-        .iter()
-        .filter(|r| r.status == Status::Passed)
-        .map(|r| r.output.as_str())
-        .collect();
-    let intermediates: Vec<String> = intermediates
-        .iter()
-        .filter(|n| !proven.contains(&n.as_str()))
-        .cloned()
-        .collect();
-    let mut v = run_whole_model(original, candidate, &intermediates, options)?;
     let failed_regions: Vec<&RegionCheck> = regions
         .iter()
         .filter(|r| r.status == Status::Failed)
@@ -160,6 +167,17 @@ pub fn verify(
     v.divergences = divergences;
     v.certificates = certificates;
     Ok(v)
+}
+
+/// The certificates, and every fold run alone with the structure outside them.
+fn local_proof(
+    original: &Model,
+    candidate: &Model,
+    options: &VerifyOptions,
+) -> Result<(Vec<NodeCertificate>, crate::regions::LocalProof)> {
+    let certificates = crate::certificate::certify(original, candidate)?;
+    let local = crate::regions::check(original, candidate, options)?;
+    Ok((certificates, local))
 }
 
 /// What leaves the local proof incomplete, in one line: the first unproven fold and how many

@@ -146,18 +146,25 @@ impl Layout {
         }))
     }
 
-    /// The output channel of element `k` of a weight of shape `dims`.
-    pub(super) fn channel_of(&self, k: usize, dims: &[usize]) -> usize {
+    /// The output channel of each element of a weight of shape `dims`, as a function of the
+    /// element's index.
+    pub(super) fn channel_of<'d>(&self, dims: &'d [usize]) -> impl Fn(usize) -> usize + 'd {
         let per = |axis: usize| dims[axis + 1..].iter().product::<usize>().max(1);
-        match self.kind {
-            LayoutKind::AxisZero => k / per(0),
-            LayoutKind::Columns => k % dims[1].max(1),
+        let (per0, per1) = (per(0), if dims.len() > 1 { per(1) } else { 1 });
+        let second = dims.get(1).copied().unwrap_or(1).max(1);
+        let kind = match self.kind {
+            LayoutKind::AxisZero => (0, 1, 1),
+            LayoutKind::Columns => (1, 1, 1),
             LayoutKind::Transposed {
                 in_per_group,
                 out_per_group,
-            } => {
-                let i = k / per(0);
-                let j = (k / per(1)) % dims[1].max(1);
+            } => (2, in_per_group, out_per_group),
+        };
+        move |k| match kind {
+            (0, ..) => k / per0,
+            (1, ..) => k % second,
+            (_, in_per_group, out_per_group) => {
+                let (i, j) = (k / per0, (k / per1) % second);
                 (i / in_per_group) * out_per_group + j
             }
         }

@@ -153,6 +153,31 @@ pub fn certify(original: &Model, fused: &Model) -> Result<Vec<NodeCertificate>> 
     Ok(out)
 }
 
+/// The main-graph outputs of every fold the certificate and the regions find (a fused node that
+/// took over a BN's output, a forward fold's layer, a decomposition's Add): the tensors whose
+/// fold is proven where it is.
+pub(crate) fn folded_outputs(original: &Model, fused: &Model) -> Vec<String> {
+    let Some(pair) = graph_pairs(original, fused).into_iter().next() else {
+        return Vec::new();
+    };
+    let orig_index = GraphIndex::new(pair.original, pair.original_scope());
+    let fused_index = GraphIndex::new(pair.fused, pair.fused_scope());
+    let backward = fold_targets(&orig_index, &fused_index)
+        .into_iter()
+        .map(|(node, _)| node);
+    let forward = forward_folds(&orig_index, &fused_index)
+        .into_iter()
+        .map(|f| f.node);
+    let decomposed = decompositions(&orig_index, &fused_index)
+        .into_iter()
+        .map(|(add, ..)| add);
+    backward
+        .chain(forward)
+        .chain(decomposed)
+        .filter_map(|n| n.output.first().cloned())
+        .collect()
+}
+
 /// Every node of the fused graph that took over a BatchNormalization's output in the original,
 /// with that BN: a Conv, ConvTranspose or Gemm, or the `Add` after a MatMul.
 pub(crate) fn fold_targets<'g>(
@@ -329,11 +354,12 @@ fn certify_node(
         }
     }
     let mut checks = Vec::new();
+    let channel_of = layout.channel_of(&weight.dims);
     let expected_weight: Vec<f64> = weight
         .data
         .iter()
         .enumerate()
-        .map(|(k, &w)| chain.scale[layout.channel_of(k, &weight.dims)] * w * layout.weight_factor)
+        .map(|(k, &w)| chain.scale[channel_of(k)] * w * layout.weight_factor)
         .collect();
     let weight_terms: Vec<f64> = expected_weight.iter().map(|e| e.abs()).collect();
     let summed = input_map.as_ref().map_or(0, |side| side.terms);

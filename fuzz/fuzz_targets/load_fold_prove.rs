@@ -1,0 +1,48 @@
+//! Load arbitrary bytes as an ONNX model, fold it, and prove the fold the way `bnfold` does
+//! (certificate, every fold run alone in tract against its exact value, the structure outside
+//! the folds, the whole-model run with its second opinion). Any panic is a bug, and so is a
+//! correct fold the proof refuses: bnfold's own fold must never fail its proof.
+
+#![no_main]
+
+use bnfold::verify::{Status, VerifyOptions};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(original) = bnfold::Model::from_bytes(data.to_vec()) else {
+        return;
+    };
+    // tract's typing is slow on large graphs: the proof of small ones is what is fuzzed here.
+    let nodes = original.proto.graph.as_ref().map_or(0, |g| g.node.len());
+    if nodes > 64 {
+        return;
+    }
+    let mut model = original.clone();
+    let Ok(report) = bnfold::fold(&mut model, &bnfold::FoldOptions::default()) else {
+        return;
+    };
+    if report.folds.is_empty() && report.decompositions.is_empty() {
+        return;
+    }
+    let Ok(bytes) = model.to_bytes() else {
+        return;
+    };
+    let fused = bnfold::Model::from_bytes(bytes).expect("bnfold's own output must load");
+    let options = VerifyOptions {
+        samples: 1,
+        ..VerifyOptions::default()
+    };
+    let Ok(v) = bnfold::verify(&original, &fused, &[], &options) else {
+        return;
+    };
+    assert!(
+        v.status != Status::Failed,
+        "bnfold's own fold fails its proof: {:?}",
+        v.reason
+    );
+    assert!(
+        v.structure_difference.is_none(),
+        "bnfold changed the graph outside its folds: {:?}",
+        v.structure_difference
+    );
+});
