@@ -13,9 +13,10 @@ pub(crate) enum Arithmetic {
     Stored,
     /// Every float value widened (exactly) to this dtype.
     Widened(Dtype),
-    /// Every float value replaced by its magnitude, in f32: fed `|x|`, the model computes the
-    /// sum of the magnitudes of the terms of each output element.
-    Magnitudes,
+    /// Every float value replaced by its magnitude, in this dtype (f32, or f64 for f64 regions,
+    /// whose values f32 may not hold): fed `|x|`, the model computes the sum of the magnitudes
+    /// of the terms of each output element.
+    Magnitudes(Dtype),
 }
 
 impl Arithmetic {
@@ -24,7 +25,7 @@ impl Arithmetic {
         match self {
             Arithmetic::Stored => stored,
             Arithmetic::Widened(d) => d,
-            Arithmetic::Magnitudes => Dtype::F32,
+            Arithmetic::Magnitudes(d) => d,
         }
     }
 
@@ -32,7 +33,7 @@ impl Arithmetic {
     fn spells_gemm(self) -> bool {
         matches!(
             self,
-            Arithmetic::Widened(Dtype::F64) | Arithmetic::Magnitudes
+            Arithmetic::Widened(Dtype::F64) | Arithmetic::Magnitudes(_)
         )
     }
 }
@@ -46,8 +47,8 @@ pub(crate) fn convert(t: Tensor, arithmetic: Arithmetic) -> Tensor {
     match arithmetic {
         Arithmetic::Stored => t,
         Arithmetic::Widened(d) => Tensor::new(d, t.dims, t.data),
-        Arithmetic::Magnitudes => {
-            Tensor::new(Dtype::F32, t.dims, t.data.iter().map(|v| v.abs()).collect())
+        Arithmetic::Magnitudes(d) => {
+            Tensor::new(d, t.dims, t.data.iter().map(|v| v.abs()).collect())
         }
     }
 }

@@ -84,7 +84,7 @@ pub(super) fn region_model(
     let mut constants: Vec<(String, Tensor)> = Vec::new();
     let widen = match arithmetic {
         // Alpha and beta are applied before the magnitudes are taken.
-        Arithmetic::Magnitudes => Arithmetic::Widened(Dtype::F64),
+        Arithmetic::Magnitudes(_) => Arithmetic::Widened(Dtype::F64),
         other => other,
     };
     for name in nodes.iter().flat_map(|n| &n.input) {
@@ -108,7 +108,7 @@ pub(super) fn region_model(
     let initializers = constants
         .into_iter()
         .map(|(name, t)| match arithmetic {
-            Arithmetic::Magnitudes => convert(t, arithmetic).to_proto(&name),
+            Arithmetic::Magnitudes(_) => convert(t, arithmetic).to_proto(&name),
             _ => t.to_proto(&name),
         })
         .collect();

@@ -99,7 +99,7 @@ pub(super) fn judge(
             stored.push(to_tract(*dtype, shape, &values));
             wide.push(to_tract(Dtype::F64, shape, &values));
             let magnitudes: Vec<f64> = values.iter().map(|v| v.abs()).collect();
-            abs.push(to_tract(Dtype::F32, shape, &magnitudes));
+            abs.push(to_tract(magnitudes_dtype(u.dtype), shape, &magnitudes));
         }
         let o = original.run(&stored)?;
         let f = fused.run(&stored)?;
@@ -152,8 +152,15 @@ impl Stats {
             match off {
                 off if off <= 0.0 => 0.0,
                 off => {
+                    // A sum of magnitudes that overflowed its dtype is at least that dtype's
+                    // largest value: measuring against it is conservative.
+                    let magnitude = match (magnitude, magnitudes_dtype(u.dtype)) {
+                        (m, Dtype::F32) if m == f64::INFINITY => f64::from(f32::MAX),
+                        (m, _) if m == f64::INFINITY => f64::MAX,
+                        (m, _) => m,
+                    };
                     let r = off / (roundoff * magnitude);
-                    if r.is_nan() || !magnitude.is_finite() {
+                    if r.is_nan() {
                         f64::INFINITY
                     } else {
                         r
@@ -168,6 +175,14 @@ impl Stats {
     }
 }
 
+/// The dtype a region's magnitudes are computed in: f32 (fast), f64 for f64 regions.
+fn magnitudes_dtype(dtype: Dtype) -> Dtype {
+    match dtype {
+        Dtype::F64 => Dtype::F64,
+        _ => Dtype::F32,
+    }
+}
+
 /// The arithmetic each of the four models is built in, for a region stored as `dtype`.
 pub(super) fn arithmetics(dtype: Dtype) -> [Arithmetic; 4] {
     let stored = match dtype {
@@ -178,6 +193,6 @@ pub(super) fn arithmetics(dtype: Dtype) -> [Arithmetic; 4] {
         stored,
         stored,
         Arithmetic::Widened(Dtype::F64),
-        Arithmetic::Magnitudes,
+        Arithmetic::Magnitudes(magnitudes_dtype(dtype)),
     ]
 }
