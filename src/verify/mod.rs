@@ -14,8 +14,14 @@ use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::npy::NpyArray;
 use crate::proto::{type_proto, ModelProto};
-use crate::reference::{ReferenceCheck, ReferenceKind};
+use crate::reference::ReferenceCheck;
+
+mod capture;
+mod second_opinion;
+
 use crate::tensor::Dtype;
+pub(crate) use capture::{capture, Captured};
+use second_opinion::second_opinion;
 
 /// How the check runs.
 #[derive(Clone, Debug)]
@@ -510,133 +516,6 @@ pub fn run_whole_model(
         proven_locally: false,
         divergences: vec![],
     })
-}
-
-/// Judges each output beyond the fixed tolerance a second time, against the original in f64
-/// where tract runs it so, else against the original's sensitivity (see [`crate::reference`]),
-/// on the same inputs as the first run. Where neither can run, the fixed tolerance stands.
-fn second_opinion(
-    original: &Model,
-    candidate: &Model,
-    inputs: &Inputs,
-    shape_sets: &[(Vec<Vec<usize>>, usize)],
-    outputs: &mut [OutputCheck],
-    options: &VerifyOptions,
-) -> Result<()> {
-    let failing: Vec<String> = outputs
-        .iter()
-        .filter(|o| !o.passed && o.max_abs_error.is_finite())
-        .map(|o| o.name.clone())
-        .collect();
-    if failing.is_empty() {
-        return Ok(());
-    }
-    let runs = |model: &Model, inputs: &Inputs| runners(model, inputs, shape_sets, &failing);
-    let (Ok(orig_runs), Ok(cand_runs)) = (runs(original, inputs), runs(candidate, inputs)) else {
-        return Ok(());
-    };
-    let mut wide_inputs = inputs.clone();
-    for spec in wide_inputs.specs.iter_mut().filter(|s| s.dtype.is_float()) {
-        spec.dtype = Dtype::F64;
-    }
-    // The exact reference first; tract may type an f64 model and fail only when an op runs.
-    let exact = match crate::reference::widened(original)? {
-        Ok(wide) => runs(&wide, &wide_inputs).ok(),
-        Err(_) => None,
-    };
-    let mut judged = exact.and_then(|r| {
-        worst_errors(
-            ReferenceKind::Exact,
-            &r,
-            &orig_runs,
-            &cand_runs,
-            inputs,
-            shape_sets,
-            options,
-        )
-        .map(|w| (ReferenceKind::Exact, w))
-    });
-    if judged.is_none() {
-        let perturbed = crate::reference::perturbed(original, options.seed)?;
-        judged = runs(&perturbed, inputs).ok().and_then(|r| {
-            worst_errors(
-                ReferenceKind::Sensitivity,
-                &r,
-                &orig_runs,
-                &cand_runs,
-                inputs,
-                shape_sets,
-                options,
-            )
-            .map(|w| (ReferenceKind::Sensitivity, w))
-        });
-    }
-    let Some((kind, worst)) = judged else {
-        return Ok(());
-    };
-    for (name, (cand, orig, magnitude)) in failing.iter().zip(worst) {
-        let Some(o) = outputs.iter_mut().find(|o| &o.name == name) else {
-            continue;
-        };
-        let dtype = declared_dtype_of(original, name).unwrap_or(Dtype::F32);
-        let check = crate::reference::judge(kind, cand, orig, magnitude, dtype);
-        o.passed = check.passed;
-        o.reference = Some(check);
-    }
-    Ok(())
-}
-
-/// The largest (candidate error, original error, reference magnitude) of each compared output
-/// over the same samples as the first run (see [`crate::reference`]); `None` when a run fails.
-fn worst_errors(
-    kind: ReferenceKind,
-    reference: &[Runner],
-    originals: &[Runner],
-    candidates: &[Runner],
-    inputs: &Inputs,
-    shape_sets: &[(Vec<Vec<usize>>, usize)],
-    options: &VerifyOptions,
-) -> Option<Vec<(f64, f64, f64)>> {
-    let max_diff = |x: &[f64], y: &[f64]| {
-        x.iter()
-            .zip(y)
-            .map(|(a, b)| if a == b { 0.0 } else { (a - b).abs() })
-            .fold(
-                0.0,
-                |m: f64, d| if d.is_nan() { f64::INFINITY } else { m.max(d) },
-            )
-    };
-    let mut worst: Vec<(f64, f64, f64)> = Vec::new();
-    let mut rng = SplitMix(options.seed);
-    for (k, (shapes, count)) in shape_sets.iter().enumerate() {
-        for _ in 0..*count {
-            let feed = inputs.random(shapes, &mut rng);
-            let reference_feed: Vec<Tensor> = match kind {
-                ReferenceKind::Exact => feed
-                    .iter()
-                    .map(|t| match t.datum_type().is_float() {
-                        true => t.cast_to_dt(DatumType::F64).map(|c| c.into_owned()),
-                        false => Ok(t.clone()),
-                    })
-                    .collect::<TractResult<_>>()
-                    .ok()?,
-                ReferenceKind::Sensitivity => feed.clone(),
-            };
-            let a = originals[k].run(&feed).ok()?;
-            let b = candidates[k].run(&feed).ok()?;
-            let r = reference[k].run(&reference_feed).ok()?;
-            worst.resize(a.len(), (0.0, 0.0, 0.0));
-            for (j, w) in worst.iter_mut().enumerate() {
-                let (cand, orig) = match kind {
-                    ReferenceKind::Exact => (max_diff(&b[j], &r[j]), max_diff(&a[j], &r[j])),
-                    ReferenceKind::Sensitivity => (max_diff(&b[j], &a[j]), max_diff(&r[j], &a[j])),
-                };
-                let magnitude = r[j].iter().fold(0f64, |m, v| m.max(v.abs()));
-                *w = (w.0.max(cand), w.1.max(orig), w.2.max(magnitude));
-            }
-        }
-    }
-    Some(worst)
 }
 
 fn declared_dtype_of(model: &Model, name: &str) -> Option<Dtype> {
@@ -1205,99 +1084,6 @@ fn typed(
         Ok(Err(e)) => Err(format!("tract cannot run it: {}", one_line(&e))),
         Err(_) => Err("tract panicked while loading it".into()),
     }
-}
-
-/// One value of a tensor in a run: its dtype, shape and elements widened to `f64`.
-#[derive(Clone, Debug)]
-pub(crate) struct Captured {
-    pub(crate) dtype: Dtype,
-    pub(crate) shape: Vec<usize>,
-    pub(crate) values: Vec<f64>,
-}
-
-impl Captured {
-    fn of(t: &Tensor) -> std::result::Result<Captured, String> {
-        let dtype = match t.datum_type() {
-            DatumType::F32 => Dtype::F32,
-            DatumType::F16 => Dtype::F16,
-            DatumType::F64 => Dtype::F64,
-            DatumType::I8 => Dtype::I8,
-            DatumType::U8 => Dtype::U8,
-            DatumType::I16 => Dtype::I16,
-            DatumType::U16 => Dtype::U16,
-            DatumType::I32 => Dtype::I32,
-            DatumType::U32 => Dtype::U32,
-            DatumType::I64 => Dtype::I64,
-            DatumType::U64 => Dtype::U64,
-            DatumType::Bool => Dtype::Bool,
-            other => return Err(format!("a value of type {other:?}")),
-        };
-        let wide = t.cast_to::<f64>().map_err(|e| one_line(&e))?;
-        let view = wide.try_as_plain_ram().map_err(|e| one_line(&e))?;
-        let values = view.as_slice::<f64>().map_err(|e| one_line(&e))?.to_vec();
-        Ok(Captured {
-            dtype,
-            shape: t.shape().to_vec(),
-            values,
-        })
-    }
-
-    /// The value as a tract tensor of its dtype.
-    pub(crate) fn to_tract(&self) -> Tensor {
-        to_tract(self.dtype, &self.shape, &self.values)
-    }
-}
-
-/// Runs `model` on the whole-model run's seeded random inputs (the same samples, in the same
-/// order) and returns, per sample, the value of each of `names` (a graph input's from the
-/// feed); `Err` when tract cannot run it.
-pub(crate) fn capture(
-    model: &Model,
-    names: &[String],
-    options: &VerifyOptions,
-) -> Result<std::result::Result<Vec<Vec<Captured>>, String>> {
-    let inputs = match plan_inputs(model, options) {
-        Ok(i) => i,
-        Err(reason) => return Ok(Err(reason)),
-    };
-    check_input_data(&inputs.specs, options)?;
-    let computed: Vec<String> = names
-        .iter()
-        .filter(|n| !inputs.specs.iter().any(|s| &s.name == *n))
-        .cloned()
-        .collect();
-    let shape_sets = inputs.shape_sets(options.samples);
-    let runs = match runners(model, &inputs, &shape_sets, &computed) {
-        Ok(r) => r,
-        Err(reason) => return Ok(Err(reason)),
-    };
-    let mut rng = SplitMix(options.seed);
-    let mut samples = Vec::new();
-    for ((shapes, count), runner) in shape_sets.iter().zip(&runs) {
-        for _ in 0..*count {
-            let feed = inputs.random(shapes, &mut rng);
-            let outputs = match runner.run_tensors(&feed) {
-                Ok(o) => o,
-                Err(reason) => return Ok(Err(reason)),
-            };
-            let mut values = Vec::with_capacity(names.len());
-            for name in names {
-                let tensor = match inputs.specs.iter().position(|s| &s.name == name) {
-                    Some(i) => &feed[i],
-                    None => {
-                        let k = computed.iter().position(|c| c == name).unwrap_or(0);
-                        &*outputs[k]
-                    }
-                };
-                match Captured::of(tensor) {
-                    Ok(c) => values.push(c),
-                    Err(reason) => return Ok(Err(format!("'{name}' holds {reason}"))),
-                }
-            }
-            samples.push(values);
-        }
-    }
-    Ok(Ok(samples))
 }
 
 /// A graph input's dtype and fixed shape.
