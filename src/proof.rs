@@ -1,7 +1,7 @@
 //! The proof of a fused model against its original, in the order it is made: the exact
 //! certificate of every fold ([`crate::certificate`]), every fold run alone and the structure
 //! outside them ([`crate::regions`], [`crate::structure`]), and the whole-model run
-//! ([`crate::verify`]); then what decides the status.
+//! ([`crate::verify`](mod@crate::verify)); then what decides the status.
 
 use crate::certificate::NodeCertificate;
 use crate::error::Result;
