@@ -19,8 +19,8 @@ use crate::certificate::ulps::unit;
 use crate::error::Result;
 use crate::external::ExternalStore;
 use crate::model::Model;
-use crate::proto::{tensor_proto, GraphProto, ModelProto, TensorProto, ValueInfoProto};
-use crate::tensor::{decode, Dtype};
+use crate::proto::{tensor_proto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto};
+use crate::tensor::{decode, Dtype, Tensor};
 
 /// The candidate may be this many times as far from the reference as the original.
 pub const FACTOR: f64 = 4.0;
@@ -104,8 +104,7 @@ fn widen_graph(graph: &mut GraphProto) -> std::result::Result<(), String> {
     if graph.node.iter().any(|n| n.op_type() == "Gemm") {
         let nodes = std::mem::take(&mut graph.node);
         let before = constants.len();
-        let spelled =
-            crate::regions::spell_gemms_f64(nodes, &mut constants).map_err(|e| e.to_string())?;
+        let spelled = spell_gemms(nodes, &mut constants).map_err(|e| e.to_string())?;
         if spelled.iter().any(|n| n.op_type() == "Gemm") {
             return Err("a Gemm whose B is not a constant".into());
         }
@@ -210,4 +209,89 @@ pub(crate) fn judge(
         bound,
         passed: candidate_error <= bound,
     }
+}
+
+/// In f64, tract's Gemm multiplies by an f32 `beta` (and on a region's magnitudes a negative
+/// `alpha` or `beta` would subtract), so those models spell each Gemm
+/// `(Transpose(A))? · B″ (+ C″)` with `B″ = alpha·B` (transposed when `transB`) and
+/// `C″ = beta·C` computed in f64 (rounded at 2⁻⁵³, far below any dtype's own rounding).
+/// `constants` holds the region's constants by name; new ones are added to it.
+pub(crate) fn spell_gemms(
+    nodes: Vec<NodeProto>,
+    constants: &mut Vec<(String, Tensor)>,
+) -> crate::error::Result<Vec<NodeProto>> {
+    let mut out = Vec::new();
+    for node in nodes {
+        let constant = |name: &str| constants.iter().find(|(n, _)| n == name).map(|(_, t)| t);
+        let (Some(b), Some(output)) = (
+            node.input.get(1).and_then(|n| constant(n)),
+            node.output.first().cloned(),
+        ) else {
+            out.push(node);
+            continue;
+        };
+        if node.op_type() != "Gemm" || b.dims.len() != 2 {
+            out.push(node);
+            continue;
+        }
+        let alpha = f64::from(crate::attr::float(&node, "alpha")?.unwrap_or(1.0));
+        let beta = f64::from(crate::attr::float(&node, "beta")?.unwrap_or(1.0));
+        let trans_a = crate::attr::int(&node, "transA")?.unwrap_or(0) != 0;
+        let trans_b = crate::attr::int(&node, "transB")?.unwrap_or(0) != 0;
+        let (rows, cols) = (b.dims[0], b.dims[1]);
+        let b_scaled = if trans_b {
+            let mut data = vec![0.0; rows * cols];
+            for r in 0..rows {
+                for c in 0..cols {
+                    data[c * rows + r] = alpha * b.data[r * cols + c];
+                }
+            }
+            Tensor::new(b.dtype, vec![cols, rows], data)
+        } else {
+            Tensor::new(
+                b.dtype,
+                b.dims.clone(),
+                b.data.iter().map(|v| alpha * v).collect(),
+            )
+        };
+        let c = match node.input.get(2).filter(|n| !n.is_empty()) {
+            Some(name) => match constant(name) {
+                Some(c) => Some(Tensor::new(
+                    c.dtype,
+                    c.dims.clone(),
+                    c.data.iter().map(|v| beta * v).collect(),
+                )),
+                // A C computed in the graph: the Gemm stays as it is.
+                None => {
+                    out.push(node);
+                    continue;
+                }
+            },
+            None => None,
+        };
+        let simple = |op: &str, inputs: Vec<String>, output: String| NodeProto {
+            op_type: Some(op.into()),
+            input: inputs,
+            output: vec![output],
+            ..Default::default()
+        };
+        let mut data = node.input[0].clone();
+        if trans_a {
+            let transposed = format!("{output}#gemm_a");
+            out.push(simple("Transpose", vec![data], transposed.clone()));
+            data = transposed;
+        }
+        let b_name = format!("{output}#gemm_b");
+        constants.push((b_name.clone(), b_scaled));
+        match c {
+            Some(c) => {
+                let (product, c_name) = (format!("{output}#gemm_ab"), format!("{output}#gemm_c"));
+                constants.push((c_name.clone(), c));
+                out.push(simple("MatMul", vec![data, b_name], product.clone()));
+                out.push(simple("Add", vec![product, c_name], output));
+            }
+            None => out.push(simple("MatMul", vec![data, b_name], output)),
+        }
+    }
+    Ok(out)
 }

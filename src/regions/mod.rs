@@ -32,19 +32,6 @@ use crate::proto::{GraphProto, NodeProto};
 pub use crate::verify::RegionCheck;
 use crate::verify::{ExactCheck, OutputCheck, Status, VerifyOptions};
 
-/// Each Gemm of `nodes` whose B and C are among `constants` (f64) spelled as MatMul and Add,
-/// for tract in f64 (see [`arithmetic::spell_gemms`]).
-pub(crate) fn spell_gemms_f64(
-    nodes: Vec<NodeProto>,
-    constants: &mut Vec<(String, crate::tensor::Tensor)>,
-) -> Result<Vec<NodeProto>> {
-    arithmetic::spell_gemms(
-        nodes,
-        constants,
-        arithmetic::Arithmetic::Widened(crate::tensor::Dtype::F64),
-    )
-}
-
 /// Samples each region runs (stacked along its batch axis where it is free): every output
 /// element of each is compared, so two give tens of thousands of comparisons per layer.
 const REGION_SAMPLES: usize = 2;
