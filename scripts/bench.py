@@ -172,6 +172,7 @@ def main():
     ap.add_argument("models", nargs="*")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--large", action="store_true")
+    ap.add_argument("--resnet50", action="store_true", help="also a generated ResNet-50 (scripts/make_resnet50.py; needs onnxruntime for its statistics)")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--scaling", action="store_true", help="also time fold-only on chains of 1000, 4000 and 16000 Conv-BN-ReLU blocks")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "RESULTS.md"))
@@ -182,6 +183,10 @@ def main():
     py = None if args.no_peers else ensure_peers()
     work = tempfile.mkdtemp(prefix="bnfold-bench-")
     large_dir = None
+    if args.resnet50:
+        resnet = os.path.join(work, "resnet50.onnx")
+        sh([sys.executable, os.path.join(HERE, "make_resnet50.py"), resnet])
+        models.append(resnet)
     if args.large:
         large_dir = os.path.join(work, "large")
         sh([sys.executable, os.path.join(HERE, "make_large_model.py"), large_dir])

@@ -86,12 +86,20 @@ pub fn verify(
         .collect();
     if let Some(first) = diverged.first() {
         let worst = first.outputs.iter().find(|o| !o.passed);
-        let figures = worst.map_or(first.reason.clone().unwrap_or_default(), |o| {
-            format!(
-                "'{}' max abs error {:.3e} against a tolerance of {:.3e}",
-                o.name, o.max_abs_error, o.atol
-            )
-        });
+        let figures = match worst {
+            Some(o) => match &o.reference {
+                Some(r) => format!(
+                    "'{}' {:.3e} from the original's nodes evaluated in f64, bound {:.3e} (4 × \
+                     the original's own {:.3e}, plus 8 ulps)",
+                    o.name, r.candidate_error, r.bound, r.original_error
+                ),
+                None => format!(
+                    "'{}' max abs error {:.3e} against a tolerance of {:.3e}",
+                    o.name, o.max_abs_error, o.atol
+                ),
+            },
+            None => first.reason.clone().unwrap_or_default(),
+        };
         let head = format!(
             "first divergent node: {} {} of the candidate (a region of {} node{} run alone on \
              the original's values of {:?}): {figures}",

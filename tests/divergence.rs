@@ -95,7 +95,11 @@ fn a_wrong_rewrite_is_named_as_the_first_divergent_node() {
         reason.starts_with("first divergent node: LeakyRelu leaky_instead of the candidate"),
         "{reason}"
     );
-    assert!(reason.contains("'relu40' max abs error"), "{reason}");
+    assert!(
+        reason.contains("'relu40' ")
+            && reason.contains("from the original's nodes evaluated in f64"),
+        "{reason}"
+    );
 }
 
 #[test]
@@ -121,4 +125,40 @@ fn bnfold_verify_names_the_first_divergent_node_in_one_line() {
         ) && line.contains("(and 1 other divergent regions)"),
         "{line}"
     );
+}
+
+#[test]
+fn one_weight_element_moved_by_3e_5_outside_any_fold_is_caught_against_the_exact_value() {
+    // Far below the tolerance of one layer (1e-4 of the output's largest value), far above what
+    // the original's own arithmetic is off by.
+    let original = deep_stack();
+    let mut proto: ModelProto = original.materialized().unwrap();
+    let t = initializer(&mut proto, "conv60.weight");
+    let mut w = bnfold::tensor::decode(t, &bnfold::external::ExternalStore::none()).unwrap();
+    let k = (0..w.data.len())
+        .max_by(|&a, &b| w.data[a].abs().total_cmp(&w.data[b].abs()))
+        .unwrap();
+    w.data[k] *= 1.00003;
+    *t = w.to_proto("conv60.weight");
+    let candidate = Model::from_proto(proto, bnfold::external::ExternalStore::none()).unwrap();
+    let v = verify(&original, &candidate, &[], &VerifyOptions::default()).unwrap();
+    assert_eq!(v.status, Status::Failed, "{v:?}");
+    let [d] = v.divergences.as_slice() else {
+        panic!("{:?}", v.divergences)
+    };
+    assert_eq!(
+        (d.first_node.as_str(), d.op_type.as_str()),
+        ("conv60", "Conv")
+    );
+    let out = &d.outputs[0];
+    assert!(
+        out.max_abs_error <= out.atol,
+        "the fixed tolerance alone misses it: {out:?}"
+    );
+    let exact = out.reference.as_ref().unwrap();
+    assert!(exact.candidate_error > 5.0 * exact.bound, "{exact:?}");
+    assert!(v
+        .reason
+        .unwrap()
+        .starts_with("first divergent node: Conv conv60 of the candidate"));
 }

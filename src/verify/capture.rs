@@ -43,6 +43,15 @@ impl Captured {
         })
     }
 
+    /// The value as a tract tensor in f64 when it is a float (for a model widened to f64),
+    /// else in its dtype.
+    pub(crate) fn widened(&self) -> Tensor {
+        match self.dtype.is_float() {
+            true => to_tract(Dtype::F64, &self.shape, &self.values),
+            false => self.to_tract(),
+        }
+    }
+
     /// The value as a tract tensor of its dtype.
     pub(crate) fn to_tract(&self) -> Tensor {
         to_tract(self.dtype, &self.shape, &self.values)
