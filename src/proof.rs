@@ -111,10 +111,15 @@ pub fn verify(
         );
         fail(&mut v, head, diverged.len(), "divergent regions");
     }
+    // A certificate passes when every element is rounded once, or, with `float_folds`, within
+    // float arithmetic of the formula (another tool's fold computed in float32).
+    let certified =
+        |c: &NodeCertificate| c.passed() || (options.float_folds && c.within_float_arithmetic());
     let failed: Vec<&NodeCertificate> = certificates
         .iter()
-        .filter(|c| !c.passed() && c.unproven.is_none())
+        .filter(|c| !certified(c) && c.unproven.is_none())
         .collect();
+    let only_float_error = failed.iter().all(|c| c.within_float_arithmetic());
     if let Some(first) = failed.first() {
         let tensor = first.tensors.iter().find(|t| !t.passed());
         let what = tensor.map_or(String::new(), |t| {
@@ -126,18 +131,28 @@ pub fn verify(
                 t.bound_ulps
             )
         });
+        let hint = match only_float_error {
+            true => {
+                "; every such element is within float arithmetic of the formula, as a fold \
+                     computed in float32 is (bnfold verify --float-folds accepts that)"
+            }
+            false => "",
+        };
         let head = format!(
             "certificate: {} {} (folded from {}){what}",
             first.op_type, first.node, first.batch_norm
         );
         fail(&mut v, head, failed.len(), "nodes");
+        if let Some(reason) = v.reason.as_mut() {
+            reason.push_str(hint);
+        }
     }
     // `passed` needs the local proof complete: the graphs the same outside the folds, every
     // fold passed its region and every certificate passed. Where the whole model cannot run,
     // the local proof decides; where it is incomplete, a passing whole-model run is not enough.
     let complete = local.structure_difference.is_none()
         && regions.iter().all(|r| r.status == Status::Passed)
-        && certificates.iter().all(NodeCertificate::passed);
+        && certificates.iter().all(certified);
     match (&v.status, complete) {
         (Status::NotVerified, true) => {
             v.status = Status::Passed;
@@ -162,7 +177,10 @@ pub fn verify(
                 "{}; {whole}",
                 unproven(
                     &regions,
-                    &certificates,
+                    &certificates
+                        .iter()
+                        .filter(|c| !certified(c))
+                        .collect::<Vec<_>>(),
                     local.structure_difference.as_deref()
                 )
             ));
@@ -192,7 +210,7 @@ fn local_proof(
 /// others, or the first difference outside the folds.
 fn unproven(
     regions: &[RegionCheck],
-    certificates: &[NodeCertificate],
+    uncertified: &[&NodeCertificate],
     structure_difference: Option<&str>,
 ) -> String {
     if let Some(difference) = structure_difference {
@@ -210,7 +228,7 @@ fn unproven(
             )
         })
         .collect();
-    open.extend(certificates.iter().filter(|c| !c.passed()).map(|c| {
+    open.extend(uncertified.iter().map(|c| {
         format!(
             "{} {} (folded from {}) not certified: {}",
             c.op_type,

@@ -79,6 +79,10 @@ pub struct TensorCheck {
     pub first_bad_element: Option<usize>,
     /// The bound, in ulps.
     pub bound_ulps: f64,
+    /// Whether every element is within what computing the formula in the tensor's own dtype
+    /// may be off by (half an ulp plus 4 units of rounding of the magnitudes of its terms): a
+    /// fold another tool computed in float32 is, without being rounded once.
+    pub within_float_arithmetic: bool,
 }
 
 impl TensorCheck {
@@ -92,6 +96,12 @@ impl NodeCertificate {
     /// Whether every tensor passed (and the node could be certified).
     pub fn passed(&self) -> bool {
         self.unproven.is_none() && self.tensors.iter().all(TensorCheck::passed)
+    }
+
+    /// Whether every tensor is within float arithmetic of the formula (see
+    /// [`TensorCheck::within_float_arithmetic`]), though perhaps not rounded once.
+    pub fn within_float_arithmetic(&self) -> bool {
+        self.unproven.is_none() && self.tensors.iter().all(|t| t.within_float_arithmetic)
     }
 }
 

@@ -48,6 +48,10 @@ pub struct VerifyOptions {
     pub on_sample: Option<SampleHook>,
     /// Hold one model in tract at a time (`None`: when the two models' weights exceed 256 MiB).
     pub one_model_at_a_time: Option<bool>,
+    /// Accept a fold whose rewritten elements are within float arithmetic of the formula, not
+    /// only those rounded once (see
+    /// [`NodeCertificate::within_float_arithmetic`](crate::certificate::NodeCertificate)).
+    pub float_folds: bool,
 }
 
 /// A progress callback: `(samples done, samples in all)`.
@@ -72,6 +76,7 @@ impl Default for VerifyOptions {
             input_data: BTreeMap::new(),
             on_sample: None,
             one_model_at_a_time: None,
+            float_folds: false,
         }
     }
 }

@@ -55,6 +55,11 @@ enum Command {
         original: PathBuf,
         /// The model to check against it.
         candidate: PathBuf,
+        /// Hold folds the candidate made (nodes that took over a BatchNormalization's output) to
+        /// the error of computing them in their own dtype, as another tool folding in float32
+        /// does, instead of one rounding (bnfold's own promise).
+        #[arg(long)]
+        float_folds: bool,
         #[command(flatten)]
         check: VerifyArgs,
         #[command(flatten)]
@@ -264,9 +269,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Verify {
             original,
             candidate,
+            float_folds,
             check,
             output,
-        }) => run_verify(&original, &candidate, &check, &output),
+        }) => run_verify(&original, &candidate, &check, &output, float_folds),
         Some(Command::Inspect {
             model,
             inputs_are_constants,
@@ -554,8 +560,10 @@ fn run_verify(
     candidate: &Path,
     check: &VerifyArgs,
     output: &OutputArgs,
+    float_folds: bool,
 ) -> anyhow::Result<ExitCode> {
     let mut options = verify_options(check)?;
+    options.float_folds = float_folds;
     let progress = Progress::start(!output.quiet);
     progress.stage("loading");
     let a = load(original)?;
