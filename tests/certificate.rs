@@ -271,8 +271,11 @@ fn a_layer_with_a_bn_on_each_side_is_proven_by_one_region_without_a_false_alarm(
 fn the_inputs_the_fuzzer_found_certify_without_a_false_alarm() {
     // A BN → BN chain whose bias bnfold rounds between the two folds (0.59 ulp from the exact
     // value, within its two roundings), a layer with a BN on each side, and an f64 Conv with a
-    // weight of 1.4e214 (its region's magnitudes overflowed f32: an infinite error).
+    // weight of 1.4e214 (its region's magnitudes overflowed f32: an infinite error), and a
+    // depthwise Conv with a BN on each side and no padding (its bias rounded between the two
+    // folds, the forward gain taken from the scaled weights as stored: 1.5 ulps).
     for name in [
+        "regressions/bn_dwconv_bn_each_side_bias_rounded_between.onnx",
         "regressions/conv_bn_bn_bias_rounded_between.onnx",
         "regressions/bn_conv_bn_each_side.onnx",
         "regressions/conv_bn_f64_huge_weight.onnx",

@@ -358,9 +358,57 @@ fn certify_node(
     {
         chain.shift_terms.clone_from(&side.bias_terms);
     }
-    for step in steps {
+    for step in &steps {
         if let Err(why) = apply_step(orig, step, &mut chain)? {
             return Ok(Err(why));
+        }
+    }
+    // A BN on each side with the forward shift in the bias: bnfold folds one side at a time and
+    // rounds the bias in between, in either order: the forward bias `B + Σ W·c` (then scaled by
+    // the chain), or the chain's bias from `B` alone (then the forward gain added).
+    if let Some(side) = input_map.as_ref().filter(|s| s.shift_check.is_none()) {
+        if let Some(b) = &side.bias {
+            let per = |k: usize| b.data[if b.len() == 1 { 0 } else { k % b.len() }].abs();
+            let forward_first: Vec<f64> = (0..chain.shift.len()).map(per).collect();
+            let scaled_by: Vec<f64> = (0..chain.shift.len())
+                .map(|k| chain.scale[k % channels].abs())
+                .collect();
+            chain.intermediate.push((forward_first, scaled_by));
+        }
+        let own_bias = match layer.input.get(2).filter(|n| !n.is_empty()) {
+            Some(name) => match orig.value(name)? {
+                Ok(b) => Some(b),
+                Err(why) => return Ok(Err(why)),
+            },
+            None => None,
+        };
+        if let Ok(mut backward_only) = start_chain(layer, own_bias.as_ref(), channels)? {
+            for step in &steps {
+                if let Err(why) = apply_step(orig, step, &mut backward_only)? {
+                    return Ok(Err(why));
+                }
+            }
+            let stored: Vec<f64> = backward_only.shift.iter().map(|t| t.abs()).collect();
+            let ones = vec![1.0; stored.len()];
+            if stored.len() == chain.shift.len() {
+                chain.intermediate.push((stored, ones));
+            }
+        }
+        // And the gain taken from the scaled weights as stored (each within half an ulp):
+        // at most half a unit of rounding of `|S|·Σ|W|·|c|`.
+        if side.bias.is_some() {
+            let own = |k: usize| {
+                own_bias.as_ref().map_or(0.0, |o| {
+                    o.data[if o.len() == 1 { 0 } else { k % o.len() }].abs()
+                })
+            };
+            let gain: Vec<f64> = (0..chain.shift.len())
+                .map(|k| {
+                    let terms = side.bias_terms.get(k).copied().unwrap_or(0.0) - own(k);
+                    2.0 * chain.scale[k % channels].abs() * terms.max(0.0)
+                })
+                .collect();
+            chain.intermediate.push((vec![1.0; gain.len()], gain));
         }
     }
     let mut checks = Vec::new();
