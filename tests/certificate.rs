@@ -292,17 +292,6 @@ fn the_inputs_the_fuzzer_found_certify_without_a_false_alarm() {
     }
 }
 
-const FORWARD_KINDS: [&str; 8] = [
-    "torch_relu_bn_conv_pad_op13.onnx",
-    "torch_relu_bn_conv_nopad_op13.onnx",
-    "torch_relu_bn_conv_grouped_op13.onnx",
-    "torch_relu_bn_convtranspose_op13.onnx",
-    "torch_head_bn_flatten_linear_op13.onnx",
-    "torch_head_bn_view_linear_op13.onnx",
-    "torch_bn1d_input_linear_op13.onnx",
-    "torch_bn1d_matmul_op13.onnx",
-];
-
 /// The fused tensor a forward fold put its shift in: the kept `Add`'s constant when there is
 /// one, else the bias.
 fn forward_shift_tensor(original: &Model, fused: &Model, bias: &str) -> String {

@@ -2,12 +2,15 @@
 //! `--decompose-standalone`, on torch exports; every result checked against the original by
 //! tract, and the padding rule shown to matter: the naive full fold into a padded Conv fails.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use bnfold::report::Direction;
 use bnfold::tensor::decode;
 use bnfold::verify::Status;
 use bnfold::{fold, verify, FoldOptions, Model, VerifyOptions};
+use common::FORWARD_KINDS;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -143,17 +146,10 @@ fn the_naive_full_fold_into_a_padded_conv_is_caught_by_verification() {
 
 #[test]
 fn every_forward_fold_passes_its_region_run_alone() {
-    for name in [
-        "torch_relu_bn_conv_pad_op13.onnx",
-        "torch_relu_bn_conv_nopad_op13.onnx",
-        "torch_relu_bn_conv_grouped_op13.onnx",
-        "torch_relu_bn_convtranspose_op13.onnx",
-        "torch_head_bn_flatten_linear_op13.onnx",
-        "torch_head_bn_view_linear_op13.onnx",
-        "torch_bn1d_input_linear_op13.onnx",
-        "torch_bn1d_matmul_op13.onnx",
-        "torch_bn_input_conv_pad_op13.onnx",
-    ] {
+    for name in FORWARD_KINDS
+        .into_iter()
+        .chain(["torch_bn_input_conv_pad_op13.onnx"])
+    {
         let (original, fused, report) = folded(name, &FoldOptions::default());
         assert_eq!(report.folds[0].direction, Direction::Forward, "{name}");
         let v = verify(&original, &fused, &[], &VerifyOptions::default()).unwrap();

@@ -26,7 +26,8 @@ use crate::model::Model;
 use crate::reference::{ReferenceCheck, ReferenceKind};
 use crate::tensor::Dtype;
 use crate::verify::{
-    capture, default_tolerance, fixed_runner, Accumulator, DivergenceCheck, Status, VerifyOptions,
+    capture, default_tolerance, fixed_runner, max_abs_difference, Accumulator, DivergenceCheck,
+    Status, VerifyOptions,
 };
 
 /// Every differing region of the main graphs outside the folds' nodes (`orig_region`,
@@ -177,8 +178,8 @@ pub fn check(
                 (Some(e), Some(w)) => {
                     for (k, o) in r.outputs.iter().enumerate() {
                         let original_values = &sample[at(o)].values;
-                        w[k].0 = w[k].0.max(max_diff(&got[k], &e[k]));
-                        w[k].1 = w[k].1.max(max_diff(original_values, &e[k]));
+                        w[k].0 = w[k].0.max(max_abs_difference(&got[k], &e[k]));
+                        w[k].1 = w[k].1.max(max_abs_difference(original_values, &e[k]));
                         w[k].2 = e[k].iter().fold(w[k].2, |m, v| m.max(v.abs()));
                     }
                 }
@@ -214,17 +215,6 @@ pub fn check(
         };
     }
     Ok(checks)
-}
-
-/// `max |x − y|` (NaN against a number: infinite).
-fn max_diff(x: &[f64], y: &[f64]) -> f64 {
-    x.iter()
-        .zip(y)
-        .map(|(a, b)| if a == b { 0.0 } else { (a - b).abs() })
-        .fold(
-            0.0,
-            |m: f64, d| if d.is_nan() { f64::INFINITY } else { m.max(d) },
-        )
 }
 
 /// Ulps of the exact output's largest value a differing region may be off beyond 4 times the

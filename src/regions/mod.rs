@@ -18,10 +18,12 @@ mod arithmetic;
 mod build;
 mod exact;
 mod forward;
+mod prepare;
+mod run;
 
-use build::{input_shape, region_model};
-use exact::{RegionModels, Units};
 use forward::forward_targets;
+use prepare::prepare;
+use run::{run_batch, weight_bytes, Ready, BATCH_BYTES};
 
 use crate::certificate::{chain_from, decompositions, fold_targets, forward_folded_before, Side};
 use crate::error::Result;
@@ -30,7 +32,7 @@ use crate::model::Model;
 use crate::pairs::{graph_pairs, GraphPair};
 use crate::proto::{GraphProto, NodeProto};
 pub use crate::verify::RegionCheck;
-use crate::verify::{ExactCheck, OutputCheck, Status, VerifyOptions};
+use crate::verify::{Status, VerifyOptions};
 
 /// Samples each region runs (stacked along its batch axis where it is free): every output
 /// element of each is compared, so two give tens of thousands of comparisons per layer.
@@ -261,120 +263,6 @@ fn check_pair(
     Ok((out, structure_difference, (orig_region, fused_region)))
 }
 
-/// Weights (of both sides) a batch of regions may hold.
-const BATCH_BYTES: usize = 64 << 20;
-
-fn weight_bytes(r: &Ready) -> usize {
-    let m = &r.models;
-    [&m.original, &m.fused, &m.exact, &m.magnitudes]
-        .iter()
-        .filter_map(|m| m.proto.graph.as_ref())
-        .flat_map(|g| &g.initializer)
-        .map(|t| t.raw_data.as_ref().map_or(0, |r| r.len()))
-        .sum()
-}
-
-/// A region ready to run: its slot among the checks, its models, how its output is measured,
-/// and its data input's name.
-struct Ready {
-    slot: usize,
-    models: RegionModels,
-    units: Units,
-    data: String,
-    /// Runs its samples take (1 when they are stacked along the first axis).
-    runs: usize,
-}
-
-/// Runs one batch of prepared regions in one merged model each (the regions' data inputs
-/// renamed apart) when tract takes it, else one by one.
-fn run_batch(checks: &mut [RegionCheck], ready: &[Ready], options: &VerifyOptions) -> Result<()> {
-    if ready.len() > 1 {
-        let merge = |pick: fn(&RegionModels) -> &Model| {
-            let parts: Vec<(&Model, &str)> = ready
-                .iter()
-                .map(|r| (pick(&r.models), r.data.as_str()))
-                .collect();
-            build::merged(&parts)
-        };
-        let merged = (
-            merge(|m| &m.original),
-            merge(|m| &m.fused),
-            merge(|m| &m.exact),
-            merge(|m| &m.magnitudes),
-        );
-        if let (Some(original), Some(fused), Some(exact), Some(magnitudes)) = merged {
-            let models = RegionModels {
-                original,
-                fused,
-                exact,
-                magnitudes,
-            };
-            let outputs: Vec<String> = ready
-                .iter()
-                .map(|r| checks[r.slot].output.clone())
-                .collect();
-            let units: Vec<Units> = ready.iter().map(|r| r.units).collect();
-            let runs = VerifyOptions {
-                samples: ready.iter().map(|r| r.runs).max().unwrap_or(1),
-                ..options.clone()
-            };
-            if let Ok(judged) = exact::judge(&models, &outputs, &units, &runs) {
-                for (r, j) in ready.iter().zip(judged) {
-                    record(&mut checks[r.slot], j);
-                }
-                return Ok(());
-            }
-        }
-    }
-    for r in ready {
-        let check = &mut checks[r.slot];
-        let outputs = [check.output.clone()];
-        let runs = VerifyOptions {
-            samples: r.runs,
-            ..options.clone()
-        };
-        match exact::judge(&r.models, &outputs, &[r.units], &runs) {
-            Ok(judged) => {
-                for j in judged {
-                    record(check, j);
-                }
-            }
-            Err(why) => {
-                // No exact reference (an op tract does not run in f64): the region is judged
-                // against the original alone, with the tolerance of one layer.
-                let v = crate::verify::run_whole_model(
-                    &r.models.original,
-                    &r.models.fused,
-                    &[],
-                    &runs,
-                )?;
-                check.status = v.status;
-                check.reason = v.reason;
-                check.check = v.outputs.into_iter().next();
-                check.exact_unavailable = Some(why);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Records a region's exact check (which decides) and its comparison against the original.
-fn record(check: &mut RegionCheck, (judged, compared): (ExactCheck, OutputCheck)) {
-    check.status = if judged.passed {
-        Status::Passed
-    } else {
-        Status::Failed
-    };
-    check.reason = (!judged.passed).then(|| {
-        format!(
-            "{:.1} units of rounding from the exact value, beyond the bound of {:.1}",
-            judged.fused_error_units, judged.bound_units
-        )
-    });
-    check.check = Some(compared);
-    check.exact = Some(judged);
-}
-
 fn empty_check(node: &NodeProto, bn: &NodeProto) -> RegionCheck {
     RegionCheck {
         graph: "main".into(),
@@ -405,114 +293,4 @@ pub(super) struct Region<'g> {
     pub(super) forward: Option<(usize, bool)>,
     /// A BN decomposed into Mul and Add (`layer` is the BN itself).
     pub(super) decomposed: bool,
-}
-
-/// The region's models, how its output is measured and the data input's shape, or why they
-/// cannot be built.
-type Prepared = std::result::Result<(RegionModels, Units, Vec<usize>, usize), String>;
-
-/// Builds a region's models for `samples` samples; also returns how many runs they take.
-fn prepare(orig: &Side, fused: &Side, region: &Region, samples: usize) -> Result<Prepared> {
-    let weight = match orig.value(&region.layer.input[1])? {
-        Ok(w) => w,
-        Err(why) => return Ok(Err(why)),
-    };
-    let found = match region.decomposed {
-        // The Mul's constant is shaped to broadcast over the data: `[C, 1, …]` for rank 2 + its
-        // trailing ones.
-        true => match fused.value(&region.fused_nodes[0].input[1])? {
-            Ok(scale) => {
-                let mut shape = vec![1, weight.len()];
-                shape.extend(std::iter::repeat_n(3, scale.dims.len().saturating_sub(1)));
-                Ok((shape, true))
-            }
-            Err(why) => Err(why),
-        },
-        false => input_shape(region.layer, &weight.dims, orig)?,
-    };
-    let (mut shape, free_first_axis) = match found {
-        Ok(s) => s,
-        Err(why) => return Ok(Err(why)),
-    };
-    // Every sample in one run, stacked along the first axis, where it is free (through a
-    // Flatten or Reshape it may be fixed): each model runs once, packing its weights once.
-    let runs = if free_first_axis && region.forward.is_none_or(|(_, through)| !through) {
-        shape[0] *= samples;
-        1
-    } else {
-        samples
-    };
-    if let Some((channels, true)) = region.forward {
-        // BN → Flatten → layer: `[rows, C, K/C]` flattens to the layer's `[rows, K]` with the
-        // channel-major layout any `[rows, C, H, W]` has.
-        match shape.as_slice() {
-            [rows, k] if channels > 0 && k % channels == 0 => {
-                shape = vec![*rows, channels, k / channels];
-            }
-            _ => {
-                return Ok(Err(format!(
-                    "the layer's input {shape:?} is not {channels} channels flattened"
-                )))
-            }
-        }
-    }
-    let units = Units {
-        dtype: weight.dtype,
-        terms: match region.decomposed {
-            true => 2,
-            false => terms(region.layer, &weight.dims)?,
-        },
-    };
-    let output = region.node.output[0].as_str();
-    let [a_stored, b_stored, a_exact, b_magnitudes] = exact::arithmetics(weight.dtype);
-    let model = |side: &Side, nodes: &[&NodeProto], arithmetic| {
-        region_model(
-            side,
-            nodes,
-            &region.data,
-            &shape,
-            weight.dtype,
-            output,
-            arithmetic,
-        )
-    };
-    let built = (
-        model(orig, &region.orig_nodes, a_stored)?,
-        model(fused, &region.fused_nodes, b_stored)?,
-        model(orig, &region.orig_nodes, a_exact)?,
-        model(fused, &region.fused_nodes, b_magnitudes)?,
-    );
-    Ok(match built {
-        (Ok(original), Ok(fused), Ok(exact), Ok(magnitudes)) => Ok((
-            RegionModels {
-                original,
-                fused,
-                exact,
-                magnitudes,
-            },
-            units,
-            shape,
-            runs,
-        )),
-        (Err(why), ..) | (_, Err(why), ..) | (_, _, Err(why), _) | (.., Err(why)) => Err(why),
-    })
-}
-
-/// The terms of each output element's dot product in `layer` (weight of shape `weight`).
-fn terms(layer: &NodeProto, weight: &[usize]) -> Result<usize> {
-    let kernel: usize = weight.iter().skip(2).product();
-    let group = crate::attr::int(layer, "group")?.unwrap_or(1).max(1) as usize;
-    Ok(1 + match (layer.op_type(), weight) {
-        ("Conv", [_, c, ..]) => c * kernel,
-        ("ConvTranspose", [c, ..]) => c / group * kernel,
-        ("Gemm", [k, n]) => {
-            if crate::attr::int(layer, "transB")?.unwrap_or(0) != 0 {
-                *n
-            } else {
-                *k
-            }
-        }
-        (_, [k, ..]) => *k,
-        _ => 1,
-    })
 }

@@ -542,6 +542,17 @@ fn declared_dtype(graph: &crate::proto::GraphProto, name: &str) -> Option<Dtype>
         })
 }
 
+/// `max |x − y|` over two equally long value lists (NaN against anything else: infinite).
+pub(crate) fn max_abs_difference(x: &[f64], y: &[f64]) -> f64 {
+    x.iter()
+        .zip(y)
+        .map(|(a, b)| if a == b { 0.0 } else { (a - b).abs() })
+        .fold(
+            0.0,
+            |m: f64, d| if d.is_nan() { f64::INFINITY } else { m.max(d) },
+        )
+}
+
 /// The default relative tolerance of a dtype: a few hundred ulps of accumulated rounding.
 pub fn default_tolerance(dtype: Option<Dtype>) -> f64 {
     match dtype {

@@ -3,7 +3,10 @@
 
 use tract_onnx::prelude::*;
 
-use super::{declared_dtype_of, runners, Inputs, OutputCheck, Runner, SplitMix, VerifyOptions};
+use super::{
+    declared_dtype_of, max_abs_difference, runners, Inputs, OutputCheck, Runner, SplitMix,
+    VerifyOptions,
+};
 use crate::error::Result;
 use crate::model::Model;
 use crate::reference::ReferenceKind;
@@ -36,37 +39,28 @@ pub(super) fn second_opinion(
     for spec in wide_inputs.specs.iter_mut().filter(|s| s.dtype.is_float()) {
         spec.dtype = Dtype::F64;
     }
-    // The exact reference first; tract may type an f64 model and fail only when an op runs.
+    // The exact reference first (tract may type an f64 model and fail only when an op runs),
+    // then the sensitivity.
     let exact = match crate::reference::widened(original)? {
         Ok(wide) => runs(&wide, &wide_inputs).ok(),
         Err(_) => None,
     };
-    let mut judged = exact.and_then(|r| {
-        worst_errors(
-            ReferenceKind::Exact,
-            &r,
-            &orig_runs,
-            &cand_runs,
-            inputs,
-            shape_sets,
-            options,
-        )
-        .map(|w| (ReferenceKind::Exact, w))
-    });
-    if judged.is_none() {
-        let perturbed = crate::reference::perturbed(original, options.seed)?;
-        judged = runs(&perturbed, inputs).ok().and_then(|r| {
-            worst_errors(
-                ReferenceKind::Sensitivity,
-                &r,
-                &orig_runs,
-                &cand_runs,
-                inputs,
-                shape_sets,
-                options,
-            )
-            .map(|w| (ReferenceKind::Sensitivity, w))
-        });
+    let mut judged = None;
+    for kind in [ReferenceKind::Exact, ReferenceKind::Sensitivity] {
+        let reference = match kind {
+            ReferenceKind::Exact => exact.clone(),
+            ReferenceKind::Sensitivity => {
+                let perturbed = crate::reference::perturbed(original, options.seed)?;
+                runs(&perturbed, inputs).ok()
+            }
+        };
+        let runs = (&orig_runs[..], &cand_runs[..]);
+        judged = reference
+            .and_then(|r| worst_errors(kind, &r, runs, inputs, shape_sets, options))
+            .map(|w| (kind, w));
+        if judged.is_some() {
+            break;
+        }
     }
     let Some((kind, worst)) = judged else {
         return Ok(());
@@ -88,21 +82,11 @@ pub(super) fn second_opinion(
 fn worst_errors(
     kind: ReferenceKind,
     reference: &[Runner],
-    originals: &[Runner],
-    candidates: &[Runner],
+    (originals, candidates): (&[Runner], &[Runner]),
     inputs: &Inputs,
     shape_sets: &[(Vec<Vec<usize>>, usize)],
     options: &VerifyOptions,
 ) -> Option<Vec<(f64, f64, f64)>> {
-    let max_diff = |x: &[f64], y: &[f64]| {
-        x.iter()
-            .zip(y)
-            .map(|(a, b)| if a == b { 0.0 } else { (a - b).abs() })
-            .fold(
-                0.0,
-                |m: f64, d| if d.is_nan() { f64::INFINITY } else { m.max(d) },
-            )
-    };
     let mut worst: Vec<(f64, f64, f64)> = Vec::new();
     let mut rng = SplitMix(options.seed);
     for (k, (shapes, count)) in shape_sets.iter().enumerate() {
@@ -125,8 +109,14 @@ fn worst_errors(
             worst.resize(a.len(), (0.0, 0.0, 0.0));
             for (j, w) in worst.iter_mut().enumerate() {
                 let (cand, orig) = match kind {
-                    ReferenceKind::Exact => (max_diff(&b[j], &r[j]), max_diff(&a[j], &r[j])),
-                    ReferenceKind::Sensitivity => (max_diff(&b[j], &a[j]), max_diff(&r[j], &a[j])),
+                    ReferenceKind::Exact => (
+                        max_abs_difference(&b[j], &r[j]),
+                        max_abs_difference(&a[j], &r[j]),
+                    ),
+                    ReferenceKind::Sensitivity => (
+                        max_abs_difference(&b[j], &a[j]),
+                        max_abs_difference(&r[j], &a[j]),
+                    ),
                 };
                 let magnitude = r[j].iter().fold(0f64, |m, v| m.max(v.abs()));
                 *w = (w.0.max(cand), w.1.max(orig), w.2.max(magnitude));

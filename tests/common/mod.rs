@@ -150,3 +150,16 @@ pub fn add_passthrough_tensor(
     });
     externalize(model, dir, "q", location);
 }
+
+/// Fixtures with one forward fold of each kind (BN → Conv padded and not, grouped,
+/// ConvTranspose, Flatten/View → Gemm, BN1d → Linear, BN1d → MatMul).
+pub const FORWARD_KINDS: [&str; 8] = [
+    "torch_relu_bn_conv_pad_op13.onnx",
+    "torch_relu_bn_conv_nopad_op13.onnx",
+    "torch_relu_bn_conv_grouped_op13.onnx",
+    "torch_relu_bn_convtranspose_op13.onnx",
+    "torch_head_bn_flatten_linear_op13.onnx",
+    "torch_head_bn_view_linear_op13.onnx",
+    "torch_bn1d_input_linear_op13.onnx",
+    "torch_bn1d_matmul_op13.onnx",
+];
