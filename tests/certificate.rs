@@ -393,3 +393,26 @@ fn a_fold_computed_in_float32_fails_one_rounding_and_passes_with_float_folds() {
         assert!(!v.reason.unwrap().contains("--float-folds"), "{name}");
     }
 }
+
+#[test]
+fn a_fold_whose_scaled_weights_overflow_an_accumulation_is_refused_by_the_whole_model_run() {
+    // Found by fuzzing the proof: a BN with γ = 4.6e31 after a depthwise Conv. Every element is
+    // certified and every region passes, but on the model's own inputs the fused Conv sums
+    // products near f32's largest value and overflows where the original (scaling after the
+    // sum) gives 4e37: the fused model computes an infinity the original does not.
+    let (original, fused, _) =
+        folded("regressions/bn_gamma_4e31_overflows_fused_accumulation.onnx");
+    let options = VerifyOptions {
+        samples: 1,
+        ..VerifyOptions::default()
+    };
+    let v = verify(&original, &fused, &[], &options).unwrap();
+    assert!(
+        v.certificates.iter().all(|c| c.passed()),
+        "{:?}",
+        v.certificates
+    );
+    assert!(v.regions.iter().all(|r| r.status == Status::Passed));
+    assert_eq!(v.status, Status::Failed);
+    assert!(v.outputs[0].max_abs_error.is_infinite(), "{:?}", v.outputs);
+}

@@ -35,8 +35,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(v) = bnfold::verify(&original, &fused, &[], &options) else {
         return;
     };
+    // One refusal is right: a fold whose scaled weights make an accumulation overflow where the
+    // original's did not (γ = 4.6e31 was found) computes an infinity the original does not.
+    let overflowed = v.outputs.iter().any(|o| !o.passed && o.max_abs_error.is_infinite());
     assert!(
-        v.status != Status::Failed,
+        v.status != Status::Failed || overflowed,
         "bnfold's own fold fails its proof: {:?}",
         v.reason
     );
