@@ -39,10 +39,13 @@ pub struct LayerReadiness {
     pub channel_ranges: Vec<f64>,
     /// `max r_c / median r_c`.
     pub range_spread: f64,
-    /// Per-tensor symmetric INT8 SQNR in dB (`null`: exact).
+    /// Per-tensor symmetric INT8 SQNR in dB (`null`: exact, or not defined when the weight
+    /// holds NaN or an infinity, see `non_finite_elements`).
     pub sqnr_per_tensor_db: Option<f64>,
-    /// Per-channel symmetric INT8 SQNR in dB (`null`: exact).
+    /// Per-channel symmetric INT8 SQNR in dB (`null` as for the per-tensor figure).
     pub sqnr_per_channel_db: Option<f64>,
+    /// Weight elements that are NaN or infinite: no SQNR is defined for such a layer.
+    pub non_finite_elements: usize,
     /// Channels with fewer than [`MIN_EFFECTIVE_BITS`] effective bits under the per-tensor grid
     /// (all-zero channels not counted).
     pub starved_channels: usize,
@@ -79,7 +82,12 @@ impl Readiness {
     pub fn worst(&self, n: usize) -> Vec<&LayerReadiness> {
         let mut layers: Vec<&LayerReadiness> = self.layers.iter().collect();
         layers.sort_by(|a, b| {
-            let key = |l: &LayerReadiness| l.sqnr_per_tensor_db.unwrap_or(f64::INFINITY);
+            // A layer whose weight holds NaN or an infinity is the worst of all; an exact one
+            // the best.
+            let key = |l: &LayerReadiness| match l.non_finite_elements {
+                0 => l.sqnr_per_tensor_db.unwrap_or(f64::INFINITY),
+                _ => f64::NEG_INFINITY,
+            };
             key(a).total_cmp(&key(b)).then_with(|| a.node.cmp(&b.node))
         });
         layers.truncate(n);
@@ -231,7 +239,13 @@ fn layer(node: &crate::proto::NodeProto, weight: &str, channels: &[&[f64]]) -> L
         .zip(&ranges)
         .flat_map(|(c, &r)| c.iter().map(move |&v| (v - quantize(v, r / 127.0)).powi(2)))
         .sum();
-    let db = |noise: f64| (noise > 0.0).then(|| 10.0 * (signal / noise).log10());
+    let non_finite = channels
+        .iter()
+        .copied()
+        .flatten()
+        .filter(|v| !v.is_finite())
+        .count();
+    let db = |noise: f64| (noise > 0.0 && non_finite == 0).then(|| 10.0 * (signal / noise).log10());
     let starved = ranges
         .iter()
         .filter(|&&r| r > 0.0 && (r / tensor_step).log2() + 1.0 < MIN_EFFECTIVE_BITS)
@@ -253,6 +267,7 @@ fn layer(node: &crate::proto::NodeProto, weight: &str, channels: &[&[f64]]) -> L
         sqnr_per_channel_db: db(channel_noise),
         starved_channels: starved,
         zero_channels: ranges.iter().filter(|&&r| r == 0.0).count(),
+        non_finite_elements: non_finite,
     }
 }
 
@@ -342,6 +357,29 @@ mod tests {
         assert_eq!(l.starved_channels, 1);
         assert_eq!(l.zero_channels, 0);
         assert!(l.sqnr_per_channel_db.unwrap() > l.sqnr_per_tensor_db.unwrap());
+    }
+
+    #[test]
+    fn a_weight_holding_nan_has_no_sqnr_and_is_the_worst_layer() {
+        let node = |name: &str| crate::proto::NodeProto {
+            op_type: Some("Conv".into()),
+            name: Some(name.into()),
+            ..Default::default()
+        };
+        let nan = layer(&node("nan"), "w", &[&[1.0, f64::NAN], &[0.5, 0.25]]);
+        assert_eq!(nan.non_finite_elements, 1);
+        assert_eq!(
+            (nan.sqnr_per_tensor_db, nan.sqnr_per_channel_db),
+            (None, None)
+        );
+        let fine = layer(&node("fine"), "w", &[&[1.0, 0.3], &[0.5, 0.25]]);
+        assert_eq!(fine.non_finite_elements, 0);
+        assert!(fine.sqnr_per_tensor_db.is_some());
+        let r = Readiness {
+            layers: vec![fine, nan],
+            batch_norms: vec![],
+        };
+        assert_eq!(r.worst(1)[0].node, "nan");
     }
 
     #[test]

@@ -386,7 +386,11 @@ pub fn readiness(r: &Readiness, s: &mut String) {
         "\n{}",
         paint(BOLD, "INT8 readiness (weights as folded):")
     );
-    let db = |v: Option<f64>| v.map_or("exact".to_string(), |d| format!("{d:.1} dB"));
+    let db = |v: Option<f64>, non_finite: usize| match (v, non_finite) {
+        (_, 1..) => "NaN/inf".to_string(),
+        (None, _) => "exact".to_string(),
+        (Some(d), _) => format!("{d:.1} dB"),
+    };
     let mut tensor_db: Vec<f64> = r
         .layers
         .iter()
@@ -436,8 +440,8 @@ pub fn readiness(r: &Readiness, s: &mut String) {
             s,
             "  {:<width$}  {:>10}  {:>11}  {:>8.1}  {:>4}/{}",
             Shown(&l.node),
-            db(l.sqnr_per_tensor_db),
-            db(l.sqnr_per_channel_db),
+            db(l.sqnr_per_tensor_db, l.non_finite_elements),
+            db(l.sqnr_per_channel_db, l.non_finite_elements),
             l.range_spread,
             l.starved_channels,
             l.channels
