@@ -9,6 +9,13 @@ use bnfold::verify::{Status, VerifyOptions};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    // libfuzzer-sys aborts on every panic, even one bnfold catches: tract panics on some
+    // shapes, and bnfold turns that into "not verified". Panics that escape still abort (the
+    // harness's own catch_unwind), so they are still found.
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        std::panic::set_hook(Box::new(|info| eprintln!("panic (caught or not): {info}")));
+    });
     let Ok(original) = bnfold::Model::from_bytes(data.to_vec()) else {
         return;
     };
