@@ -197,3 +197,22 @@ fn where_f64_cannot_run_the_originals_own_sensitivity_judges_and_still_catches_a
         bnfold::reference::ReferenceKind::Sensitivity
     );
 }
+
+#[test]
+fn a_convtranspose_with_large_pads_gets_a_region_input_large_enough_to_run() {
+    // Found while fuzzing the proof: pads of 4 on a 3×3 kernel are valid on the model's 16×16
+    // input but leave no output on the 3×3 region input the region used to get (tract
+    // panicked, so the fold was "not verified").
+    let original = Model::load(fixture("regressions/convtranspose_bn_pads_4.onnx")).unwrap();
+    let proof = check(&original, &fused(&original), &VerifyOptions::default()).unwrap();
+    let [r] = proof.regions.as_slice() else {
+        panic!("{:?}", proof.regions)
+    };
+    assert_eq!(r.status, Status::Passed, "{r:?}");
+    assert!(
+        r.input_shape[2..].iter().all(|&d| d >= 5),
+        "{:?}",
+        r.input_shape
+    );
+    assert!(r.exact.as_ref().is_some_and(|e| e.passed));
+}

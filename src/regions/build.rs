@@ -38,8 +38,28 @@ pub(super) fn input_shape(
             (shape, true)
         }
         "ConvTranspose" if weight.len() >= 3 => {
+            // Output `(n − 1)·stride + dilation·(k − 1) + 1 + output_padding − pads` must be
+            // positive: large pads need a larger input than 3.
+            let spatial = weight.len() - 2;
+            let (strides, dilations) =
+                (ints("strides", spatial, 1)?, ints("dilations", spatial, 1)?);
+            let pads: Vec<usize> = attr::ints(layer, "pads")?
+                .map(|v| v.iter().map(|&x| x.max(0) as usize).collect())
+                .unwrap_or_else(|| vec![0; 2 * spatial]);
+            let output_padding: Vec<usize> = attr::ints(layer, "output_padding")?
+                .map(|v| v.iter().map(|&x| x.max(0) as usize).collect())
+                .unwrap_or_else(|| vec![0; spatial]);
             let mut shape = vec![1, weight[0]];
-            shape.extend(std::iter::repeat_n(3, weight.len() - 2));
+            for i in 0..spatial {
+                let padded =
+                    pads.get(i).copied().unwrap_or(0) + pads.get(i + spatial).copied().unwrap_or(0);
+                let at = |v: &[usize], default: usize| v.get(i).copied().unwrap_or(default);
+                let covered = at(&dilations, 1) * weight[2 + i].saturating_sub(1)
+                    + 1
+                    + at(&output_padding, 0);
+                let needed = padded.saturating_sub(covered) / at(&strides, 1).max(1) + 2;
+                shape.push(needed.max(3));
+            }
             (shape, true)
         }
         "Gemm" if weight.len() == 2 => {
