@@ -86,27 +86,18 @@ pub(super) fn input_shape(
     }))
 }
 
-/// A model of `nodes` alone: `data` its input of `shape`, every other outside input a constant
-/// taken from `side`, `output` its output.
-pub(super) fn region_model(
+/// The constants `nodes` read from outside (every input but `data` and their own outputs),
+/// decoded once from `side` for all the region's models.
+pub(super) fn region_constants(
     side: &Side,
     nodes: &[&NodeProto],
     data: &str,
-    shape: &[usize],
-    elem_type: Dtype,
-    output: &str,
-    arithmetic: Arithmetic,
-) -> Result<std::result::Result<Model, String>> {
+) -> Result<std::result::Result<Vec<(String, Tensor)>, String>> {
     let internal: Vec<&str> = nodes
         .iter()
         .flat_map(|n| n.output.iter().map(String::as_str))
         .collect();
     let mut constants: Vec<(String, Tensor)> = Vec::new();
-    let widen = match arithmetic {
-        // Alpha and beta are applied before the magnitudes are taken.
-        Arithmetic::Magnitudes(_) => Arithmetic::Widened(Dtype::F64),
-        other => other,
-    };
     for name in nodes.iter().flat_map(|n| &n.input) {
         if name.is_empty()
             || name == data
@@ -116,10 +107,35 @@ pub(super) fn region_model(
             continue;
         }
         match side.value(name)? {
-            Ok(t) => constants.push((name.clone(), convert(t, widen))),
+            Ok(t) => constants.push((name.clone(), t)),
             Err(why) => return Ok(Err(why)),
         }
     }
+    Ok(Ok(constants))
+}
+
+/// A model of `nodes` alone (of `side`'s model): `data` its input of `shape`, every other
+/// outside input one of `constants` (see [`region_constants`]), `output` its output.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn region_model(
+    side: &Side,
+    nodes: &[&NodeProto],
+    constants: &[(String, Tensor)],
+    data: &str,
+    shape: &[usize],
+    elem_type: Dtype,
+    output: &str,
+    arithmetic: Arithmetic,
+) -> Result<std::result::Result<Model, String>> {
+    let widen = match arithmetic {
+        // Alpha and beta are applied before the magnitudes are taken.
+        Arithmetic::Magnitudes(_) => Arithmetic::Widened(Dtype::F64),
+        other => other,
+    };
+    let mut constants: Vec<(String, Tensor)> = constants
+        .iter()
+        .map(|(name, t)| (name.clone(), convert(t.clone(), widen)))
+        .collect();
     let nodes = spell_gemms(
         nodes.iter().map(|n| (*n).clone()).collect(),
         &mut constants,

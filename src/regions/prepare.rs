@@ -1,7 +1,7 @@
 //! A region's four models (as stored, fused, exact, magnitudes), the shape of its data input,
 //! and what its output is measured in.
 
-use super::build::{input_shape, region_model};
+use super::build::{input_shape, region_constants, region_model};
 use super::exact::{self, RegionModels, Units};
 use super::Region;
 use crate::certificate::Side;
@@ -71,10 +71,18 @@ pub(super) fn prepare(
     };
     let output = region.node.output[0].as_str();
     let [a_stored, b_stored, a_exact, b_magnitudes] = exact::arithmetics(weight.dtype);
-    let model = |side: &Side, nodes: &[&NodeProto], arithmetic| {
+    let (orig_constants, fused_constants) = match (
+        region_constants(orig, &region.orig_nodes, &region.data)?,
+        region_constants(fused, &region.fused_nodes, &region.data)?,
+    ) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(why), _) | (_, Err(why)) => return Ok(Err(why)),
+    };
+    let model = |side: &Side, nodes: &[&NodeProto], constants: &[_], arithmetic| {
         region_model(
             side,
             nodes,
+            constants,
             &region.data,
             &shape,
             weight.dtype,
@@ -83,10 +91,10 @@ pub(super) fn prepare(
         )
     };
     let built = (
-        model(orig, &region.orig_nodes, a_stored)?,
-        model(fused, &region.fused_nodes, b_stored)?,
-        model(orig, &region.orig_nodes, a_exact)?,
-        model(fused, &region.fused_nodes, b_magnitudes)?,
+        model(orig, &region.orig_nodes, &orig_constants, a_stored)?,
+        model(fused, &region.fused_nodes, &fused_constants, b_stored)?,
+        model(orig, &region.orig_nodes, &orig_constants, a_exact)?,
+        model(fused, &region.fused_nodes, &fused_constants, b_magnitudes)?,
     );
     Ok(match built {
         (Ok(original), Ok(fused), Ok(exact), Ok(magnitudes)) => Ok((
