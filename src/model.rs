@@ -41,6 +41,27 @@ pub struct Model {
     pub input_files: Vec<InputFile>,
 }
 
+/// Sees the main graph's initializers as a model is written ([`Model::stage_tapped`]) or
+/// streamed ([`Model::stream_initializers`]): a folded one as the bytes computed for it, the
+/// others as they are stored, for the tap to read itself. A folded weight is thus computed once,
+/// for the output and for whatever the tap measures.
+pub trait InitializerTap {
+    /// Whether the initializer `name` is wanted.
+    fn wants(&self, name: &str) -> bool;
+    /// An empty buffer for a folded initializer's `len` bytes.
+    fn buffer(&mut self, len: usize) -> Vec<u8>;
+    /// The folded initializer `name`: its dtype, its shape and the bytes written for it.
+    fn folded(
+        &mut self,
+        name: &str,
+        dtype: tensor::Dtype,
+        dims: &[usize],
+        bytes: Vec<u8>,
+    ) -> Result<()>;
+    /// An initializer written as stored.
+    fn stored(&mut self, t: &TensorProto) -> Result<()>;
+}
+
 /// How [`Model::save`] treats existing files.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SaveOptions {
@@ -166,7 +187,7 @@ impl Model {
         let rewritten = self.with_folded_subgraphs_inline()?;
         let mut bytes = Vec::new();
         let proto = rewritten.as_ref().unwrap_or(&self.proto);
-        write_streaming(proto, &self.store, &mut Output::Memory(&mut bytes))
+        write_streaming(proto, &self.store, &mut Output::Memory(&mut bytes), None)
             .map_err(|e| Error::InvalidGraph(format!("encoding the model: {e}")))?;
         Ok(bytes)
     }
@@ -179,6 +200,31 @@ impl Model {
             materialize(g, &self.store, true)?;
         }
         Ok(proto)
+    }
+
+    /// Shows `tap` the main graph's initializers without writing anything: the folded ones
+    /// computed once, as writing would.
+    pub fn stream_initializers(&self, tap: &mut dyn InitializerTap) -> Result<()> {
+        let Some(graph) = &self.proto.graph else {
+            return Ok(());
+        };
+        for t in &graph.initializer {
+            if !tap.wants(t.name()) {
+                continue;
+            }
+            match self.store.pending(t)? {
+                Some(p) => {
+                    let mut bytes = tap.buffer(p.len() * p.dtype.size());
+                    p.stream(&self.store, &mut |chunk| {
+                        bytes.extend_from_slice(chunk);
+                        Ok(())
+                    })?;
+                    tap.folded(t.name(), p.dtype, &p.dims, bytes)?;
+                }
+                None => tap.stored(t)?,
+            }
+        }
+        Ok(())
     }
 
     /// Bytes of the main graph's folded tensors: what writing the model computes.
@@ -246,6 +292,17 @@ impl Model {
         options: SaveOptions,
         plan: &mut WritePlan,
     ) -> Result<StagedModel> {
+        self.stage_tapped(path, options, plan, None)
+    }
+
+    /// [`Model::stage_planned`], showing `tap` each main-graph initializer as it is written.
+    pub fn stage_tapped(
+        &self,
+        path: &Path,
+        options: SaveOptions,
+        plan: &mut WritePlan,
+        mut tap: Option<&mut dyn InitializerTap>,
+    ) -> Result<StagedModel> {
         plan.protect(&self.input_files);
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -271,10 +328,15 @@ impl Model {
             let mut data_files = data_files.start(folder.path());
             let proto = rewritten.get_or_insert_with(|| self.proto.clone());
             if let Some(g) = proto.graph.as_mut() {
+                for t in &mut g.initializer {
+                    if tensor::is_external(t) {
+                        data_files.stream(t, &self.store, tap.as_deref_mut())?;
+                    }
+                }
                 let mut failure = Ok(());
-                visit_tensors_mut(g, &mut |t| {
+                visit_tensors_but_initializers_mut(g, &mut |t| {
                     if failure.is_ok() && tensor::is_external(t) {
-                        failure = data_files.stream(t, &self.store);
+                        failure = data_files.stream(t, &self.store, None);
                     }
                 });
                 failure?;
@@ -309,7 +371,7 @@ impl Model {
         }
         .map_err(|e| Error::io(path, e))?;
         let mut output = Output::File(writer);
-        write_streaming(proto, &self.store, &mut output).map_err(|e| Error::io(path, e))?;
+        write_streaming(proto, &self.store, &mut output, tap).map_err(|e| Error::io(path, e))?;
         if let Output::File(writer) = output {
             writer.finish().map_err(|e| Error::io(path, e))?;
         }
@@ -528,6 +590,7 @@ fn write_streaming(
     proto: &ModelProto,
     store: &ExternalStore,
     out: &mut Output,
+    mut tap: Option<&mut (dyn InitializerTap + '_)>,
 ) -> std::io::Result<()> {
     use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
     let mut model_head = Vec::new();
@@ -558,7 +621,7 @@ fn write_streaming(
         let len = head.encoded_len()
             + payload_len.map_or(0, |n| key_len(9) + encoded_len_varint(n as u64) + n);
         graph_len += key_len(5) + encoded_len_varint(len as u64) + len;
-        heads.push((head, len, payload_len, pending, &t.raw_data));
+        heads.push((head, len, payload_len, pending, t));
     }
     out.preallocate(
         model_head.len() + key_len(7) + encoded_len_varint(graph_len as u64) + graph_len,
@@ -570,7 +633,7 @@ fn write_streaming(
     out.write_all(&header)?;
     out.write_all(&graph_head)?;
     drop(graph_head);
-    for (head, len, payload_len, pending, raw) in heads {
+    for (head, len, payload_len, pending, t) in heads {
         header.clear();
         encode_key(5, WireType::LengthDelimited, &mut header);
         encode_varint(len as u64, &mut header);
@@ -580,12 +643,30 @@ fn write_streaming(
             encode_varint(n as u64, &mut header);
         }
         out.write_all(&header)?;
-        match (pending, raw) {
-            (Some(p), _) => p
+        let tap = tap.as_deref_mut().filter(|tap| tap.wants(t.name()));
+        match (pending, tap) {
+            (Some(p), Some(tap)) => {
+                let mut bytes = tap.buffer(p.len() * p.dtype.size());
+                p.stream(store, &mut |chunk| {
+                    bytes.extend_from_slice(chunk);
+                    out.write_all(chunk)
+                })
+                .and_then(|()| tap.folded(t.name(), p.dtype, &p.dims, bytes))
+                .map_err(std::io::Error::other)?
+            }
+            (Some(p), None) => p
                 .stream(store, &mut |chunk| out.write_all(chunk))
                 .map_err(std::io::Error::other)?,
-            (None, Some(raw)) => out.write_payload(raw, store)?,
-            (None, None) => {}
+            (None, tap) => {
+                // Handed over before the payload is copied, so the tap reads while it is written;
+                // an external one was shown to the tap when its data file was written.
+                if let Some(tap) = tap.filter(|_| !tensor::is_external(t)) {
+                    tap.stored(t).map_err(std::io::Error::other)?;
+                }
+                if let Some(raw) = &t.raw_data {
+                    out.write_payload(raw, store)?;
+                }
+            }
         }
     }
     Ok(())
@@ -738,6 +819,11 @@ fn visit_tensors_mut(g: &mut GraphProto, f: &mut dyn FnMut(&mut TensorProto)) {
     for t in &mut g.initializer {
         f(t);
     }
+    visit_tensors_but_initializers_mut(g, f);
+}
+
+/// [`visit_tensors_mut`] but for the graph's own initializers (those of subgraphs included).
+fn visit_tensors_but_initializers_mut(g: &mut GraphProto, f: &mut dyn FnMut(&mut TensorProto)) {
     for s in &mut g.sparse_initializer {
         s.values
             .iter_mut()
@@ -855,7 +941,13 @@ struct DataFile {
 }
 
 impl DataFiles {
-    fn stream(&mut self, t: &mut TensorProto, store: &ExternalStore) -> Result<()> {
+    fn stream(
+        &mut self,
+        t: &mut TensorProto,
+        store: &ExternalStore,
+        tap: Option<&mut (dyn InitializerTap + '_)>,
+    ) -> Result<()> {
+        let tap = tap.filter(|tap| tap.wants(t.name()));
         let reference = external::external_ref(t)?;
         let len = tensor::stored_len(t)?;
         let pending = store.pending(t)?;
@@ -890,8 +982,21 @@ impl DataFiles {
         let target_path = self.dir.join(&location);
         writer.preallocate(*offset, len as u64);
         match (pending, stored) {
-            (Some(p), _) => p.stream(store, &mut |chunk| writer.write_all(chunk))?,
+            (Some(p), _) => match tap {
+                Some(tap) => {
+                    let mut bytes = tap.buffer(p.len() * p.dtype.size());
+                    p.stream(store, &mut |chunk| {
+                        bytes.extend_from_slice(chunk);
+                        writer.write_all(chunk)
+                    })?;
+                    tap.folded(t.name(), p.dtype, &p.dims, bytes)?;
+                }
+                None => p.stream(store, &mut |chunk| writer.write_all(chunk))?,
+            },
             (None, Some((source_path, source_offset))) => {
+                if let Some(tap) = tap {
+                    tap.stored(t)?;
+                }
                 let (source, _) = crate::source::open_regular(&source_path)?;
                 writer
                     .copy_from(&source, source_offset, len as u64)
@@ -1029,6 +1134,7 @@ mod tests {
             &model,
             &ExternalStore::none(),
             &mut Output::Memory(&mut bytes),
+            None,
         )
         .unwrap();
         assert_eq!(ModelProto::decode(bytes.as_slice()).unwrap(), model);

@@ -15,9 +15,10 @@ use progress::Progress;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use bnfold::model::StagedFile;
+use bnfold::model::{InitializerTap, StagedFile};
 use bnfold::output::WritePlan;
 use bnfold::printable::Shown;
+use bnfold::readiness::{LayerTap, Readiness};
 use bnfold::report::{Report, SCHEMA_VERSION};
 use bnfold::verify::{SampleHook, Status, Verification};
 use bnfold::{fold, verify, FoldKind, FoldOptions, Model, SaveOptions, VerifyOptions};
@@ -369,9 +370,17 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
     claim_report(&mut plan, &args.output_args)?;
     progress.stage("folding");
     let readiness = !args.no_readiness && !args.check;
+    // Of the original, readiness needs only the BatchNormalization statistics, taken now; the
+    // layers' figures are computed from the folded weights as they are written.
+    let batch_norms = match readiness {
+        true => Some(
+            bnfold::readiness::batch_norms(&loaded)
+                .with_context(|| format!("{}", input.display()))?,
+        ),
+        false => None,
+    };
     // The original is kept only for what compares against it. Neither model is freed at the
     // end: the process exits right after, and freeing a large graph node by node takes longer.
-    // Readiness reads the original only for its BatchNormalization statistics.
     let has_batch_norm = loaded
         .proto
         .graph
@@ -384,21 +393,13 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
     // Above the node limit there is no whole-model run, but folds still get their certificate
     // and region run, which need the original.
     let runs_verification = !args.no_verify && (too_large.is_none() || has_batch_norm);
-    let (original, mut fused) = if (readiness && has_batch_norm) || runs_verification {
+    let (original, mut fused) = if runs_verification {
         (Some(loaded.clone()), loaded)
     } else {
         (None, loaded)
     };
     let mut report = fold(&mut fused, &options).with_context(|| format!("{}", input.display()))?;
     let fold_seconds = started.elapsed().as_secs_f64();
-    if readiness {
-        // Without BatchNormalization nothing folded: the fused model is the original.
-        let original = original.as_ref().unwrap_or(&fused);
-        report.readiness = Some(
-            bnfold::readiness::analyse(original, &fused)
-                .with_context(|| format!("{}", input.display()))?,
-        );
-    }
 
     if args.check {
         progress.finish();
@@ -429,16 +430,38 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
     // With an output, the model is written under a temporary name first and the written files
     // are what verification loads (tract reads their external data itself); they are moved into
     // place only if verification does not fail.
+    // The layers' readiness figures are computed while the model is written (each folded
+    // weight is scaled once, for both), or from the weights alone when nothing is written.
+    let mut tap = match readiness {
+        true => Some(LayerTap::start(&fused).with_context(|| format!("{}", input.display()))?),
+        false => None,
+    };
     let staged = match (&args.output, writes) {
         (Some(out), true) => {
             progress.stage("writing");
+            let tapped = tap.as_mut().map(|t| t as &mut dyn InitializerTap);
             let staged = fused
-                .stage_planned(out, save_options, &mut plan)
+                .stage_tapped(out, save_options, &mut plan, tapped)
                 .with_context(|| format!("{}", out.display()))?;
             Some((out.clone(), staged))
         }
-        _ => None,
+        _ => {
+            if let Some(tap) = tap.as_mut() {
+                fused
+                    .stream_initializers(tap)
+                    .with_context(|| format!("{}", input.display()))?;
+            }
+            None
+        }
     };
+    if let (Some(tap), Some(batch_norms)) = (tap, batch_norms) {
+        report.readiness = Some(Readiness {
+            layers: tap
+                .finish()
+                .with_context(|| format!("{}", input.display()))?,
+            batch_norms,
+        });
+    }
     let verify_started = Instant::now();
     if let Some(reason) = too_large.filter(|_| !runs_verification) {
         report.verification = Some(Verification::not_run(reason, verify_opts.seed));
@@ -623,20 +646,15 @@ fn run_inspect(
     let mut plan = WritePlan::new(output.force);
     plan.protect(&folded.input_files);
     claim_report(&mut plan, output)?;
-    // Readiness reads the original only for its BatchNormalization statistics; without any,
-    // nothing in the main graph folds and the folded model serves for both.
-    let has_batch_norm = folded
-        .proto
-        .graph
-        .as_ref()
-        .is_some_and(|g| g.node.iter().any(|n| n.op_type() == "BatchNormalization"));
-    let original = has_batch_norm.then(|| folded.clone());
+    // Of the original, readiness needs only the BatchNormalization statistics.
+    let batch_norms =
+        bnfold::readiness::batch_norms(&folded).with_context(|| format!("{}", path.display()))?;
     let options = FoldOptions {
         inputs_are_constants,
         ..FoldOptions::default()
     };
     let report = fold(&mut folded, &options).with_context(|| format!("{}", path.display()))?;
-    let readiness = bnfold::readiness::analyse(original.as_ref().unwrap_or(&folded), &folded)
+    let readiness = bnfold::readiness::measure(&folded, batch_norms)
         .with_context(|| format!("{}", path.display()))?;
     let normalizations: Vec<serde_json::Value> = report
         .folds

@@ -1,0 +1,485 @@
+//! The figures of one weight, from its stored bytes or its values, without widening the whole
+//! tensor: each output channel is decoded into a small buffer twice, once for the ranges and
+//! once for the sums, which run over the channels in order, so that every figure is the same
+//! to the last digit whatever the weight's layout.
+
+use crate::graph::node_label;
+use crate::proto::NodeProto;
+use crate::tensor::{self, Dtype};
+
+use super::{LayerReadiness, MIN_EFFECTIVE_BITS};
+
+/// A weight's elements, as stored or as values.
+#[derive(Clone, Copy)]
+pub enum Elements<'a> {
+    /// Little-endian elements of a float dtype.
+    Raw(Dtype, &'a [u8]),
+    /// Values.
+    Values(&'a [f64]),
+}
+
+impl Elements<'_> {
+    /// Appends elements `start..start + len`, widened to f64, to `out`.
+    fn append(&self, start: usize, len: usize, out: &mut Vec<f64>) {
+        match *self {
+            Elements::Raw(dtype, raw) => {
+                let size = dtype.size();
+                tensor::decode_le_into(dtype, &raw[start * size..(start + len) * size], out);
+            }
+            Elements::Values(v) => out.extend_from_slice(&v[start..start + len]),
+        }
+    }
+}
+
+/// Where each output channel's elements lie in the row-major weight: for output channel `k`,
+/// runs of `inner` elements, one per outer index of its group block.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChannelLayout {
+    outer: usize,
+    size: usize,
+    inner: usize,
+    /// Outer indices per group block when ConvTranspose groups split axis 0 (`C_in / group`).
+    block_rows: Option<usize>,
+}
+
+impl ChannelLayout {
+    /// Output channels on `axis` of a weight of shape `dims` (`axis` past the last means the
+    /// last); ConvTranspose's axis 1 counts once per group block.
+    pub fn new(dims: &[usize], axis: usize, group: usize) -> ChannelLayout {
+        let rank = dims.len();
+        let axis = axis.min(rank - 1);
+        let transpose_groups = axis == 1 && rank > 2 && group > 1 && dims[0] % group == 0;
+        ChannelLayout {
+            outer: dims[..axis].iter().product(),
+            size: dims[axis],
+            inner: dims[axis + 1..].iter().product(),
+            block_rows: transpose_groups.then(|| dims[0] / group),
+        }
+    }
+
+    /// The number of output channels.
+    pub fn channels(&self) -> usize {
+        match self.block_rows {
+            Some(rows) => self.size * (self.outer / rows.max(1)),
+            None => self.size,
+        }
+    }
+
+    /// The stored bytes of output channel `k` when they are one run of f32 values.
+    fn f32_run<'e>(&self, elements: Elements<'e>, k: usize) -> Option<&'e [u8]> {
+        match elements {
+            Elements::Raw(Dtype::F32, raw) if self.outer == 1 && self.block_rows.is_none() => {
+                Some(&raw[k * self.inner * 4..(k + 1) * self.inner * 4])
+            }
+            _ => None,
+        }
+    }
+
+    /// Replaces `out` with the values of output channel `k`, in row-major order.
+    fn gather(&self, elements: Elements, k: usize, out: &mut Vec<f64>) {
+        out.clear();
+        let (outer, c) = match self.block_rows {
+            Some(rows) => {
+                let block = k / self.size;
+                (block * rows..(block + 1) * rows, k % self.size)
+            }
+            None => (0..self.outer, k),
+        };
+        if self.inner == 1 && outer.len() > 1 {
+            // One element per outer index (MatMul's or Gemm's columns): gathered by stride.
+            let stride = self.size;
+            match elements {
+                Elements::Values(v) => out.extend(outer.map(|o| v[o * stride + c])),
+                Elements::Raw(..) => outer.for_each(|o| elements.append(o * stride + c, 1, out)),
+            }
+            return;
+        }
+        for o in outer {
+            elements.append((o * self.size + c) * self.inner, self.inner, out);
+        }
+    }
+}
+
+/// The figures of the weight `name` of `node`, channels laid out as `layout`.
+pub fn layer(
+    node: &NodeProto,
+    name: &str,
+    layout: &ChannelLayout,
+    elements: Elements,
+) -> LayerReadiness {
+    let channels = layout.channels();
+    let mut values = Vec::new();
+    let ranges: Vec<f64> = (0..channels)
+        .map(|k| match layout.f32_run(elements, k) {
+            Some(raw) => f32_range(raw),
+            None => {
+                layout.gather(elements, k, &mut values);
+                values.iter().fold(0.0, |m: f64, v| m.max(v.abs()))
+            }
+        })
+        .collect();
+    let max_range = ranges.iter().copied().fold(0.0, f64::max);
+    let tensor_grid = Grid::new(max_range / 127.0);
+    let mut sums = Sums::default();
+    for (k, &range) in ranges.iter().enumerate() {
+        let channel_grid = Grid::new(range / 127.0);
+        match layout.f32_run(elements, k) {
+            Some(raw) => {
+                let values = raw
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap_or_default()) as f64);
+                sums.add_channel(values, &tensor_grid, &channel_grid);
+            }
+            None => {
+                layout.gather(elements, k, &mut values);
+                sums.add_channel(values.iter().copied(), &tensor_grid, &channel_grid);
+            }
+        }
+    }
+    let Sums {
+        signal,
+        tensor_noise,
+        channel_noise,
+        non_finite,
+    } = sums;
+    let mut sorted = ranges.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = if sorted.len() % 2 == 1 {
+        sorted[sorted.len() / 2]
+    } else {
+        (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2]) / 2.0
+    };
+    let db = |noise: f64| (noise > 0.0 && non_finite == 0).then(|| 10.0 * (signal / noise).log10());
+    let starved = ranges
+        .iter()
+        .filter(|&&r| r > 0.0 && (r / tensor_grid.step).log2() + 1.0 < MIN_EFFECTIVE_BITS)
+        .count();
+    LayerReadiness {
+        node: node_label(node),
+        op_type: node.op_type().to_string(),
+        weight: name.to_string(),
+        channels,
+        range_spread: if median > 0.0 {
+            max_range / median
+        } else if max_range > 0.0 {
+            f64::INFINITY
+        } else {
+            1.0
+        },
+        sqnr_per_tensor_db: db(tensor_noise),
+        sqnr_per_channel_db: db(channel_noise),
+        starved_channels: starved,
+        zero_channels: ranges.iter().filter(|&&r| r == 0.0).count(),
+        non_finite_elements: non_finite,
+        channel_ranges: ranges,
+    }
+}
+
+/// The running sums of a weight's figures, over its channels in order.
+#[derive(Default)]
+struct Sums {
+    signal: f64,
+    tensor_noise: f64,
+    channel_noise: f64,
+    non_finite: usize,
+}
+
+impl Sums {
+    /// Adds one channel's values. Each is quantized by a multiplication by the grid's
+    /// reciprocal; when one of them lies near a half step, where the reciprocal and the
+    /// quotient could round to different integers, the channel's noise is summed again with
+    /// the division ([`quantize`]), so every sum is the one the division gives.
+    fn add_channel(
+        &mut self,
+        values: impl Iterator<Item = f64> + Clone,
+        tensor: &Grid,
+        channel: &Grid,
+    ) {
+        let before = (self.tensor_noise, self.channel_noise);
+        let mut near_half = tensor.reciprocal.is_none() || channel.reciprocal.is_none();
+        if !near_half {
+            let (t, c) = (
+                tensor.reciprocal.unwrap_or(0.0),
+                channel.reciprocal.unwrap_or(0.0),
+            );
+            for v in values.clone() {
+                self.signal += v * v;
+                let (t_steps, t_nearest) = nearest_step(v * t);
+                let (c_steps, c_nearest) = nearest_step(v * c);
+                near_half |= ((t_steps - t_nearest).abs() > NEAR_HALF)
+                    | ((c_steps - c_nearest).abs() > NEAR_HALF);
+                self.tensor_noise += (v - t_nearest * tensor.step).powi(2);
+                self.channel_noise += (v - c_nearest * channel.step).powi(2);
+                self.non_finite += usize::from(!v.is_finite());
+            }
+            if !near_half {
+                return;
+            }
+            (self.tensor_noise, self.channel_noise) = before;
+            for v in values {
+                self.tensor_noise += (v - quantize(v, tensor.step)).powi(2);
+                self.channel_noise += (v - quantize(v, channel.step)).powi(2);
+            }
+            return;
+        }
+        for v in values {
+            self.signal += v * v;
+            self.tensor_noise += (v - quantize(v, tensor.step)).powi(2);
+            self.channel_noise += (v - quantize(v, channel.step)).powi(2);
+            self.non_finite += usize::from(!v.is_finite());
+        }
+    }
+}
+
+/// How far from an integer a step count may lie before the reciprocal is not trusted:
+/// `v·(1/step)` is within 3.4e-16 relative of `v/step` as rounded (two roundings against one),
+/// so within ±127 steps the two round to different integers only within 5e-14 of a half step.
+const NEAR_HALF: f64 = 0.5 - 1e-9;
+
+/// `steps` clipped to ±127 and its nearest integer, ties to even.
+fn nearest_step(steps: f64) -> (f64, f64) {
+    const ROUND: f64 = 6_755_399_441_055_744.0;
+    let steps = steps.clamp(-127.0, 127.0);
+    (steps, (steps + ROUND) - ROUND)
+}
+
+/// A symmetric INT8 grid of `step` and, where it is a positive finite number, its reciprocal.
+struct Grid {
+    step: f64,
+    reciprocal: Option<f64>,
+}
+
+impl Grid {
+    fn new(step: f64) -> Grid {
+        let reciprocal = 1.0 / step;
+        Grid {
+            step,
+            reciprocal: (step > 0.0 && reciprocal.is_finite() && reciprocal > 0.0)
+                .then_some(reciprocal),
+        }
+    }
+}
+
+/// The largest magnitude among little-endian f32 values, NaN ignored (as `f64::max` does):
+/// the maximum of their bit patterns without the sign.
+fn f32_range(raw: &[u8]) -> f64 {
+    let largest = raw
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes(c.try_into().unwrap_or_default()) & 0x7fff_ffff)
+        .map(|bits| if bits > 0x7f80_0000 { 0 } else { bits })
+        .max()
+        .unwrap_or(0);
+    f32::from_bits(largest) as f64
+}
+
+/// Symmetric INT8: round to the grid of `step`, clipped to ±127 steps.
+pub(crate) fn quantize(v: f64, step: f64) -> f64 {
+    if step <= 0.0 {
+        return 0.0;
+    }
+    // Clipping first gives the same result (a value within ±127 rounds within ±127), and below
+    // 2^51 adding and subtracting 1.5·2^52 rounds to the nearest integer, ties to even, in the
+    // default rounding mode: no call to the math library on targets without SSE4.1.
+    const ROUND: f64 = 6_755_399_441_055_744.0;
+    let steps = (v / step).clamp(-127.0, 127.0);
+    ((steps + ROUND) - ROUND) * step
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conv(name: &str) -> NodeProto {
+        NodeProto {
+            op_type: Some("Conv".into()),
+            name: Some(name.into()),
+            ..Default::default()
+        }
+    }
+
+    fn channel_values(dims: &[usize], axis: usize, group: usize, data: &[f64]) -> Vec<Vec<f64>> {
+        let layout = ChannelLayout::new(dims, axis, group);
+        (0..layout.channels())
+            .map(|k| {
+                let mut out = Vec::new();
+                layout.gather(Elements::Values(data), k, &mut out);
+                out
+            })
+            .collect()
+    }
+
+    #[test]
+    fn metrics_of_a_tiny_weight_match_hand_computation() {
+        // Two output channels: [1, -0.5] and [0.01, 0.02].
+        let data = [1.0, -0.5, 0.01, 0.02];
+        let dims = [2, 2, 1, 1];
+        assert_eq!(
+            channel_values(&dims, 0, 1, &data),
+            vec![vec![1.0, -0.5], vec![0.01, 0.02]]
+        );
+        let layout = ChannelLayout::new(&dims, 0, 1);
+        let l = layer(&conv("c"), "w", &layout, Elements::Values(&data));
+        // r = [1, 0.02]; median 0.51; spread 1/0.51.
+        assert!((l.range_spread - 1.0 / 0.51).abs() < 1e-12);
+        // Per tensor, Δ = 1/127: 1 → 127Δ exact; -0.5 → -64Δ (63.5 rounds to even 64);
+        // 0.01 → 1Δ (1.27); 0.02 → 3Δ (2.54).
+        let d = 1.0 / 127.0;
+        let noise = (0.5f64 - 64.0 * d).powi(2) + (0.01 - d).powi(2) + (0.02 - 3.0 * d).powi(2);
+        let signal = 1.0 + 0.25 + 0.0001 + 0.0004;
+        let want = 10.0 * (signal / noise).log10();
+        assert!((l.sqnr_per_tensor_db.unwrap() - want).abs() < 1e-9);
+        // Channel 2 uses 2.54 steps: log2(2.54) + 1 = 2.3 bits < 4.
+        assert_eq!(l.starved_channels, 1);
+        assert_eq!(l.zero_channels, 0);
+        assert!(l.sqnr_per_channel_db.unwrap() > l.sqnr_per_tensor_db.unwrap());
+    }
+
+    #[test]
+    fn stored_bytes_give_the_figures_of_their_values() {
+        // f16 and f32 storage of the same values: every figure identical to the values' own.
+        let data = [0.5, -0.25, 3.0, 0.125, -2.0, 1.5];
+        let dims = [3, 2];
+        for dtype in [Dtype::F16, Dtype::F32, Dtype::F64] {
+            let mut raw = Vec::new();
+            let _ = tensor::encode_le_into(dtype, &data, &mut raw);
+            for axis in [0, 1] {
+                let layout = ChannelLayout::new(&dims, axis, 1);
+                let from_values = layer(&conv("c"), "w", &layout, Elements::Values(&data));
+                let from_raw = layer(&conv("c"), "w", &layout, Elements::Raw(dtype, &raw));
+                assert_eq!(from_raw, from_values, "{dtype:?} axis {axis}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_weight_holding_nan_has_no_sqnr_and_is_the_worst_layer() {
+        let layout = ChannelLayout::new(&[2, 2], 0, 1);
+        let nan = layer(
+            &conv("nan"),
+            "w",
+            &layout,
+            Elements::Values(&[1.0, f64::NAN, 0.5, 0.25]),
+        );
+        assert_eq!(nan.non_finite_elements, 1);
+        assert_eq!(
+            (nan.sqnr_per_tensor_db, nan.sqnr_per_channel_db),
+            (None, None)
+        );
+        let fine = layer(
+            &conv("fine"),
+            "w",
+            &layout,
+            Elements::Values(&[1.0, 0.3, 0.5, 0.25]),
+        );
+        assert_eq!(fine.non_finite_elements, 0);
+        assert!(fine.sqnr_per_tensor_db.is_some());
+        let r = super::super::Readiness {
+            layers: vec![fine, nan],
+            batch_norms: vec![],
+        };
+        assert_eq!(r.worst(1)[0].node, "nan");
+    }
+
+    #[test]
+    fn quantization_rounds_half_to_even_and_clips() {
+        for (v, want) in [
+            (63.5, 64.0),
+            (62.5, 62.0),
+            (-0.5, 0.0),
+            (-1.5, -2.0),
+            (126.7, 127.0),
+            (300.0, 127.0),
+            (-300.0, -127.0),
+        ] {
+            assert_eq!(quantize(v, 1.0), want, "{v}");
+            assert_eq!(quantize(v, 1.0), v.round_ties_even().clamp(-127.0, 127.0));
+        }
+    }
+
+    /// The sums of one channel as the division gives them, one value after the other.
+    fn divided(values: &[f64], tensor_step: f64, channel_step: f64) -> (u64, u64, u64) {
+        let (mut signal, mut t, mut c) = (0.0f64, 0.0f64, 0.0f64);
+        for &v in values {
+            signal += v * v;
+            t += (v - quantize(v, tensor_step)).powi(2);
+            c += (v - quantize(v, channel_step)).powi(2);
+        }
+        (signal.to_bits(), t.to_bits(), c.to_bits())
+    }
+
+    #[test]
+    fn sums_by_the_reciprocal_are_the_sums_by_the_division() {
+        // Values on and around every half step of several grids, a sweep of each grid's whole
+        // range, and grids without a usable reciprocal: every sum identical to the bit.
+        for step in [
+            1.0 / 127.0,
+            0.1 / 127.0,
+            3.3e-3,
+            7.7e-9,
+            1e-300,
+            2.5e-310,
+            0.0,
+        ] {
+            let mut near = Vec::new();
+            for k in -128..=128 {
+                for offset in [-1e-12, -1e-15, 0.0, 1e-15, 1e-12, 0.25] {
+                    let v: f64 = (k as f64 + 0.5 + offset) * step;
+                    let up = f64::from_bits(v.to_bits() + 1);
+                    near.extend([v, up, -v]);
+                }
+            }
+            // A low-discrepancy sweep, far from half steps or not.
+            let sweep: Vec<f64> = (0..10_000)
+                .map(|i| ((i as f64 * 0.618_033_988_749_895).fract() * 2.0 - 1.0) * 127.0 * step)
+                .collect();
+            for values in [&near, &sweep] {
+                for channel_step in [step, step * 0.37] {
+                    let mut sums = Sums::default();
+                    let (tensor, channel) = (Grid::new(step), Grid::new(channel_step));
+                    sums.add_channel(values.iter().copied(), &tensor, &channel);
+                    let got = (
+                        sums.signal.to_bits(),
+                        sums.tensor_noise.to_bits(),
+                        sums.channel_noise.to_bits(),
+                    );
+                    assert_eq!(got, divided(values, step, channel_step), "step {step}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn f32_ranges_ignore_nan_as_the_maximum_of_values_does() {
+        let values = [1.5f32, -3.25, f32::NAN, 0.0, -0.0];
+        let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let want = values
+            .iter()
+            .fold(0.0, |m: f64, &v| m.max((v as f64).abs()));
+        assert_eq!(f32_range(&raw), want);
+        assert_eq!(f32_range(&f32::NAN.to_le_bytes()), 0.0);
+        assert_eq!(f32_range(&f32::NEG_INFINITY.to_le_bytes()), f64::INFINITY);
+    }
+
+    #[test]
+    fn conv_transpose_channels_are_gathered_per_group_block() {
+        // [C_in=4, C_out/group=1, 1] with group 2: output channel 0 is rows 0-1, channel 1 rows 2-3.
+        assert_eq!(
+            channel_values(&[4, 1, 1], 1, 2, &[1.0, 2.0, 3.0, 4.0]),
+            vec![vec![1.0, 2.0], vec![3.0, 4.0]]
+        );
+        // [C_in=2, C_out/group=2, 2] with group 2: block 0 is row 0, block 1 row 1.
+        assert_eq!(
+            channel_values(&[2, 2, 2], 1, 2, &[1., 2., 3., 4., 5., 6., 7., 8.]),
+            vec![vec![1., 2.], vec![3., 4.], vec![5., 6.], vec![7., 8.]]
+        );
+    }
+
+    #[test]
+    fn columns_of_a_matmul_weight_are_its_output_channels() {
+        // [K=2, N=3], axis last: channel n is column n.
+        assert_eq!(
+            channel_values(&[2, 3], usize::MAX, 1, &[1., 2., 3., 4., 5., 6.]),
+            vec![vec![1., 4.], vec![2., 5.], vec![3., 6.]]
+        );
+    }
+}
