@@ -81,14 +81,3 @@ pub fn set_float(node: &mut NodeProto, name: &str, value: f32) {
         ..Default::default()
     });
 }
-
-/// Sets an integer attribute, replacing any previous value.
-pub fn set_int(node: &mut NodeProto, name: &str, value: i64) {
-    node.attribute.retain(|a| a.name() != name);
-    node.attribute.push(AttributeProto {
-        name: Some(name.to_string()),
-        r#type: Some(AttributeType::Int as i32),
-        i: Some(value),
-        ..Default::default()
-    });
-}

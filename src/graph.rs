@@ -116,11 +116,6 @@ impl<'g> GraphIndex<'g> {
         self.initializers.contains_key(name)
     }
 
-    /// Whether the initializer `name` belongs to an enclosing graph.
-    pub fn is_outer_initializer(&self, name: &str) -> bool {
-        !self.initializers.contains_key(name) && self.initializer(name).is_some()
-    }
-
     /// The declared element type of `name`, from inputs, outputs, `value_info` or initializers.
     pub fn declared_dtype(&self, name: &str) -> Option<Dtype> {
         if let Some(t) = self.initializer(name) {

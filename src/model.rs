@@ -778,13 +778,6 @@ fn create_output(staged: &Path, target: &Path) -> Result<std::fs::File> {
     Ok(file)
 }
 
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    }
-}
-
 /// Calls `f` on every tensor stored in the graph: initializers and tensor attributes, in
 /// subgraphs too, in a fixed order.
 pub fn visit_tensors(g: &GraphProto, f: &mut dyn FnMut(&TensorProto)) {
@@ -873,7 +866,9 @@ impl DataFilesPlan {
         // Writing into the input's own folder must not replace the data files the input still
         // points to: name them after the output model instead (the write plan then refuses
         // any that is still an input's file).
-        let shares_folder = input.base_dir().is_some_and(|b| same_file(b, dir));
+        let shares_folder = input
+            .base_dir()
+            .is_some_and(|b| crate::output::same_file(b, dir));
         let prefix = shares_folder.then(|| {
             model_path
                 .file_stem()

@@ -139,6 +139,14 @@ impl WritePlan {
 
 /// `path` with its folder made absolute and resolved (the file itself may not exist yet), so
 /// that two spellings of one target compare equal.
+/// Whether `a` and `b` name the same existing file or folder (through links and `..`).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
 fn normalize(path: &Path) -> PathBuf {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,

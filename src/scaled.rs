@@ -358,7 +358,9 @@ fn max_magnitude(dtype: Dtype, raw: &[u8]) -> f64 {
             // 31-bit patterns compare as i32: a loop the compiler vectorizes.
             let widest = raw
                 .chunks_exact(4)
-                .map(|c| (u32::from_le_bytes(c.try_into().unwrap_or_default()) & 0x7fff_ffff) as i32)
+                .map(|c| {
+                    (u32::from_le_bytes(c.try_into().unwrap_or_default()) & 0x7fff_ffff) as i32
+                })
                 .fold(0, i32::max);
             f32::from_bits(widest as u32) as f64
         }

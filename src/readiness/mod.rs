@@ -151,15 +151,10 @@ pub(crate) fn output_axis(node: &crate::proto::NodeProto) -> Option<usize> {
     match node.op_type() {
         "Conv" => Some(0),
         "ConvTranspose" => Some(1),
-        "Gemm" => {
-            let trans_b = node
-                .attribute
-                .iter()
-                .find(|a| a.name() == "transB")
-                .and_then(|a| a.i)
-                .unwrap_or(0);
-            Some(if trans_b == 1 { 0 } else { 1 })
-        }
+        "Gemm" => match crate::attr::int(node, "transB") {
+            Ok(Some(1)) => Some(0),
+            _ => Some(1),
+        },
         "MatMul" => Some(usize::MAX),
         _ => None,
     }

@@ -35,6 +35,34 @@ Examples:
   bnfold model.onnx -o fused.onnx --report json --report-file report.json
   bnfold verify original.onnx candidate.onnx";
 
+const VERIFY_EXIT_HELP: &str = "\
+Exit codes:
+  0  passed: every output agrees and every difference is explained
+  1  failed (an output or a fold disagrees), or not verified: nothing could run for some
+     output (e.g. an op tract lacks) or a fold could not be proven locally; the report says why
+  2  bad input (a model that does not load or is invalid), bad usage, or an I/O error";
+
+/// How a run ends; its exit code is the same for every command (see `--help`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ExitStatus {
+    /// 0: folded (and verified), nothing left to fold, or the models agree.
+    Success,
+    /// 1: verification failed (or was required and not reached), or `--check` found a fold.
+    Failure,
+    /// 2: bad input, bad usage, or an I/O error.
+    Error,
+}
+
+impl From<ExitStatus> for ExitCode {
+    fn from(status: ExitStatus) -> ExitCode {
+        ExitCode::from(match status {
+            ExitStatus::Success => 0,
+            ExitStatus::Failure => 1,
+            ExitStatus::Error => 2,
+        })
+    }
+}
+
 /// Fold BatchNormalization into the Conv, ConvTranspose, Gemm or MatMul before it, and prove
 /// the fused model equivalent to the original with tract.
 #[derive(Parser, Debug)]
@@ -51,6 +79,7 @@ enum Command {
     /// Check that two models compute the same outputs on seeded random inputs.
     ///
     /// Example: bnfold verify original.onnx candidate.onnx --samples 5
+    #[command(after_help = VERIFY_EXIT_HELP)]
     Verify {
         /// The reference model.
         original: PathBuf,
@@ -215,14 +244,21 @@ fn remove_staging_on_signals() {
 }
 
 fn main() -> ExitCode {
+    ExitCode::from(run_main())
+}
+
+fn run_main() -> ExitStatus {
     #[cfg(unix)]
     remove_staging_on_signals();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
+            let status = match e.use_stderr() {
+                true => ExitStatus::Error,
+                false => ExitStatus::Success,
+            };
             let _ = e.print();
-            return ExitCode::from(code);
+            return status;
         }
     };
     let verbose = match &cli.command {
@@ -230,8 +266,8 @@ fn main() -> ExitCode {
         None => cli.fold.output_args.verbose,
     };
     match run(cli) {
-        Ok(code) => code,
-        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Ok(status) => status,
+        Err(e) if is_broken_pipe(&e) => ExitStatus::Success,
         Err(e) => {
             eprintln!("bnfold: error: {}", Shown(&one_line(&e)));
             if verbose {
@@ -239,7 +275,7 @@ fn main() -> ExitCode {
                     eprintln!("  caused by: {}", Shown(&cause.to_string()));
                 }
             }
-            ExitCode::from(2)
+            ExitStatus::Error
         }
     }
 }
@@ -265,7 +301,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
     match cli.command {
         Some(Command::Verify {
             original,
@@ -325,7 +361,7 @@ fn load(path: &Path) -> anyhow::Result<Model> {
     Model::load(path).with_context(|| format!("{}", path.display()))
 }
 
-fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
+fn run_fold(args: FoldArgs) -> anyhow::Result<ExitStatus> {
     let Some(input) = args.input.clone() else {
         bail!("no input model given (see bnfold --help)");
     };
@@ -342,7 +378,7 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
     let mut verify_opts = verify_options(&args.check_args)?;
     if writes {
         if let Some(out) = &args.output {
-            if same_path(&input, out) && !args.in_place {
+            if bnfold::output::same_file(&input, out) && !args.in_place {
                 bail!(
                     "{}: refusing to overwrite the input (use --in-place)",
                     out.display()
@@ -419,7 +455,10 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
             }
             s
         })?;
-        return Ok(ExitCode::from(if report.folds.is_empty() { 0 } else { 1 }));
+        return Ok(match report.folds.is_empty() {
+            true => ExitStatus::Success,
+            false => ExitStatus::Failure,
+        });
     }
 
     let save_options = SaveOptions {
@@ -541,7 +580,10 @@ fn run_fold(args: FoldArgs) -> anyhow::Result<ExitCode> {
         }
         s
     })?;
-    Ok(ExitCode::from(if failed { 1 } else { 0 }))
+    Ok(match failed {
+        true => ExitStatus::Failure,
+        false => ExitStatus::Success,
+    })
 }
 
 fn check_skip_nodes(model: &Model, names: &BTreeSet<String>) -> anyhow::Result<()> {
@@ -571,20 +613,13 @@ fn check_skip_nodes(model: &Model, names: &BTreeSet<String>) -> anyhow::Result<(
     Ok(())
 }
 
-fn same_path(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    }
-}
-
 fn run_verify(
     original: &Path,
     candidate: &Path,
     check: &VerifyArgs,
     output: &OutputArgs,
     float_folds: bool,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<ExitStatus> {
     let mut options = verify_options(check)?;
     options.float_folds = float_folds;
     let progress = Progress::start(!output.quiet);
@@ -618,30 +653,30 @@ fn run_verify(
         }
         s
     })?;
-    Ok(ExitCode::from(match v.status {
-        Status::Passed => 0,
+    Ok(match v.status {
+        Status::Passed => ExitStatus::Success,
         Status::Failed => {
             eprintln!(
                 "bnfold: error: verification failed: {}",
                 Shown(v.reason.as_deref().unwrap_or_default())
             );
-            1
+            ExitStatus::Failure
         }
         Status::NotVerified => {
             eprintln!(
                 "bnfold: warning: not verified: {}",
                 Shown(v.reason.as_deref().unwrap_or_default())
             );
-            1
+            ExitStatus::Failure
         }
-    }))
+    })
 }
 
 fn run_inspect(
     path: &Path,
     inputs_are_constants: bool,
     output: &OutputArgs,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<ExitStatus> {
     let mut folded = load(path)?;
     let mut plan = WritePlan::new(output.force);
     plan.protect(&folded.input_files);
@@ -696,7 +731,7 @@ fn run_inspect(
     print(output, &pretty, || {
         text::inspect(path, &normalizations, &readiness)
     })?;
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitStatus::Success)
 }
 
 fn timings(fold_seconds: f64, verify_seconds: Option<f64>) -> String {
