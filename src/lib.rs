@@ -20,13 +20,13 @@ pub mod consts;
 pub mod divergence;
 pub mod error;
 pub mod external;
-pub mod folds;
+pub mod fold;
+
 pub mod graph;
 pub mod model;
 pub mod npy;
 pub mod output;
 pub mod pairs;
-pub mod pass;
 pub mod printable;
 pub mod proof;
 pub mod readiness;
@@ -51,15 +51,15 @@ pub mod proto {
 use std::collections::BTreeMap;
 
 pub use error::{Error, Result};
-pub use folds::{FoldKind, SkipReason};
+pub use fold::FoldOptions;
+pub use fold::rules::{FoldKind, SkipReason};
 pub use model::{Model, SaveOptions};
-pub use pass::FoldOptions;
 pub use proof::verify;
 pub use report::Report;
 pub use verify::{Verification, VerifyOptions};
 
+use fold::{PassContext, PassOutcome};
 use graph::OuterScope;
-use pass::{PassContext, PassOutcome};
 use proto::GraphProto;
 
 /// Folds every foldable BatchNormalization of `model` in place and reports what it did.
@@ -76,7 +76,7 @@ pub fn fold(model: &mut Model, options: &FoldOptions) -> Result<Report> {
         options,
     };
     let mut outcome = PassOutcome::default();
-    pass::fold_graph(graph, &ctx, "main", OuterScope::default(), &mut outcome)?;
+    fold::fold_graph(graph, &ctx, "main", OuterScope::default(), &mut outcome)?;
     if !outcome.folds.is_empty() || !outcome.decompositions.is_empty() {
         validate::graph_structure(graph, &Default::default())?;
     }

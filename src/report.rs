@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::folds::{FoldKind, SkipReason};
+use crate::fold::rules::{FoldKind, SkipReason};
 use crate::verify::Verification;
 
 /// The version of the JSON report's schema.

@@ -1,0 +1,273 @@
+//! Applying a plan: the one place a fold changes a graph (through [`super::edits`]).
+
+use super::edits::{write_tensor, GraphNames, NewTensor, NodeEdits};
+use super::options::PassContext;
+use super::plan::{ChainPlan, ForwardPlan};
+use crate::attr::{self};
+use crate::error::Result;
+use crate::external::ExternalStore;
+use super::rules::{ConsumerRewrite, FoldKind, NodeChange, ProducerRewrite};
+use crate::graph::node_label;
+use crate::proto::{GraphProto, NodeProto};
+use crate::report::{Direction, FoldRecord};
+use crate::scaled::ScaledTensor;
+use crate::tensor::Tensor;
+
+/// Mutates the graph for a forward fold.
+/// Applies a forward fold; returns its record and the tensors it may have left unused.
+pub(super) fn apply_forward(
+    graph: &mut GraphProto,
+    plan: ForwardPlan,
+    ctx: &PassContext,
+    path: &str,
+    names: &mut GraphNames,
+    edits: &mut NodeEdits,
+) -> Result<(FoldRecord, Vec<String>)> {
+    let bn = graph.node[plan.bn].clone();
+    let bn_label = node_label(&bn);
+    let ConsumerRewrite {
+        bias,
+        shift_add,
+        gemm_beta_one,
+        ..
+    } = plan.rewrite;
+    let (new_weight, new_bias) = write_layer_tensors(
+        graph,
+        names,
+        ctx.store,
+        LayerTensors {
+            weight_name: &plan.weight_name,
+            weight_in_place: plan.weight_in_place,
+            weight: plan.folded_weight,
+            bias_name: plan.bias_name.as_deref(),
+            bias_in_place: plan.bias_in_place,
+            bias,
+        },
+    )?;
+    let consumer = &mut graph.node[plan.consumer];
+    consumer.input[1] = new_weight.clone();
+    if plan.kind == FoldKind::MatMul {
+        consumer.op_type = Some("Gemm".into());
+        consumer.input.truncate(2);
+    }
+    if let Some(b) = &new_bias {
+        if consumer.input.len() < 3 {
+            consumer.input.resize(3, String::new());
+        }
+        consumer.input[2] = b.clone();
+    }
+    if gemm_beta_one && attr::has(consumer, "beta") {
+        attr::set_float(consumer, "beta", 1.0);
+    }
+    let consumer_label = node_label(consumer);
+    let output = consumer.output[0].clone();
+    let flatten_label = plan.flatten.map(|f| node_label(&graph.node[f]));
+    let shift_node = match shift_add {
+        Some(shift) => {
+            let shift_name = write_tensor(
+                graph,
+                names,
+                ctx.store,
+                &format!("{bn_label}_shift"),
+                false,
+                NewTensor::Values(shift),
+                None,
+            )?;
+            let add_name = names.unique(&format!("{bn_label}_shift_add"));
+            graph.node[plan.bn] = NodeProto {
+                name: Some(add_name.clone()),
+                op_type: Some("Add".into()),
+                input: vec![bn.input[0].clone(), shift_name],
+                output: vec![bn.output[0].clone()],
+                ..Default::default()
+            };
+            Some(add_name)
+        }
+        None => {
+            let reader = plan.flatten.unwrap_or(plan.consumer);
+            graph.node[reader].input[0] = bn.input[0].clone();
+            edits.remove(plan.bn);
+            edits.forget_value_info(bn.output[0].clone());
+            None
+        }
+    };
+    let mut detached = plan.detached;
+    detached.retain(|d| d != &new_weight && Some(d) != new_bias.as_ref());
+    let record = FoldRecord {
+        graph: path.to_string(),
+        kind: plan.kind,
+        direction: Direction::Forward,
+        producer: consumer_label,
+        batch_norm: bn_label,
+        passthrough: flatten_label.into_iter().collect(),
+        output,
+        followed_by: None,
+        weight: new_weight,
+        weight_in_place: plan.weight_in_place,
+        bias: new_bias.or(plan.bias_name).unwrap_or_default(),
+        shift_kept_as: shift_node,
+        max_rel_weight_change: plan.max_rel_weight_change,
+    };
+    Ok((record, detached))
+}
+
+/// The one function that mutates the graph for a backward fold. Tensors it detaches are added to
+/// `detached`, for the caller to remove once they are dead.
+pub(super) fn apply(
+    graph: &mut GraphProto,
+    plan: ChainPlan,
+    ctx: &PassContext,
+    path: &str,
+    names: &mut GraphNames,
+    edits: &mut NodeEdits,
+    detached: &mut Vec<String>,
+) -> Result<FoldRecord> {
+    let bn = graph.node[plan.bn].clone();
+    let out_name = bn.output[0].clone();
+    let ProducerRewrite {
+        weight_slot,
+        bias,
+        change,
+        ..
+    } = plan.rewrite;
+
+    let (new_weight, new_bias) = write_layer_tensors(
+        graph,
+        names,
+        ctx.store,
+        LayerTensors {
+            weight_name: &plan.weight_name,
+            weight_in_place: plan.weight_in_place,
+            weight: plan.folded_weight,
+            bias_name: plan.bias_name.as_deref(),
+            bias_in_place: plan.bias_in_place,
+            bias: Some(bias),
+        },
+    )?;
+    let new_bias = new_bias.unwrap_or_default();
+
+    let then_add_names = (change == NodeChange::MatMulThenAdd).then(|| {
+        let label = node_label(&graph.node[plan.producer]);
+        (
+            names.unique(&format!("{out_name}_matmul")),
+            names.unique(&format!("{label}_bias_add")),
+        )
+    });
+    let producer = &mut graph.node[plan.producer];
+    let old_out = std::mem::replace(&mut producer.output[0], out_name.clone());
+    producer.input[weight_slot] = new_weight.clone();
+    let mut extra_node = None;
+    match change {
+        NodeChange::None | NodeChange::GemmBetaOne => {
+            if producer.input.len() < 3 {
+                producer.input.resize(3, String::new());
+            }
+            producer.input[2] = new_bias.clone();
+            if change == NodeChange::GemmBetaOne && attr::has(producer, "beta") {
+                attr::set_float(producer, "beta", 1.0);
+            }
+        }
+        NodeChange::MatMulToGemm => {
+            producer.op_type = Some("Gemm".into());
+            producer.input.truncate(2);
+            producer.input.push(new_bias.clone());
+        }
+        NodeChange::MatMulThenAdd => {
+            let (product, add_name) = then_add_names.unwrap_or_default();
+            producer.output[0] = product.clone();
+            extra_node = Some(NodeProto {
+                name: Some(add_name),
+                op_type: Some("Add".into()),
+                input: vec![product, new_bias.clone()],
+                output: vec![out_name.clone()],
+                ..Default::default()
+            });
+        }
+    }
+    let producer_label = node_label(&graph.node[plan.producer]);
+    let passthrough_labels: Vec<String> = plan
+        .passthrough
+        .iter()
+        .map(|&i| node_label(&graph.node[i]))
+        .collect();
+    for &i in plan.passthrough.iter().chain([&plan.bn]) {
+        edits.remove(i);
+    }
+    if let Some(add) = extra_node {
+        edits.insert_after(plan.producer, add);
+    }
+    edits.forget_value_info(old_out);
+
+    detached.extend(
+        plan.detached
+            .into_iter()
+            .filter(|d| d != &new_weight && d != &new_bias),
+    );
+    Ok(FoldRecord {
+        graph: path.to_string(),
+        kind: plan.kind,
+        direction: Direction::Backward,
+        producer: producer_label,
+        batch_norm: node_label(&bn),
+        passthrough: passthrough_labels,
+        output: out_name,
+        followed_by: plan.followed_by,
+        weight: new_weight,
+        weight_in_place: plan.weight_in_place,
+        bias: new_bias,
+        shift_kept_as: None,
+        max_rel_weight_change: plan.max_rel_weight_change,
+    })
+}
+
+/// A layer's folded weight and bias, and where they came from.
+pub(super) struct LayerTensors<'a> {
+    pub(super) weight_name: &'a str,
+    pub(super) weight_in_place: bool,
+    pub(super) weight: ScaledTensor,
+    pub(super) bias_name: Option<&'a str>,
+    pub(super) bias_in_place: bool,
+    pub(super) bias: Option<Tensor>,
+}
+
+/// Writes a layer's folded weight and (when there is one) bias, each in place when the layer
+/// owns it, else under a new name; a bias the layer did not have is named after the weight and
+/// stored like it (external when the weight is).
+pub(super) fn write_layer_tensors(
+    graph: &mut GraphProto,
+    names: &mut GraphNames,
+    store: &ExternalStore,
+    tensors: LayerTensors,
+) -> Result<(String, Option<String>)> {
+    let weight_template = names.initializer(graph, tensors.weight_name).cloned();
+    let new_weight = write_tensor(
+        graph,
+        names,
+        store,
+        tensors.weight_name,
+        tensors.weight_in_place,
+        NewTensor::Scaled(Box::new(tensors.weight)),
+        weight_template.as_ref(),
+    )?;
+    let Some(bias) = tensors.bias else {
+        return Ok((new_weight, None));
+    };
+    let base = tensors
+        .bias_name
+        .map_or_else(|| format!("{}_bias", tensors.weight_name), str::to_string);
+    let template = tensors
+        .bias_name
+        .and_then(|b| names.initializer(graph, b))
+        .cloned()
+        .or(weight_template);
+    let new_bias = write_tensor(
+        graph,
+        names,
+        store,
+        &base,
+        tensors.bias_in_place,
+        NewTensor::Values(bias),
+        template.as_ref(),
+    )?;
+    Ok((new_weight, Some(new_bias)))
+}

@@ -1,0 +1,373 @@
+//! The fold pass, phase by phase, each graph on its own (subgraphs first, then the graph that
+//! holds them):
+//!
+//! 1. **Subgraphs** ([`fold_subgraphs`]): the graphs of `If`, `Loop` and `Scan` bodies, with
+//!    the enclosing graphs' initializers in scope.
+//! 2. **Backward rounds** ([`backward`]): every BatchNormalization whose input comes from a
+//!    foldable producer is planned against one index; the plans that share no node are applied
+//!    ([`apply`], through [`edits`]) and the graph is cleaned ([`cleanup`]); again until a round
+//!    plans nothing (a fold can make the next BN foldable: BN → BN).
+//! 3. **Forward rounds** ([`forward`]): the BatchNormalizations that fold nowhere backward, into
+//!    the one layer they feed, in rounds the same way.
+//! 4. **Decompose** (`--decompose-standalone`): each BatchNormalization left becomes a `Mul` and
+//!    an `Add`.
+//! 5. **The skip report**: why each one left did not fold, backward and forward.
+//!
+//! Matching is read-only and returns a plan or a named [`SkipReason`]; the rules of each layer
+//! kind live in [`rules`]; [`apply`] is the one place that mutates a graph.
+
+use foldhash::{HashMap, HashSet};
+
+use crate::consts::ConstEval;
+use crate::error::Result;
+use rules::SkipReason;
+use crate::graph::{is_graph_attribute, node_label, GraphIndex, OuterScope};
+use crate::proto::{GraphProto, NodeProto, TensorProto};
+use crate::report::{DecompositionRecord, NormalizationRecord, SkipRecord};
+use apply::{apply, apply_forward};
+use backward::plan_chain;
+use cleanup::{drop_stale_value_info, list_initializers_as_inputs, remove_dead};
+use edits::{write_tensor, GraphNames, NewTensor, NodeEdits};
+use forward::{allows_forward, plan_forward};
+use plan::bn_affine;
+
+/// In a plan function returning `Result<Result<_, SkipReason>>`: skip with `$reason` if `$cond`.
+macro_rules! skip_if {
+    ($cond:expr, $reason:expr) => {
+        if $cond {
+            return Ok(Err($reason));
+        }
+    };
+}
+
+/// In a plan function: the value of a `Result<_, SkipReason>`, or skip with its reason.
+macro_rules! or_skip {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(reason) => return Ok(Err(reason)),
+        }
+    };
+}
+
+mod apply;
+mod backward;
+mod cleanup;
+mod edits;
+mod forward;
+mod options;
+mod plan;
+pub mod rules;
+
+pub use options::{FoldOptions, PassContext, PassOutcome};
+
+/// Marks `nodes` as taken by a rewrite of this round; false (and nothing marked) when an earlier
+/// rewrite of the round already took one of them.
+fn claim(taken: &mut HashSet<usize>, nodes: &[usize]) -> bool {
+    if nodes.iter().any(|n| taken.contains(n)) {
+        return false;
+    }
+    taken.extend(nodes);
+    true
+}
+
+/// Folds every foldable BatchNormalization of `graph` and of its subgraphs.
+pub fn fold_graph(
+    graph: &mut GraphProto,
+    ctx: &PassContext,
+    path: &str,
+    outer: OuterScope,
+    out: &mut PassOutcome,
+) -> Result<()> {
+    fold_subgraphs(graph, ctx, path, outer, out)?;
+    if !graph.node.iter().any(is_batch_norm) {
+        // Nothing to fold, decompose or report here: no index of a large graph is built.
+        list_other_normalizations(graph, path, out);
+        drop_stale_value_info(graph);
+        return Ok(());
+    }
+    // Rounds: plan every BN against one index, then apply the plans whose nodes no other plan of
+    // the round took; node removals and insertions are made at the round's end, so the indices
+    // the plans were made with hold throughout. BNs a fold just made foldable (BN → BN) wait for
+    // the next round. Plans are applied from the end of the graph back (the order new names
+    // were always handed out in).
+    loop {
+        let plans = {
+            let index = GraphIndex::new(graph, outer);
+            let eval = ConstEval::new(&index, ctx.store, ctx.opset, inputs_are_constants(ctx));
+            let mut plans = Vec::new();
+            for i in 0..graph.node.len() {
+                if is_batch_norm(&graph.node[i]) {
+                    if let Ok(plan) = plan_chain(&index, &eval, i, ctx)? {
+                        plans.push(plan);
+                    }
+                }
+            }
+            plans
+        };
+        if plans.is_empty() {
+            break;
+        }
+        let mut records = Vec::new();
+        let mut detached = Vec::new();
+        let mut names = GraphNames::new(graph);
+        let mut edits = NodeEdits::new(graph.node.len());
+        let mut taken = HashSet::default();
+        for plan in plans.into_iter().rev() {
+            if !claim(&mut taken, &plan.nodes()) {
+                continue;
+            }
+            let record = apply(
+                graph,
+                plan,
+                ctx,
+                path,
+                &mut names,
+                &mut edits,
+                &mut detached,
+            )?;
+            records.push(record);
+        }
+        edits.finish(graph);
+        remove_dead(graph, detached, ctx);
+        if ctx.ir_version < 4 {
+            list_initializers_as_inputs(graph);
+        }
+        records.reverse();
+        out.folds.extend(records);
+    }
+    // Forward folds, where backward ones do not apply: rounds too, in graph order.
+    loop {
+        let plans = {
+            let index = GraphIndex::new(graph, outer);
+            let eval = ConstEval::new(&index, ctx.store, ctx.opset, inputs_are_constants(ctx));
+            let mut plans = Vec::new();
+            for i in 0..graph.node.len() {
+                if !is_batch_norm(&graph.node[i]) {
+                    continue;
+                }
+                if let Err(reason) = plan_chain(&index, &eval, i, ctx)? {
+                    if allows_forward(&reason) {
+                        if let Ok(plan) = plan_forward(&index, &eval, i, ctx)? {
+                            plans.push(plan);
+                        }
+                    }
+                }
+            }
+            plans
+        };
+        if plans.is_empty() {
+            break;
+        }
+        let mut names = GraphNames::new(graph);
+        let mut edits = NodeEdits::new(graph.node.len());
+        let mut taken = HashSet::default();
+        let mut detached = Vec::new();
+        for plan in plans {
+            let nodes: Vec<usize> = [plan.bn, plan.consumer]
+                .into_iter()
+                .chain(plan.flatten)
+                .collect();
+            if !claim(&mut taken, &nodes) {
+                continue;
+            }
+            let record = apply_forward(graph, plan, ctx, path, &mut names, &mut edits)?;
+            detached.extend(record.1);
+            out.folds.push(record.0);
+        }
+        edits.finish(graph);
+        remove_dead(graph, detached, ctx);
+        if ctx.ir_version < 4 {
+            list_initializers_as_inputs(graph);
+        }
+    }
+    if ctx.options.decompose_standalone {
+        decompose_remaining(graph, ctx, path, outer, out)?;
+    }
+    let index = GraphIndex::new(graph, outer);
+    let eval = ConstEval::new(&index, ctx.store, ctx.opset, inputs_are_constants(ctx));
+    for (i, node) in graph.node.iter().enumerate() {
+        if is_batch_norm(node) {
+            if let Err(reason) = plan_chain(&index, &eval, i, ctx)? {
+                let forward = if allows_forward(&reason) {
+                    plan_forward(&index, &eval, i, ctx)?.err()
+                } else {
+                    None
+                };
+                out.skips.push(SkipRecord {
+                    graph: path.to_string(),
+                    node: node_label(node),
+                    message: reason.message(),
+                    reason,
+                    forward_message: forward.as_ref().map(SkipReason::message),
+                    forward,
+                });
+            }
+        }
+    }
+    list_other_normalizations(graph, path, out);
+    drop_stale_value_info(graph);
+    Ok(())
+}
+
+/// Records the normalizations whose statistics come from the input, which never fold.
+fn list_other_normalizations(graph: &GraphProto, path: &str, out: &mut PassOutcome) {
+    for node in &graph.node {
+        if matches!(
+            node.op_type(),
+            "LayerNormalization" | "GroupNormalization" | "InstanceNormalization"
+        ) {
+            out.normalizations.push(NormalizationRecord {
+                graph: path.to_string(),
+                node: node_label(node),
+                op_type: node.op_type().to_string(),
+            });
+        }
+    }
+}
+
+/// Rewrites every BN that is still there and is a fixed affine map into `Mul` and `Add`.
+fn decompose_remaining(
+    graph: &mut GraphProto,
+    ctx: &PassContext,
+    path: &str,
+    outer: OuterScope,
+    out: &mut PassOutcome,
+) -> Result<()> {
+    loop {
+        let found = {
+            let index = GraphIndex::new(graph, outer);
+            let eval = ConstEval::new(&index, ctx.store, ctx.opset, inputs_are_constants(ctx));
+            let mut found = None;
+            for i in 0..graph.node.len() {
+                let node = &graph.node[i];
+                if !is_batch_norm(node) {
+                    continue;
+                }
+                let Err(reason) = plan_chain(&index, &eval, i, ctx)? else {
+                    continue;
+                };
+                if !allows_forward(&reason) {
+                    continue;
+                }
+                let Ok(affine) = bn_affine(&eval, node)? else {
+                    continue;
+                };
+                let Some(rank) = eval.rank(&node.input[0]) else {
+                    continue;
+                };
+                let dtype = eval.dtype(&node.input[0]).or(eval.dtype(&node.input[1]));
+                let Some(dtype) = dtype.filter(|d| d.is_float()) else {
+                    continue;
+                };
+                if let Ok(constants) =
+                    rules::decompose::plan(&affine, rank, dtype, &node_label(node))
+                {
+                    found = Some((i, constants));
+                    break;
+                }
+            }
+            found
+        };
+        let Some((i, (scale, shift))) = found else {
+            return Ok(());
+        };
+        let mut names = GraphNames::new(graph);
+        let bn = graph.node[i].clone();
+        let label = node_label(&bn);
+        let scale_name = write_tensor(
+            graph,
+            &mut names,
+            ctx.store,
+            &format!("{label}_scale"),
+            false,
+            NewTensor::Values(scale),
+            None,
+        )?;
+        let shift_name = write_tensor(
+            graph,
+            &mut names,
+            ctx.store,
+            &format!("{label}_shift"),
+            false,
+            NewTensor::Values(shift),
+            None,
+        )?;
+        let scaled = names.unique(&format!("{}_scaled", bn.output[0]));
+        let mul_name = names.unique(&format!("{label}_mul"));
+        let add_name = names.unique(&format!("{label}_add"));
+        let mul = NodeProto {
+            name: Some(mul_name.clone()),
+            op_type: Some("Mul".into()),
+            input: vec![bn.input[0].clone(), scale_name],
+            output: vec![scaled.clone()],
+            ..Default::default()
+        };
+        let add = NodeProto {
+            name: Some(add_name.clone()),
+            op_type: Some("Add".into()),
+            input: vec![scaled, shift_name],
+            output: vec![bn.output[0].clone()],
+            ..Default::default()
+        };
+        graph.node[i] = mul;
+        graph.node.insert(i + 1, add);
+        remove_dead(graph, bn.input[1..5].to_vec(), ctx);
+        if ctx.ir_version < 4 {
+            list_initializers_as_inputs(graph);
+        }
+        out.decompositions.push(DecompositionRecord {
+            graph: path.to_string(),
+            node: label,
+            mul: mul_name,
+            add: add_name,
+        });
+    }
+}
+
+fn inputs_are_constants(ctx: &PassContext) -> bool {
+    ctx.options.inputs_are_constants || ctx.ir_version < 4
+}
+
+fn is_batch_norm(node: &NodeProto) -> bool {
+    node.op_type() == "BatchNormalization" && matches!(node.domain(), "" | "ai.onnx")
+}
+
+fn fold_subgraphs(
+    graph: &mut GraphProto,
+    ctx: &PassContext,
+    path: &str,
+    outer: OuterScope,
+    out: &mut PassOutcome,
+) -> Result<()> {
+    if !graph
+        .node
+        .iter()
+        .any(|n| n.attribute.iter().any(is_graph_attribute))
+    {
+        return Ok(());
+    }
+    let mut visible: HashMap<String, TensorProto> = outer
+        .initializers
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default();
+    for t in &graph.initializer {
+        visible.insert(t.name().to_string(), t.clone());
+    }
+    let scope = OuterScope {
+        initializers: Some(&visible),
+    };
+    for node in &mut graph.node {
+        let label = node_label(node);
+        for a in &mut node.attribute {
+            let sub_path = format!("{path}/{label}/{}", a.name());
+            if let Some(g) = a.g.as_mut() {
+                fold_graph(g, ctx, &sub_path, scope, out)?;
+            }
+            for (k, g) in a.graphs.iter_mut().enumerate() {
+                fold_graph(g, ctx, &format!("{sub_path}[{k}]"), scope, out)?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,45 @@
+//! What the user allows the pass to do, the model-wide facts it reads, and what it found.
+
+use std::collections::BTreeSet;
+
+use crate::external::ExternalStore;
+use super::rules::FoldKind;
+use crate::report::{DecompositionRecord, FoldRecord, NormalizationRecord, SkipRecord};
+
+/// What the user allows the pass to do.
+#[derive(Clone, Debug, Default)]
+pub struct FoldOptions {
+    /// Treat initializers that are also graph inputs (IR ≥ 4) as constants.
+    pub inputs_are_constants: bool,
+    /// Fold only into these kinds (all when `None`).
+    pub only: Option<BTreeSet<FoldKind>>,
+    /// BatchNormalization nodes (by name or first output) to leave alone.
+    pub skip_nodes: BTreeSet<String>,
+    /// Rewrite a BatchNormalization that folds nowhere into `Mul` and `Add`.
+    pub decompose_standalone: bool,
+}
+
+/// The model-wide facts the pass needs.
+pub struct PassContext<'a> {
+    /// Where external data is read from.
+    pub store: &'a ExternalStore,
+    /// The opset of the default domain.
+    pub opset: i64,
+    /// The model's IR version.
+    pub ir_version: i64,
+    /// The user's options.
+    pub options: &'a FoldOptions,
+}
+
+/// Everything the pass found.
+#[derive(Default)]
+pub struct PassOutcome {
+    /// Folds applied.
+    pub folds: Vec<FoldRecord>,
+    /// BatchNormalization nodes left in place.
+    pub skips: Vec<SkipRecord>,
+    /// Normalizations that never fold.
+    pub normalizations: Vec<NormalizationRecord>,
+    /// BatchNormalization nodes rewritten as `Mul` and `Add`.
+    pub decompositions: Vec<DecompositionRecord>,
+}
