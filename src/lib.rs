@@ -51,8 +51,8 @@ pub mod proto {
 use std::collections::BTreeMap;
 
 pub use error::{Error, Result};
-pub use fold::FoldOptions;
 pub use fold::rules::{FoldKind, SkipReason};
+pub use fold::FoldOptions;
 pub use model::{Model, SaveOptions};
 pub use proof::verify;
 pub use report::Report;

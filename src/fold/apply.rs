@@ -3,10 +3,10 @@
 use super::edits::{write_tensor, GraphNames, NewTensor, NodeEdits};
 use super::options::PassContext;
 use super::plan::{ChainPlan, ForwardPlan};
+use super::rules::{ConsumerRewrite, FoldKind, NodeChange, ProducerRewrite};
 use crate::attr::{self};
 use crate::error::Result;
 use crate::external::ExternalStore;
-use super::rules::{ConsumerRewrite, FoldKind, NodeChange, ProducerRewrite};
 use crate::graph::node_label;
 use crate::proto::{GraphProto, NodeProto};
 use crate::report::{Direction, FoldRecord};

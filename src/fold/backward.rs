@@ -7,10 +7,10 @@ use super::options::PassContext;
 use super::plan::{
     bn_affine, constant, float_constant, layer_weight, scale_within_range, ChainPlan,
 };
+use super::rules::{self, FoldInput, FoldKind, SkipReason};
 use crate::attr::{self, node_error};
 use crate::consts::ConstEval;
 use crate::error::Result;
-use super::rules::{self, FoldInput, FoldKind, SkipReason};
 use crate::graph::{node_label, GraphIndex};
 use crate::tensor::Tensor;
 

@@ -3,10 +3,10 @@
 
 use super::options::PassContext;
 use super::plan::{bn_affine, float_constant, layer_weight, scale_within_range, ForwardPlan};
+use super::rules::{self, FoldKind, ForwardInput, SkipReason};
 use crate::attr::{self};
 use crate::consts::ConstEval;
 use crate::error::Result;
-use super::rules::{self, FoldKind, ForwardInput, SkipReason};
 use crate::graph::{node_label, GraphIndex};
 
 /// Whether a BN left by the backward folds may fold forward: its own preconditions hold.

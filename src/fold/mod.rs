@@ -16,20 +16,19 @@
 //! Matching is read-only and returns a plan or a named [`SkipReason`]; the rules of each layer
 //! kind live in [`rules`]; [`apply`] is the one place that mutates a graph.
 
-use foldhash::{HashMap, HashSet};
+use foldhash::HashMap;
 
 use crate::consts::ConstEval;
 use crate::error::Result;
-use rules::SkipReason;
 use crate::graph::{is_graph_attribute, node_label, GraphIndex, OuterScope};
 use crate::proto::{GraphProto, NodeProto, TensorProto};
-use crate::report::{DecompositionRecord, NormalizationRecord, SkipRecord};
-use apply::{apply, apply_forward};
+use crate::report::{DecompositionRecord, Direction, NormalizationRecord, SkipRecord};
 use backward::plan_chain;
 use cleanup::{drop_stale_value_info, list_initializers_as_inputs, remove_dead};
-use edits::{write_tensor, GraphNames, NewTensor, NodeEdits};
+use edits::{write_tensor, GraphNames, NewTensor};
 use forward::{allows_forward, plan_forward};
 use plan::bn_affine;
+use rules::SkipReason;
 
 /// In a plan function returning `Result<Result<_, SkipReason>>`: skip with `$reason` if `$cond`.
 macro_rules! skip_if {
@@ -57,19 +56,12 @@ mod edits;
 mod forward;
 mod options;
 mod plan;
+mod rounds;
 pub mod rules;
 
 pub use options::{FoldOptions, PassContext, PassOutcome};
 
-/// Marks `nodes` as taken by a rewrite of this round; false (and nothing marked) when an earlier
-/// rewrite of the round already took one of them.
-fn claim(taken: &mut HashSet<usize>, nodes: &[usize]) -> bool {
-    if nodes.iter().any(|n| taken.contains(n)) {
-        return false;
-    }
-    taken.extend(nodes);
-    true
-}
+use rounds::rounds;
 
 /// Folds every foldable BatchNormalization of `graph` and of its subgraphs.
 pub fn fold_graph(
@@ -86,104 +78,26 @@ pub fn fold_graph(
         drop_stale_value_info(graph);
         return Ok(());
     }
-    // Rounds: plan every BN against one index, then apply the plans whose nodes no other plan of
-    // the round took; node removals and insertions are made at the round's end, so the indices
-    // the plans were made with hold throughout. BNs a fold just made foldable (BN → BN) wait for
-    // the next round. Plans are applied from the end of the graph back (the order new names
-    // were always handed out in).
-    loop {
-        let plans = {
-            let index = GraphIndex::new(graph, outer);
-            let eval = ConstEval::new(&index, ctx.store, ctx.opset, inputs_are_constants(ctx));
-            let mut plans = Vec::new();
-            for i in 0..graph.node.len() {
-                if is_batch_norm(&graph.node[i]) {
-                    if let Ok(plan) = plan_chain(&index, &eval, i, ctx)? {
-                        plans.push(plan);
-                    }
-                }
-            }
-            plans
-        };
-        if plans.is_empty() {
-            break;
-        }
-        let mut records = Vec::new();
-        let mut detached = Vec::new();
-        let mut names = GraphNames::new(graph);
-        let mut edits = NodeEdits::new(graph.node.len());
-        let mut taken = HashSet::default();
-        for plan in plans.into_iter().rev() {
-            if !claim(&mut taken, &plan.nodes()) {
-                continue;
-            }
-            let record = apply(
-                graph,
-                plan,
-                ctx,
-                path,
-                &mut names,
-                &mut edits,
-                &mut detached,
-            )?;
-            records.push(record);
-        }
-        edits.finish(graph);
-        remove_dead(graph, detached, ctx);
-        if ctx.ir_version < 4 {
-            list_initializers_as_inputs(graph);
-        }
-        records.reverse();
-        out.folds.extend(records);
-    }
-    // Forward folds, where backward ones do not apply: rounds too, in graph order.
-    loop {
-        let plans = {
-            let index = GraphIndex::new(graph, outer);
-            let eval = ConstEval::new(&index, ctx.store, ctx.opset, inputs_are_constants(ctx));
-            let mut plans = Vec::new();
-            for i in 0..graph.node.len() {
-                if !is_batch_norm(&graph.node[i]) {
-                    continue;
-                }
-                if let Err(reason) = plan_chain(&index, &eval, i, ctx)? {
-                    if allows_forward(&reason) {
-                        if let Ok(plan) = plan_forward(&index, &eval, i, ctx)? {
-                            plans.push(plan);
-                        }
-                    }
-                }
-            }
-            plans
-        };
-        if plans.is_empty() {
-            break;
-        }
-        let mut names = GraphNames::new(graph);
-        let mut edits = NodeEdits::new(graph.node.len());
-        let mut taken = HashSet::default();
-        let mut detached = Vec::new();
-        for plan in plans {
-            let nodes: Vec<usize> = [plan.bn, plan.consumer]
-                .into_iter()
-                .chain(plan.flatten)
-                .collect();
-            if !claim(&mut taken, &nodes) {
-                continue;
-            }
-            let record = apply_forward(graph, plan, ctx, path, &mut names, &mut edits)?;
-            detached.extend(record.1);
-            out.folds.push(record.0);
-        }
-        edits.finish(graph);
-        remove_dead(graph, detached, ctx);
-        if ctx.ir_version < 4 {
-            list_initializers_as_inputs(graph);
-        }
-    }
+    rounds(graph, ctx, path, outer, Direction::Backward, out)?;
+    // Forward folds, where backward ones do not apply.
+    rounds(graph, ctx, path, outer, Direction::Forward, out)?;
     if ctx.options.decompose_standalone {
         decompose_remaining(graph, ctx, path, outer, out)?;
     }
+    report_skips(graph, ctx, path, outer, out)?;
+    list_other_normalizations(graph, path, out);
+    drop_stale_value_info(graph);
+    Ok(())
+}
+
+/// Why each BatchNormalization left did not fold: backward, and forward where that was tried.
+fn report_skips(
+    graph: &GraphProto,
+    ctx: &PassContext,
+    path: &str,
+    outer: OuterScope,
+    out: &mut PassOutcome,
+) -> Result<()> {
     let index = GraphIndex::new(graph, outer);
     let eval = ConstEval::new(&index, ctx.store, ctx.opset, inputs_are_constants(ctx));
     for (i, node) in graph.node.iter().enumerate() {
@@ -205,8 +119,6 @@ pub fn fold_graph(
             }
         }
     }
-    list_other_normalizations(graph, path, out);
-    drop_stale_value_info(graph);
     Ok(())
 }
 

@@ -2,8 +2,8 @@
 
 use std::collections::BTreeSet;
 
-use crate::external::ExternalStore;
 use super::rules::FoldKind;
+use crate::external::ExternalStore;
 use crate::report::{DecompositionRecord, FoldRecord, NormalizationRecord, SkipRecord};
 
 /// What the user allows the pass to do.

@@ -2,10 +2,10 @@
 //! layer's weight as a constant that may be scaled, the range a folded weight must fit.
 
 use super::options::PassContext;
+use super::rules::{Affine, ConsumerRewrite, FoldKind, ProducerRewrite, SkipReason};
 use crate::attr::{self};
 use crate::consts::{ConstEval, NotConstant};
 use crate::error::Result;
-use super::rules::{Affine, ConsumerRewrite, FoldKind, ProducerRewrite, SkipReason};
 use crate::graph::GraphIndex;
 use crate::proto::NodeProto;
 use crate::scaled::{ScaledTensor, Scaling};
