@@ -60,11 +60,8 @@ pub(super) fn plan_forward(
     if let Some(keeps_rows) = flattens {
         skip_if!(
             !keeps_rows,
-            SkipReason::ConsumerNotFoldable {
-                op_type: format!(
-                    "{} that does not lay each sample's channels out in one row",
-                    first.op_type()
-                )
+            SkipReason::ReshapeMixesChannels {
+                op_type: first.op_type().to_string()
             }
         );
         flatten = Some(consumer);
@@ -91,15 +88,13 @@ pub(super) fn plan_forward(
         let bf16 = eval.dtype(&node.input[1]) == Some(crate::tensor::Dtype::Bf16);
         skip_if!(
             ctx.opset < 7 || (bf16 && ctx.opset < 13),
-            SkipReason::ConsumerNotFoldable {
-                op_type: "MatMul (no Gemm with broadcast C at this opset)".into()
-            }
+            SkipReason::NoBroadcastGemm { opset: ctx.opset }
         );
     }
     skip_if!(
         !matches!(node.domain(), "" | "ai.onnx") || node.input.len() < 2 || node.input[0] != data,
-        SkipReason::ConsumerNotFoldable {
-            op_type: format!("{} (not on its data input)", node.op_type())
+        SkipReason::ConsumerNotOnDataInput {
+            op_type: node.op_type().to_string()
         }
     );
     if let Some(only) = &ctx.options.only {

@@ -9,6 +9,8 @@ use bnfold::proto::tensor_proto::DataLocation;
 use bnfold::proto::{ModelProto, StringStringEntryProto, TensorProto};
 use prost::Message;
 
+pub mod build;
+
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures")

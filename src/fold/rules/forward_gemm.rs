@@ -40,9 +40,7 @@ pub fn plan(input: &ForwardInput) -> PlannedForward {
             .unwrap_or(1.0) as f64
     };
     if int("transA") != 0 {
-        return Err(SkipReason::ConsumerNotFoldable {
-            op_type: "Gemm with transA=1".into(),
-        });
+        return Err(SkipReason::GemmTransposedA);
     }
     let trans_b = int("transB") == 1;
     let (alpha, beta) = (float("alpha"), float("beta"));

@@ -176,6 +176,25 @@ pub enum SkipReason {
         /// The consumer's op type.
         op_type: String,
     },
+    /// Forward: between the BN and its consumer, a `Flatten` or `Reshape` that does not keep
+    /// each sample's channels in one row.
+    ReshapeMixesChannels {
+        /// `Flatten` or `Reshape`.
+        op_type: String,
+    },
+    /// Forward into a `MatMul`: the shift needs a `Gemm` with a broadcast `C`, which this opset
+    /// lacks (opset 7, and 13 for bfloat16).
+    NoBroadcastGemm {
+        /// The model's opset.
+        opset: i64,
+    },
+    /// Forward: the BN's output reaches its consumer on another input than the data input.
+    ConsumerNotOnDataInput {
+        /// The consumer's op type.
+        op_type: String,
+    },
+    /// Forward into a `Gemm` with `transA = 1`, whose rows are not the samples.
+    GemmTransposedA,
     /// Forward into a padded Conv: the shift must stay as `Add(X, shift/scale)`, which needs
     /// every scale non-zero.
     ZeroScaleUnderPadding {
@@ -264,6 +283,20 @@ impl SkipReason {
             }
             SkipReason::ConsumerNotFoldable { op_type } => {
                 format!("its output feeds {op_type}, which cannot absorb it")
+            }
+            SkipReason::ReshapeMixesChannels { op_type } => format!(
+                "its output goes through a {op_type} that does not lay each sample's channels out \
+                 in one row"
+            ),
+            SkipReason::NoBroadcastGemm { opset } => format!(
+                "its output feeds a MatMul, and at opset {opset} no Gemm with a broadcast C can \
+                 take the shift (opset 7, 13 for bfloat16)"
+            ),
+            SkipReason::ConsumerNotOnDataInput { op_type } => {
+                format!("its output feeds {op_type} on another input than the data input")
+            }
+            SkipReason::GemmTransposedA => {
+                "its output feeds a Gemm with transA=1, whose rows are not the samples".into()
             }
             SkipReason::ZeroScaleUnderPadding { channel } => format!(
                 "the consumer pads, and the scale of channel {channel} is zero: the shift cannot \
