@@ -40,6 +40,7 @@ pub mod structure;
 pub mod tensor;
 pub mod validate;
 pub mod verify;
+pub mod walk;
 pub mod writer;
 
 pub mod proto {

@@ -15,7 +15,7 @@ use crate::tensor::{self, Dtype};
 /// Checks the stored size of every tensor, then the graph and its subgraphs.
 pub fn model(graph: &GraphProto, store: &ExternalStore) -> Result<()> {
     let mut problem = Ok(());
-    crate::model::visit_tensors(graph, &mut |t| {
+    crate::walk::visit_tensors(graph, &mut |t| {
         if problem.is_ok() {
             problem = stored_size(t, store);
         }

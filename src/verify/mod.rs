@@ -651,7 +651,7 @@ const LOCKSTEP_WEIGHT_BYTES: usize = 256 << 20;
 fn weight_bytes(model: &Model) -> usize {
     let mut total = 0usize;
     if let Some(g) = &model.proto.graph {
-        crate::model::visit_tensors(g, &mut |t| {
+        crate::walk::visit_tensors(g, &mut |t| {
             let count = crate::tensor::proto_dims(t)
                 .map(|d| d.iter().product::<usize>())
                 .unwrap_or(0);

@@ -279,7 +279,7 @@ pub(super) fn one_line(e: &TractError) -> String {
 pub(super) fn bf16_tensor(model: &ModelProto) -> Option<String> {
     let mut found = None;
     if let Some(g) = &model.graph {
-        crate::model::visit_tensors(g, &mut |t| {
+        crate::walk::visit_tensors(g, &mut |t| {
             if found.is_none() && t.data_type() == Dtype::Bf16.code() {
                 found = Some(t.name().to_string());
             }

@@ -1,0 +1,271 @@
+//! Loading and writing models: the checks on the way in, atomic and deterministic output.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use prost::Message;
+
+use crate::error::{Error, Result};
+use crate::external::{self, ExternalStore};
+use crate::output::{FileId, InputFile};
+use crate::proto::{ModelProto, TensorProto};
+use crate::source::MappedSource;
+use crate::tensor;
+use crate::walk::visit_tensors;
+use encode::{materialize, write_streaming, Output};
+
+mod data_files;
+mod encode;
+mod output_file;
+mod save;
+
+pub use output_file::new_output_file;
+pub use save::{StagedFile, StagedModel};
+
+/// The newest `ir_version` of the vendored `onnx.proto`.
+pub const SUPPORTED_IR_VERSION: i64 = crate::proto::Version::IrVersion as i64;
+
+/// An ONNX model and where its tensor data lives.
+///
+/// A model loaded from a file maps it: payloads are read when needed, not copied at load. After
+/// [`crate::fold`], a folded weight's initializer in `proto` holds its name, dtype and shape and
+/// an `external_data` entry `bnfold.pending` that refers to the store, where the weight waits as
+/// its source and per-channel factors; its values are computed when the model is written.
+/// [`crate::tensor::decode`] with `store` reads them, and [`Model::materialized`] gives a
+/// protobuf with every value inline.
+#[derive(Clone, Debug)]
+pub struct Model {
+    /// The decoded protobuf.
+    pub proto: ModelProto,
+    /// Where tensor data outside `proto` is read from: external files, the mapped input,
+    /// folded weights waiting to be written.
+    pub store: ExternalStore,
+    /// The file it was loaded from, if any.
+    pub source: Option<PathBuf>,
+    /// Every file it was read from: the model file and each external data file, as they were
+    /// at load. An output never replaces one of them (see [`crate::output::WritePlan`]).
+    pub input_files: Vec<InputFile>,
+}
+
+/// Sees the main graph's initializers as a model is written ([`Model::stage_tapped`]) or
+/// streamed ([`Model::stream_initializers`]): a folded one as the bytes computed for it, the
+/// others as they are stored, for the tap to read itself. A folded weight is thus computed once,
+/// for the output and for whatever the tap measures.
+pub trait InitializerTap {
+    /// Whether the initializer `name` is wanted.
+    fn wants(&self, name: &str) -> bool;
+    /// An empty buffer for a folded initializer's `len` bytes.
+    fn buffer(&mut self, len: usize) -> Vec<u8>;
+    /// The folded initializer `name`: its dtype, its shape and the bytes written for it.
+    fn folded(
+        &mut self,
+        name: &str,
+        dtype: tensor::Dtype,
+        dims: &[usize],
+        bytes: Vec<u8>,
+    ) -> Result<()>;
+    /// An initializer written as stored.
+    fn stored(&mut self, t: &TensorProto) -> Result<()>;
+}
+
+/// How [`Model::save`] treats existing files.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SaveOptions {
+    /// Replace an existing output file.
+    pub force: bool,
+    /// Allow the output to be the model's own source file.
+    pub overwrite_input: bool,
+    /// Flush every written file to disk (`fsync`) before renaming it into place, so the output
+    /// survives a power loss, not only a crash of bnfold. Off by default: the rename alone
+    /// already means a reader never sees a partial file.
+    pub sync: bool,
+}
+
+impl Model {
+    /// Decodes a model held in memory (external data, if any, is an error when read).
+    pub fn from_bytes(bytes: impl Into<Bytes>) -> Result<Model> {
+        let proto = ModelProto::decode(bytes.into())?;
+        Model::from_proto(proto, ExternalStore::none())
+    }
+
+    /// Wraps an already decoded model; external data is read relative to `store`.
+    pub fn from_proto(proto: ModelProto, store: ExternalStore) -> Result<Model> {
+        let model = Model {
+            proto,
+            store,
+            source: None,
+            input_files: Vec::new(),
+        };
+        model.check()?;
+        Ok(model)
+    }
+
+    /// Reads and decodes a model file; its folder holds any external data.
+    pub fn load(path: impl AsRef<Path>) -> Result<Model> {
+        let path = path.as_ref();
+        let (bytes, source) = MappedSource::open(path)?;
+        let proto = ModelProto::decode(bytes)?;
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let mut model = Model::from_proto(proto, ExternalStore::in_dir(dir).with_source(source))?;
+        model.source = Some(path.to_path_buf());
+        model.input_files = model.read_files(path);
+        Ok(model)
+    }
+
+    /// The model file and the data files its external tensors point to (already checked at
+    /// load), each with its identity.
+    fn read_files(&self, path: &Path) -> Vec<InputFile> {
+        let mut files: Vec<InputFile> = FileId::of(path)
+            .map(|id| InputFile {
+                path: path.to_path_buf(),
+                id,
+                is_model: true,
+            })
+            .into_iter()
+            .collect();
+        let Some(base) = self.store.base_dir() else {
+            return files;
+        };
+        let mut locations = std::collections::BTreeSet::new();
+        if let Some(g) = &self.proto.graph {
+            visit_tensors(g, &mut |t| {
+                if let Ok(r) = external::external_ref(t) {
+                    locations.insert(r.location);
+                }
+            });
+        }
+        for location in locations {
+            if let Ok(path) = external::resolve(base, &location) {
+                if let Some(id) = FileId::of(&path) {
+                    if !files.iter().any(|f| f.id == id) {
+                        files.push(InputFile {
+                            path,
+                            id,
+                            is_model: false,
+                        });
+                    }
+                }
+            }
+        }
+        files
+    }
+
+    /// The opset version of the default (`ai.onnx`) domain.
+    pub fn opset(&self) -> i64 {
+        self.proto
+            .opset_import
+            .iter()
+            .find(|o| matches!(o.domain(), "" | "ai.onnx"))
+            .map_or(1, |o| o.version())
+    }
+
+    /// Whether any tensor keeps its data in an external file.
+    pub fn has_external_data(&self) -> bool {
+        let mut found = false;
+        if let Some(g) = &self.proto.graph {
+            visit_tensors(g, &mut |t| found |= tensor::is_external(t));
+        }
+        found
+    }
+
+    fn check(&self) -> Result<()> {
+        let ir = self.proto.ir_version();
+        if ir > SUPPORTED_IR_VERSION {
+            return Err(Error::UnsupportedIrVersion {
+                found: ir,
+                supported: SUPPORTED_IR_VERSION,
+            });
+        }
+        let graph = self.proto.graph.as_ref().ok_or(Error::MissingGraph)?;
+        crate::validate::model(graph, &self.store)
+    }
+
+    /// Encodes the model, all data inline. Fails on external tensors: use [`Model::save`].
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        if self.has_external_data() {
+            return Err(Error::InvalidGraph(
+                "the model has external data: write it with Model::save".into(),
+            ));
+        }
+        let rewritten = self.with_folded_subgraphs_inline()?;
+        let mut bytes = Vec::new();
+        let proto = rewritten.as_ref().unwrap_or(&self.proto);
+        write_streaming(proto, &self.store, &mut Output::Memory(&mut bytes), None)
+            .map_err(|e| Error::InvalidGraph(format!("encoding the model: {e}")))?;
+        Ok(bytes)
+    }
+
+    /// A copy of the protobuf with every folded tensor's values inline, as a reader of the
+    /// protobuf alone (tract) needs it. External tensors stay external.
+    pub fn materialized(&self) -> Result<ModelProto> {
+        let mut proto = self.proto.clone();
+        if let Some(g) = proto.graph.as_mut() {
+            materialize(g, &self.store, true)?;
+        }
+        Ok(proto)
+    }
+
+    /// Shows `tap` the main graph's initializers without writing anything: the folded ones
+    /// computed once, as writing would.
+    pub fn stream_initializers(&self, tap: &mut dyn InitializerTap) -> Result<()> {
+        let Some(graph) = &self.proto.graph else {
+            return Ok(());
+        };
+        for t in &graph.initializer {
+            if !tap.wants(t.name()) {
+                continue;
+            }
+            match self.store.pending(t)? {
+                Some(p) => {
+                    let mut bytes = tap.buffer(p.len() * p.dtype.size());
+                    p.stream(&self.store, &mut |chunk| {
+                        bytes.extend_from_slice(chunk);
+                        Ok(())
+                    })?;
+                    tap.folded(t.name(), p.dtype, &p.dims, bytes)?;
+                }
+                None => tap.stored(t)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of the main graph's folded tensors: what writing the model computes.
+    fn folded_bytes(&self) -> usize {
+        let Some(graph) = &self.proto.graph else {
+            return 0;
+        };
+        graph
+            .initializer
+            .iter()
+            .filter_map(|t| self.store.pending(t).ok().flatten())
+            .map(|p| p.len() * p.dtype.size())
+            .sum()
+    }
+
+    /// When a subgraph holds a folded tensor, a copy of the protobuf with those inline (the main
+    /// graph's are left for [`write_streaming`], which writes them a chunk at a time); `None`
+    /// when there is nothing to rewrite and the protobuf can be written as it is.
+    fn with_folded_subgraphs_inline(&self) -> Result<Option<ModelProto>> {
+        let Some(graph) = &self.proto.graph else {
+            return Ok(None);
+        };
+        let mut folded_in_subgraph = false;
+        for node in &graph.node {
+            for sub in node.attribute.iter().flat_map(crate::graph::attr_graphs) {
+                visit_tensors(sub, &mut |t| folded_in_subgraph |= external::is_pending(t));
+            }
+        }
+        if !folded_in_subgraph {
+            return Ok(None);
+        }
+        let mut proto = self.proto.clone();
+        if let Some(g) = proto.graph.as_mut() {
+            materialize(g, &self.store, false)?;
+        }
+        Ok(Some(proto))
+    }
+}
