@@ -9,6 +9,7 @@ use std::rc::Rc;
 use crate::attr;
 use crate::error::Result;
 use crate::external::ExternalStore;
+use crate::folded::{FoldedTensor, FoldedWeights};
 use crate::graph::GraphIndex;
 use crate::proto::NodeProto;
 use crate::tensor::{self, Dtype, Tensor};
@@ -33,6 +34,7 @@ const MAX_DEPTH: usize = 64;
 pub struct ConstEval<'a> {
     index: &'a GraphIndex<'a>,
     store: &'a ExternalStore,
+    folded: Option<&'a FoldedWeights>,
     opset: i64,
     inputs_are_constants: bool,
     cache: RefCell<HashMap<String, std::result::Result<Rc<Tensor>, NotConstant>>>,
@@ -52,6 +54,7 @@ impl<'a> ConstEval<'a> {
         ConstEval {
             index,
             store,
+            folded: None,
             opset,
             inputs_are_constants,
             cache: RefCell::new(HashMap::default()),
@@ -82,6 +85,23 @@ impl<'a> ConstEval<'a> {
         Ok(None)
     }
 
+    /// The same evaluator, reading the graph's own initializers that `folded` holds as folded.
+    pub fn with_folded(mut self, folded: &'a FoldedWeights) -> Self {
+        self.folded = Some(folded);
+        self
+    }
+
+    /// The folded tensor behind the graph's own initializer `name`, if a fold rewrote it.
+    pub fn folded(&self, name: &str) -> Option<&'a FoldedTensor> {
+        match self.index.is_own_initializer(name) {
+            true => self
+                .folded
+                .zip(self.index.initializer(name))
+                .and_then(|(f, t)| f.of(t)),
+            false => None,
+        }
+    }
+
     /// The store tensor data is read through.
     pub fn store(&self) -> &'a ExternalStore {
         self.store
@@ -109,7 +129,10 @@ impl<'a> ConstEval<'a> {
             if index.is_graph_input(name) && !self.inputs_are_constants {
                 return Ok(Err(NotConstant::OverridableInput(name.to_string())));
             }
-            return Ok(Ok(Rc::new(tensor::decode(t, self.store)?)));
+            return Ok(Ok(Rc::new(match self.folded(name) {
+                Some(folded) => folded.value.decode(self.store)?,
+                None => tensor::decode(t, self.store)?,
+            })));
         }
         let runtime = || Ok(Err(NotConstant::Runtime(name.to_string())));
         let Some(producer) = index.producer(name) else {

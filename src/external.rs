@@ -1,6 +1,5 @@
 //! Tensor data outside the decoded protobuf: external data (`location` / `offset` / `length`
-//! relative to the model's folder), inline payloads located in the mapped input file, and
-//! folded weights waiting to be written.
+//! relative to the model's folder) and inline payloads located in the mapped input file.
 //!
 //! A location is refused when it is absolute, contains `..`, or resolves (through symlinks)
 //! outside the model's folder, and a range is refused when it lies outside its file.
@@ -9,32 +8,24 @@ use std::borrow::Cow;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Component, Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
-use crate::proto::{StringStringEntryProto, TensorProto};
-use crate::scaled::ScaledTensor;
+use crate::proto::TensorProto;
 use crate::source::MappedSource;
-
-/// The `external_data` key that marks a folded tensor whose values wait in the store as a
-/// [`ScaledTensor`] (the value is its number); reserved: refused in input models, gone once the
-/// model is saved.
-pub const PENDING_KEY: &str = "bnfold.pending";
 
 /// Inline payloads at least this large are read from the mapped file with `pread` rather than
 /// through the mapping, so that reading them does not make them resident.
 const PREAD_THRESHOLD: usize = 1 << 12;
 
 /// Where a model's tensor data lives outside its decoded protobuf: external data files in the
-/// model's folder, the mapped input file that inline payloads point into, and the folded
-/// tensors waiting to be written.
+/// model's folder, and the mapped input file that inline payloads point into.
 #[derive(Clone, Debug, Default)]
 pub struct ExternalStore {
     base_dir: Option<PathBuf>,
     source: Option<Arc<MappedSource>>,
-    pending: Arc<Mutex<Vec<Arc<ScaledTensor>>>>,
 }
 
 /// The `external_data` entries of one tensor.
@@ -66,30 +57,6 @@ impl ExternalStore {
     pub fn with_source(mut self, source: Option<MappedSource>) -> ExternalStore {
         self.source = source.map(Arc::new);
         self
-    }
-
-    /// Records a folded tensor and returns the `external_data` entry that refers to it.
-    pub fn add_pending(&self, tensor: ScaledTensor) -> Result<StringStringEntryProto> {
-        let mut pending = self
-            .pending
-            .lock()
-            .map_err(|_| Error::tensor(&tensor.name, "pending tensors poisoned"))?;
-        pending.push(Arc::new(tensor));
-        Ok(StringStringEntryProto {
-            key: Some(PENDING_KEY.into()),
-            value: Some((pending.len() - 1).to_string()),
-        })
-    }
-
-    /// The folded tensor `t` stands for, if it is one.
-    pub fn pending(&self, t: &TensorProto) -> Result<Option<Arc<ScaledTensor>>> {
-        let Some(entry) = t.external_data.iter().find(|e| e.key() == PENDING_KEY) else {
-            return Ok(None);
-        };
-        let bad = || Error::tensor(t.name(), format!("bad pending entry '{}'", entry.value()));
-        let number: usize = entry.value().parse().map_err(|_| bad())?;
-        let pending = self.pending.lock().map_err(|_| bad())?;
-        pending.get(number).cloned().map(Some).ok_or_else(bad)
     }
 
     /// Where `raw` lies in the mapped input file, when it does.
@@ -181,11 +148,6 @@ impl ExternalStore {
             .map_err(|e| Error::io(&path, e))?;
         Ok(buf)
     }
-}
-
-/// Whether `t` is a placeholder for a folded tensor held by an [`ExternalStore`].
-pub fn is_pending(t: &TensorProto) -> bool {
-    t.external_data.iter().any(|e| e.key() == PENDING_KEY)
 }
 
 /// Parses a tensor's `external_data` entries.

@@ -21,6 +21,7 @@ pub mod divergence;
 pub mod error;
 pub mod external;
 pub mod fold;
+pub mod folded;
 
 pub mod graph;
 pub mod model;
@@ -77,7 +78,14 @@ pub fn fold(model: &mut Model, options: &FoldOptions) -> Result<Report> {
         options,
     };
     let mut outcome = PassOutcome::default();
-    fold::fold_graph(graph, &ctx, "main", OuterScope::default(), &mut outcome)?;
+    fold::fold_graph(
+        graph,
+        &ctx,
+        "main",
+        OuterScope::default(),
+        &mut model.folded,
+        &mut outcome,
+    )?;
     if !outcome.folds.is_empty() || !outcome.decompositions.is_empty() {
         validate::graph_structure(graph, &Default::default())?;
     }

@@ -22,6 +22,11 @@ pub fn verify(
     intermediates: &[String],
     options: &VerifyOptions,
 ) -> Result<Verification> {
+    let (original, candidate) = (
+        original.with_folded_inline()?,
+        candidate.with_folded_inline()?,
+    );
+    let (original, candidate) = (original.as_ref(), candidate.as_ref());
     // A fold is proven where it is (certificate and region); comparing its output deep in the
     // network would judge the whole network's float error instead. So the whole-model run
     // compares the graph outputs and the other tensors asked for, and runs on a second thread

@@ -76,11 +76,8 @@ pub struct ScaledTensor {
 }
 
 impl ScaledTensor {
-    /// A stored tensor as it is (a tensor already waiting to be scaled keeps its scalings).
-    pub fn stored(t: &TensorProto, store: &ExternalStore) -> Result<ScaledTensor> {
-        if let Some(pending) = store.pending(t)? {
-            return Ok((*pending).clone());
-        }
+    /// A stored tensor as it is.
+    pub fn stored(t: &TensorProto) -> Result<ScaledTensor> {
         Ok(ScaledTensor {
             name: t.name().to_string(),
             dtype: tensor::proto_dtype(t)?,

@@ -259,9 +259,6 @@ pub fn is_external(t: &TensorProto) -> bool {
 
 /// Decodes a tensor proto's values, reading external data through `store`.
 pub fn decode(t: &TensorProto, store: &ExternalStore) -> Result<Tensor> {
-    if let Some(pending) = store.pending(t)? {
-        return pending.decode(store);
-    }
     let name = t.name();
     let dtype = proto_dtype(t)?;
     let dims = proto_dims(t)?;

@@ -6,7 +6,7 @@ use foldhash::{HashMap, HashSet};
 
 use crate::attr::{self, node_error};
 use crate::error::{Error, Result};
-use crate::external::{ExternalStore, PENDING_KEY};
+use crate::external::ExternalStore;
 use crate::graph::node_label;
 use crate::proto::tensor_proto::DataType;
 use crate::proto::{GraphProto, NodeProto, TensorProto};
@@ -35,12 +35,6 @@ pub fn stored_size(t: &TensorProto, store: &ExternalStore) -> Result<()> {
         });
     }
     let dims = tensor::proto_dims(t)?;
-    if t.external_data.iter().any(|e| e.key() == PENDING_KEY) {
-        return Err(Error::tensor(
-            name,
-            format!("external_data key '{PENDING_KEY}' is reserved"),
-        ));
-    }
     // Every dtype gets these checks, whether or not bnfold reads its values: a location is
     // refused the same way for a FLOAT8 tensor as for a float one.
     if tensor::is_external(t) {

@@ -9,6 +9,11 @@ pub fn visit_tensors(g: &GraphProto, f: &mut dyn FnMut(&TensorProto)) {
     for t in &g.initializer {
         f(t);
     }
+    visit_tensors_but_initializers(g, f);
+}
+
+/// [`visit_tensors`] but for the graph's own initializers (those of subgraphs included).
+pub fn visit_tensors_but_initializers(g: &GraphProto, f: &mut dyn FnMut(&TensorProto)) {
     for s in &g.sparse_initializer {
         s.values.iter().chain(&s.indices).for_each(&mut *f);
     }

@@ -66,14 +66,13 @@ fn verification_failure() {
     let dir = tmp();
     let mut tampered = bnfold::Model::load(fixtures().join("conv_bn.onnx")).unwrap();
     bnfold::fold(&mut tampered, &bnfold::FoldOptions::default()).unwrap();
-    let store = tampered.store.clone();
+    let mut values = tampered.initializer_value("w").unwrap().unwrap();
     let graph = tampered.proto.graph.as_mut().unwrap();
     let weight = graph
         .initializer
         .iter_mut()
         .find(|t| t.name() == "w")
         .unwrap();
-    let mut values = bnfold::tensor::decode(weight, &store).unwrap();
     values.data.iter_mut().for_each(|v| *v *= 1.001);
     *weight = values.to_proto("w");
     tampered

@@ -158,10 +158,7 @@ fn expected_conv_fold(model: &Model) -> (Vec<f64>, Vec<f64>) {
 fn folded_conv_params(model: &Model) -> (bnfold::tensor::Tensor, bnfold::tensor::Tensor) {
     let g = model.proto.graph.as_ref().unwrap();
     let conv = g.node.iter().find(|n| n.op_type() == "Conv").unwrap();
-    let get = |n: &str| {
-        let t = g.initializer.iter().find(|t| t.name() == n).unwrap();
-        decode(t, &model.store).unwrap()
-    };
+    let get = |n: &str| model.initializer_value(n).unwrap().unwrap();
     (get(&conv.input[1]), get(&conv.input[2]))
 }
 
@@ -431,11 +428,11 @@ fn verification_catches_a_weight_altered_by_one_part_in_a_thousand() {
     let original = Model::load(fixtures().join("torch_conv_bn_bn_op13.onnx")).unwrap();
     let mut fused = original.clone();
     fold(&mut fused, &FoldOptions::default()).unwrap();
-    let store = fused.store.clone();
-    let g = fused.proto.graph.as_mut().unwrap();
+    let g = fused.proto.graph.as_ref().unwrap();
     let conv = g.node.iter().find(|n| n.op_type() == "Conv").unwrap().input[1].clone();
+    let mut w = fused.initializer_value(&conv).unwrap().unwrap();
+    let g = fused.proto.graph.as_mut().unwrap();
     let t = g.initializer.iter_mut().find(|t| t.name() == conv).unwrap();
-    let mut w = decode(t, &store).unwrap();
     w.data.iter_mut().for_each(|v| *v *= 1.001);
     *t = w.to_proto(&conv);
     let v = verify(&original, &fused, &[], &VerifyOptions::default()).unwrap();

@@ -306,10 +306,7 @@ fn model(case: &Case, rng: &mut Rng, dtype: Dtype, relu: bool) -> ModelProto {
 /// BatchNormalization, Relu) on the input `x`: independent of the fold and of tract.
 fn evaluate(model: &Model, x: &[f64]) -> Vec<f64> {
     let graph = model.proto.graph.as_ref().unwrap();
-    let tensor = |name: &str| {
-        let t = graph.initializer.iter().find(|t| t.name() == name).unwrap();
-        bnfold::tensor::decode(t, &model.store).unwrap()
-    };
+    let tensor = |name: &str| model.initializer_value(name).unwrap().unwrap();
     let attr =
         |node: &NodeProto, name: &str| node.attribute.iter().find(|a| a.name() == name).cloned();
     let x_dims: Vec<usize> = match &graph.input[0].r#type.as_ref().unwrap().value {

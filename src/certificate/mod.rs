@@ -109,6 +109,8 @@ impl NodeCertificate {
 /// Certifies every node of `fused` (main graph and subgraphs, see [`crate::pairs`]) that took
 /// over a BatchNormalization's output in `original`.
 pub fn certify(original: &Model, fused: &Model) -> Result<Vec<NodeCertificate>> {
+    let (original, fused) = (original.with_folded_inline()?, fused.with_folded_inline()?);
+    let (original, fused) = (original.as_ref(), fused.as_ref());
     let mut out = Vec::new();
     for pair in graph_pairs(original, fused) {
         let orig_index = GraphIndex::new(pair.original, pair.original_scope());

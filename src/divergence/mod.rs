@@ -38,6 +38,11 @@ pub fn check(
     (orig_region, cand_region): (&[usize], &[usize]),
     options: &VerifyOptions,
 ) -> Result<Vec<DivergenceCheck>> {
+    let (original, candidate) = (
+        original.with_folded_inline()?,
+        candidate.with_folded_inline()?,
+    );
+    let (original, candidate) = (original.as_ref(), candidate.as_ref());
     let (Some(a), Some(b)) = (&original.proto.graph, &candidate.proto.graph) else {
         return Ok(Vec::new());
     };

@@ -1,12 +1,10 @@
 //! Applying a plan: the one place a fold changes a graph (through [`super::edits`]).
 
 use super::edits::{write_tensor, GraphNames, NewTensor, NodeEdits};
-use super::options::PassContext;
 use super::plan::{ChainPlan, ForwardPlan};
 use super::rules::{ConsumerRewrite, FoldKind, NodeChange, ProducerRewrite};
 use crate::attr::{self};
 use crate::error::Result;
-use crate::external::ExternalStore;
 use crate::graph::node_label;
 use crate::proto::{GraphProto, NodeProto};
 use crate::report::{Direction, FoldRecord};
@@ -18,7 +16,6 @@ use crate::tensor::Tensor;
 pub(super) fn apply_forward(
     graph: &mut GraphProto,
     plan: ForwardPlan,
-    ctx: &PassContext,
     path: &str,
     names: &mut GraphNames,
     edits: &mut NodeEdits,
@@ -34,7 +31,6 @@ pub(super) fn apply_forward(
     let (new_weight, new_bias) = write_layer_tensors(
         graph,
         names,
-        ctx.store,
         LayerTensors {
             weight_name: &plan.weight_name,
             weight_in_place: plan.weight_in_place,
@@ -67,7 +63,6 @@ pub(super) fn apply_forward(
             let shift_name = write_tensor(
                 graph,
                 names,
-                ctx.store,
                 &format!("{bn_label}_shift"),
                 false,
                 NewTensor::Values(shift),
@@ -116,7 +111,6 @@ pub(super) fn apply_forward(
 pub(super) fn apply(
     graph: &mut GraphProto,
     plan: ChainPlan,
-    ctx: &PassContext,
     path: &str,
     names: &mut GraphNames,
     edits: &mut NodeEdits,
@@ -134,7 +128,6 @@ pub(super) fn apply(
     let (new_weight, new_bias) = write_layer_tensors(
         graph,
         names,
-        ctx.store,
         LayerTensors {
             weight_name: &plan.weight_name,
             weight_in_place: plan.weight_in_place,
@@ -236,14 +229,12 @@ pub(super) struct LayerTensors<'a> {
 pub(super) fn write_layer_tensors(
     graph: &mut GraphProto,
     names: &mut GraphNames,
-    store: &ExternalStore,
     tensors: LayerTensors,
 ) -> Result<(String, Option<String>)> {
     let weight_template = names.initializer(graph, tensors.weight_name).cloned();
     let new_weight = write_tensor(
         graph,
         names,
-        store,
         tensors.weight_name,
         tensors.weight_in_place,
         NewTensor::Scaled(Box::new(tensors.weight)),
@@ -263,7 +254,6 @@ pub(super) fn write_layer_tensors(
     let new_bias = write_tensor(
         graph,
         names,
-        store,
         &base,
         tensors.bias_in_place,
         NewTensor::Values(bias),

@@ -5,7 +5,7 @@
 use foldhash::{HashMap, HashSet};
 
 use crate::error::Result;
-use crate::external::ExternalStore;
+use crate::folded::{FoldedTensor, FoldedWeights};
 use crate::proto::{GraphProto, NodeProto, TensorProto};
 use crate::scaled::ScaledTensor;
 use crate::tensor::{self, Tensor};
@@ -13,13 +13,15 @@ use crate::tensor::{self, Tensor};
 /// What rewrites look up often: every name the graph uses (subgraphs included, and each name
 /// handed out since) and where each initializer is. Built once per round of folds, so that a fold
 /// costs what it touches rather than a scan of the whole graph.
-pub(super) struct GraphNames {
+pub(super) struct GraphNames<'f> {
     pub(super) used: HashSet<String>,
     pub(super) initializers: HashMap<String, usize>,
+    /// The graph's folded initializers, which new folded tensors join.
+    pub(super) folded: &'f mut FoldedWeights,
 }
 
-impl GraphNames {
-    pub(super) fn new(graph: &GraphProto) -> GraphNames {
+impl<'f> GraphNames<'f> {
+    pub(super) fn new(graph: &GraphProto, folded: &'f mut FoldedWeights) -> GraphNames<'f> {
         let mut used = HashSet::default();
         crate::graph::collect_names(graph, &mut used);
         let initializers = graph
@@ -28,7 +30,11 @@ impl GraphNames {
             .enumerate()
             .map(|(i, t)| (t.name().to_string(), i))
             .collect();
-        GraphNames { used, initializers }
+        GraphNames {
+            used,
+            initializers,
+            folded,
+        }
     }
 
     /// `base`, or `base_1`, `base_2`…: the first name nothing uses yet, now taken.
@@ -133,13 +139,12 @@ pub(super) enum NewTensor {
 }
 
 /// Stores `value` under `name` (in place) or under a new unique name derived from it, keeping
-/// the storage of `template`: a tensor derived from an external one stays external. A scaled
-/// weight (and anything bound for external data) waits in the store until the model is
-/// written.
+/// the storage of `template`: a tensor derived from an external one is written to the same data
+/// file. A scaled weight (and anything bound for external data) joins the graph's folded
+/// tensors, computed when the model is written; the initializer holds its name, dtype and shape.
 pub(super) fn write_tensor(
     graph: &mut GraphProto,
     names: &mut GraphNames,
-    store: &ExternalStore,
     name: &str,
     in_place: bool,
     value: NewTensor,
@@ -150,10 +155,16 @@ pub(super) fn write_tensor(
     } else {
         names.unique(&format!("{name}_bnfold"))
     };
-    let external = template.filter(|t| tensor::is_external(t));
-    let mut proto = match (value, external) {
-        (NewTensor::Values(v), None) => v.to_proto(&final_name),
-        (value, _) => {
+    let location = template.and_then(|t| match tensor::is_external(t) {
+        true => crate::external::external_ref(t).ok().map(|r| r.location),
+        false => names.folded.of(t).and_then(|f| f.location.clone()),
+    });
+    let proto = match (value, location) {
+        (NewTensor::Values(v), None) => {
+            names.folded.remove(&final_name);
+            v.to_proto(&final_name)
+        }
+        (value, location) => {
             let mut scaled = match value {
                 NewTensor::Scaled(s) => *s,
                 NewTensor::Values(v) => ScaledTensor::values(&final_name, std::sync::Arc::new(v)),
@@ -165,18 +176,14 @@ pub(super) fn write_tensor(
                 data_type: Some(scaled.dtype.code()),
                 ..Default::default()
             };
-            let marker = store.add_pending(scaled)?;
-            TensorProto {
-                external_data: vec![marker],
-                ..proto
-            }
+            let folded = FoldedTensor {
+                value: scaled,
+                location,
+            };
+            names.folded.insert(&final_name, folded);
+            proto
         }
     };
-    if let Some(t) = external {
-        proto.data_location = t.data_location;
-        let location = t.external_data.iter().filter(|e| e.key() == "location");
-        proto.external_data = location.cloned().chain(proto.external_data).collect();
-    }
     names.store(graph, proto);
     Ok(final_name)
 }

@@ -20,6 +20,7 @@ use foldhash::HashMap;
 
 use crate::consts::ConstEval;
 use crate::error::Result;
+use crate::folded::FoldedWeights;
 use crate::graph::{is_graph_attribute, node_label, GraphIndex, OuterScope};
 use crate::proto::{GraphProto, NodeProto, TensorProto};
 use crate::report::{DecompositionRecord, Direction, NormalizationRecord, SkipRecord};
@@ -63,12 +64,15 @@ pub use options::{FoldOptions, PassContext, PassOutcome};
 
 use rounds::rounds;
 
-/// Folds every foldable BatchNormalization of `graph` and of its subgraphs.
+/// Folds every foldable BatchNormalization of `graph` and of its subgraphs. The weights folded
+/// in `graph` join `folded` (and are computed when the model is written); those of its
+/// subgraphs are written into them inline as each is left.
 pub fn fold_graph(
     graph: &mut GraphProto,
     ctx: &PassContext,
     path: &str,
     outer: OuterScope,
+    folded: &mut FoldedWeights,
     out: &mut PassOutcome,
 ) -> Result<()> {
     fold_subgraphs(graph, ctx, path, outer, out)?;
@@ -78,13 +82,13 @@ pub fn fold_graph(
         drop_stale_value_info(graph);
         return Ok(());
     }
-    rounds(graph, ctx, path, outer, Direction::Backward, out)?;
+    rounds(graph, ctx, path, outer, Direction::Backward, folded, out)?;
     // Forward folds, where backward ones do not apply.
-    rounds(graph, ctx, path, outer, Direction::Forward, out)?;
+    rounds(graph, ctx, path, outer, Direction::Forward, folded, out)?;
     if ctx.options.decompose_standalone {
-        decompose_remaining(graph, ctx, path, outer, out)?;
+        decompose_remaining(graph, ctx, path, outer, folded, out)?;
     }
-    report_skips(graph, ctx, path, outer, out)?;
+    report_skips(graph, ctx, path, outer, folded, out)?;
     list_other_normalizations(graph, path, out);
     drop_stale_value_info(graph);
     Ok(())
@@ -96,10 +100,12 @@ fn report_skips(
     ctx: &PassContext,
     path: &str,
     outer: OuterScope,
+    folded: &FoldedWeights,
     out: &mut PassOutcome,
 ) -> Result<()> {
     let index = GraphIndex::new(graph, outer);
-    let eval = ConstEval::new(&index, ctx.store, ctx.opset, inputs_are_constants(ctx));
+    let eval =
+        ConstEval::new(&index, ctx.store, ctx.opset, inputs_are_constants(ctx)).with_folded(folded);
     for (i, node) in graph.node.iter().enumerate() {
         if is_batch_norm(node) {
             if let Err(reason) = plan_chain(&index, &eval, i, ctx)? {
@@ -144,12 +150,14 @@ fn decompose_remaining(
     ctx: &PassContext,
     path: &str,
     outer: OuterScope,
+    folded: &mut FoldedWeights,
     out: &mut PassOutcome,
 ) -> Result<()> {
     loop {
         let found = {
             let index = GraphIndex::new(graph, outer);
-            let eval = ConstEval::new(&index, ctx.store, ctx.opset, inputs_are_constants(ctx));
+            let eval = ConstEval::new(&index, ctx.store, ctx.opset, inputs_are_constants(ctx))
+                .with_folded(folded);
             let mut found = None;
             for i in 0..graph.node.len() {
                 let node = &graph.node[i];
@@ -184,13 +192,12 @@ fn decompose_remaining(
         let Some((i, (scale, shift))) = found else {
             return Ok(());
         };
-        let mut names = GraphNames::new(graph);
+        let mut names = GraphNames::new(graph, folded);
         let bn = graph.node[i].clone();
         let label = node_label(&bn);
         let scale_name = write_tensor(
             graph,
             &mut names,
-            ctx.store,
             &format!("{label}_scale"),
             false,
             NewTensor::Values(scale),
@@ -199,7 +206,6 @@ fn decompose_remaining(
         let shift_name = write_tensor(
             graph,
             &mut names,
-            ctx.store,
             &format!("{label}_shift"),
             false,
             NewTensor::Values(shift),
@@ -225,6 +231,7 @@ fn decompose_remaining(
         graph.node[i] = mul;
         graph.node.insert(i + 1, add);
         remove_dead(graph, bn.input[1..5].to_vec(), ctx);
+        folded.retain_initializers_of(graph);
         if ctx.ir_version < 4 {
             list_initializers_as_inputs(graph);
         }
@@ -274,12 +281,28 @@ fn fold_subgraphs(
         for a in &mut node.attribute {
             let sub_path = format!("{path}/{label}/{}", a.name());
             if let Some(g) = a.g.as_mut() {
-                fold_graph(g, ctx, &sub_path, scope, out)?;
+                fold_subgraph(g, ctx, &sub_path, scope, out)?;
             }
             for (k, g) in a.graphs.iter_mut().enumerate() {
-                fold_graph(g, ctx, &format!("{sub_path}[{k}]"), scope, out)?;
+                fold_subgraph(g, ctx, &format!("{sub_path}[{k}]"), scope, out)?;
             }
         }
+    }
+    Ok(())
+}
+
+/// Folds a subgraph and writes its folded weights into it, inline.
+fn fold_subgraph(
+    graph: &mut GraphProto,
+    ctx: &PassContext,
+    path: &str,
+    outer: OuterScope,
+    out: &mut PassOutcome,
+) -> Result<()> {
+    let mut folded = FoldedWeights::default();
+    fold_graph(graph, ctx, path, outer, &mut folded, out)?;
+    for t in &mut graph.initializer {
+        folded.inline(t, ctx.store)?;
     }
     Ok(())
 }

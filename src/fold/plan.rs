@@ -137,7 +137,12 @@ pub(super) fn layer_weight(
     }
     let weight = match eval.stored(name)? {
         Some(Err(not)) => return Ok(Err(not_constant(name, not))),
-        Some(Ok(stored)) => ScaledTensor::stored(stored, eval.store())?,
+        Some(Ok(stored)) => match eval.folded(name) {
+            // Folded once already (BN → BN, or a BN on each side): one more scaling of the same
+            // source, still rounded once.
+            Some(folded) => folded.value.clone(),
+            None => ScaledTensor::stored(stored)?,
+        },
         None => {
             let value = or_skip!(float_constant(eval, name)?);
             ScaledTensor::values(name, std::sync::Arc::new(Tensor::clone(&value)))

@@ -9,6 +9,7 @@ use foldhash::HashSet;
 
 use crate::consts::ConstEval;
 use crate::error::Result;
+use crate::folded::FoldedWeights;
 use crate::graph::{GraphIndex, OuterScope};
 use crate::proto::GraphProto;
 use crate::report::{Direction, FoldRecord};
@@ -43,16 +44,15 @@ impl Plan {
     fn apply(
         self,
         graph: &mut GraphProto,
-        ctx: &PassContext,
         path: &str,
         names: &mut GraphNames,
         edits: &mut NodeEdits,
         detached: &mut Vec<String>,
     ) -> Result<FoldRecord> {
         match self {
-            Plan::Backward(plan) => apply(graph, plan, ctx, path, names, edits, detached),
+            Plan::Backward(plan) => apply(graph, plan, path, names, edits, detached),
             Plan::Forward(plan) => {
-                let (record, gone) = apply_forward(graph, plan, ctx, path, names, edits)?;
+                let (record, gone) = apply_forward(graph, plan, path, names, edits)?;
                 detached.extend(gone);
                 Ok(record)
             }
@@ -67,14 +67,15 @@ pub(super) fn rounds(
     path: &str,
     outer: OuterScope,
     direction: Direction,
+    folded: &mut FoldedWeights,
     out: &mut PassOutcome,
 ) -> Result<()> {
     loop {
-        let plans = plan_round(graph, ctx, outer, direction)?;
+        let plans = plan_round(graph, ctx, outer, direction, folded)?;
         if plans.is_empty() {
             return Ok(());
         }
-        let mut names = GraphNames::new(graph);
+        let mut names = GraphNames::new(graph, folded);
         let mut edits = NodeEdits::new(graph.node.len());
         let mut taken = HashSet::default();
         let mut detached = Vec::new();
@@ -87,11 +88,12 @@ pub(super) fn rounds(
             if !claim(&mut taken, &plan.nodes()) {
                 continue;
             }
-            let record = plan.apply(graph, ctx, path, &mut names, &mut edits, &mut detached)?;
+            let record = plan.apply(graph, path, &mut names, &mut edits, &mut detached)?;
             records.push(record);
         }
         edits.finish(graph);
         remove_dead(graph, detached, ctx);
+        folded.retain_initializers_of(graph);
         if ctx.ir_version < 4 {
             list_initializers_as_inputs(graph);
         }
@@ -109,9 +111,11 @@ fn plan_round(
     ctx: &PassContext,
     outer: OuterScope,
     direction: Direction,
+    folded: &FoldedWeights,
 ) -> Result<Vec<Plan>> {
     let index = GraphIndex::new(graph, outer);
-    let eval = ConstEval::new(&index, ctx.store, ctx.opset, inputs_are_constants(ctx));
+    let eval =
+        ConstEval::new(&index, ctx.store, ctx.opset, inputs_are_constants(ctx)).with_folded(folded);
     let mut plans = Vec::new();
     for i in 0..graph.node.len() {
         if !is_batch_norm(&graph.node[i]) {

@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use super::output_file::create_output;
 use crate::error::{Error, Result};
 use crate::external::{self, ExternalStore};
+use crate::folded::{FoldedTensor, FoldedWeights};
 use crate::model::InitializerTap;
 use crate::proto::{tensor_proto::DataLocation, GraphProto, StringStringEntryProto, TensorProto};
 use crate::tensor;
-use crate::walk::visit_tensors;
+use crate::walk::visit_tensors_but_initializers;
 use crate::writer::BufferedWriter;
 /// The data files an output model will have, known before any is written: one per location of
 /// the input, renamed after the output when it is written into the input's own folder.
@@ -27,6 +28,7 @@ impl DataFilesPlan {
         model_path: &Path,
         input: &ExternalStore,
         graph: Option<&GraphProto>,
+        folded: &FoldedWeights,
     ) -> Result<DataFilesPlan> {
         // Writing into the input's own folder must not replace the data files the input still
         // points to: name them after the output model instead (the write plan then refuses
@@ -42,21 +44,34 @@ impl DataFilesPlan {
         });
         let mut locations: Vec<String> = Vec::new();
         let mut failure = Ok(());
-        if let Some(g) = graph {
-            visit_tensors(g, &mut |t| {
-                if failure.is_err() || !tensor::is_external(t) {
-                    return;
-                }
-                match external::external_ref(t) {
-                    Ok(r) => {
-                        let location = output_location(prefix.as_deref(), &r.location);
-                        if !locations.contains(&location) {
-                            locations.push(location);
-                        }
-                    }
+        let mut add = |location: &str| {
+            let location = output_location(prefix.as_deref(), location);
+            if !locations.contains(&location) {
+                locations.push(location);
+            }
+        };
+        let mut visit = |t: &TensorProto, folded: Option<&FoldedTensor>| {
+            if failure.is_err() {
+                return;
+            }
+            match (
+                folded.and_then(|f| f.location.as_deref()),
+                tensor::is_external(t),
+            ) {
+                (Some(location), _) => add(location),
+                (None, true) => match external::external_ref(t) {
+                    Ok(r) => add(&r.location),
                     Err(e) => failure = Err(e),
-                }
-            });
+                },
+                (None, false) => {}
+            }
+        };
+        if let Some(g) = graph {
+            // The main graph's initializers first, as every walk visits them.
+            for t in &g.initializer {
+                visit(t, folded.of(t));
+            }
+            visit_tensors_but_initializers(g, &mut |t| visit(t, None));
         }
         failure?;
         Ok(DataFilesPlan {
@@ -105,17 +120,20 @@ impl DataFiles {
         &mut self,
         t: &mut TensorProto,
         store: &ExternalStore,
+        folded: Option<&FoldedTensor>,
         tap: Option<&mut (dyn InitializerTap + '_)>,
     ) -> Result<()> {
         let tap = tap.filter(|tap| tap.wants(t.name()));
-        let reference = external::external_ref(t)?;
         let len = tensor::stored_len(t)?;
-        let pending = store.pending(t)?;
-        let stored = match &pending {
-            Some(_) => None,
-            None => Some(store.locate(t, len)?),
+        let (input_location, pending, stored) = match folded {
+            Some(f) => (f.location.clone().unwrap_or_default(), Some(&f.value), None),
+            None => (
+                external::external_ref(t)?.location,
+                None,
+                Some(store.locate(t, len)?),
+            ),
         };
-        let location = output_location(self.prefix.as_deref(), &reference.location);
+        let location = output_location(self.prefix.as_deref(), &input_location);
         let slot = match self.files.iter().position(|f| f.location == location) {
             Some(i) => i,
             None => {

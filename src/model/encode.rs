@@ -6,39 +6,12 @@ use std::io::Write;
 use bytes::Bytes;
 use prost::Message;
 
-use crate::error::Result;
 use crate::external::ExternalStore;
+use crate::folded::FoldedWeights;
 use crate::model::InitializerTap;
 use crate::proto::{GraphProto, ModelProto, TensorProto};
 use crate::tensor;
 use crate::writer::BufferedWriter;
-/// Replaces folded tensors by their values: in the main graph's initializers too when `all`,
-/// else only in subgraphs.
-pub(super) fn materialize(g: &mut GraphProto, store: &ExternalStore, all: bool) -> Result<()> {
-    if all {
-        for t in &mut g.initializer {
-            inline_pending(t, store)?;
-        }
-    }
-    for node in &mut g.node {
-        for a in &mut node.attribute {
-            for sub in a.g.as_deref_mut().into_iter().chain(a.graphs.iter_mut()) {
-                materialize(sub, store, true)?;
-            }
-        }
-    }
-    Ok(())
-}
-
-fn inline_pending(t: &mut TensorProto, store: &ExternalStore) -> Result<()> {
-    if let Some(pending) = store.pending(t)? {
-        t.raw_data = Some(pending.to_bytes(store)?.into());
-        t.external_data.clear();
-        t.data_location = None;
-    }
-    Ok(())
-}
-
 /// Where [`write_streaming`] writes: a file, whose unchanged payloads the kernel copies from the
 /// input file, or memory.
 pub(super) enum Output<'a> {
@@ -94,6 +67,7 @@ impl Output<'_> {
 pub(super) fn write_streaming(
     proto: &ModelProto,
     store: &ExternalStore,
+    folded: &FoldedWeights,
     out: &mut Output,
     mut tap: Option<&mut (dyn InitializerTap + '_)>,
 ) -> std::io::Result<()> {
@@ -109,7 +83,8 @@ pub(super) fn write_streaming(
     let mut heads = Vec::with_capacity(graph.initializer.len());
     let mut graph_len = graph_head.len();
     for t in &graph.initializer {
-        let pending = store.pending(t).map_err(std::io::Error::other)?;
+        // A folded tensor bound for a data file is external here: it was written there.
+        let pending = folded.of(t).map(|f| &f.value);
         let mut head = TensorProto {
             raw_data: None,
             ..t.clone()
@@ -346,6 +321,7 @@ mod tests {
         write_streaming(
             &model,
             &ExternalStore::none(),
+            &FoldedWeights::default(),
             &mut Output::Memory(&mut bytes),
             None,
         )

@@ -7,12 +7,13 @@ use prost::Message;
 
 use crate::error::{Error, Result};
 use crate::external::{self, ExternalStore};
+use crate::folded::FoldedWeights;
 use crate::output::{FileId, InputFile};
 use crate::proto::{ModelProto, TensorProto};
 use crate::source::MappedSource;
 use crate::tensor;
 use crate::walk::visit_tensors;
-use encode::{materialize, write_streaming, Output};
+use encode::{write_streaming, Output};
 
 mod data_files;
 mod encode;
@@ -28,18 +29,19 @@ pub const SUPPORTED_IR_VERSION: i64 = crate::proto::Version::IrVersion as i64;
 /// An ONNX model and where its tensor data lives.
 ///
 /// A model loaded from a file maps it: payloads are read when needed, not copied at load. After
-/// [`crate::fold`], a folded weight's initializer in `proto` holds its name, dtype and shape and
-/// an `external_data` entry `bnfold.pending` that refers to the store, where the weight waits as
-/// its source and per-channel factors; its values are computed when the model is written.
-/// [`crate::tensor::decode`] with `store` reads them, and [`Model::materialized`] gives a
-/// protobuf with every value inline.
+/// [`crate::fold`], a folded weight of the main graph is held in `folded`, as its source and
+/// per-channel factors, and its values are computed when the model is written; its initializer
+/// in `proto` holds only its name, dtype and shape. [`Model::initializer_value`] reads any
+/// initializer, folded or not, and [`Model::materialized`] gives a protobuf with every folded
+/// value inline.
 #[derive(Clone, Debug)]
 pub struct Model {
     /// The decoded protobuf.
     pub proto: ModelProto,
-    /// Where tensor data outside `proto` is read from: external files, the mapped input,
-    /// folded weights waiting to be written.
+    /// Where tensor data outside `proto` is read from: external files, the mapped input.
     pub store: ExternalStore,
+    /// The main graph's folded weights, waiting to be written.
+    pub folded: FoldedWeights,
     /// The file it was loaded from, if any.
     pub source: Option<PathBuf>,
     /// Every file it was read from: the model file and each external data file, as they were
@@ -93,6 +95,7 @@ impl Model {
         let model = Model {
             proto,
             store,
+            folded: FoldedWeights::default(),
             source: None,
             input_files: Vec::new(),
         };
@@ -162,9 +165,13 @@ impl Model {
             .map_or(1, |o| o.version())
     }
 
-    /// Whether any tensor keeps its data in an external file.
+    /// Whether any tensor keeps its data in an external file (a folded one included).
     pub fn has_external_data(&self) -> bool {
-        let mut found = false;
+        let mut found = self.main_initializers().any(|t| {
+            self.folded
+                .of(t)
+                .is_some_and(|folded| folded.location.is_some())
+        });
         if let Some(g) = &self.proto.graph {
             visit_tensors(g, &mut |t| found |= tensor::is_external(t));
         }
@@ -190,10 +197,9 @@ impl Model {
                 "the model has external data: write it with Model::save".into(),
             ));
         }
-        let rewritten = self.with_folded_subgraphs_inline()?;
         let mut bytes = Vec::new();
-        let proto = rewritten.as_ref().unwrap_or(&self.proto);
-        write_streaming(proto, &self.store, &mut Output::Memory(&mut bytes), None)
+        let mut out = Output::Memory(&mut bytes);
+        write_streaming(&self.proto, &self.store, &self.folded, &mut out, None)
             .map_err(|e| Error::InvalidGraph(format!("encoding the model: {e}")))?;
         Ok(bytes)
     }
@@ -203,9 +209,39 @@ impl Model {
     pub fn materialized(&self) -> Result<ModelProto> {
         let mut proto = self.proto.clone();
         if let Some(g) = proto.graph.as_mut() {
-            materialize(g, &self.store, true)?;
+            for t in &mut g.initializer {
+                self.folded.inline(t, &self.store)?;
+            }
         }
         Ok(proto)
+    }
+
+    /// This model with every folded value inline (itself when nothing is folded): what code
+    /// that reads tensors from the protobuf (verification, tract) is given.
+    pub fn with_folded_inline(&self) -> Result<std::borrow::Cow<'_, Model>> {
+        if self.folded.is_empty() {
+            return Ok(std::borrow::Cow::Borrowed(self));
+        }
+        Ok(std::borrow::Cow::Owned(Model {
+            proto: self.materialized()?,
+            store: self.store.clone(),
+            folded: FoldedWeights::default(),
+            source: self.source.clone(),
+            input_files: self.input_files.clone(),
+        }))
+    }
+
+    /// The values of the main graph's initializer `name`, folded or stored.
+    pub fn initializer_value(&self, name: &str) -> Result<Option<crate::tensor::Tensor>> {
+        let Some(t) = self
+            .proto
+            .graph
+            .as_ref()
+            .and_then(|g| g.initializer.iter().find(|t| t.name() == name))
+        else {
+            return Ok(None);
+        };
+        self.folded.decode(t, &self.store).map(Some)
     }
 
     /// Shows `tap` the main graph's initializers without writing anything: the folded ones
@@ -218,7 +254,7 @@ impl Model {
             if !tap.wants(t.name()) {
                 continue;
             }
-            match self.store.pending(t)? {
+            match self.folded.of(t).map(|f| &f.value) {
                 Some(p) => {
                     let mut bytes = tap.buffer(p.len() * p.dtype.size());
                     p.stream(&self.store, &mut |chunk| {
@@ -235,37 +271,13 @@ impl Model {
 
     /// Bytes of the main graph's folded tensors: what writing the model computes.
     fn folded_bytes(&self) -> usize {
-        let Some(graph) = &self.proto.graph else {
-            return 0;
-        };
-        graph
-            .initializer
-            .iter()
-            .filter_map(|t| self.store.pending(t).ok().flatten())
-            .map(|p| p.len() * p.dtype.size())
+        self.main_initializers()
+            .filter_map(|t| self.folded.of(t))
+            .map(|f| f.value.len() * f.value.dtype.size())
             .sum()
     }
 
-    /// When a subgraph holds a folded tensor, a copy of the protobuf with those inline (the main
-    /// graph's are left for [`write_streaming`], which writes them a chunk at a time); `None`
-    /// when there is nothing to rewrite and the protobuf can be written as it is.
-    fn with_folded_subgraphs_inline(&self) -> Result<Option<ModelProto>> {
-        let Some(graph) = &self.proto.graph else {
-            return Ok(None);
-        };
-        let mut folded_in_subgraph = false;
-        for node in &graph.node {
-            for sub in node.attribute.iter().flat_map(crate::graph::attr_graphs) {
-                visit_tensors(sub, &mut |t| folded_in_subgraph |= external::is_pending(t));
-            }
-        }
-        if !folded_in_subgraph {
-            return Ok(None);
-        }
-        let mut proto = self.proto.clone();
-        if let Some(g) = proto.graph.as_mut() {
-            materialize(g, &self.store, false)?;
-        }
-        Ok(Some(proto))
+    fn main_initializers(&self) -> impl Iterator<Item = &TensorProto> {
+        self.proto.graph.iter().flat_map(|g| &g.initializer)
     }
 }

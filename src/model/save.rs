@@ -65,9 +65,14 @@ impl Model {
             .file_name()
             .ok_or_else(|| Error::io(path, std::io::Error::other("not a file name")))?;
         plan.claim_model(path)?;
-        let mut rewritten = self.with_folded_subgraphs_inline()?;
-        let written_proto = rewritten.as_ref().unwrap_or(&self.proto);
-        let data_files = DataFilesPlan::new(&dir, path, &self.store, written_proto.graph.as_ref())?;
+        let mut rewritten = None;
+        let data_files = DataFilesPlan::new(
+            &dir,
+            path,
+            &self.store,
+            self.proto.graph.as_ref(),
+            &self.folded,
+        )?;
         for location in &data_files.locations {
             plan.claim(&dir.join(location))?;
         }
@@ -82,14 +87,15 @@ impl Model {
             let proto = rewritten.get_or_insert_with(|| self.proto.clone());
             if let Some(g) = proto.graph.as_mut() {
                 for t in &mut g.initializer {
-                    if tensor::is_external(t) {
-                        data_files.stream(t, &self.store, tap.as_deref_mut())?;
+                    let folded = self.folded.of(t).filter(|f| f.location.is_some());
+                    if folded.is_some() || tensor::is_external(t) {
+                        data_files.stream(t, &self.store, folded, tap.as_deref_mut())?;
                     }
                 }
                 let mut failure = Ok(());
                 visit_tensors_but_initializers_mut(g, &mut |t| {
                     if failure.is_ok() && tensor::is_external(t) {
-                        failure = data_files.stream(t, &self.store, None);
+                        failure = data_files.stream(t, &self.store, None, None);
                     }
                 });
                 failure?;
@@ -124,7 +130,8 @@ impl Model {
         }
         .map_err(|e| Error::io(path, e))?;
         let mut output = Output::File(writer);
-        write_streaming(proto, &self.store, &mut output, tap).map_err(|e| Error::io(path, e))?;
+        write_streaming(proto, &self.store, &self.folded, &mut output, tap)
+            .map_err(|e| Error::io(path, e))?;
         if let Output::File(writer) = output {
             writer.finish().map_err(|e| Error::io(path, e))?;
         }

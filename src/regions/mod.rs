@@ -58,6 +58,8 @@ pub struct LocalProof {
 /// Runs every fold's region of `original` against the nodes that replace it in `fused`, and
 /// compares the graphs outside them.
 pub fn check(original: &Model, fused: &Model, options: &VerifyOptions) -> Result<LocalProof> {
+    let (original, fused) = (original.with_folded_inline()?, fused.with_folded_inline()?);
+    let (original, fused) = (original.as_ref(), fused.as_ref());
     let mut proof = LocalProof::default();
     let pairs = graph_pairs(original, fused);
     if pairs.is_empty() {

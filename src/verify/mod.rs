@@ -324,6 +324,11 @@ pub fn run_whole_model(
     intermediates: &[String],
     options: &VerifyOptions,
 ) -> Result<Verification> {
+    let (original, candidate) = (
+        original.with_folded_inline()?,
+        candidate.with_folded_inline()?,
+    );
+    let (original, candidate) = (original.as_ref(), candidate.as_ref());
     let (orig_graph, cand_graph) = match (&original.proto.graph, &candidate.proto.graph) {
         (Some(a), Some(b)) => (a, b),
         _ => return Err(Error::MissingGraph),
