@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::data_files::DataFilesPlan;
 use super::encode::{write_streaming, Output, BACKGROUND_WRITE_MIN_FOLDED};
-use super::output_file::create_output;
-use super::output_file::new_output_file;
+use super::output_file::{create_output, new_output_file};
 use super::{Model, SaveOptions};
 use crate::error::{Error, Result};
 use crate::model::InitializerTap;

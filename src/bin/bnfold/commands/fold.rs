@@ -1,0 +1,279 @@
+//! `bnfold MODEL -o OUT`: load, fold, write (with the readiness figures computed as it writes),
+//! verify, commit.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::progress::Progress;
+use crate::{load, text, ExitStatus};
+
+use anyhow::{bail, Context};
+
+use crate::args::{verify_options, FoldArgs};
+use crate::report::{claim_report, commit_report, json_report, print, stage_report};
+use bnfold::model::InitializerTap;
+use bnfold::output::WritePlan;
+use bnfold::printable::Shown;
+use bnfold::readiness::{LayerTap, Readiness};
+use bnfold::verify::{SampleHook, Status, Verification};
+use bnfold::{fold, verify, FoldOptions, Model, SaveOptions};
+
+pub(crate) fn run_fold(args: FoldArgs) -> anyhow::Result<ExitStatus> {
+    let Some(input) = args.input.clone() else {
+        bail!("no input model given (see bnfold --help)");
+    };
+    let writes = !args.check && !args.dry_run;
+    if writes && args.output.is_none() {
+        bail!("no output given: use -o OUTPUT, or --check / --dry-run to write nothing");
+    }
+    let options = FoldOptions {
+        inputs_are_constants: args.inputs_are_constants,
+        only: (!args.only.is_empty()).then(|| args.only.iter().map(|&k| k.into()).collect()),
+        skip_nodes: args.skip_nodes.iter().cloned().collect(),
+        decompose_standalone: args.decompose_standalone,
+    };
+    let mut verify_opts = verify_options(&args.check_args)?;
+    if writes {
+        if let Some(out) = &args.output {
+            if bnfold::output::same_file(&input, out) && !args.in_place {
+                bail!(
+                    "{}: refusing to overwrite the input (use --in-place)",
+                    out.display()
+                );
+            }
+            if out.exists() && !args.output_args.force && !args.in_place {
+                bail!(
+                    "{}: output exists (use --force to overwrite)",
+                    out.display()
+                );
+            }
+        }
+    }
+    let progress = Progress::start(!args.output_args.quiet);
+    progress.stage("loading");
+    let started = Instant::now();
+    let loaded = load(&input)?;
+    check_skip_nodes(&loaded, &options.skip_nodes)?;
+    // Every file this run writes is claimed before anything is written.
+    let mut plan = WritePlan::new(args.output_args.force || args.in_place);
+    plan.protect(&loaded.input_files);
+    if args.in_place {
+        plan.allow_replacing_input_model();
+    }
+    claim_report(&mut plan, &args.output_args)?;
+    progress.stage("folding");
+    let readiness = !args.no_readiness && !args.check;
+    // Of the original, readiness needs only the BatchNormalization statistics, taken now; the
+    // layers' figures are computed from the folded weights as they are written.
+    let batch_norms = match readiness {
+        true => Some(
+            bnfold::readiness::batch_norms(&loaded)
+                .with_context(|| format!("{}", input.display()))?,
+        ),
+        false => None,
+    };
+    // The original is kept only for what compares against it. Neither model is freed at the
+    // end: the process exits right after, and freeing a large graph node by node takes longer.
+    let has_batch_norm = loaded
+        .proto
+        .graph
+        .as_ref()
+        .is_some_and(|g| g.node.iter().any(|n| n.op_type() == "BatchNormalization"));
+    let too_large = match args.no_verify {
+        false => bnfold::verify::too_large_to_run(&loaded),
+        true => None,
+    };
+    // Above the node limit there is no whole-model run, but folds still get their certificate
+    // and region run, which need the original.
+    let runs_verification = !args.no_verify && (too_large.is_none() || has_batch_norm);
+    let (original, mut fused) = if runs_verification {
+        (Some(loaded.clone()), loaded)
+    } else {
+        (None, loaded)
+    };
+    let mut report = fold(&mut fused, &options).with_context(|| format!("{}", input.display()))?;
+    let fold_seconds = started.elapsed().as_secs_f64();
+
+    if args.check {
+        progress.finish();
+        if !report.folds.is_empty() && !args.output_args.quiet {
+            eprintln!(
+                "bnfold: check failed: {} BatchNormalization would fold",
+                report.folds.len()
+            );
+        }
+        let json = || json_report(&report, &input, None);
+        let (pretty, staged_report) = stage_report(&args.output_args, json, args.sync)?;
+        commit_report(staged_report)?;
+        print(&args.output_args, &pretty, || {
+            let mut s = text::fold_report(&report, &input, None);
+            if args.output_args.verbose {
+                s += &timings(fold_seconds, None);
+            }
+            s
+        })?;
+        return Ok(match report.folds.is_empty() {
+            true => ExitStatus::Success,
+            false => ExitStatus::Failure,
+        });
+    }
+
+    let save_options = SaveOptions {
+        force: args.output_args.force || args.in_place,
+        overwrite_input: args.in_place,
+        sync: args.sync,
+    };
+    // With an output, the model is written under a temporary name first and the written files
+    // are what verification loads (tract reads their external data itself); they are moved into
+    // place only if verification does not fail.
+    // The layers' readiness figures are computed while the model is written (each folded
+    // weight is scaled once, for both), or from the weights alone when nothing is written.
+    let mut tap = match readiness {
+        true => Some(LayerTap::start(&fused).with_context(|| format!("{}", input.display()))?),
+        false => None,
+    };
+    let staged = match (&args.output, writes) {
+        (Some(out), true) => {
+            progress.stage("writing");
+            let tapped = tap.as_mut().map(|t| t as &mut dyn InitializerTap);
+            let staged = fused
+                .stage_tapped(out, save_options, &mut plan, tapped)
+                .with_context(|| format!("{}", out.display()))?;
+            Some((out.clone(), staged))
+        }
+        _ => {
+            if let Some(tap) = tap.as_mut() {
+                fused
+                    .stream_initializers(tap)
+                    .with_context(|| format!("{}", input.display()))?;
+            }
+            None
+        }
+    };
+    if let (Some(tap), Some(batch_norms)) = (tap, batch_norms) {
+        report.readiness = Some(Readiness {
+            layers: tap
+                .finish()
+                .with_context(|| format!("{}", input.display()))?,
+            batch_norms,
+        });
+    }
+    let verify_started = Instant::now();
+    if let Some(reason) = too_large.filter(|_| !runs_verification) {
+        report.verification = Some(Verification::not_run(reason, verify_opts.seed));
+    }
+    let live = if let Some(original) = original.as_ref().filter(|_| runs_verification) {
+        progress.stage("verifying");
+        verify_opts.on_sample = Some(SampleHook(Arc::new(progress.counter())));
+        let intermediates: Vec<String> = report
+            .folds
+            .iter()
+            .filter(|f| f.graph == "main")
+            .map(|f| f.output.clone())
+            .collect();
+        let candidate = match &staged {
+            Some((out, staged)) => {
+                // Freed before the written model is loaded: a large model is held once, not twice.
+                drop(fused);
+                Model::load(staged.path()).with_context(|| format!("{}", out.display()))?
+            }
+            None => fused,
+        };
+        let v = verify(original, &candidate, &intermediates, &verify_opts)
+            .with_context(|| format!("verifying {}", input.display()))?;
+        report.verification = Some(v);
+        candidate
+    } else {
+        fused
+    };
+    std::mem::forget((original, live));
+    let verify_seconds = (!args.no_verify).then(|| verify_started.elapsed().as_secs_f64());
+    let status = report.verification.as_ref().map(|v| v.status.clone());
+    let failed = status == Some(Status::Failed)
+        || (status == Some(Status::NotVerified) && args.require_verify);
+    if status == Some(Status::NotVerified) && !args.output_args.quiet {
+        let reason = report
+            .verification
+            .as_ref()
+            .and_then(|v| v.reason.clone())
+            .unwrap_or_default();
+        eprintln!("bnfold: warning: not verified: {}", Shown(&reason));
+    }
+    if status == Some(Status::Failed) {
+        let reason = report
+            .verification
+            .as_ref()
+            .and_then(|v| v.reason.clone())
+            .unwrap_or_default();
+        eprintln!(
+            "bnfold: error: verification failed ({}); no model written",
+            Shown(&reason)
+        );
+    }
+    // The report is staged before anything is committed, and committed after the model: a
+    // failure on the way leaves neither.
+    let written = staged
+        .as_ref()
+        .filter(|_| !failed)
+        .map(|(out, _)| out.clone());
+    let json = || json_report(&report, &input, written.as_deref());
+    let (pretty, staged_report) = stage_report(&args.output_args, json, args.sync)?;
+    match staged {
+        Some((out, mut staged)) if !failed => {
+            if let Some(r) = staged_report {
+                staged.attach(r);
+            }
+            staged
+                .commit()
+                .with_context(|| format!("{}", out.display()))?;
+        }
+        _ => commit_report(staged_report)?,
+    }
+    progress.finish();
+    print(&args.output_args, &pretty, || {
+        let mut s = text::fold_report(&report, &input, written.as_deref());
+        if args.output_args.verbose {
+            s += &timings(fold_seconds, verify_seconds);
+        }
+        s
+    })?;
+    Ok(match failed {
+        true => ExitStatus::Failure,
+        false => ExitStatus::Success,
+    })
+}
+
+pub(crate) fn check_skip_nodes(model: &Model, names: &BTreeSet<String>) -> anyhow::Result<()> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let mut known = BTreeSet::new();
+    if let Some(g) = &model.proto.graph {
+        fn walk(g: &bnfold::proto::GraphProto, known: &mut BTreeSet<String>) {
+            for n in &g.node {
+                known.insert(n.name().to_string());
+                known.extend(n.output.iter().cloned());
+                for a in &n.attribute {
+                    for sub in a.g.as_deref().into_iter().chain(&a.graphs) {
+                        walk(sub, known);
+                    }
+                }
+            }
+        }
+        walk(g, &mut known);
+    }
+    for name in names {
+        if !known.contains(name) {
+            bail!("--skip-node {name}: no node or tensor has that name");
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn timings(fold_seconds: f64, verify_seconds: Option<f64>) -> String {
+    match verify_seconds {
+        Some(v) => format!("time: load + fold {fold_seconds:.3} s, verify {v:.3} s\n"),
+        None => format!("time: load + fold {fold_seconds:.3} s\n"),
+    }
+}
