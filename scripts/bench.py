@@ -268,7 +268,9 @@ def main():
             line += f"; peak RSS {fold_rss:.1f} MiB, target 1.25 x size = {limit:.1f} MiB ({mark(fold_rss <= limit)})"
         default, default_rss, _ = results["bnfold default"]
         if default is not None:
-            line += f"; default (readiness on) {default * 1000:.1f} ms = {default / cp:.2f}x cp (target 1.5x: {mark(default <= 1.5 * cp)}, 2x with nothing to fold: {mark(default <= 2 * cp)})"
+            # A model once folded (--nothing-to-fold) has no BatchNormalization left: 2x allowed.
+            bound = 2.0 if name.endswith(".fused.onnx") else 1.5
+            line += f"; default (readiness on) {default * 1000:.1f} ms = {default / cp:.2f}x cp (target {bound}x: {mark(default <= bound * cp)})"
             if external and largest:
                 limit = 2 * largest / 2**20 + 64
                 line += f", peak RSS {default_rss:.1f} MiB against {limit:.0f} ({mark(default_rss <= limit)})"
