@@ -291,7 +291,14 @@ fn work(shared: &Shared, store: &ExternalStore) -> Measured {
         match queue.jobs.pop_front() {
             Some(job) => {
                 drop(queue);
-                let buffer = run(job, store, &mut measured);
+                // A panic here must not leave the writer waiting for this buffer: it becomes the
+                // analysis's failure, and a fresh buffer takes the lost one's place.
+                let measuring = std::panic::AssertUnwindSafe(|| run(job, store, &mut measured));
+                let buffer = std::panic::catch_unwind(measuring).unwrap_or_else(|_| {
+                    let failed = "the readiness analysis failed on a weight";
+                    measured.failure = Some(Error::InvalidGraph(failed.into()));
+                    Vec::new()
+                });
                 queue = shared.lock();
                 queue.free.push(buffer);
                 shared.changed.notify_all();
