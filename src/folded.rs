@@ -67,11 +67,6 @@ impl FoldedWeights {
         self.tensors.is_empty()
     }
 
-    /// The folded tensors, by name.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &FoldedTensor)> {
-        self.tensors.iter().map(|(n, t)| (n.as_str(), t))
-    }
-
     /// The values of `t`, folded or stored.
     pub fn decode(&self, t: &TensorProto, store: &ExternalStore) -> Result<Tensor> {
         match self.of(t) {

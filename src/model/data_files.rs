@@ -8,7 +8,7 @@ use super::output_file::create_output;
 use crate::error::{Error, Result};
 use crate::external::{self, ExternalStore};
 use crate::folded::{FoldedTensor, FoldedWeights};
-use crate::model::InitializerTap;
+use crate::model::{stream_folded, InitializerTap};
 use crate::proto::{tensor_proto::DataLocation, GraphProto, StringStringEntryProto, TensorProto};
 use crate::tensor;
 use crate::walk::visit_tensors_but_initializers;
@@ -160,17 +160,9 @@ impl DataFiles {
         let target_path = self.dir.join(&location);
         writer.preallocate(*offset, len as u64);
         match (pending, stored) {
-            (Some(p), _) => match tap {
-                Some(tap) => {
-                    let mut bytes = tap.buffer(p.len() * p.dtype.size());
-                    p.stream(store, &mut |chunk| {
-                        bytes.extend_from_slice(chunk);
-                        writer.write_all(chunk)
-                    })?;
-                    tap.folded(t.name(), p.dtype, &p.dims, bytes)?;
-                }
-                None => p.stream(store, &mut |chunk| writer.write_all(chunk))?,
-            },
+            (Some(p), _) => stream_folded(t.name(), p, store, tap, &mut |chunk| {
+                writer.write_all(chunk)
+            })?,
             (None, Some((source_path, source_offset))) => {
                 if let Some(tap) = tap {
                     tap.stored(t)?;

@@ -8,7 +8,7 @@ use prost::Message;
 
 use crate::external::ExternalStore;
 use crate::folded::FoldedWeights;
-use crate::model::InitializerTap;
+use crate::model::{stream_folded, InitializerTap};
 use crate::proto::{GraphProto, ModelProto, TensorProto};
 use crate::tensor;
 use crate::writer::BufferedWriter;
@@ -125,18 +125,10 @@ pub(super) fn write_streaming(
         out.write_all(&header)?;
         let tap = tap.as_deref_mut().filter(|tap| tap.wants(t.name()));
         match (pending, tap) {
-            (Some(p), Some(tap)) => {
-                let mut bytes = tap.buffer(p.len() * p.dtype.size());
-                p.stream(store, &mut |chunk| {
-                    bytes.extend_from_slice(chunk);
-                    out.write_all(chunk)
-                })
-                .and_then(|()| tap.folded(t.name(), p.dtype, &p.dims, bytes))
-                .map_err(std::io::Error::other)?
+            (Some(p), tap) => {
+                stream_folded(t.name(), p, store, tap, &mut |chunk| out.write_all(chunk))
+                    .map_err(std::io::Error::other)?
             }
-            (Some(p), None) => p
-                .stream(store, &mut |chunk| out.write_all(chunk))
-                .map_err(std::io::Error::other)?,
             (None, tap) => {
                 // Handed over before the payload is copied, so the tap reads while it is written;
                 // an external one was shown to the tap when its data file was written.

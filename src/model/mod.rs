@@ -70,6 +70,26 @@ pub trait InitializerTap {
     fn stored(&mut self, t: &TensorProto) -> Result<()>;
 }
 
+/// Streams the folded tensor `value` (initializer `name`) into `sink`, its bytes also handed to
+/// `tap` when there is one: the one place a folded weight is computed for the output.
+fn stream_folded(
+    name: &str,
+    value: &crate::scaled::ScaledTensor,
+    store: &ExternalStore,
+    tap: Option<&mut (dyn InitializerTap + '_)>,
+    sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+) -> Result<()> {
+    let Some(tap) = tap else {
+        return value.stream(store, sink);
+    };
+    let mut bytes = tap.buffer(value.len() * value.dtype.size());
+    value.stream(store, &mut |chunk| {
+        bytes.extend_from_slice(chunk);
+        sink(chunk)
+    })?;
+    tap.folded(name, value.dtype, &value.dims, bytes)
+}
+
 /// How [`Model::save`] treats existing files.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SaveOptions {
@@ -256,12 +276,7 @@ impl Model {
             }
             match self.folded.of(t).map(|f| &f.value) {
                 Some(p) => {
-                    let mut bytes = tap.buffer(p.len() * p.dtype.size());
-                    p.stream(&self.store, &mut |chunk| {
-                        bytes.extend_from_slice(chunk);
-                        Ok(())
-                    })?;
-                    tap.folded(t.name(), p.dtype, &p.dims, bytes)?;
+                    stream_folded(t.name(), p, &self.store, Some(&mut *tap), &mut |_| Ok(()))?
                 }
                 None => tap.stored(t)?,
             }

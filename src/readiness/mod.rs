@@ -21,7 +21,6 @@ use crate::error::Result;
 use crate::graph::{node_label, GraphIndex, OuterScope};
 use crate::model::Model;
 
-pub use stats::{ChannelLayout, Elements};
 pub use tap::LayerTap;
 
 /// Below this output standard deviation a BatchNormalization channel counts as dead.
