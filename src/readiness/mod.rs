@@ -12,6 +12,7 @@
 //! and the channels whose running variance is below ε.
 
 mod stats;
+mod sums;
 mod tap;
 
 use serde::Serialize;

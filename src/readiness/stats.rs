@@ -7,6 +7,7 @@ use crate::graph::node_label;
 use crate::proto::NodeProto;
 use crate::tensor::{self, Dtype};
 
+use super::sums::{Grid, Sums};
 use super::{LayerReadiness, MIN_EFFECTIVE_BITS};
 
 /// A weight's elements, as stored or as values.
@@ -125,16 +126,12 @@ pub fn layer(
         let channel_grid = Grid::new(range / 127.0);
         match layout.f32_run(elements, k) {
             Some(raw) => {
-                let values = raw
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().unwrap_or_default()) as f64);
-                sums.add_channel(values, &tensor_grid, &channel_grid);
+                values.clear();
+                tensor::decode_le_into(Dtype::F32, raw, &mut values);
             }
-            None => {
-                layout.gather(elements, k, &mut values);
-                sums.add_channel(values.iter().copied(), &tensor_grid, &channel_grid);
-            }
+            None => layout.gather(elements, k, &mut values),
         }
+        sums.add_channel(&values, &tensor_grid, &channel_grid);
     }
     let Sums {
         signal,
@@ -175,91 +172,6 @@ pub fn layer(
     }
 }
 
-/// The running sums of a weight's figures, over its channels in order.
-#[derive(Default)]
-struct Sums {
-    signal: f64,
-    tensor_noise: f64,
-    channel_noise: f64,
-    non_finite: usize,
-}
-
-impl Sums {
-    /// Adds one channel's values. Each is quantized by a multiplication by the grid's
-    /// reciprocal; when one of them lies near a half step, where the reciprocal and the
-    /// quotient could round to different integers, the channel's noise is summed again with
-    /// the division ([`quantize`]), so every sum is the one the division gives.
-    fn add_channel(
-        &mut self,
-        values: impl Iterator<Item = f64> + Clone,
-        tensor: &Grid,
-        channel: &Grid,
-    ) {
-        let before = (self.tensor_noise, self.channel_noise);
-        let mut near_half = tensor.reciprocal.is_none() || channel.reciprocal.is_none();
-        if !near_half {
-            let (t, c) = (
-                tensor.reciprocal.unwrap_or(0.0),
-                channel.reciprocal.unwrap_or(0.0),
-            );
-            for v in values.clone() {
-                self.signal += v * v;
-                let (t_steps, t_nearest) = nearest_step(v * t);
-                let (c_steps, c_nearest) = nearest_step(v * c);
-                near_half |= ((t_steps - t_nearest).abs() > NEAR_HALF)
-                    | ((c_steps - c_nearest).abs() > NEAR_HALF);
-                self.tensor_noise += (v - t_nearest * tensor.step).powi(2);
-                self.channel_noise += (v - c_nearest * channel.step).powi(2);
-                self.non_finite += usize::from(!v.is_finite());
-            }
-            if !near_half {
-                return;
-            }
-            (self.tensor_noise, self.channel_noise) = before;
-            for v in values {
-                self.tensor_noise += (v - quantize(v, tensor.step)).powi(2);
-                self.channel_noise += (v - quantize(v, channel.step)).powi(2);
-            }
-            return;
-        }
-        for v in values {
-            self.signal += v * v;
-            self.tensor_noise += (v - quantize(v, tensor.step)).powi(2);
-            self.channel_noise += (v - quantize(v, channel.step)).powi(2);
-            self.non_finite += usize::from(!v.is_finite());
-        }
-    }
-}
-
-/// How far from an integer a step count may lie before the reciprocal is not trusted:
-/// `v·(1/step)` is within 3.4e-16 relative of `v/step` as rounded (two roundings against one),
-/// so within ±127 steps the two round to different integers only within 5e-14 of a half step.
-const NEAR_HALF: f64 = 0.5 - 1e-9;
-
-/// `steps` clipped to ±127 and its nearest integer, ties to even.
-fn nearest_step(steps: f64) -> (f64, f64) {
-    const ROUND: f64 = 6_755_399_441_055_744.0;
-    let steps = steps.clamp(-127.0, 127.0);
-    (steps, (steps + ROUND) - ROUND)
-}
-
-/// A symmetric INT8 grid of `step` and, where it is a positive finite number, its reciprocal.
-struct Grid {
-    step: f64,
-    reciprocal: Option<f64>,
-}
-
-impl Grid {
-    fn new(step: f64) -> Grid {
-        let reciprocal = 1.0 / step;
-        Grid {
-            step,
-            reciprocal: (step > 0.0 && reciprocal.is_finite() && reciprocal > 0.0)
-                .then_some(reciprocal),
-        }
-    }
-}
-
 /// The largest magnitude among little-endian f32 values, NaN ignored (as `f64::max` does):
 /// the maximum of their bit patterns without the sign.
 fn f32_range(raw: &[u8]) -> f64 {
@@ -270,19 +182,6 @@ fn f32_range(raw: &[u8]) -> f64 {
         .max()
         .unwrap_or(0);
     f32::from_bits(largest) as f64
-}
-
-/// Symmetric INT8: round to the grid of `step`, clipped to ±127 steps.
-pub(crate) fn quantize(v: f64, step: f64) -> f64 {
-    if step <= 0.0 {
-        return 0.0;
-    }
-    // Clipping first gives the same result (a value within ±127 rounds within ±127), and below
-    // 2^51 adding and subtracting 1.5·2^52 rounds to the nearest integer, ties to even, in the
-    // default rounding mode: no call to the math library on targets without SSE4.1.
-    const ROUND: f64 = 6_755_399_441_055_744.0;
-    let steps = (v / step).clamp(-127.0, 127.0);
-    ((steps + ROUND) - ROUND) * step
 }
 
 #[cfg(test)]
@@ -378,74 +277,6 @@ mod tests {
             batch_norms: vec![],
         };
         assert_eq!(r.worst(1)[0].node, "nan");
-    }
-
-    #[test]
-    fn quantization_rounds_half_to_even_and_clips() {
-        for (v, want) in [
-            (63.5, 64.0),
-            (62.5, 62.0),
-            (-0.5, 0.0),
-            (-1.5, -2.0),
-            (126.7, 127.0),
-            (300.0, 127.0),
-            (-300.0, -127.0),
-        ] {
-            assert_eq!(quantize(v, 1.0), want, "{v}");
-            assert_eq!(quantize(v, 1.0), v.round_ties_even().clamp(-127.0, 127.0));
-        }
-    }
-
-    /// The sums of one channel as the division gives them, one value after the other.
-    fn divided(values: &[f64], tensor_step: f64, channel_step: f64) -> (u64, u64, u64) {
-        let (mut signal, mut t, mut c) = (0.0f64, 0.0f64, 0.0f64);
-        for &v in values {
-            signal += v * v;
-            t += (v - quantize(v, tensor_step)).powi(2);
-            c += (v - quantize(v, channel_step)).powi(2);
-        }
-        (signal.to_bits(), t.to_bits(), c.to_bits())
-    }
-
-    #[test]
-    fn sums_by_the_reciprocal_are_the_sums_by_the_division() {
-        // Values on and around every half step of several grids, a sweep of each grid's whole
-        // range, and grids without a usable reciprocal: every sum identical to the bit.
-        for step in [
-            1.0 / 127.0,
-            0.1 / 127.0,
-            3.3e-3,
-            7.7e-9,
-            1e-300,
-            2.5e-310,
-            0.0,
-        ] {
-            let mut near = Vec::new();
-            for k in -128..=128 {
-                for offset in [-1e-12, -1e-15, 0.0, 1e-15, 1e-12, 0.25] {
-                    let v: f64 = (k as f64 + 0.5 + offset) * step;
-                    let up = f64::from_bits(v.to_bits() + 1);
-                    near.extend([v, up, -v]);
-                }
-            }
-            // A low-discrepancy sweep, far from half steps or not.
-            let sweep: Vec<f64> = (0..10_000)
-                .map(|i| ((i as f64 * 0.618_033_988_749_895).fract() * 2.0 - 1.0) * 127.0 * step)
-                .collect();
-            for values in [&near, &sweep] {
-                for channel_step in [step, step * 0.37] {
-                    let mut sums = Sums::default();
-                    let (tensor, channel) = (Grid::new(step), Grid::new(channel_step));
-                    sums.add_channel(values.iter().copied(), &tensor, &channel);
-                    let got = (
-                        sums.signal.to_bits(),
-                        sums.tensor_noise.to_bits(),
-                        sums.channel_noise.to_bits(),
-                    );
-                    assert_eq!(got, divided(values, step, channel_step), "step {step}");
-                }
-            }
-        }
     }
 
     #[test]
