@@ -31,9 +31,13 @@ pub struct FoldRecord {
     pub direction: Direction,
     /// The node it folded into: the producer, or forward the consumer (name, or first output).
     pub producer: String,
-    /// The BatchNormalization node's name (or first output).
+    /// The node at the end of the chain, whose output the fused layer takes over: a
+    /// BatchNormalization, or the last `Mul`, `Add`, `Sub` or `Div` of a per-channel affine
+    /// chain (name, or first output).
     pub batch_norm: String,
-    /// Identity or Add nodes between producer and BN that folded too.
+    /// The other nodes of the chain that folded too (Identity, BatchNormalization, and `Mul`,
+    /// `Add`, `Sub` or `Div` of a per-channel constant), from the end back to the layer;
+    /// forward, the Flatten.
     pub passthrough: Vec<String>,
     /// The tensor to compare after the fold: backward, the BN's output, which the fused
     /// producer now writes; forward, the consumer's output.
@@ -52,12 +56,13 @@ pub struct FoldRecord {
     pub max_rel_weight_change: f64,
 }
 
-/// One BatchNormalization left in place.
+/// One BatchNormalization left in place, or a `Mul`, `Add`, `Sub` or `Div` after a layer whose
+/// constant is not per channel.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SkipRecord {
     /// The graph it is in.
     pub graph: String,
-    /// The BatchNormalization node's name (or first output).
+    /// The node's name (or first output).
     pub node: String,
     /// Why it stayed.
     pub reason: SkipReason,

@@ -35,9 +35,10 @@ pub(crate) fn chain_from<'o>(
     let mut steps = vec![bn];
     let mut current = bn;
     loop {
-        // An Add's data operand is the one a node computes (its other one is the constant).
+        // An element-wise step's data operand is the one a node computes (the other one is the
+        // constant).
         let data = match current.op_type() {
-            "Add" => current
+            "Add" | "Mul" | "Sub" | "Div" => current
                 .input
                 .iter()
                 .find(|i| {
@@ -52,7 +53,7 @@ pub(crate) fn chain_from<'o>(
             return Err(format!("'{data}' comes from no node in the original"));
         };
         match prev.op_type() {
-            "BatchNormalization" | "Identity" | "Add" => {
+            "BatchNormalization" | "Identity" | "Add" | "Mul" | "Sub" | "Div" => {
                 steps.push(prev);
                 current = prev;
             }
@@ -216,25 +217,72 @@ pub(super) fn apply_step(
     let channels = chain.scale.len();
     match step.op_type() {
         "Identity" => {}
-        "Add" => {
-            let constant = step.input.iter().skip(1).chain(step.input.first());
-            let mut added = None;
-            for name in constant {
+        op @ ("Add" | "Mul" | "Sub" | "Div") => {
+            // The constant operand, and whether it is the first (`c − x`; `c / x` is no step).
+            let mut found = None;
+            for (k, name) in step.input.iter().enumerate().rev() {
                 if let Ok(t) = orig.value(name)? {
-                    added = Some(t);
+                    found = Some((k, t));
                     break;
                 }
             }
-            let Some(a) = added.filter(|a| a.len() == channels || a.len() == 1) else {
+            let per_channel = |a: &Tensor| a.len() == channels || a.len() == 1;
+            let Some((slot, c)) = found.filter(|(_, a)| per_channel(a)) else {
                 return Ok(Err(format!(
-                    "Add '{}' does not add one constant per channel",
+                    "{op} '{}' does not take one constant per channel",
                     node_label(step)
                 )));
             };
-            for (k, t) in chain.shift.iter_mut().enumerate() {
-                let added = a.data[if a.len() == 1 { 0 } else { k % channels }];
-                *t += added;
-                chain.shift_terms[k] += added.abs();
+            if op == "Div" && slot == 0 {
+                return Ok(Err(format!(
+                    "Div '{}' divides a constant by the data",
+                    node_label(step)
+                )));
+            }
+            for k in 0..chain.shift.len() {
+                let value = c.data[if c.len() == 1 { 0 } else { k % channels }];
+                let (t, terms) = (&mut chain.shift[k], &mut chain.shift_terms[k]);
+                match (op, slot) {
+                    ("Add", _) => {
+                        *t += value;
+                        *terms += value.abs();
+                    }
+                    ("Sub", 1) => {
+                        *t -= value;
+                        *terms += value.abs();
+                    }
+                    ("Sub", _) => {
+                        *t = value - *t;
+                        *terms += value.abs();
+                    }
+                    ("Mul", _) => {
+                        *t *= value;
+                        *terms *= value.abs();
+                    }
+                    _ => {
+                        *t /= value;
+                        *terms /= value.abs();
+                    }
+                }
+            }
+            for (_, since) in &mut chain.intermediate {
+                for (k, p) in since.iter_mut().enumerate() {
+                    let value = c.data[if c.len() == 1 { 0 } else { k % channels }];
+                    match op {
+                        "Mul" => *p *= value.abs(),
+                        "Div" => *p /= value.abs(),
+                        _ => {}
+                    }
+                }
+            }
+            for (k, s) in chain.scale.iter_mut().enumerate() {
+                let value = c.data[if c.len() == 1 { 0 } else { k }];
+                match (op, slot) {
+                    ("Sub", 0) => *s = -*s,
+                    ("Mul", _) => *s *= value,
+                    ("Div", _) => *s /= value,
+                    _ => {}
+                }
             }
         }
         _ => {

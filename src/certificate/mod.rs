@@ -3,14 +3,15 @@
 //! model's own parameters.
 //!
 //! **Which nodes**: a Conv, ConvTranspose or Gemm of the fused model (or the `Add` after a
-//! MatMul, before opset 7) whose output name the original model gives to a BatchNormalization:
-//! the node took over the BN's output, so it claims to compute the original's chain
-//! `layer → (Identity | Add of a per-channel constant | BatchNormalization)* → BN`. This needs no
-//! fold report, so `bnfold verify original fused` certifies too.
+//! MatMul, before opset 7) whose output name the original model gives to a BatchNormalization or
+//! to a `Mul`, `Add`, `Sub` or `Div`: the node took over that output, so it claims to compute the
+//! original's chain `layer → (Identity | BatchNormalization | Mul, Add, Sub, Div of a per-channel
+//! constant)*`. This needs no fold report, so `bnfold verify original fused` certifies too.
 //!
 //! **Formula**: along the chain the per-channel affine map composes, `y = S·(layer without
 //! bias) + T`, starting from `S = 1`, `T = bias` (or `β·C` for a Gemm), with `T += a` for an
-//! added constant and `S ← s·S`, `T ← s·T + (β − μ·s)` for a BN (`s = γ/√(σ²+ε)`). The fused
+//! added constant, `S ← c·S`, `T ← c·T` for a multiplied one (divided: by `c`), `T ← c − T`,
+//! `S ← −S` for `c − x`, and `S ← s·S`, `T ← s·T + (β − μ·s)` for a BN (`s = γ/√(σ²+ε)`). The fused
 //! weight must hold `S·W` along the layer's output-channel layout (`[C_out, …]` for Conv,
 //! `[C_in, C_out/group, …]` for ConvTranspose, the columns of `op(B)` for Gemm, with `α` and
 //! `β` of both nodes accounted for), the fused bias `T`.
@@ -215,7 +216,11 @@ pub(crate) fn fold_targets<'g>(
             }),
             _ => false,
         };
-        if bn.op_type() == "BatchNormalization" && takes_over {
+        let ends_chain = matches!(
+            bn.op_type(),
+            "BatchNormalization" | "Add" | "Mul" | "Sub" | "Div"
+        );
+        if ends_chain && takes_over {
             found.push((node, bn));
         }
     }

@@ -34,7 +34,7 @@ pub(super) fn apply_forward(
         LayerTensors {
             weight_name: &plan.weight_name,
             weight_in_place: plan.weight_in_place,
-            weight: plan.folded_weight,
+            weight: Some(plan.folded_weight),
             bias_name: plan.bias_name.as_deref(),
             bias_in_place: plan.bias_in_place,
             bias,
@@ -117,6 +117,7 @@ pub(super) fn apply(
     detached: &mut Vec<String>,
 ) -> Result<FoldRecord> {
     let bn = graph.node[plan.bn].clone();
+    let weight_kept = plan.folded_weight.is_none();
     let out_name = bn.output[0].clone();
     let ProducerRewrite {
         weight_slot,
@@ -206,7 +207,7 @@ pub(super) fn apply(
         output: out_name,
         followed_by: plan.followed_by,
         weight: new_weight,
-        weight_in_place: plan.weight_in_place,
+        weight_in_place: plan.weight_in_place || weight_kept,
         bias: new_bias,
         shift_kept_as: None,
         max_rel_weight_change: plan.max_rel_weight_change,
@@ -217,7 +218,8 @@ pub(super) fn apply(
 pub(super) struct LayerTensors<'a> {
     pub(super) weight_name: &'a str,
     pub(super) weight_in_place: bool,
-    pub(super) weight: ScaledTensor,
+    /// The weight scaled, or `None` when it stays as it is.
+    pub(super) weight: Option<ScaledTensor>,
     pub(super) bias_name: Option<&'a str>,
     pub(super) bias_in_place: bool,
     pub(super) bias: Option<Tensor>,
@@ -232,14 +234,17 @@ pub(super) fn write_layer_tensors(
     tensors: LayerTensors,
 ) -> Result<(String, Option<String>)> {
     let weight_template = names.initializer(graph, tensors.weight_name).cloned();
-    let new_weight = write_tensor(
-        graph,
-        names,
-        tensors.weight_name,
-        tensors.weight_in_place,
-        NewTensor::Scaled(Box::new(tensors.weight)),
-        weight_template.as_ref(),
-    )?;
+    let new_weight = match tensors.weight {
+        Some(weight) => write_tensor(
+            graph,
+            names,
+            tensors.weight_name,
+            tensors.weight_in_place,
+            NewTensor::Scaled(Box::new(weight)),
+            weight_template.as_ref(),
+        )?,
+        None => tensors.weight_name.to_string(),
+    };
     let Some(bias) = tensors.bias else {
         return Ok((new_weight, None));
     };

@@ -24,7 +24,7 @@ use crate::folded::FoldedWeights;
 use crate::graph::{is_graph_attribute, node_label, GraphIndex, OuterScope};
 use crate::proto::{GraphProto, NodeProto, TensorProto};
 use crate::report::{DecompositionRecord, Direction, NormalizationRecord, SkipRecord};
-use backward::plan_chain;
+use backward::{may_end_chain, plan_chain};
 use cleanup::{drop_stale_value_info, list_initializers_as_inputs, remove_dead};
 use edits::{write_tensor, GraphNames, NewTensor};
 use forward::{allows_forward, plan_forward};
@@ -76,7 +76,7 @@ pub fn fold_graph(
     out: &mut PassOutcome,
 ) -> Result<()> {
     fold_subgraphs(graph, ctx, path, outer, out)?;
-    if !graph.node.iter().any(is_batch_norm) {
+    if !graph.node.iter().any(may_end_chain) {
         // Nothing to fold, decompose or report here: no index of a large graph is built.
         list_other_normalizations(graph, path, out);
         drop_stale_value_info(graph);
@@ -94,7 +94,9 @@ pub fn fold_graph(
     Ok(())
 }
 
-/// Why each BatchNormalization left did not fold: backward, and forward where that was tried.
+/// Why each BatchNormalization left did not fold, backward and forward where that was tried;
+/// and each `Mul`, `Add`, `Sub` or `Div` after a layer whose constant is not per channel (other
+/// element-wise ops are no near miss, so they are not listed).
 fn report_skips(
     graph: &GraphProto,
     ctx: &PassContext,
@@ -123,9 +125,34 @@ fn report_skips(
                     forward,
                 });
             }
+        } else if may_end_chain(node) && !feeds_a_chain_end(&index, node) {
+            if let Err(reason @ SkipReason::ConstantNotPerChannel { .. }) =
+                plan_chain(&index, &eval, i, ctx)?
+            {
+                out.skips.push(SkipRecord {
+                    graph: path.to_string(),
+                    node: node_label(node),
+                    message: reason.message(),
+                    reason,
+                    forward_message: None,
+                    forward: None,
+                });
+            }
         }
     }
     Ok(())
+}
+
+/// Whether `node`'s output goes on to one node that may end a chain, whose record (or fold) then
+/// speaks for it.
+fn feeds_a_chain_end(index: &GraphIndex, node: &NodeProto) -> bool {
+    let Some(output) = node.output.first() else {
+        return false;
+    };
+    match index.consumers(output) {
+        [only] => !index.is_graph_output(output) && may_end_chain(index.node(*only)),
+        _ => false,
+    }
 }
 
 /// Records the normalizations whose statistics come from the input, which never fold.

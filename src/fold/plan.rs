@@ -22,7 +22,8 @@ pub(super) struct ChainPlan {
     pub(super) bias_name: Option<String>,
     pub(super) bias_in_place: bool,
     pub(super) rewrite: ProducerRewrite,
-    pub(super) folded_weight: ScaledTensor,
+    /// The weight, scaled; `None` when the chain does not scale it (bias `Add`s only).
+    pub(super) folded_weight: Option<ScaledTensor>,
     pub(super) detached: Vec<String>,
     pub(super) max_rel_weight_change: f64,
     /// The op of the one node that consumes the BN's output, if one does.

@@ -1,4 +1,5 @@
-//! Rounds, the same for both directions: plan every BatchNormalization against one index, then
+//! Rounds, the same for both directions: plan every BatchNormalization (backward, every node that
+//! may end a per-channel chain) against one index, then
 //! apply the plans whose nodes no other plan of the round took; node removals and insertions are
 //! made at the round's end, so the indices the plans were made with hold throughout. A BN that a
 //! fold just made foldable (BN → BN) waits for the next round; rounds go on until one plans
@@ -15,7 +16,7 @@ use crate::proto::GraphProto;
 use crate::report::{Direction, FoldRecord};
 
 use super::apply::{apply, apply_forward};
-use super::backward::plan_chain;
+use super::backward::{may_end_chain, plan_chain};
 use super::cleanup::{list_initializers_as_inputs, remove_dead};
 use super::edits::{GraphNames, NodeEdits};
 use super::forward::{allows_forward, plan_forward};
@@ -118,7 +119,8 @@ fn plan_round(
         ConstEval::new(&index, ctx.store, ctx.opset, inputs_are_constants(ctx)).with_folded(folded);
     let mut plans = Vec::new();
     for i in 0..graph.node.len() {
-        if !is_batch_norm(&graph.node[i]) {
+        let node = &graph.node[i];
+        if !may_end_chain(node) || (direction == Direction::Forward && !is_batch_norm(node)) {
             continue;
         }
         match (plan_chain(&index, &eval, i, ctx)?, direction) {

@@ -27,9 +27,11 @@ pub mod gemm;
 pub mod matmul;
 
 mod affine;
+mod steps;
 mod vocab;
 
 pub use affine::{bias_values, round_into, Affine};
+pub use steps::{per_channel_values, Arithmetic, ChannelAxis};
 pub use vocab::{FoldKind, SkipReason};
 
 use crate::scaled::{ScaledTensor, Scaling};

@@ -146,10 +146,21 @@ pub enum SkipReason {
     },
     /// A `MatMul` whose constant is the left operand.
     MatMulWeightOnLeft,
-    /// An `Add` between producer and BN whose constant is not one value per channel.
-    AddNotPerChannel {
+    /// A `Mul`, `Add`, `Sub` or `Div` of the chain whose constant is not one value per output
+    /// channel (or one in all): it broadcasts over other axes, or would grow the data.
+    ConstantNotPerChannel {
+        /// The step's op type.
+        op_type: String,
         /// The constant.
         tensor: String,
+        /// Its shape.
+        shape: Vec<usize>,
+    },
+    /// A chain of bias `Add`s after a `MatMul` at an opset whose fold keeps the bias as an `Add`
+    /// (no Gemm with a broadcast `C`): folding would trade one `Add` for another.
+    MatMulKeepsBiasAdd {
+        /// The model's opset.
+        opset: i64,
     },
     /// The producer's kind was excluded with `--only`.
     KindExcluded {
@@ -264,8 +275,16 @@ impl SkipReason {
             SkipReason::MatMulWeightOnLeft => {
                 "the MatMul's constant is its left operand: BN's channels are the data's".into()
             }
-            SkipReason::AddNotPerChannel { tensor } => {
-                format!("the Add constant '{tensor}' is not one value per channel")
+            SkipReason::ConstantNotPerChannel {
+                op_type,
+                tensor,
+                shape,
+            } => format!(
+                "the {op_type} constant '{tensor}' of shape {shape:?} is not one value per output \
+                 channel"
+            ),
+            SkipReason::MatMulKeepsBiasAdd { opset } => {
+                format!("a MatMul at opset {opset} keeps its bias as an Add: nothing to fold")
             }
             SkipReason::KindExcluded { kind } => {
                 format!("folds into {} are excluded by --only", kind.op_type())
