@@ -43,6 +43,7 @@ fn collect_bn_labels(graph: &bnfold::proto::GraphProto, out: &mut Vec<String>) {
         }
         for a in &n.attribute {
             a.g.iter()
+                .map(|g| &**g)
                 .chain(&a.graphs)
                 .for_each(|g| collect_bn_labels(g, out));
         }
