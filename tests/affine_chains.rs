@@ -78,9 +78,10 @@ fn frozen_batch_norm_as_mul_then_add_folds_into_the_conv() {
 
 #[test]
 fn every_affine_form_of_sub_div_and_either_side_folds_by_its_formula() {
-    // (op, inputs, constant c per channel, a, d): y = a·conv + d.
+    // (op, inputs, a, d): y = a·conv + d, for the constant k = c per channel.
+    type Case<'a> = (&'a str, [&'a str; 2], [f64; 2], [f64; 2]);
     let c = [4.0, -2.0];
-    let cases: [(&str, [&str; 2], [f64; 2], [f64; 2]); 6] = [
+    let cases: [Case; 6] = [
         ("Mul", ["k", "c"], [4.0, -2.0], [0.0, 0.0]),
         ("Add", ["k", "c"], [1.0, 1.0], c),
         ("Sub", ["c", "k"], [1.0, 1.0], [-4.0, 2.0]),
