@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Regenerates every model in fixtures/ (run by hand; needs torch, onnx, onnxscript, numpy).
+"""Regenerates every model in fixtures/ (run by hand; needs torch, torchvision, onnx, onnxscript,
+numpy; `--forward-only` and `--affine-only` add one group to the manifest).
 
 Real exporter output: torch.onnx.export, legacy TorchScript exporter with
 training=TrainingMode.PRESERVE and do_constant_folding=False, and the dynamo exporter with
@@ -109,6 +110,79 @@ def torch_fixtures():
            torch.randn(1, 3, 10, 10), "torch_dynamo_conv_bn_op18.onnx", 18, 2)
     dynamo(Seq(nn.Linear(8, 5), nn.BatchNorm1d(5)), torch.randn(3, 8),
            "torch_dynamo_linear_bn_op18.onnx", 18, 1)
+
+
+# ---------------------------------------------------------------- BatchNorm as arithmetic
+def affine_fixtures():
+    """FrozenBatchNorm2d (torchvision's detection backbones) exports as Conv → Mul → Add: with
+    constant folding the scale and shift are [1, C, 1, 1] initializers, without it they are
+    computed from the four buffers in the graph. Statistics are measured on each layer's real
+    input (a batch of random images through the network), then perturbed."""
+    import torch
+    import torch.nn as nn
+    from torchvision.models.resnet import BasicBlock, conv1x1
+    from torchvision.ops import FeaturePyramidNetwork
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    torch.manual_seed(0)
+
+    class TinyFrozenResNet(nn.Module):
+        def __init__(self, fpn=False):
+            super().__init__()
+            norm = FrozenBatchNorm2d
+            self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False),
+                                      norm(8), nn.ReLU())
+            self.layer1 = BasicBlock(8, 8, norm_layer=norm)
+            down = nn.Sequential(conv1x1(8, 16, stride=2), norm(16))
+            self.layer2 = BasicBlock(8, 16, stride=2, downsample=down, norm_layer=norm)
+            self.fpn = FeaturePyramidNetwork([8, 16], 8) if fpn else None
+            self.head = nn.Linear(16, 5)
+
+        def forward(self, x):
+            c1 = self.layer1(self.stem(x))
+            c2 = self.layer2(c1)
+            if self.fpn is not None:
+                features = self.fpn({"c1": c1, "c2": c2})
+                return features["c1"], features["c2"]
+            return self.head(c2.mean(dim=(2, 3)))
+
+    def calibrate(model):
+        """Running statistics from the real input of each FrozenBN, perturbed by ±20 %."""
+        frozen = [m for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
+        for m in frozen:
+            c = m.weight.numel()
+            m.weight.uniform_(0.5, 1.5)
+            m.bias.uniform_(-0.5, 0.5)
+        for m in frozen:
+            seen = {}
+            hook = m.register_forward_pre_hook(lambda mod, inp: seen.update(x=inp[0]))
+            with torch.no_grad():
+                model(torch.randn(8, 3, 32, 32))
+            hook.remove()
+            x = seen["x"]
+            mean, var = x.mean(dim=(0, 2, 3)), x.var(dim=(0, 2, 3))
+            m.running_mean.copy_(mean * torch.empty_like(mean).uniform_(0.8, 1.2))
+            m.running_var.copy_(var * torch.empty_like(var).uniform_(0.8, 1.2) + 1e-3)
+        return model.eval()
+
+    def export(model, name, folds, constant_folding=True, dynamo=False, opset=13):
+        path = os.path.join(OUT, name)
+        x = torch.randn(1, 3, 32, 32)
+        if dynamo:
+            program = torch.onnx.export(model, (x,), dynamo=True, opset_version=opset,
+                                        input_names=["input"])
+            program.save(path)
+        else:
+            torch.onnx.export(model, x, path, opset_version=opset, dynamo=False,
+                              do_constant_folding=constant_folding, input_names=["input"])
+        onnx.checker.check_model(onnx.load(path))
+        record(name, folds)
+
+    resnet = calibrate(TinyFrozenResNet())
+    export(resnet, "torch_frozen_bn_resnet_op13.onnx", 6)
+    export(resnet, "torch_frozen_bn_resnet_unfolded_op13.onnx", 6, constant_folding=False)
+    export(resnet, "torch_dynamo_frozen_bn_resnet_op18.onnx", 6, dynamo=True, opset=18)
+    export(calibrate(TinyFrozenResNet(fpn=True)), "torch_frozen_bn_fpn_backbone_op13.onnx", 6)
 
 
 # ---------------------------------------------------------------- hand-built graphs
@@ -481,9 +555,19 @@ if __name__ == "__main__":
             json.dump(manifest, f, indent=1, sort_keys=True)
             f.write("\n")
         sys.exit(0)
+    if "--affine-only" in sys.argv:
+        # Adds the FrozenBatchNorm exports without touching the other fixtures.
+        with open(os.path.join(OUT, "manifest.json")) as f:
+            manifest.update(json.load(f))
+        affine_fixtures()
+        with open(os.path.join(OUT, "manifest.json"), "w") as f:
+            json.dump(manifest, f, indent=1, sort_keys=True)
+            f.write("\n")
+        sys.exit(0)
     if "--no-torch" not in sys.argv:
         torch_fixtures()
         forward_fixtures()
+        affine_fixtures()
     hand_fixtures()
     with open(os.path.join(OUT, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1, sort_keys=True)

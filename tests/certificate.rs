@@ -59,7 +59,7 @@ fn moved(dtype: Dtype, v: f64, n: f64) -> f64 {
     moved
 }
 
-const KINDS: [&str; 10] = [
+const KINDS: [&str; 13] = [
     "conv_bn.onnx",
     "torch_conv2d_grouped_depthwise_op11.onnx",
     "torch_conv3d_bn_op17.onnx",
@@ -70,6 +70,9 @@ const KINDS: [&str; 10] = [
     "matmul_transposed_weight_bn.onnx",
     "conv_identity_add_bn.onnx",
     "torch_conv_bn_bn_op13.onnx",
+    "torch_frozen_bn_resnet_op13.onnx",
+    "torch_frozen_bn_resnet_unfolded_op13.onnx",
+    "torch_dynamo_frozen_bn_resnet_op18.onnx",
 ];
 
 #[test]
