@@ -286,7 +286,7 @@ def hand_fixtures():
              bn_node("bn", "y2", "y")]
     inits.append(init("addc", rng.normal(0, 0.3, (6,)).astype(np.float32)))
     save(model(nodes, inits, [X], [Y]), "conv_add_not_per_channel.onnx", 0,
-         ["add_not_per_channel"])
+         ["constant_not_per_channel"])
 
     # Conv -> BN -> Relu, Conv output also read elsewhere (shared) and a graph output.
     nodes, inits = conv_bn()
