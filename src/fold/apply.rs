@@ -1,7 +1,7 @@
 //! Applying a plan: the one place a fold changes a graph (through [`super::edits`]).
 
 use super::edits::{write_tensor, GraphNames, NewTensor, NodeEdits};
-use super::plan::{ChainPlan, ForwardPlan};
+use super::plan::{ChainPlan, ConcatPlan, ForwardPlan};
 use super::rules::{ConsumerRewrite, FoldKind, NodeChange, ProducerRewrite};
 use crate::attr::{self};
 use crate::error::Result;
@@ -117,37 +117,37 @@ pub(super) fn apply(
     detached: &mut Vec<String>,
 ) -> Result<FoldRecord> {
     let bn = graph.node[plan.bn].clone();
-    let weight_kept = plan.folded_weight.is_none();
+    let weight_kept = plan.layer.folded_weight.is_none();
     let out_name = bn.output[0].clone();
     let ProducerRewrite {
         weight_slot,
         bias,
         change,
         ..
-    } = plan.rewrite;
+    } = plan.layer.rewrite;
 
     let (new_weight, new_bias) = write_layer_tensors(
         graph,
         names,
         LayerTensors {
-            weight_name: &plan.weight_name,
-            weight_in_place: plan.weight_in_place,
-            weight: plan.folded_weight,
-            bias_name: plan.bias_name.as_deref(),
-            bias_in_place: plan.bias_in_place,
+            weight_name: &plan.layer.weight_name,
+            weight_in_place: plan.layer.weight_in_place,
+            weight: plan.layer.folded_weight,
+            bias_name: plan.layer.bias_name.as_deref(),
+            bias_in_place: plan.layer.bias_in_place,
             bias: Some(bias),
         },
     )?;
     let new_bias = new_bias.unwrap_or_default();
 
     let then_add_names = (change == NodeChange::MatMulThenAdd).then(|| {
-        let label = node_label(&graph.node[plan.producer]);
+        let label = node_label(&graph.node[plan.layer.producer]);
         (
             names.unique(&format!("{out_name}_matmul")),
             names.unique(&format!("{label}_bias_add")),
         )
     });
-    let producer = &mut graph.node[plan.producer];
+    let producer = &mut graph.node[plan.layer.producer];
     let old_out = std::mem::replace(&mut producer.output[0], out_name.clone());
     producer.input[weight_slot] = new_weight.clone();
     let mut extra_node = None;
@@ -178,7 +178,7 @@ pub(super) fn apply(
             });
         }
     }
-    let producer_label = node_label(&graph.node[plan.producer]);
+    let producer_label = node_label(&graph.node[plan.layer.producer]);
     let passthrough_labels: Vec<String> = plan
         .passthrough
         .iter()
@@ -188,7 +188,7 @@ pub(super) fn apply(
         edits.remove(i);
     }
     if let Some(add) = extra_node {
-        edits.insert_after(plan.producer, add);
+        edits.insert_after(plan.layer.producer, add);
     }
     edits.forget_value_info(old_out);
 
@@ -199,7 +199,7 @@ pub(super) fn apply(
     );
     Ok(FoldRecord {
         graph: path.to_string(),
-        kind: plan.kind,
+        kind: plan.layer.kind,
         direction: Direction::Backward,
         producer: producer_label,
         batch_norm: node_label(&bn),
@@ -207,11 +207,80 @@ pub(super) fn apply(
         output: out_name,
         followed_by: plan.followed_by,
         weight: new_weight,
-        weight_in_place: plan.weight_in_place || weight_kept,
+        weight_in_place: plan.layer.weight_in_place || weight_kept,
         bias: new_bias,
         shift_kept_as: None,
-        max_rel_weight_change: plan.max_rel_weight_change,
+        max_rel_weight_change: plan.layer.max_rel_weight_change,
     })
+}
+
+/// Applies a fold into the layers of a Concat: each layer's weight and bias are rewritten in
+/// place of the node's inputs, the Concat takes over the end's output, the steps go. One record
+/// per layer.
+pub(super) fn apply_concat(
+    graph: &mut GraphProto,
+    plan: ConcatPlan,
+    path: &str,
+    names: &mut GraphNames,
+    edits: &mut NodeEdits,
+    detached: &mut Vec<String>,
+) -> Result<Vec<FoldRecord>> {
+    let end = graph.node[plan.end].clone();
+    let out_name = end.output[0].clone();
+    let mut passthrough: Vec<String> = plan
+        .passthrough
+        .iter()
+        .map(|&i| node_label(&graph.node[i]))
+        .collect();
+    passthrough.push(node_label(&graph.node[plan.concat]));
+    let mut written = Vec::new();
+    let mut records = Vec::with_capacity(plan.parts.len());
+    for part in plan.parts {
+        let weight_kept = part.folded_weight.is_none();
+        let (new_weight, new_bias) = write_layer_tensors(
+            graph,
+            names,
+            LayerTensors {
+                weight_name: &part.weight_name,
+                weight_in_place: part.weight_in_place,
+                weight: part.folded_weight,
+                bias_name: part.bias_name.as_deref(),
+                bias_in_place: part.bias_in_place,
+                bias: Some(part.rewrite.bias),
+            },
+        )?;
+        let new_bias = new_bias.unwrap_or_default();
+        let layer = &mut graph.node[part.producer];
+        layer.input[part.rewrite.weight_slot] = new_weight.clone();
+        if layer.input.len() < 3 {
+            layer.input.resize(3, String::new());
+        }
+        layer.input[2] = new_bias.clone();
+        written.extend([new_weight.clone(), new_bias.clone()]);
+        records.push(FoldRecord {
+            graph: path.to_string(),
+            kind: part.kind,
+            direction: Direction::Backward,
+            producer: node_label(layer),
+            batch_norm: node_label(&end),
+            passthrough: passthrough.clone(),
+            output: out_name.clone(),
+            followed_by: plan.followed_by.clone(),
+            weight: new_weight,
+            weight_in_place: part.weight_in_place || weight_kept,
+            bias: new_bias,
+            shift_kept_as: None,
+            max_rel_weight_change: part.max_rel_weight_change,
+        });
+    }
+    let concat = &mut graph.node[plan.concat];
+    let old_out = std::mem::replace(&mut concat.output[0], out_name);
+    for &i in plan.passthrough.iter().chain([&plan.end]) {
+        edits.remove(i);
+    }
+    edits.forget_value_info(old_out);
+    detached.extend(plan.detached.into_iter().filter(|d| !written.contains(d)));
+    Ok(records)
 }
 
 /// A layer's folded weight and bias, and where they came from.

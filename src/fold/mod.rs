@@ -24,7 +24,8 @@ use crate::folded::FoldedWeights;
 use crate::graph::{is_graph_attribute, node_label, GraphIndex, OuterScope};
 use crate::proto::{GraphProto, NodeProto, TensorProto};
 use crate::report::{DecompositionRecord, Direction, NormalizationRecord, SkipRecord};
-use backward::{may_end_chain, plan_chain};
+use backward::plan_chain;
+use chain::may_end_chain;
 use cleanup::{drop_stale_value_info, list_initializers_as_inputs, remove_dead};
 use edits::{write_tensor, GraphNames, NewTensor};
 use forward::{allows_forward, plan_forward};
@@ -52,6 +53,8 @@ macro_rules! or_skip {
 
 mod apply;
 mod backward;
+mod chain;
+mod concat;
 mod cleanup;
 mod edits;
 mod forward;

@@ -11,11 +11,9 @@ use crate::proto::NodeProto;
 use crate::scaled::{ScaledTensor, Scaling};
 use crate::tensor::Tensor;
 
-/// A fold ready to apply: which nodes go, what the producer becomes.
-pub(super) struct ChainPlan {
-    pub(super) bn: usize,
+/// What a backward fold makes of one layer: its new weight and bias.
+pub(super) struct LayerFold {
     pub(super) producer: usize,
-    pub(super) passthrough: Vec<usize>,
     pub(super) kind: FoldKind,
     pub(super) weight_name: String,
     pub(super) weight_in_place: bool,
@@ -24,18 +22,54 @@ pub(super) struct ChainPlan {
     pub(super) rewrite: ProducerRewrite,
     /// The weight, scaled; `None` when the chain does not scale it (bias `Add`s only).
     pub(super) folded_weight: Option<ScaledTensor>,
-    pub(super) detached: Vec<String>,
     pub(super) max_rel_weight_change: f64,
+}
+
+/// A fold ready to apply: which nodes go, what the producer becomes.
+pub(super) struct ChainPlan {
+    /// The node that ends the chain, whose output the layer takes over.
+    pub(super) bn: usize,
+    /// The chain's other steps, from the end back.
+    pub(super) passthrough: Vec<usize>,
+    pub(super) layer: LayerFold,
+    pub(super) detached: Vec<String>,
     /// The op of the one node that consumes the BN's output, if one does.
     pub(super) followed_by: Option<String>,
 }
 
-impl ChainPlan {
+/// A chain that starts at a `Concat` along the channels: each of its inputs' layers takes its
+/// range of channels, and the Concat takes over the end's output.
+pub(super) struct ConcatPlan {
+    pub(super) end: usize,
+    pub(super) passthrough: Vec<usize>,
+    pub(super) concat: usize,
+    pub(super) parts: Vec<LayerFold>,
+    pub(super) detached: Vec<String>,
+    pub(super) followed_by: Option<String>,
+}
+
+/// A backward fold, into one layer or into the layers of a Concat.
+pub(super) enum Backward {
+    Layer(Box<ChainPlan>),
+    Concat(ConcatPlan),
+}
+
+impl Backward {
     /// The nodes the plan reads or changes.
     pub(super) fn nodes(&self) -> Vec<usize> {
-        let mut nodes = vec![self.bn, self.producer];
-        nodes.extend(&self.passthrough);
-        nodes
+        match self {
+            Backward::Layer(plan) => {
+                let mut nodes = vec![plan.bn, plan.layer.producer];
+                nodes.extend(&plan.passthrough);
+                nodes
+            }
+            Backward::Concat(plan) => {
+                let mut nodes = vec![plan.end, plan.concat];
+                nodes.extend(&plan.passthrough);
+                nodes.extend(plan.parts.iter().map(|p| p.producer));
+                nodes
+            }
+        }
     }
 }
 

@@ -15,18 +15,19 @@ use crate::graph::{GraphIndex, OuterScope};
 use crate::proto::GraphProto;
 use crate::report::{Direction, FoldRecord};
 
-use super::apply::{apply, apply_forward};
-use super::backward::{may_end_chain, plan_chain};
+use super::apply::{apply, apply_concat, apply_forward};
+use super::backward::plan_chain;
+use super::chain::may_end_chain;
 use super::cleanup::{list_initializers_as_inputs, remove_dead};
 use super::edits::{GraphNames, NodeEdits};
 use super::forward::{allows_forward, plan_forward};
-use super::plan::{ChainPlan, ForwardPlan};
+use super::plan::{Backward, ForwardPlan};
 use super::{inputs_are_constants, is_batch_norm, PassContext, PassOutcome};
 
 /// A fold planned in either direction.
 enum Plan {
-    Backward(ChainPlan),
-    Forward(ForwardPlan),
+    Backward(Backward),
+    Forward(Box<ForwardPlan>),
 }
 
 impl Plan {
@@ -49,13 +50,18 @@ impl Plan {
         names: &mut GraphNames,
         edits: &mut NodeEdits,
         detached: &mut Vec<String>,
-    ) -> Result<FoldRecord> {
+    ) -> Result<Vec<FoldRecord>> {
         match self {
-            Plan::Backward(plan) => apply(graph, plan, path, names, edits, detached),
+            Plan::Backward(Backward::Layer(plan)) => {
+                Ok(vec![apply(graph, *plan, path, names, edits, detached)?])
+            }
+            Plan::Backward(Backward::Concat(plan)) => {
+                apply_concat(graph, plan, path, names, edits, detached)
+            }
             Plan::Forward(plan) => {
-                let (record, gone) = apply_forward(graph, plan, path, names, edits)?;
+                let (record, gone) = apply_forward(graph, *plan, path, names, edits)?;
                 detached.extend(gone);
-                Ok(record)
+                Ok(vec![record])
             }
         }
     }
@@ -89,8 +95,13 @@ pub(super) fn rounds(
             if !claim(&mut taken, &plan.nodes()) {
                 continue;
             }
-            let record = plan.apply(graph, path, &mut names, &mut edits, &mut detached)?;
-            records.push(record);
+            let applied = plan.apply(graph, path, &mut names, &mut edits, &mut detached)?;
+            match direction {
+                // Records are reversed at the end of a backward round: a Concat's parts keep
+                // their order.
+                Direction::Backward => records.extend(applied.into_iter().rev()),
+                Direction::Forward => records.extend(applied),
+            }
         }
         edits.finish(graph);
         remove_dead(graph, detached, ctx);
@@ -127,7 +138,7 @@ fn plan_round(
             (Ok(plan), Direction::Backward) => plans.push(Plan::Backward(plan)),
             (Err(reason), Direction::Forward) if allows_forward(&reason) => {
                 if let Ok(plan) = plan_forward(&index, &eval, i, ctx)? {
-                    plans.push(Plan::Forward(plan));
+                    plans.push(Plan::Forward(Box::new(plan)));
                 }
             }
             _ => {}

@@ -162,6 +162,19 @@ pub enum SkipReason {
         /// The model's opset.
         opset: i64,
     },
+    /// The chain starts at a `Concat` along another axis than the channels.
+    ConcatNotOnChannels {
+        /// Its `axis`.
+        axis: i64,
+    },
+    /// The chain starts at a `Concat` along the channels, and one of its inputs cannot take its
+    /// share of the chain.
+    ConcatInputNotFoldable {
+        /// The input that blocks it.
+        tensor: String,
+        /// Why that input does not fold.
+        cause: Box<SkipReason>,
+    },
     /// The producer's kind was excluded with `--only`.
     KindExcluded {
         /// The kind.
@@ -286,6 +299,13 @@ impl SkipReason {
             SkipReason::MatMulKeepsBiasAdd { opset } => {
                 format!("a MatMul at opset {opset} keeps its bias as an Add: nothing to fold")
             }
+            SkipReason::ConcatNotOnChannels { axis } => {
+                format!("its input is a Concat along axis {axis}, not the channels")
+            }
+            SkipReason::ConcatInputNotFoldable { tensor, cause } => format!(
+                "its input is a Concat whose input '{tensor}' does not fold: {}",
+                cause.message()
+            ),
             SkipReason::KindExcluded { kind } => {
                 format!("folds into {} are excluded by --only", kind.op_type())
             }
