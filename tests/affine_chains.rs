@@ -294,3 +294,143 @@ fn a_matmul_that_keeps_its_bias_as_an_add_is_not_refolded() {
         "{again:?}"
     );
 }
+
+/// `x [1, 2, 4, 4]` into Conv `a` (2 → 2 channels) and Conv `b` (2 → 3, padded 3×3), their
+/// outputs concatenated along `axis` into `cat`.
+fn two_convs_concat(axis: i64) -> Graph {
+    let wa: Vec<f32> = (0..4).map(|i| 0.5 + i as f32 * 0.25).collect();
+    let wb: Vec<f32> = (0..54).map(|i| ((i * 7) % 11) as f32 / 8.0 - 0.6).collect();
+    Graph::new(13)
+        .input("x", &[1, 2, 4, 4])
+        .init("wa", &[2, 2, 1, 1], &wa)
+        .init("ba", &[2], &[0.5, -0.5])
+        .init("wb", &[3, 2, 3, 3], &wb)
+        .node("Conv", &["x", "wa", "ba"], &["a"])
+        .node("Conv", &["x", "wb"], &["b"])
+        .ints("pads", &[1, 1, 1, 1])
+        .node_with("Concat", &["a", "b"], &["cat"], &[("axis", axis)])
+}
+
+#[test]
+fn a_batch_norm_after_concat_splits_into_the_concat_layers() {
+    for axis in [1, -3] {
+        let model = two_convs_concat(axis)
+            .bn_params("bn", 5)
+            .bn("bn", "cat", "y")
+            .node("Relu", &["y"], &["out"])
+            .output("out")
+            .model();
+        let (report, fused) = fold_and_verify(model);
+        assert_eq!(report.folds.len(), 2, "{:?}", report.folds);
+        for (fold, producer) in report.folds.iter().zip(["a", "b"]) {
+            assert_eq!(fold.producer, producer);
+            assert_eq!((fold.batch_norm.as_str(), fold.output.as_str()), ("y", "y"));
+            assert_eq!(fold.passthrough, ["cat"]);
+        }
+        assert_eq!(op_types(&fused), ["Conv", "Conv", "Concat", "Relu"]);
+        // Channel k of the BN is channel k of a (k < 2), channel k − 2 of b: scale γ/√(1+ε),
+        // γ = k + 1; shift 0.5 − 0.25·scale; b had no bias.
+        let scale = |k: usize| (k + 1) as f64 / (1.0f64 + 1e-5).sqrt();
+        let graph = fused.proto.graph.as_ref().unwrap();
+        let value = |name: &str| fused.initializer_value(name).unwrap().unwrap().data;
+        let b_conv = &graph.node[1];
+        let bias_b = value(&b_conv.input[2]);
+        for (o, got) in bias_b.iter().enumerate() {
+            let k = o + 2;
+            let want = (0.5 - 0.25 * scale(k)) as f32 as f64;
+            assert_eq!(*got, want, "b's bias {o}");
+        }
+        let weight_b = value(&b_conv.input[1]);
+        let wb: Vec<f64> = (0..54)
+            .map(|i| (((i * 7) % 11) as f32 / 8.0 - 0.6) as f64)
+            .collect();
+        for (i, got) in weight_b.iter().enumerate() {
+            let want = (scale(i / 18 + 2) * wb[i]) as f32 as f64;
+            assert_eq!(*got, want, "b's weight {i}");
+        }
+    }
+}
+
+#[test]
+fn a_concat_input_that_does_not_fold_is_named_with_its_cause() {
+    // b through a Relu; a also a graph output; and a Concat along the height.
+    let relu = Graph::new(13)
+        .input("x", &[1, 2, 4, 4])
+        .init("wa", &[2, 2, 1, 1], &[1.0, 0.5, -0.5, 2.0])
+        .node("Conv", &["x", "wa"], &["a"])
+        .node("Relu", &["x"], &["r"])
+        .node_with("Concat", &["a", "r"], &["cat"], &[("axis", 1)])
+        .bn_params("bn", 4)
+        .bn("bn", "cat", "y")
+        .output("y")
+        .model();
+    let mut model = Model::from_proto(relu, ExternalStore::none()).unwrap();
+    let report = fold(&mut model, &FoldOptions::default()).unwrap();
+    assert!(report.folds.is_empty());
+    let skip = &report.skips[0];
+    assert_eq!(skip.reason.code(), "concat_input_not_foldable");
+    assert!(
+        skip.message.contains("input 'r'") && skip.message.contains("Relu"),
+        "{}",
+        skip.message
+    );
+    let json = serde_json::to_value(&skip.reason).unwrap();
+    assert_eq!(json["cause"]["code"], "unsupported_producer", "{json}");
+
+    let exposed = two_convs_concat(1)
+        .bn_params("bn", 5)
+        .bn("bn", "cat", "y")
+        .output("y")
+        .output("a")
+        .model();
+    let mut model = Model::from_proto(exposed, ExternalStore::none()).unwrap();
+    let report = fold(&mut model, &FoldOptions::default()).unwrap();
+    let json = serde_json::to_value(&report.skips[0].reason).unwrap();
+    assert_eq!(json["code"], "concat_input_not_foldable");
+    assert_eq!(json["tensor"], "a");
+    assert_eq!(json["cause"]["code"], "producer_output_is_graph_output");
+
+    let height = two_convs_concat(2)
+        .bn_params("bn", 2)
+        .bn("bn", "cat", "y")
+        .output("y")
+        .model();
+    let mut model = Model::from_proto(height, ExternalStore::none()).unwrap();
+    let report = fold(&mut model, &FoldOptions::default()).unwrap();
+    assert_eq!(report.skips[0].reason.code(), "concat_not_on_channels");
+}
+
+#[test]
+fn a_moved_weight_in_the_second_concat_layer_is_caught() {
+    let model = two_convs_concat(1)
+        .bn_params("bn", 5)
+        .bn("bn", "cat", "y")
+        .output("y")
+        .model();
+    let original = Model::from_proto(model, ExternalStore::none()).unwrap();
+    let mut fused = original.clone();
+    fold(&mut fused, &FoldOptions::default()).unwrap();
+    let fused = Model::from_bytes(fused.to_bytes().unwrap()).unwrap();
+    let certs = bnfold::certificate::certify(&original, &fused).unwrap();
+    assert_eq!(certs.len(), 2, "{certs:?}");
+    assert!(certs.iter().all(|c| c.passed()), "{certs:?}");
+    // b's first element ×1.001.
+    let mut proto = fused.proto.clone();
+    let graph = proto.graph.as_mut().unwrap();
+    let name = graph.node[1].input[1].clone();
+    let t = graph
+        .initializer
+        .iter_mut()
+        .find(|t| t.name() == name)
+        .unwrap();
+    let mut value = bnfold::tensor::decode(t, &fused.store).unwrap();
+    value.data[0] *= 1.001;
+    *t = value.to_proto(&name);
+    let tampered = Model::from_proto(proto, fused.store.clone()).unwrap();
+    let certs = bnfold::certificate::certify(&original, &tampered).unwrap();
+    let failing: Vec<_> = certs.iter().filter(|c| !c.passed()).collect();
+    assert_eq!(failing.len(), 1, "{certs:?}");
+    assert_eq!(failing[0].node, "b");
+    let v = verify(&original, &tampered, &[], &VerifyOptions::default()).unwrap();
+    assert_eq!(v.status, Status::Failed, "{v:?}");
+}

@@ -2,7 +2,7 @@
 //! composed in f64 and compared, element by element, with the fused node's weight and bias; a
 //! layer with a BN on each side has the one before applied to its weight and bias first.
 
-use super::chain::{apply_step, chain_from, start_chain, Layout};
+use super::chain::{apply_step, chain_from, concat_chain_from, start_chain, Layout};
 use super::forward::input_side;
 use super::ulps::compare;
 use super::{forward_folded_before, Side, TensorCheck};
@@ -17,10 +17,77 @@ pub(super) fn certify_node(
     bn: &NodeProto,
     node: &NodeProto,
 ) -> Result<std::result::Result<Vec<TensorCheck>, String>> {
-    let (layer, steps) = match chain_from(orig.index, bn) {
+    let (layer, steps) = match chain_from(orig, bn) {
         Ok(found) => found,
         Err(why) => return Ok(Err(why)),
     };
+    certify_layer(orig, fused, layer, &steps, node, None)
+}
+
+/// Certifies each layer of the fused `concat`, which took over `end`'s output: every layer
+/// feeding it against its range of the chain's channels. One result per Concat input, with the
+/// fused layer.
+pub(super) fn certify_concat<'f>(
+    orig: &Side,
+    fused: &Side<'f>,
+    end: &NodeProto,
+    concat: &'f NodeProto,
+) -> Result<std::result::Result<Vec<CertifiedPart<'f>>, String>> {
+    let (orig_concat, steps) = match concat_chain_from(orig, end) {
+        Ok(found) => found,
+        Err(why) => return Ok(Err(why)),
+    };
+    if orig_concat.input != concat.input {
+        return Ok(Err(
+            "the fused Concat does not take the original's inputs".into()
+        ));
+    }
+    let mut layers = Vec::new();
+    for name in &concat.input {
+        let (Some(layer), Some(fused_layer)) = (orig.producer(name), fused.producer(name)) else {
+            return Ok(Err(format!("Concat input '{name}' comes from no layer")));
+        };
+        let weight = match orig.value(layer.input.get(1).map_or("", String::as_str))? {
+            Ok(w) => w,
+            Err(why) => return Ok(Err(why)),
+        };
+        let channels = match Layout::of(layer, fused_layer, &weight)? {
+            Ok(layout) => layout.channels,
+            Err(why) => return Ok(Err(why)),
+        };
+        layers.push((layer, fused_layer, channels));
+    }
+    let total = layers.iter().map(|(_, _, c)| c).sum();
+    let mut parts = Vec::new();
+    let mut offset = 0;
+    for (layer, fused_layer, channels) in layers {
+        let checks = certify_layer(
+            orig,
+            fused,
+            layer,
+            &steps,
+            fused_layer,
+            Some((offset, total)),
+        )?;
+        parts.push((fused_layer, checks));
+        offset += channels;
+    }
+    Ok(Ok(parts))
+}
+
+/// A fused layer of a Concat fold and its checks.
+pub(super) type CertifiedPart<'f> = (&'f NodeProto, std::result::Result<Vec<TensorCheck>, String>);
+
+/// Certifies the fused `node` as `layer → steps` of the original; `part` is the layer's
+/// `(offset, total)` among the chain's channels when it feeds a Concat.
+fn certify_layer(
+    orig: &Side,
+    fused: &Side,
+    layer: &NodeProto,
+    steps: &[&NodeProto],
+    node: &NodeProto,
+    part: Option<(usize, usize)>,
+) -> Result<std::result::Result<Vec<TensorCheck>, String>> {
     // Before opset 7 a MatMul fold is `Add(MatMul(A, W'), b)`: the Add took the name.
     let (fused_layer, fused_bias_name) = match node.op_type() {
         "Add" => {
@@ -87,13 +154,16 @@ pub(super) fn certify_node(
         Ok(c) => c,
         Err(why) => return Ok(Err(why)),
     };
+    if let Some((offset, total)) = part {
+        (chain.offset, chain.total) = (offset, total);
+    }
     if let Some(side) = input_map
         .as_ref()
         .filter(|s| s.bias_terms.len() == chain.shift.len())
     {
         chain.shift_terms.clone_from(&side.bias_terms);
     }
-    for step in &steps {
+    for step in steps {
         if let Err(why) = apply_step(orig, step, &mut chain)? {
             return Ok(Err(why));
         }
@@ -118,7 +188,7 @@ pub(super) fn certify_node(
             None => None,
         };
         if let Ok(mut backward_only) = start_chain(layer, own_bias.as_ref(), channels)? {
-            for step in &steps {
+            for step in steps {
                 if let Err(why) = apply_step(orig, step, &mut backward_only)? {
                     return Ok(Err(why));
                 }

@@ -4,7 +4,7 @@
 
 use crate::attr;
 use crate::error::Result;
-use crate::graph::{node_label, GraphIndex};
+use crate::graph::node_label;
 use crate::proto::NodeProto;
 use crate::tensor::Tensor;
 
@@ -23,28 +23,60 @@ pub(super) struct Chain {
     /// the magnitudes of the scales applied since: bnfold folds a BN → BN chain's bias one BN at
     /// a time, rounding it in between (its weight is rounded once).
     pub(super) intermediate: Vec<(Vec<f64>, Vec<f64>)>,
+    /// Where the layer's channels lie among the chain's: the chain's constants hold `total`
+    /// values per row and the layer's channel `c` is their `offset + c` (a Concat's input).
+    pub(super) offset: usize,
+    pub(super) total: usize,
 }
 
 /// The layer at the start of the chain ending in `bn`, with the chain's steps in order from the
 /// layer, or why the chain is not one this certificate knows.
 pub(crate) fn chain_from<'o>(
-    orig: &GraphIndex<'o>,
+    orig: &Side<'o>,
     bn: &'o NodeProto,
 ) -> std::result::Result<(&'o NodeProto, Vec<&'o NodeProto>), String> {
-    let producer = |name: &str| orig.producer(name).map(|i| orig.node(i));
-    let mut steps = vec![bn];
-    let mut current = bn;
+    let (start, steps) = walk_back(orig, bn)?;
+    match start.op_type() {
+        "Concat" => Err("the original chain starts at a Concat".into()),
+        _ => Ok((start, steps)),
+    }
+}
+
+/// The Concat at the start of the chain ending in `end`, with the chain's steps in order from
+/// it, when the chain starts at one.
+pub(crate) fn concat_chain_from<'o>(
+    orig: &Side<'o>,
+    end: &'o NodeProto,
+) -> std::result::Result<(&'o NodeProto, Vec<&'o NodeProto>), String> {
+    let (start, steps) = walk_back(orig, end)?;
+    match start.op_type() {
+        "Concat" => Ok((start, steps)),
+        other => Err(format!(
+            "the original chain starts at a {other}, not a Concat"
+        )),
+    }
+}
+
+/// The node where the chain ending in `end` starts (a layer or a Concat), and its steps in
+/// order from there.
+fn walk_back<'o>(
+    orig: &Side<'o>,
+    end: &'o NodeProto,
+) -> std::result::Result<(&'o NodeProto, Vec<&'o NodeProto>), String> {
+    let index = orig.index;
+    let producer = |name: &str| index.producer(name).map(|i| index.node(i));
+    let is_constant = |name: &str| {
+        index.initializer(name).is_some() || matches!(orig.eval.value(name), Ok(Ok(_)))
+    };
+    let mut steps = vec![end];
+    let mut current = end;
     loop {
-        // An element-wise step's data operand is the one a node computes (the other one is the
-        // constant).
+        // An element-wise step's data operand is the one that is not a constant.
         let data = match current.op_type() {
             "Add" | "Mul" | "Sub" | "Div" => current
                 .input
                 .iter()
-                .find(|i| {
-                    orig.initializer(i).is_none()
-                        && producer(i).is_some_and(|p| p.op_type() != "Constant")
-                })
+                .find(|i| !is_constant(i))
                 .cloned()
                 .unwrap_or_default(),
             _ => current.input.first().cloned().unwrap_or_default(),
@@ -57,7 +89,7 @@ pub(crate) fn chain_from<'o>(
                 steps.push(prev);
                 current = prev;
             }
-            "Conv" | "ConvTranspose" | "Gemm" | "MatMul" => {
+            "Conv" | "ConvTranspose" | "Gemm" | "MatMul" | "Concat" => {
                 steps.reverse();
                 return Ok((prev, steps));
             }
@@ -205,6 +237,8 @@ pub(super) fn start_chain(
         shift,
         steps: 1,
         intermediate: Vec::new(),
+        offset: 0,
+        total: channels,
     }))
 }
 
@@ -226,7 +260,8 @@ pub(super) fn apply_step(
                     break;
                 }
             }
-            let per_channel = |a: &Tensor| a.len() == channels || a.len() == 1;
+            let (offset, total) = (chain.offset, chain.total);
+            let per_channel = |a: &Tensor| a.len() == total || a.len() == 1;
             let Some((slot, c)) = found.filter(|(_, a)| per_channel(a)) else {
                 return Ok(Err(format!(
                     "{op} '{}' does not take one constant per channel",
@@ -239,8 +274,15 @@ pub(super) fn apply_step(
                     node_label(step)
                 )));
             }
+            let at = |k: usize| {
+                if c.len() == 1 {
+                    0
+                } else {
+                    offset + k % channels
+                }
+            };
             for k in 0..chain.shift.len() {
-                let value = c.data[if c.len() == 1 { 0 } else { k % channels }];
+                let value = c.data[at(k)];
                 let (t, terms) = (&mut chain.shift[k], &mut chain.shift_terms[k]);
                 match (op, slot) {
                     ("Add", _) => {
@@ -267,7 +309,7 @@ pub(super) fn apply_step(
             }
             for (_, since) in &mut chain.intermediate {
                 for (k, p) in since.iter_mut().enumerate() {
-                    let value = c.data[if c.len() == 1 { 0 } else { k % channels }];
+                    let value = c.data[at(k)];
                     match op {
                         "Mul" => *p *= value.abs(),
                         "Div" => *p /= value.abs(),
@@ -276,7 +318,7 @@ pub(super) fn apply_step(
                 }
             }
             for (k, s) in chain.scale.iter_mut().enumerate() {
-                let value = c.data[if c.len() == 1 { 0 } else { k }];
+                let value = c.data[at(k)];
                 match (op, slot) {
                     ("Sub", 0) => *s = -*s,
                     ("Mul", _) => *s *= value,
@@ -297,13 +339,14 @@ pub(super) fn apply_step(
             let mut params = Vec::with_capacity(4);
             for name in &step.input[1..5] {
                 match orig.value(name)? {
-                    Ok(p) if p.len() == channels => params.push(p.data),
+                    Ok(p) if p.len() == chain.total => params.push(p.data),
                     Ok(p) => return Ok(Err(format!("'{name}' has {} values", p.len()))),
                     Err(why) => return Ok(Err(why)),
                 }
             }
+            let offset = chain.offset;
             for (k, t) in chain.shift.iter_mut().enumerate() {
-                let c = k % channels;
+                let c = offset + k % channels;
                 let s = params[0][c] / (params[3][c] + epsilon).sqrt();
                 *t = s * *t + (params[1][c] - params[2][c] * s);
                 chain.shift_terms[k] =
@@ -311,11 +354,12 @@ pub(super) fn apply_step(
             }
             for (_, since) in &mut chain.intermediate {
                 for (k, p) in since.iter_mut().enumerate() {
-                    let c = k % channels;
+                    let c = offset + k % channels;
                     *p *= (params[0][c] / (params[3][c] + epsilon).sqrt()).abs();
                 }
             }
-            for (c, s) in chain.scale.iter_mut().enumerate() {
+            for (k, s) in chain.scale.iter_mut().enumerate() {
+                let c = offset + k;
                 *s *= params[0][c] / (params[3][c] + epsilon).sqrt();
             }
         }

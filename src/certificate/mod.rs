@@ -33,7 +33,7 @@ mod decomposed;
 mod forward;
 pub(crate) mod ulps;
 
-use backward::certify_node;
+use backward::{certify_concat, certify_node};
 pub(crate) use chain::chain_from;
 use decomposed::certify_decomposition;
 pub(crate) use decomposed::decompositions;
@@ -133,6 +133,33 @@ pub fn certify(original: &Model, fused: &Model) -> Result<Vec<NodeCertificate>> 
             }
             out.push(cert);
         }
+        for (concat, end) in concat_targets(&orig_index, &fused_index) {
+            let cert = |node: &NodeProto| NodeCertificate {
+                graph: pair.path.clone(),
+                node: node_label(node),
+                op_type: node.op_type().to_string(),
+                batch_norm: node_label(end),
+                tensors: Vec::new(),
+                unproven: None,
+            };
+            match certify_concat(&orig, &fused_side, end, concat)? {
+                Ok(parts) => {
+                    for (layer, checks) in parts {
+                        let mut c = cert(layer);
+                        match checks {
+                            Ok(tensors) => c.tensors = tensors,
+                            Err(why) => c.unproven = Some(why),
+                        }
+                        out.push(c);
+                    }
+                }
+                Err(why) => {
+                    let mut c = cert(concat);
+                    c.unproven = Some(why);
+                    out.push(c);
+                }
+            }
+        }
         for fold in forward_folds(&orig_index, &fused_index) {
             let mut cert = NodeCertificate {
                 graph: pair.path.clone(),
@@ -222,6 +249,31 @@ pub(crate) fn fold_targets<'g>(
         );
         if ends_chain && takes_over {
             found.push((node, bn));
+        }
+    }
+    found
+}
+
+/// Every `Concat` of the fused graph that took over the output of a chain's end (a
+/// BatchNormalization, or a `Mul`, `Add`, `Sub` or `Div`) in the original, with that node: a
+/// chain folded into the Concat's layers.
+pub(crate) fn concat_targets<'g>(
+    orig_index: &GraphIndex<'g>,
+    fused_index: &GraphIndex<'g>,
+) -> Vec<(&'g NodeProto, &'g NodeProto)> {
+    let mut found = Vec::new();
+    for node in &fused_index.graph.node {
+        let Some(output) = node.output.first().filter(|_| node.op_type() == "Concat") else {
+            continue;
+        };
+        let Some(end) = orig_index.producer(output).map(|i| orig_index.node(i)) else {
+            continue;
+        };
+        if matches!(
+            end.op_type(),
+            "BatchNormalization" | "Add" | "Mul" | "Sub" | "Div"
+        ) {
+            found.push((node, end));
         }
     }
     found

@@ -31,10 +31,8 @@ pub(super) fn plan_chain(
 ) -> Result<std::result::Result<Backward, SkipReason>> {
     let (steps, start) = or_skip!(walk_back(index, eval, end_index, ctx)?);
     Ok(match start {
-        Start::Layer(producer) => {
-            plan_layer_chain(index, eval, ctx, end_index, &steps, producer)?
-                .map(|plan| Backward::Layer(Box::new(plan)))
-        }
+        Start::Layer(producer) => plan_layer_chain(index, eval, ctx, end_index, &steps, producer)?
+            .map(|plan| Backward::Layer(Box::new(plan))),
         Start::Concat(concat) => {
             super::concat::plan(index, eval, ctx, end_index, &steps, concat)?.map(Backward::Concat)
         }
@@ -100,7 +98,10 @@ impl LayerParams {
 
     /// The layer's tensors that `fold` replaces.
     pub(super) fn detached(&self, fold: &LayerFold) -> Vec<String> {
-        let weight = fold.folded_weight.is_some().then(|| self.weight_name.clone());
+        let weight = fold
+            .folded_weight
+            .is_some()
+            .then(|| self.weight_name.clone());
         weight.into_iter().chain(self.bias_name.clone()).collect()
     }
 }

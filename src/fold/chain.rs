@@ -328,4 +328,3 @@ pub(super) fn compose(
     }
     Ok(Ok(affine))
 }
-

@@ -54,8 +54,8 @@ macro_rules! or_skip {
 mod apply;
 mod backward;
 mod chain;
-mod concat;
 mod cleanup;
+mod concat;
 mod edits;
 mod forward;
 mod options;

@@ -112,7 +112,7 @@ fn check_pair(
     };
     let mut regions: Vec<std::result::Result<Region, (RegionCheck, String)>> = Vec::new();
     for (node, bn) in fold_targets(&orig_index, &fused_index) {
-        regions.push(match chain_from(orig.index, bn) {
+        regions.push(match chain_from(&orig, bn) {
             Ok((layer, steps)) => {
                 let mut orig_nodes = vec![layer];
                 orig_nodes.extend(steps);
