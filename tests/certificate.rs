@@ -210,8 +210,9 @@ fn a_fused_conv_whose_padding_moved_passes_the_certificate_and_fails_its_region(
 
 #[test]
 fn every_backward_fold_of_every_kind_passes_its_region() {
-    // A fold into a Concat's layers has no region of its own yet (its region would start at
-    // several tensors): the certificate and the whole-model run prove it.
+    // A fold into a Concat's layers has no region of its own (its region would start at several
+    // tensors): beside the certificate, the divergence check proves it, each fold a difference
+    // outside the regions run against the exact reference (see the next test).
     for name in KINDS.iter().filter(|n| !n.starts_with("timm_mixnet")) {
         let (original, fused, _) = folded(name);
         let v = verify(&original, &fused, &[], &VerifyOptions::default()).unwrap();
@@ -220,6 +221,23 @@ fn every_backward_fold_of_every_kind_passes_its_region() {
         for r in &v.regions {
             assert_eq!(r.status, Status::Passed, "{name}: {r:?}");
         }
+    }
+}
+
+#[test]
+fn folds_into_a_concat_are_proven_locally_as_divergences_against_the_exact_reference() {
+    let (original, fused, _) = folded("timm_mixnet_s_quarter_op13.onnx");
+    let v = verify(&original, &fused, &[], &VerifyOptions::default()).unwrap();
+    assert_eq!(v.status, Status::Passed, "{v:?}");
+    assert!(
+        v.proven_locally && v.structure_difference.is_none(),
+        "{v:?}"
+    );
+    // One divergence per BN after a Concat, each from the Concat's Convs.
+    assert_eq!(v.divergences.len(), 34);
+    for d in &v.divergences {
+        assert_eq!(d.status, Status::Passed, "{d:?}");
+        assert_eq!(d.op_type, "Conv");
     }
 }
 
