@@ -86,7 +86,8 @@ pub fn fold(model: &mut Model, options: &FoldOptions) -> Result<Report> {
         &mut model.folded,
         &mut outcome,
     )?;
-    if !outcome.folds.is_empty() || !outcome.decompositions.is_empty() {
+    if !outcome.folds.is_empty() || !outcome.decompositions.is_empty() || !outcome.merges.is_empty()
+    {
         validate::graph_structure(graph, &Default::default())?;
     }
     outcome
@@ -99,6 +100,7 @@ pub fn fold(model: &mut Model, options: &FoldOptions) -> Result<Report> {
         skips: outcome.skips,
         non_foldable_normalizations: outcome.normalizations,
         decompositions: outcome.decompositions,
+        merges: outcome.merges,
         verification: None,
         readiness: None,
     })

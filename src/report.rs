@@ -98,6 +98,30 @@ pub struct NormalizationRecord {
     pub op_type: String,
 }
 
+/// An `Add` of parallel branches merged into one Conv (`--merge-branches`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MergeRecord {
+    /// The graph it happened in.
+    pub graph: String,
+    /// The merged Conv (the branch Conv with the largest kernel, now reading every branch).
+    pub node: String,
+    /// Its output: the Add's, which it took over.
+    pub output: String,
+    /// The branches merged: Convs and BNs by name, an identity branch by its tensor.
+    pub branches: Vec<String>,
+    /// The Adds that joined them.
+    pub adds: Vec<String>,
+    /// The merged weight.
+    pub weight: String,
+    /// The merged bias.
+    pub bias: String,
+    /// The largest weight magnitude among the branch Convs before the merge.
+    pub max_abs_before: f64,
+    /// The largest magnitude of the merged weight (a merged kernel's range grows, which the
+    /// per-tensor INT8 grid pays for).
+    pub max_abs_after: f64,
+}
+
 /// The result of one run.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Report {
@@ -113,6 +137,8 @@ pub struct Report {
     pub non_foldable_normalizations: Vec<NormalizationRecord>,
     /// BatchNormalization nodes rewritten as `Mul` and `Add`.
     pub decompositions: Vec<DecompositionRecord>,
+    /// Adds of parallel branches merged into one Conv (`--merge-branches`).
+    pub merges: Vec<MergeRecord>,
     /// The equivalence check, when it ran.
     pub verification: Option<Verification>,
     /// Quantization readiness of the folded weights, when it was asked for.

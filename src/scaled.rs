@@ -214,6 +214,22 @@ impl ScaledTensor {
         Ok(out)
     }
 
+    /// The scaled values as computed in f64, before their one rounding into the dtype (what a
+    /// further exact computation on the weight starts from).
+    pub fn exact(&self, store: &ExternalStore) -> Result<Tensor> {
+        let mut data = Vec::with_capacity(self.len());
+        self.for_each_source_chunk(store, &mut |start, chunk| {
+            let first = data.len();
+            match chunk {
+                Chunk::Raw(raw) => tensor::decode_le_into(self.dtype, raw, &mut data),
+                Chunk::Values(v) => data.extend_from_slice(v),
+            }
+            apply_scalings(&self.scalings, start, &mut data[first..]);
+            Ok(())
+        })?;
+        Ok(Tensor::new(self.dtype, self.dims.clone(), data))
+    }
+
     /// The scaled values, rounded into the dtype, widened to f64.
     pub fn decode(&self, store: &ExternalStore) -> Result<Tensor> {
         let bytes = self.to_bytes(store)?;

@@ -243,15 +243,48 @@ pub(crate) fn fold_targets<'g>(
             }),
             _ => false,
         };
-        let ends_chain = matches!(
-            bn.op_type(),
-            "BatchNormalization" | "Add" | "Mul" | "Sub" | "Div"
-        );
-        if ends_chain && takes_over {
+        if ends_chain(orig_index, bn) && takes_over {
             found.push((node, bn));
         }
     }
     found
+}
+
+/// Whether `node` can end a folded chain: a BatchNormalization, or a `Mul`, `Add`, `Sub` or
+/// `Div` with exactly one operand computed from constants alone (an `Add` of two branches, which
+/// `--merge-branches` merges, is no chain).
+fn ends_chain(index: &GraphIndex, node: &NodeProto) -> bool {
+    match node.op_type() {
+        "BatchNormalization" => true,
+        "Add" | "Mul" | "Sub" | "Div" => {
+            node.input.len() == 2
+                && node
+                    .input
+                    .iter()
+                    .filter(|i| from_constants(index, i, 0))
+                    .count()
+                    == 1
+        }
+        _ => false,
+    }
+}
+
+/// Whether `name` is an initializer or computed from initializers and `Constant` nodes alone.
+fn from_constants(index: &GraphIndex, name: &str, depth: usize) -> bool {
+    if index.initializer(name).is_some() {
+        return true;
+    }
+    let Some(p) = index.producer(name) else {
+        return false;
+    };
+    let node = index.node(p);
+    depth < 64
+        && (node.op_type() == "Constant"
+            || (!node.input.is_empty()
+                && node
+                    .input
+                    .iter()
+                    .all(|i| i.is_empty() || from_constants(index, i, depth + 1))))
 }
 
 /// Every `Concat` of the fused graph that took over the output of a chain's end (a
@@ -269,10 +302,7 @@ pub(crate) fn concat_targets<'g>(
         let Some(end) = orig_index.producer(output).map(|i| orig_index.node(i)) else {
             continue;
         };
-        if matches!(
-            end.op_type(),
-            "BatchNormalization" | "Add" | "Mul" | "Sub" | "Div"
-        ) {
+        if ends_chain(orig_index, end) {
             found.push((node, end));
         }
     }

@@ -9,9 +9,11 @@
 //!    plans nothing (a fold can make the next BN foldable: BN → BN).
 //! 3. **Forward rounds** ([`forward`]): the BatchNormalizations that fold nowhere backward, into
 //!    the one layer they feed, in rounds the same way.
-//! 4. **Decompose** (`--decompose-standalone`): each BatchNormalization left becomes a `Mul` and
+//! 4. **Merge branches** (`--merge-branches`, [`merge`]): each `Add` of parallel Conv, BN and
+//!    identity branches of one tensor becomes one Conv.
+//! 5. **Decompose** (`--decompose-standalone`): each BatchNormalization left becomes a `Mul` and
 //!    an `Add`.
-//! 5. **The skip report**: why each one left did not fold, backward and forward.
+//! 6. **The skip report**: why each one left did not fold, backward and forward.
 //!
 //! Matching is read-only and returns a plan or a named [`SkipReason`]; the rules of each layer
 //! kind live in [`rules`]; [`apply`] is the one place that mutates a graph.
@@ -58,6 +60,7 @@ mod cleanup;
 mod concat;
 mod edits;
 mod forward;
+mod merge;
 mod options;
 mod plan;
 mod rounds;
@@ -88,6 +91,9 @@ pub fn fold_graph(
     rounds(graph, ctx, path, outer, Direction::Backward, folded, out)?;
     // Forward folds, where backward ones do not apply.
     rounds(graph, ctx, path, outer, Direction::Forward, folded, out)?;
+    if ctx.options.merge_branches {
+        merge::merge_branches(graph, ctx, path, outer, folded, &mut out.merges)?;
+    }
     if ctx.options.decompose_standalone {
         decompose_remaining(graph, ctx, path, outer, folded, out)?;
     }

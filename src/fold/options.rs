@@ -4,7 +4,9 @@ use std::collections::BTreeSet;
 
 use super::rules::FoldKind;
 use crate::external::ExternalStore;
-use crate::report::{DecompositionRecord, FoldRecord, NormalizationRecord, SkipRecord};
+use crate::report::{
+    DecompositionRecord, FoldRecord, MergeRecord, NormalizationRecord, SkipRecord,
+};
 
 /// What the user allows the pass to do.
 #[derive(Clone, Debug, Default)]
@@ -17,6 +19,9 @@ pub struct FoldOptions {
     pub skip_nodes: BTreeSet<String>,
     /// Rewrite a BatchNormalization that folds nowhere into `Mul` and `Add`.
     pub decompose_standalone: bool,
+    /// Merge each `Add` of parallel Conv / BN / identity branches of one tensor (RepVGG,
+    /// MobileOne) into one Conv.
+    pub merge_branches: bool,
 }
 
 /// The model-wide facts the pass needs.
@@ -42,4 +47,6 @@ pub struct PassOutcome {
     pub normalizations: Vec<NormalizationRecord>,
     /// BatchNormalization nodes rewritten as `Mul` and `Add`.
     pub decompositions: Vec<DecompositionRecord>,
+    /// Adds of parallel branches merged into one Conv.
+    pub merges: Vec<MergeRecord>,
 }

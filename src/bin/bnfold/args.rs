@@ -112,6 +112,12 @@ pub(crate) struct FoldArgs {
     /// pooling) into one Mul and one Add, for runtimes without BatchNormalization.
     #[arg(long)]
     pub(crate) decompose_standalone: bool,
+    /// Merge each Add of parallel branches of one tensor (Conv, BatchNormalization or the tensor
+    /// itself: RepVGG, MobileOne, ACNet blocks in their training form) into one Conv. Exact, but
+    /// it changes the structure more than a fold, and a merged kernel's range grows (the report
+    /// gives it before and after).
+    #[arg(long)]
+    pub(crate) merge_branches: bool,
     /// Leave the quantization-readiness analysis out of the report.
     #[arg(long)]
     pub(crate) no_readiness: bool,

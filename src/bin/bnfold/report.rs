@@ -30,7 +30,7 @@ pub(crate) fn json_report(
             })
         })
         .collect();
-    serde_json::json!({
+    let mut json = serde_json::json!({
         "schema": SCHEMA_VERSION,
         "input": input.display().to_string(),
         "output": output.map(|o| o.display().to_string()),
@@ -42,7 +42,12 @@ pub(crate) fn json_report(
         "decompositions": report.decompositions,
         "verification": report.verification,
         "quantization_readiness": report.readiness,
-    })
+    });
+    // Present only when --merge-branches merged something: every other report stays as it was.
+    if !report.merges.is_empty() {
+        json["merges"] = serde_json::json!(report.merges);
+    }
+    json
 }
 
 /// Claims the report file in the run's plan, before anything is written.

@@ -25,6 +25,7 @@ pub mod forward_conv_transpose;
 pub mod forward_gemm;
 pub mod gemm;
 pub mod matmul;
+pub mod merge_branches;
 
 mod affine;
 mod steps;

@@ -175,6 +175,12 @@ pub enum SkipReason {
         /// Why that input does not fold.
         cause: Box<SkipReason>,
     },
+    /// A branch of an `Add` of parallel branches (RepVGG, MobileOne) that `--merge-branches`
+    /// merges into one Conv, the BN with it.
+    MergeableBranch {
+        /// The Add at the root of the branches.
+        add: String,
+    },
     /// The producer's kind was excluded with `--only`.
     KindExcluded {
         /// The kind.
@@ -305,6 +311,9 @@ impl SkipReason {
             SkipReason::ConcatInputNotFoldable { tensor, cause } => format!(
                 "its input is a Concat whose input '{tensor}' does not fold: {}",
                 cause.message()
+            ),
+            SkipReason::MergeableBranch { add } => format!(
+                "it is a branch of the Add '{add}', which --merge-branches merges into one Conv"
             ),
             SkipReason::KindExcluded { kind } => {
                 format!("folds into {} are excluded by --only", kind.op_type())

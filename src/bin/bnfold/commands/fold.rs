@@ -32,6 +32,7 @@ pub(crate) fn run_fold(args: FoldArgs) -> anyhow::Result<ExitStatus> {
         only: (!args.only.is_empty()).then(|| args.only.iter().map(|&k| k.into()).collect()),
         skip_nodes: args.skip_nodes.iter().cloned().collect(),
         decompose_standalone: args.decompose_standalone,
+        merge_branches: args.merge_branches,
     };
     let mut verify_opts = verify_options(&args.check_args)?;
     if writes {
