@@ -216,6 +216,83 @@ def affine_fixtures():
     parts = sum(len(producers[bn.input[0]].input) for bn in concat_bns)
     record("timm_mixnet_s_quarter_op13.onnx", parts)
 
+    # RepVGG and MobileOne blocks in their training form (timm's own blocks, small widths):
+    # Add(BN(x), BN(Conv3x3(x)), BN(Conv1x1(x))). With constant folding the exporter folds each
+    # Conv's BN; the identity BN stays (a mergeable_branch, for --merge-branches); without it,
+    # bnfold folds the branch BNs itself.
+    from timm.models.byobnet import MobileOneBlock, RepVggBlock
+
+    class TinyRepVgg(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.Sequential(RepVggBlock(3, 8, stride=2), RepVggBlock(8, 8),
+                                        RepVggBlock(8, 16, stride=2), RepVggBlock(16, 16))
+            self.head = nn.Linear(16, 5)
+
+        def forward(self, x):
+            return self.head(self.blocks(x).mean(dim=(2, 3)))
+
+    class TinyMobileOne(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.Sequential(
+                MobileOneBlock(3, 8, stride=2, num_conv_branches=2),
+                MobileOneBlock(8, 8, group_size=1, num_conv_branches=4),
+                MobileOneBlock(8, 8, kernel_size=1, num_conv_branches=4),
+                MobileOneBlock(8, 8, stride=2, group_size=1, num_conv_branches=2),
+                MobileOneBlock(8, 16, kernel_size=1, num_conv_branches=2))
+            self.head = nn.Linear(16, 5)
+
+        def forward(self, x):
+            return self.head(self.blocks(x).mean(dim=(2, 3)))
+
+    def measured(model):
+        bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        for m in bns:
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+        seen = {}
+        hooks = [m.register_forward_pre_hook(lambda mod, inp: seen.update({mod: inp[0]}))
+                 for m in bns]
+        with torch.no_grad():
+            model(torch.randn(8, 3, 32, 32))
+        for h in hooks:
+            h.remove()
+        for m, x in seen.items():
+            mean, var = x.mean(dim=(0, 2, 3)), x.var(dim=(0, 2, 3))
+            m.running_mean.copy_(mean * torch.empty_like(mean).uniform_(0.8, 1.2))
+            m.running_var.copy_(var * torch.empty_like(var).uniform_(0.8, 1.2) + 1e-3)
+        return model.eval()
+
+    for label, model in (("repvgg", TinyRepVgg()), ("mobileone", TinyMobileOne())):
+        model = measured(model)
+        for folding in (True, False):
+            name = f"timm_{label}_blocks{'' if folding else '_unfolded'}_op13.onnx"
+            path = os.path.join(OUT, name)
+            torch.onnx.export(model, torch.randn(1, 3, 32, 32), path, opset_version=13,
+                              dynamo=False, do_constant_folding=folding,
+                              training=torch.onnx.TrainingMode.EVAL, input_names=["input"])
+            graph = onnx.load(path).graph
+            onnx.checker.check_model(onnx.load(path))
+            producers = {o: n for n in graph.node for o in n.output}
+            bns = [n for n in graph.node if n.op_type == "BatchNormalization"]
+            on_conv = [b for b in bns if producers.get(b.input[0]) is not None
+                       and producers[b.input[0]].op_type == "Conv"]
+            # MobileOne exports `+ 0` for a missing identity branch: after a lone Conv, a bias
+            # Add that folds.
+            uses = {}
+            for n in graph.node:
+                for i in n.input:
+                    uses[i] = uses.get(i, 0) + 1
+            bias_adds = [
+                n for n in graph.node if n.op_type == "Add" and any(
+                    producers.get(i) is not None and producers[i].op_type == "Constant"
+                    for i in n.input) and any(
+                    producers.get(i) is not None and producers[i].op_type == "Conv"
+                    and uses[i] == 1 for i in n.input)]
+            record(name, len(on_conv) + len(bias_adds),
+                   ["mergeable_branch"] * (len(bns) - len(on_conv)))
+
 
 # ---------------------------------------------------------------- hand-built graphs
 rng = np.random.default_rng(7)

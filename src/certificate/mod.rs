@@ -243,30 +243,47 @@ pub(crate) fn fold_targets<'g>(
             }),
             _ => false,
         };
-        if ends_chain(orig_index, bn) && takes_over {
+        if takes_over && ends_chain(orig_index, bn, false) {
             found.push((node, bn));
         }
     }
     found
 }
 
-/// Whether `node` can end a folded chain: a BatchNormalization, or a `Mul`, `Add`, `Sub` or
-/// `Div` with exactly one operand computed from constants alone (an `Add` of two branches, which
-/// `--merge-branches` merges, is no chain).
-fn ends_chain(index: &GraphIndex, node: &NodeProto) -> bool {
-    match node.op_type() {
-        "BatchNormalization" => true,
-        "Add" | "Mul" | "Sub" | "Div" => {
-            node.input.len() == 2
-                && node
+/// Whether `node` ends a chain that a fold can have replaced: walking back from it through
+/// BatchNormalizations, Identities and `Mul`, `Add`, `Sub`, `Div` with exactly one operand
+/// computed from constants alone, a layer (or a Concat, when `concat`) is reached. An `Add` of
+/// two computed branches (what `--merge-branches` merges) is no step.
+fn ends_chain(index: &GraphIndex, node: &NodeProto, concat: bool) -> bool {
+    let mut current = node;
+    for _ in 0..index.graph.node.len() + 1 {
+        let data = match current.op_type() {
+            "BatchNormalization" | "Identity" => current.input.first(),
+            "Add" | "Mul" | "Sub" | "Div" if current.input.len() == 2 => {
+                let constant: Vec<bool> = current
                     .input
                     .iter()
-                    .filter(|i| from_constants(index, i, 0))
-                    .count()
-                    == 1
+                    .map(|i| from_constants(index, i, 0))
+                    .collect();
+                match constant[..] {
+                    [true, false] => current.input.get(1),
+                    [false, true] => current.input.first(),
+                    _ => return false,
+                }
+            }
+            _ => return false,
+        };
+        let Some(p) = data.and_then(|d| index.producer(d)) else {
+            return false;
+        };
+        current = index.node(p);
+        match current.op_type() {
+            "Conv" | "ConvTranspose" | "Gemm" | "MatMul" => return !concat,
+            "Concat" => return concat,
+            _ => {}
         }
-        _ => false,
     }
+    false
 }
 
 /// Whether `name` is an initializer or computed from initializers and `Constant` nodes alone.
@@ -302,7 +319,7 @@ pub(crate) fn concat_targets<'g>(
         let Some(end) = orig_index.producer(output).map(|i| orig_index.node(i)) else {
             continue;
         };
-        if ends_chain(orig_index, end) {
+        if ends_chain(orig_index, end, true) {
             found.push((node, end));
         }
     }

@@ -120,6 +120,18 @@ fn report_skips(
     for (i, node) in graph.node.iter().enumerate() {
         if is_batch_norm(node) {
             if let Err(reason) = plan_chain(&index, &eval, i, ctx)? {
+                if let Some(add) = merging_root(&index, &eval, ctx, node)? {
+                    let reason = SkipReason::MergeableBranch { add };
+                    out.skips.push(SkipRecord {
+                        graph: path.to_string(),
+                        node: node_label(node),
+                        message: reason.message(),
+                        reason,
+                        forward_message: None,
+                        forward: None,
+                    });
+                    continue;
+                }
                 let forward = if allows_forward(&reason) {
                     plan_forward(&index, &eval, i, ctx)?.err()
                 } else {
@@ -150,6 +162,33 @@ fn report_skips(
         }
     }
     Ok(())
+}
+
+/// Without `--merge-branches`: the root of the Add tree that `bn` is a branch of, when that tree
+/// would merge into one Conv.
+fn merging_root(
+    index: &GraphIndex,
+    eval: &ConstEval,
+    ctx: &PassContext,
+    bn: &NodeProto,
+) -> Result<Option<String>> {
+    if ctx.options.merge_branches {
+        return Ok(None);
+    }
+    let mut tensor = bn.output[0].as_str();
+    let mut root = None;
+    while let [only] = index.consumers(tensor) {
+        let node = index.node(*only);
+        if node.op_type() != "Add" || index.is_graph_output(tensor) {
+            break;
+        }
+        root = Some(*only);
+        tensor = &node.output[0];
+    }
+    let Some(root) = root.filter(|&r| merge::is_root_add(index, r)) else {
+        return Ok(None);
+    };
+    Ok(merge::plan_merge(index, eval, ctx, root)?.map(|_| node_label(index.node(root))))
 }
 
 /// Whether `node`'s output goes on to one node that may end a chain, whose record (or fold) then
