@@ -5,6 +5,7 @@ mod commands;
 mod progress;
 mod report;
 mod text;
+mod text_readiness;
 
 use std::path::Path;
 use std::process::ExitCode;

@@ -7,18 +7,17 @@ use std::path::Path;
 
 use anstyle::{AnsiColor, Style};
 use bnfold::printable::{printable, printable_path, Shown};
-use bnfold::readiness::Readiness;
 use bnfold::report::{Direction, Report};
 use bnfold::verify::{Status, Verification};
 use bnfold::FoldKind;
 
-const BOLD: Style = Style::new().bold();
-const DIM: Style = Style::new().dimmed();
-const GREEN: Style = AnsiColor::Green.on_default().bold();
-const RED: Style = AnsiColor::Red.on_default().bold();
-const YELLOW: Style = AnsiColor::Yellow.on_default().bold();
+pub(crate) const BOLD: Style = Style::new().bold();
+pub(crate) const DIM: Style = Style::new().dimmed();
+pub(crate) const GREEN: Style = AnsiColor::Green.on_default().bold();
+pub(crate) const RED: Style = AnsiColor::Red.on_default().bold();
+pub(crate) const YELLOW: Style = AnsiColor::Yellow.on_default().bold();
 
-fn paint(style: Style, text: impl std::fmt::Display) -> String {
+pub(crate) fn paint(style: Style, text: impl std::fmt::Display) -> String {
     format!("{style}{text}{style:#}")
 }
 
@@ -123,6 +122,33 @@ pub fn fold_report(report: &Report, input: &Path, output: Option<&Path>) -> Stri
             );
         }
     }
+    if !report.merges.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n{}",
+            paint(BOLD, format!("merged branches ({}):", report.merges.len()))
+        );
+        for m in &report.merges {
+            let branches: Vec<String> = m
+                .branches
+                .iter()
+                .map(|b| printable(b).into_owned())
+                .collect();
+            let _ = writeln!(
+                s,
+                "  Conv {} ← {} {}",
+                Shown(&m.node),
+                branches.join(" + "),
+                paint(
+                    DIM,
+                    format!(
+                        "(weight range {:.3} → {:.3})",
+                        m.max_abs_before, m.max_abs_after
+                    )
+                )
+            );
+        }
+    }
     if !report.non_foldable_normalizations.is_empty() {
         let _ = writeln!(
             s,
@@ -134,7 +160,7 @@ pub fn fold_report(report: &Report, input: &Path, output: Option<&Path>) -> Stri
         }
     }
     if let Some(r) = &report.readiness {
-        readiness(r, &mut s);
+        crate::text_readiness::readiness(r, &mut s);
     }
     if let Some(v) = &report.verification {
         let _ = writeln!(s);
@@ -374,109 +400,4 @@ fn regions(v: &Verification, s: &mut String) {
         .map(|r| (r.node.as_str(), r.reason.as_deref().unwrap_or_default()))
         .collect();
     end_with_left_out(s, "not run", &not_run);
-}
-
-/// The quantization-readiness summary and the five worst layers.
-pub fn readiness(r: &Readiness, s: &mut String) {
-    if r.layers.is_empty() && r.batch_norms.is_empty() {
-        return;
-    }
-    let _ = writeln!(
-        s,
-        "\n{}",
-        paint(BOLD, "INT8 readiness (weights as folded):")
-    );
-    let db = |v: Option<f64>, non_finite: usize| match (v, non_finite) {
-        (_, 1..) => "NaN/inf".to_string(),
-        (None, _) => "exact".to_string(),
-        (Some(d), _) => format!("{d:.1} dB"),
-    };
-    let mut tensor_db: Vec<f64> = r
-        .layers
-        .iter()
-        .filter_map(|l| l.sqnr_per_tensor_db)
-        .collect();
-    tensor_db.sort_by(f64::total_cmp);
-    let starved: usize = r.layers.iter().map(|l| l.starved_channels).sum();
-    let channels: usize = r.layers.iter().map(|l| l.channels).sum();
-    if let (Some(worst), Some(median)) = (tensor_db.first(), tensor_db.get(tensor_db.len() / 2)) {
-        let _ = writeln!(
-            s,
-            "  {} layer{}; per-tensor SQNR worst {worst:.1} dB, median {median:.1} dB; {starved} of {channels} channels under 4 effective bits",
-            r.layers.len(),
-            if r.layers.len() == 1 { "" } else { "s" }
-        );
-    }
-    let dead: usize = r.batch_norms.iter().map(|b| b.dead_channels).sum();
-    let tiny: usize = r.batch_norms.iter().map(|b| b.tiny_variance_channels).sum();
-    let amplification = r
-        .batch_norms
-        .iter()
-        .map(|b| b.max_amplification)
-        .fold(0.0, f64::max);
-    if !r.batch_norms.is_empty() {
-        let _ = writeln!(
-            s,
-            "  BatchNormalization: {dead} dead channels, {tiny} with running variance below epsilon, largest amplification {amplification:.3e}"
-        );
-    }
-    let worst = r.worst(5);
-    if worst.is_empty() {
-        return;
-    }
-    let width = worst
-        .iter()
-        .map(|l| printable(&l.node).len())
-        .max()
-        .unwrap_or(5)
-        .max(5);
-    let header = format!(
-        "{:<width$}  {:>10}  {:>11}  {:>8}  {:>8}",
-        "layer", "per-tensor", "per-channel", "spread", "starved"
-    );
-    let _ = writeln!(s, "  {}", paint(BOLD, header));
-    for l in worst {
-        let _ = writeln!(
-            s,
-            "  {:<width$}  {:>10}  {:>11}  {:>8.1}  {:>4}/{}",
-            Shown(&l.node),
-            db(l.sqnr_per_tensor_db, l.non_finite_elements),
-            db(l.sqnr_per_channel_db, l.non_finite_elements),
-            l.range_spread,
-            l.starved_channels,
-            l.channels
-        );
-    }
-}
-
-/// The `inspect` report: each normalization node and how it folds, then the readiness.
-pub fn inspect(path: &Path, normalizations: &[serde_json::Value], r: &Readiness) -> String {
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "{}",
-        paint(BOLD, format!("bnfold inspect {}", printable_path(path)))
-    );
-    if normalizations.is_empty() {
-        let _ = writeln!(s, "\nno normalization nodes");
-    } else {
-        let _ = writeln!(s, "\n{}", paint(BOLD, "normalization nodes:"));
-        for n in normalizations {
-            let foldable = n["foldable"].as_bool().unwrap_or(false);
-            let mark = if foldable {
-                paint(GREEN, "folds")
-            } else {
-                paint(YELLOW, "stays:")
-            };
-            let _ = writeln!(
-                s,
-                "  {} {}: {mark} {}",
-                Shown(n["op_type"].as_str().unwrap_or("")),
-                Shown(n["node"].as_str().unwrap_or("")),
-                Shown(n["how"].as_str().unwrap_or(""))
-            );
-        }
-    }
-    readiness(r, &mut s);
-    s
 }

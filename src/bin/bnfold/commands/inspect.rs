@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::{load, text, ExitStatus};
+use crate::{load, ExitStatus};
 
 use anyhow::Context;
 
@@ -69,7 +69,7 @@ pub(crate) fn run_inspect(
     let (pretty, staged_report) = stage_report(output, json, false)?;
     commit_report(staged_report)?;
     print(output, &pretty, || {
-        text::inspect(path, &normalizations, &readiness)
+        crate::text_readiness::inspect(path, &normalizations, &readiness)
     })?;
     Ok(ExitStatus::Success)
 }
