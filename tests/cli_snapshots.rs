@@ -197,6 +197,24 @@ fn every_json_report_validates_against_the_schema() {
         ],
     );
     assert!(validator.is_valid(&decomposed), "{decomposed:#}");
+    let merged = json_of(
+        dir.path(),
+        &[
+            &fixture("timm_repvgg_blocks_op13.onnx"),
+            "--dry-run",
+            "--merge-branches",
+        ],
+    );
+    assert_eq!(
+        merged["merges"].as_array().map(Vec::len),
+        Some(4),
+        "{merged:#}"
+    );
+    let errors: Vec<String> = validator
+        .iter_errors(&merged)
+        .map(|e| format!("{e} at {}", e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(
         decomposed["decompositions"].as_array().map(Vec::len),
         Some(1)
