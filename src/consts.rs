@@ -373,9 +373,28 @@ impl<'a> ConstEval<'a> {
             "Neg" => inp(0)?.map(|t| map(&t, |v| -v)),
             "Sqrt" => inp(0)?.map(|t| map(&t, f64::sqrt)),
             "Reciprocal" => inp(0)?.map(|t| map(&t, |v| 1.0 / v)),
-            _ => None,
+            _ => self.by_tract(node, depth)?,
         };
         Ok(value)
+    }
+
+    /// An op this evaluator does not know, computed by tract when every input is a constant.
+    fn by_tract(&self, node: &NodeProto, depth: usize) -> Result<Option<Tensor>> {
+        let mut inputs = Vec::with_capacity(node.input.len());
+        for name in &node.input {
+            inputs.push(match name.is_empty() {
+                true => None,
+                false => match self.value_at(name, depth)? {
+                    Ok(t) => Some(t),
+                    Err(_) => return Ok(None),
+                },
+            });
+        }
+        if inputs.iter().all(Option::is_none) {
+            return Ok(None);
+        }
+        let refs: Vec<Option<&Tensor>> = inputs.iter().map(|t| t.as_deref()).collect();
+        Ok(crate::tract_eval::evaluate(node, &refs, self.opset))
     }
 }
 

@@ -39,6 +39,7 @@ pub mod source;
 pub mod staging;
 pub mod structure;
 pub mod tensor;
+mod tract_eval;
 pub mod validate;
 pub mod verify;
 pub mod walk;

@@ -434,3 +434,59 @@ fn a_moved_weight_in_the_second_concat_layer_is_caught() {
     let v = verify(&original, &tampered, &[], &VerifyOptions::default()).unwrap();
     assert_eq!(v.status, Status::Failed, "{v:?}");
 }
+
+#[test]
+fn a_weight_computed_by_ops_the_evaluator_lacks_folds_through_tract() {
+    // Weight standardization: W = W₀ − ReduceMean(W₀) per output channel, then Conv → BN; and
+    // the BN's scale computed as Pow(g, 2).
+    let w0 = [1.0f32, 3.0, -2.0, 6.0];
+    let model = Graph::new(13)
+        .input("x", &[1, 2, 3, 3])
+        .init("w0", &[2, 2, 1, 1], &w0)
+        .init("g", &[2], &[1.5, -0.5])
+        .init("two", &[], &[2.0])
+        .bn_params("bn", 2)
+        .node_with("ReduceMean", &["w0"], &["mean"], &[("keepdims", 1)])
+        .ints("axes", &[1, 2, 3])
+        .node("Sub", &["w0", "mean"], &["w"])
+        .node("Pow", &["g", "two"], &["gamma"])
+        .node("Conv", &["x", "w"], &["c"])
+        .node(
+            "BatchNormalization",
+            &["c", "gamma", "bn.bias", "bn.mean", "bn.var"],
+            &["y"],
+        )
+        .output("y")
+        .model();
+    let (report, fused) = fold_and_verify(model);
+    assert_eq!(report.folds.len(), 1, "{:?}", report.skips);
+    assert_eq!(op_types(&fused), ["Conv"]);
+    // Channel o: mean of its two weights; γ = g²; s = γ/√(1 + 1e-5).
+    let (weight, _) = conv_tensors(&fused);
+    let w0: Vec<f64> = w0.iter().map(|&v| v as f64).collect();
+    for o in 0..2 {
+        let mean = (w0[2 * o] + w0[2 * o + 1]) / 2.0;
+        let gamma = [1.5f64, -0.5][o].powi(2);
+        let s = gamma / (1.0f64 + 1e-5).sqrt();
+        for i in 0..2 {
+            let want = (s * (w0[2 * o + i] - mean)) as f32 as f64;
+            assert_eq!(weight[2 * o + i], want, "weight {o},{i}");
+        }
+    }
+}
+
+#[test]
+fn a_weight_drawn_at_random_is_never_taken_for_a_constant() {
+    let model = Graph::new(13)
+        .input("x", &[1, 2, 3, 3])
+        .init("w0", &[2, 2, 1, 1], &[1.0, 3.0, -2.0, 6.0])
+        .bn_params("bn", 2)
+        .node("RandomNormalLike", &["w0"], &["w"])
+        .node("Conv", &["x", "w"], &["c"])
+        .bn("bn", "c", "y")
+        .output("y")
+        .model();
+    let got = skips(model);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].1, "param_not_constant", "{got:?}");
+}
