@@ -490,3 +490,73 @@ fn a_weight_drawn_at_random_is_never_taken_for_a_constant() {
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].1, "param_not_constant", "{got:?}");
 }
+
+/// `x [1, 2, 4, 4]` through a Relu into `r`, then `steps` (each `(op, constant, dims, values)`
+/// on the previous output), then a 3×3 Conv padded by `pad`, then a Relu into `out`.
+fn forward_chain(steps: &[(&str, &str, &[i64], &[f32])], pad: i64) -> ModelProto {
+    let w: Vec<f32> = (0..36).map(|i| ((i * 5) % 9) as f32 / 4.0 - 1.0).collect();
+    let mut g = Graph::new(13)
+        .input("x", &[1, 2, 4, 4])
+        .init("w", &[2, 2, 3, 3], &w)
+        .init("b", &[2], &[0.25, -0.75])
+        .node("Relu", &["x"], &["r"]);
+    let mut data = "r".to_string();
+    for (k, (op, constant, dims, values)) in steps.iter().enumerate() {
+        let out = format!("s{k}");
+        g = g
+            .init(constant, dims, values)
+            .node(op, &[&data, constant], &[&out]);
+        data = out;
+    }
+    g.node("Conv", &[&data, "w", "b"], &["c"])
+        .ints("pads", &[pad, pad, pad, pad])
+        .node("Relu", &["c"], &["out"])
+        .output("out")
+        .model()
+}
+
+#[test]
+fn an_input_normalization_folds_forward_keeping_its_shift_under_padding() {
+    // (x − mean) / std before a padded Conv: the scale 1/std goes into the weight, the shift
+    // stays as one Add of −mean before the Conv (padded zeros are not normalized zeros).
+    let steps: [(&str, &str, &[i64], &[f32]); 2] = [
+        ("Sub", "mean", &[1, 2, 1, 1], &[0.5, -0.25]),
+        ("Div", "std", &[1, 2, 1, 1], &[2.0, 0.5]),
+    ];
+    let (report, fused) = fold_and_verify(forward_chain(&steps, 1));
+    assert_eq!(report.folds.len(), 1, "{:?}", report.skips);
+    assert_eq!(report.folds[0].passthrough, ["s0"]);
+    assert_eq!(op_types(&fused), ["Relu", "Add", "Conv", "Relu"]);
+    let graph = fused.proto.graph.as_ref().unwrap();
+    let shift = fused.initializer_value(&graph.node[1].input[1]).unwrap().unwrap();
+    assert_eq!(shift.data, [-0.5, 0.25]);
+    let (weight, bias) = conv_tensors(&fused);
+    let w: Vec<f64> = (0..36).map(|i| ((i * 5) % 9) as f32 as f64 / 4.0 - 1.0).collect();
+    for (k, got) in weight.iter().enumerate() {
+        let input_channel = (k / 9) % 2;
+        assert_eq!(*got, (w[k] / [2.0, 0.5][input_channel]) as f32 as f64, "{k}");
+    }
+    assert_eq!(bias, [0.25, -0.75]);
+}
+
+#[test]
+fn a_scale_and_shift_fold_forward_entirely_into_an_unpadded_conv() {
+    let steps: [(&str, &str, &[i64], &[f32]); 2] = [
+        ("Mul", "k", &[1, 2, 1, 1], &[2.0, -1.0]),
+        ("Add", "d", &[2, 1, 1], &[0.5, 1.0]),
+    ];
+    let (report, fused) = fold_and_verify(forward_chain(&steps, 0));
+    assert_eq!(report.folds.len(), 1);
+    assert_eq!(op_types(&fused), ["Relu", "Conv", "Relu"]);
+}
+
+#[test]
+fn a_shift_alone_before_a_padded_conv_stays_where_it_is() {
+    // It would only become another Add: nothing folds, nothing loops.
+    let steps: [(&str, &str, &[i64], &[f32]); 1] = [("Add", "d", &[1, 2, 1, 1], &[0.5, 1.0])];
+    let model = forward_chain(&steps, 1);
+    let mut m = Model::from_proto(model, ExternalStore::none()).unwrap();
+    let report = fold(&mut m, &FoldOptions::default()).unwrap();
+    assert!(report.folds.is_empty(), "{:?}", report.folds);
+    assert_eq!(op_types(&m), ["Relu", "Add", "Conv", "Relu"]);
+}

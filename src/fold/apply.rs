@@ -57,7 +57,12 @@ pub(super) fn apply_forward(
     }
     let consumer_label = node_label(consumer);
     let output = consumer.output[0].clone();
-    let flatten_label = plan.flatten.map(|f| node_label(&graph.node[f]));
+    let mut passthrough: Vec<String> = plan
+        .steps
+        .iter()
+        .map(|&i| node_label(&graph.node[i]))
+        .collect();
+    passthrough.extend(plan.flatten.map(|f| node_label(&graph.node[f])));
     let shift_node = match shift_add {
         Some(shift) => {
             let shift_name = write_tensor(
@@ -72,7 +77,7 @@ pub(super) fn apply_forward(
             graph.node[plan.bn] = NodeProto {
                 name: Some(add_name.clone()),
                 op_type: Some("Add".into()),
-                input: vec![bn.input[0].clone(), shift_name],
+                input: vec![plan.data.clone(), shift_name],
                 output: vec![bn.output[0].clone()],
                 ..Default::default()
             };
@@ -80,12 +85,16 @@ pub(super) fn apply_forward(
         }
         None => {
             let reader = plan.flatten.unwrap_or(plan.consumer);
-            graph.node[reader].input[0] = bn.input[0].clone();
+            graph.node[reader].input[0] = plan.data.clone();
             edits.remove(plan.bn);
             edits.forget_value_info(bn.output[0].clone());
             None
         }
     };
+    for &step in &plan.steps {
+        edits.remove(step);
+        edits.forget_value_info(graph.node[step].output[0].clone());
+    }
     let mut detached = plan.detached;
     detached.retain(|d| d != &new_weight && Some(d) != new_bias.as_ref());
     let record = FoldRecord {
@@ -94,7 +103,7 @@ pub(super) fn apply_forward(
         direction: Direction::Forward,
         producer: consumer_label,
         batch_norm: bn_label,
-        passthrough: flatten_label.into_iter().collect(),
+        passthrough,
         output,
         followed_by: None,
         weight: new_weight,

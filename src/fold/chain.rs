@@ -120,6 +120,68 @@ pub(super) fn walk_back(
     }
 }
 
+/// A forward fold's chain ending at `end_index`: its steps from the end back, as far as they go
+/// (each step's input feeding it alone), and the tensor the chain starts from.
+pub(super) fn walk_back_forward(
+    index: &GraphIndex,
+    eval: &ConstEval,
+    end_index: usize,
+    ctx: &PassContext,
+) -> Result<std::result::Result<(Vec<Step>, String), SkipReason>> {
+    let end = index.node(end_index);
+    let end_step = match end.op_type() {
+        "BatchNormalization" => Step {
+            node: end_index,
+            data: end.input[0].clone(),
+            map: StepMap::BatchNorm,
+        },
+        _ => match arithmetic_step(eval, end_index, end)? {
+            Some(step) => step,
+            None => return Ok(Err(SkipReason::NoProducer)),
+        },
+    };
+    let mut steps = vec![end_step];
+    loop {
+        let last = &steps[steps.len() - 1];
+        let (name, consumer) = (last.data.clone(), last.node);
+        if index.is_graph_output(&name) || !index.feeds_only(&name, consumer) {
+            return Ok(Ok((steps, name)));
+        }
+        let step = match index.producer(&name) {
+            Some(p) => middle_step(index, eval, p, ctx)?,
+            None => None,
+        };
+        match step {
+            Some(step) => steps.push(step),
+            None => return Ok(Ok((steps, name))),
+        }
+    }
+}
+
+/// The channel count a chain's constants show: its first BN's, or its first constant holding
+/// more than one value; `None` when every constant is a scalar.
+pub(super) fn constant_channels(
+    index: &GraphIndex,
+    eval: &ConstEval,
+    steps: &[Step],
+    bn_maps: &[Affine],
+) -> Result<Option<usize>> {
+    if let Some(bn) = bn_maps.first() {
+        return Ok(Some(bn.channels()));
+    }
+    for step in steps {
+        if let StepMap::Arithmetic { constant, .. } = &step.map {
+            if let Ok(value) = eval.value(constant)? {
+                if value.len() > 1 {
+                    return Ok(Some(value.len()));
+                }
+            }
+        }
+    }
+    let _ = index;
+    Ok(None)
+}
+
 /// The maps of the chain's BatchNormalizations, from the end back: their parameters are what
 /// most often keeps a chain from folding, so they are read first.
 pub(super) fn batch_norm_maps(

@@ -1,9 +1,14 @@
-//! Forward folds: `BatchNormalization → (Flatten | Reshape)? → consumer`, where the consumer
-//! is the only reader of the BN's output and its padding (if any) keeps the shift exact.
+//! Forward folds: `chain → (Flatten | Reshape)? → consumer`, the chain a BatchNormalization or
+//! per-channel `Mul`/`Add`/`Sub`/`Div` steps (mixed, walked back as far as each step's input
+//! feeds it alone), where the consumer is the only reader of the chain's output and its padding
+//! (if any) keeps the shift exact.
 
+use super::chain::{
+    batch_norm_maps, compose, constant_channels, only_adds, step_constants, walk_back_forward,
+};
 use super::options::PassContext;
-use super::plan::{bn_affine, float_constant, layer_weight, scale_within_range, ForwardPlan};
-use super::rules::{self, FoldKind, ForwardInput, SkipReason};
+use super::plan::{float_constant, layer_weight, scale_within_range, ForwardPlan};
+use super::rules::{self, ChannelAxis, FoldKind, ForwardInput, SkipReason};
 use crate::attr::{self};
 use crate::consts::ConstEval;
 use crate::error::Result;
@@ -29,6 +34,7 @@ pub(super) fn plan_forward(
     ctx: &PassContext,
 ) -> Result<std::result::Result<ForwardPlan, SkipReason>> {
     let bn = index.node(bn_index);
+    let (steps, data_in) = or_skip!(walk_back_forward(index, eval, bn_index, ctx)?);
     let sole_consumer = |tensor: &str| -> std::result::Result<usize, SkipReason> {
         let consumers = index.consumers(tensor);
         if index.is_graph_output(tensor) || consumers.is_empty() {
@@ -48,12 +54,7 @@ pub(super) fn plan_forward(
     let flattens = match (first.op_type(), first.domain()) {
         ("Flatten", "" | "ai.onnx") => Some(attr::int(first, "axis")?.unwrap_or(1) == 1),
         ("Reshape", "" | "ai.onnx") if first.input.len() == 2 && first.input[0] == bn.output[0] => {
-            Some(reshape_keeps_rows(
-                index,
-                eval,
-                &bn.input[0],
-                &first.input[1],
-            )?)
+            Some(reshape_keeps_rows(index, eval, &data_in, &first.input[1])?)
         }
         _ => None,
     };
@@ -82,7 +83,7 @@ pub(super) fn plan_forward(
     };
     if kind == FoldKind::MatMul {
         if flatten.is_none() {
-            let rank = eval.rank(&bn.input[0]);
+            let rank = eval.rank(&data_in);
             skip_if!(rank != Some(2), SkipReason::MatMulRank { rank });
         }
         let bf16 = eval.dtype(&node.input[1]) == Some(crate::tensor::Dtype::Bf16);
@@ -100,9 +101,40 @@ pub(super) fn plan_forward(
     if let Some(only) = &ctx.options.only {
         skip_if!(!only.contains(&kind), SkipReason::KindExcluded { kind });
     }
-    let affine = or_skip!(bn_affine(eval, bn)?);
+    let bn_maps = or_skip!(batch_norm_maps(index, eval, &steps)?);
     let weight_name = node.input[1].clone();
     let weight = or_skip!(layer_weight(index, eval, &weight_name)?);
+    let group = attr::int(node, "group")?.unwrap_or(1).max(1) as usize;
+    // The chain's channels: what its constants show, else the consumer's input channels (a
+    // chain of scalars before a Flatten is one map for every channel).
+    let consumer_channels = match (kind, flatten) {
+        (_, Some(_)) => Some(1),
+        (FoldKind::Conv, None) => weight.dims.get(1).map(|d| d * group),
+        (FoldKind::ConvTranspose, None) => weight.dims.first().copied(),
+        (FoldKind::Gemm, None) => match attr::int(node, "transB")?.unwrap_or(0) != 0 {
+            true => weight.dims.get(1).copied(),
+            false => weight.dims.first().copied(),
+        },
+        (FoldKind::MatMul, None) => weight.dims.first().copied(),
+    };
+    let channels = constant_channels(index, eval, &steps, &bn_maps)?.or(consumer_channels);
+    let Some(channels) = channels else {
+        return Ok(Err(SkipReason::ShapeMismatch {
+            tensor: weight_name,
+            detail: format!("a weight of shape {:?} has no input channels", weight.dims),
+        }));
+    };
+    let rank = match (kind, flatten) {
+        (FoldKind::Conv | FoldKind::ConvTranspose, None) => Some(weight.dims.len()),
+        (FoldKind::Gemm | FoldKind::MatMul, None) => Some(2),
+        (_, Some(_)) => eval.rank(&data_in),
+    };
+    let axis = ChannelAxis {
+        rank: rank.unwrap_or(0),
+        axis: 1,
+        channels,
+    };
+    let affine = or_skip!(compose(index, eval, &steps, bn_maps, &axis)?);
     let weight_values = weight.decode(ctx.store)?;
     let bias_name = node.input.get(2).filter(|b| !b.is_empty()).cloned();
     let bias = match &bias_name {
@@ -124,16 +156,21 @@ pub(super) fn plan_forward(
         bias_name: &new_bias_name,
         bias: bias.as_deref(),
         affine: &affine,
-        group: attr::int(node, "group")?.unwrap_or(1).max(1) as usize,
+        group,
         padded,
         positions: if flatten.is_some() { 0 } else { 1 },
-        activation_dtype: eval.dtype(&bn.input[0]).unwrap_or(weight.dtype),
+        activation_dtype: eval.dtype(&data_in).unwrap_or(weight.dtype),
     };
     let rewrite = or_skip!(match kind {
         FoldKind::Conv => rules::forward_conv::plan(&input),
         FoldKind::ConvTranspose => rules::forward_conv_transpose::plan(&input),
         FoldKind::Gemm | FoldKind::MatMul => rules::forward_gemm::plan(&input),
     });
+    // A chain of Adds whose shift has to stay as an Add would only be traded for another.
+    skip_if!(
+        rewrite.shift_add.is_some() && only_adds(&steps),
+        SkipReason::ShiftStaysAsAdd
+    );
     let folded_weight = or_skip!(scale_within_range(&weight, &rewrite.weight, ctx)?);
     let exclusive = |name: &str| {
         index.is_own_initializer(name)
@@ -141,12 +178,14 @@ pub(super) fn plan_forward(
             && !index.is_graph_input(name)
             && !index.is_graph_output(name)
     };
-    let mut detached: Vec<String> = bn.input[1..5].to_vec();
+    let mut detached: Vec<String> = step_constants(index, &steps);
     detached.push(weight_name.clone());
     detached.extend(bias_name.iter().cloned());
     let max_rel_weight_change = affine.max_rel_change();
     Ok(Ok(ForwardPlan {
         bn: bn_index,
+        steps: steps[1..].iter().map(|s| s.node).collect(),
+        data: data_in,
         consumer,
         flatten,
         kind,

@@ -73,9 +73,15 @@ impl Backward {
     }
 }
 
-/// A forward fold ready to apply: the BN goes (or becomes an `Add`), the consumer changes.
+/// A forward fold ready to apply: the chain goes (its end becomes an `Add` when the shift
+/// stays), the consumer changes.
 pub(super) struct ForwardPlan {
+    /// The node that ends the chain (a BN, or the last `Mul`/`Add`/`Sub`/`Div`).
     pub(super) bn: usize,
+    /// The chain's other steps, from the end back.
+    pub(super) steps: Vec<usize>,
+    /// The tensor the chain starts from, which the consumer (or its shift Add) reads now.
+    pub(super) data: String,
     pub(super) consumer: usize,
     pub(super) flatten: Option<usize>,
     pub(super) kind: FoldKind,

@@ -22,7 +22,7 @@ use super::cleanup::{list_initializers_as_inputs, remove_dead};
 use super::edits::{GraphNames, NodeEdits};
 use super::forward::{allows_forward, plan_forward};
 use super::plan::{Backward, ForwardPlan};
-use super::{inputs_are_constants, is_batch_norm, PassContext, PassOutcome};
+use super::{inputs_are_constants, PassContext, PassOutcome};
 
 /// A fold planned in either direction.
 enum Plan {
@@ -38,6 +38,7 @@ impl Plan {
             Plan::Forward(plan) => [plan.bn, plan.consumer]
                 .into_iter()
                 .chain(plan.flatten)
+                .chain(plan.steps.iter().copied())
                 .collect(),
         }
     }
@@ -131,7 +132,7 @@ fn plan_round(
     let mut plans = Vec::new();
     for i in 0..graph.node.len() {
         let node = &graph.node[i];
-        if !may_end_chain(node) || (direction == Direction::Forward && !is_batch_norm(node)) {
+        if !may_end_chain(node) {
             continue;
         }
         match (plan_chain(&index, &eval, i, ctx)?, direction) {

@@ -181,6 +181,9 @@ pub enum SkipReason {
         /// The Add at the root of the branches.
         add: String,
     },
+    /// Forward: a chain of `Add`s only, whose shift the consumer (padded, or a ConvTranspose)
+    /// would keep as an `Add`: nothing to fold.
+    ShiftStaysAsAdd,
     /// The producer's kind was excluded with `--only`.
     KindExcluded {
         /// The kind.
@@ -315,6 +318,9 @@ impl SkipReason {
             SkipReason::MergeableBranch { add } => format!(
                 "it is a branch of the Add '{add}', which --merge-branches merges into one Conv"
             ),
+            SkipReason::ShiftStaysAsAdd => {
+                "it only shifts, and the consumer would keep the shift as an Add".into()
+            }
             SkipReason::KindExcluded { kind } => {
                 format!("folds into {} are excluded by --only", kind.op_type())
             }
