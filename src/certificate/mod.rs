@@ -31,6 +31,7 @@ mod backward;
 mod chain;
 mod decomposed;
 mod forward;
+mod targets;
 pub(crate) mod ulps;
 
 use backward::{certify_concat, certify_node};
@@ -39,6 +40,7 @@ use decomposed::certify_decomposition;
 pub(crate) use decomposed::decompositions;
 pub(crate) use forward::{forward_folds, ForwardFold};
 use forward::{input_side, InputSide};
+pub(crate) use targets::{concat_targets, fold_targets};
 use ulps::compare;
 pub use ulps::{ulps, unit};
 
@@ -217,113 +219,6 @@ pub(crate) fn folded_outputs(original: &Model, fused: &Model) -> Vec<String> {
         .chain(decomposed)
         .filter_map(|n| n.output.first().cloned())
         .collect()
-}
-
-/// Every node of the fused graph that took over a BatchNormalization's output in the original,
-/// with that BN: a Conv, ConvTranspose or Gemm, or the `Add` after a MatMul.
-pub(crate) fn fold_targets<'g>(
-    orig_index: &GraphIndex<'g>,
-    fused_index: &GraphIndex<'g>,
-) -> Vec<(&'g NodeProto, &'g NodeProto)> {
-    let mut found = Vec::new();
-    for node in &fused_index.graph.node {
-        let Some(output) = node.output.first() else {
-            continue;
-        };
-        let Some(bn) = orig_index.producer(output).map(|i| orig_index.node(i)) else {
-            continue;
-        };
-        let takes_over = match node.op_type() {
-            "Conv" | "ConvTranspose" | "Gemm" => true,
-            // A MatMul fold before opset 7 (a decomposed BN's Add follows a Mul instead).
-            "Add" => node.input.iter().any(|i| {
-                fused_index
-                    .producer(i)
-                    .is_some_and(|p| fused_index.node(p).op_type() == "MatMul")
-            }),
-            _ => false,
-        };
-        if takes_over && ends_chain(orig_index, bn, false) {
-            found.push((node, bn));
-        }
-    }
-    found
-}
-
-/// Whether `node` ends a chain that a fold can have replaced: walking back from it through
-/// BatchNormalizations, Identities and `Mul`, `Add`, `Sub`, `Div` with exactly one operand
-/// computed from constants alone, a layer (or a Concat, when `concat`) is reached. An `Add` of
-/// two computed branches (what `--merge-branches` merges) is no step.
-fn ends_chain(index: &GraphIndex, node: &NodeProto, concat: bool) -> bool {
-    let mut current = node;
-    for _ in 0..index.graph.node.len() + 1 {
-        let data = match current.op_type() {
-            "BatchNormalization" | "Identity" => current.input.first(),
-            "Add" | "Mul" | "Sub" | "Div" if current.input.len() == 2 => {
-                let constant: Vec<bool> = current
-                    .input
-                    .iter()
-                    .map(|i| from_constants(index, i, 0))
-                    .collect();
-                match constant[..] {
-                    [true, false] => current.input.get(1),
-                    [false, true] => current.input.first(),
-                    _ => return false,
-                }
-            }
-            _ => return false,
-        };
-        let Some(p) = data.and_then(|d| index.producer(d)) else {
-            return false;
-        };
-        current = index.node(p);
-        match current.op_type() {
-            "Conv" | "ConvTranspose" | "Gemm" | "MatMul" => return !concat,
-            "Concat" => return concat,
-            _ => {}
-        }
-    }
-    false
-}
-
-/// Whether `name` is an initializer or computed from initializers and `Constant` nodes alone.
-fn from_constants(index: &GraphIndex, name: &str, depth: usize) -> bool {
-    if index.initializer(name).is_some() {
-        return true;
-    }
-    let Some(p) = index.producer(name) else {
-        return false;
-    };
-    let node = index.node(p);
-    depth < 64
-        && (node.op_type() == "Constant"
-            || (!node.input.is_empty()
-                && node
-                    .input
-                    .iter()
-                    .all(|i| i.is_empty() || from_constants(index, i, depth + 1))))
-}
-
-/// Every `Concat` of the fused graph that took over the output of a chain's end (a
-/// BatchNormalization, or a `Mul`, `Add`, `Sub` or `Div`) in the original, with that node: a
-/// chain folded into the Concat's layers.
-pub(crate) fn concat_targets<'g>(
-    orig_index: &GraphIndex<'g>,
-    fused_index: &GraphIndex<'g>,
-) -> Vec<(&'g NodeProto, &'g NodeProto)> {
-    let mut found = Vec::new();
-    for node in &fused_index.graph.node {
-        let Some(output) = node.output.first().filter(|_| node.op_type() == "Concat") else {
-            continue;
-        };
-        let Some(end) = orig_index.producer(output).map(|i| orig_index.node(i)) else {
-            continue;
-        };
-        if ends_chain(orig_index, end, true) {
-            found.push((node, end));
-        }
-    }
-    found
 }
 
 /// The BatchNormalization before `layer` in the original that folded forward into it too (a

@@ -10,6 +10,7 @@ use bnfold::proto::{ModelProto, StringStringEntryProto, TensorProto};
 use prost::Message;
 
 pub mod build;
+pub mod chains;
 
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -2,6 +2,11 @@
 //! branches of one tensor becomes one Conv (the rule and its math: [`super::rules::merge_branches`]).
 //! Matching is read-only and returns a plan or a skip reason; [`merge_branches`] applies them.
 
+mod tree;
+
+pub(in crate::fold) use tree::is_root_add;
+use tree::{collect, geometry, Leaf};
+
 use super::chain::excluded;
 use super::cleanup::{list_initializers_as_inputs, remove_dead};
 use super::edits::{write_tensor, GraphNames, NewTensor};
@@ -15,7 +20,7 @@ use crate::consts::ConstEval;
 use crate::error::Result;
 use crate::folded::FoldedWeights;
 use crate::graph::{node_label, GraphIndex, OuterScope};
-use crate::proto::{GraphProto, NodeProto};
+use crate::proto::GraphProto;
 use crate::report::MergeRecord;
 use crate::tensor::Tensor;
 
@@ -34,74 +39,6 @@ pub(super) struct MergePlan {
     detached: Vec<String>,
     range_before: f64,
     range_after: f64,
-}
-
-/// A branch of the Add tree: the tensor and the Add that reads it.
-struct Leaf {
-    tensor: String,
-    add: usize,
-}
-
-/// Whether node `i` is the root of an Add tree: an Add whose output does not go on to one Add
-/// alone.
-pub(super) fn is_root_add(index: &GraphIndex, i: usize) -> bool {
-    let node = index.node(i);
-    if node.op_type() != "Add" || !matches!(node.domain(), "" | "ai.onnx") {
-        return false;
-    }
-    let Some(out) = node.output.first() else {
-        return false;
-    };
-    !matches!(index.consumers(out), [only] if !index.is_graph_output(out)
-        && index.node(*only).op_type() == "Add")
-}
-
-/// The branches of the Add tree at `add`, and its Adds.
-fn collect(index: &GraphIndex, add: usize, leaves: &mut Vec<Leaf>, adds: &mut Vec<usize>) {
-    adds.push(add);
-    for input in &index.node(add).input {
-        let inner = index.producer(input).filter(|&p| {
-            let node = index.node(p);
-            node.op_type() == "Add"
-                && matches!(node.domain(), "" | "ai.onnx")
-                && index.feeds_only(input, add)
-                && !index.is_graph_output(input)
-        });
-        match inner {
-            Some(p) => collect(index, p, leaves, adds),
-            None => leaves.push(Leaf {
-                tensor: input.clone(),
-                add,
-            }),
-        }
-    }
-}
-
-/// A Conv's geometry, from its attributes and weight.
-struct Geometry {
-    group: i64,
-    strides: Vec<i64>,
-    dilations: Vec<i64>,
-    pads: Vec<i64>,
-    dims: Vec<usize>,
-}
-
-fn geometry(conv: &NodeProto, dims: &[usize]) -> Result<Option<Geometry>> {
-    let spatial = dims.len().saturating_sub(2);
-    let auto_pad = attr::string(conv, "auto_pad")?.unwrap_or_default();
-    if spatial == 0 || !matches!(auto_pad.as_str(), "" | "NOTSET") {
-        return Ok(None);
-    }
-    let list = |name: &str, default: i64, len: usize| -> Result<Vec<i64>> {
-        Ok(attr::ints(conv, name)?.map_or_else(|| vec![default; len], <[i64]>::to_vec))
-    };
-    Ok(Some(Geometry {
-        group: attr::int(conv, "group")?.unwrap_or(1).max(1),
-        strides: list("strides", 1, spatial)?,
-        dilations: list("dilations", 1, spatial)?,
-        pads: list("pads", 0, 2 * spatial)?,
-        dims: dims.to_vec(),
-    }))
 }
 
 /// The merge of the Add tree rooted at `root`, or why its branches do not merge.
