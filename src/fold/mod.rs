@@ -25,13 +25,11 @@ use crate::error::Result;
 use crate::folded::FoldedWeights;
 use crate::graph::{is_graph_attribute, node_label, GraphIndex, OuterScope};
 use crate::proto::{GraphProto, NodeProto, TensorProto};
-use crate::report::{DecompositionRecord, Direction, NormalizationRecord, SkipRecord};
+use crate::report::{Direction, NormalizationRecord, SkipRecord};
 use backward::plan_chain;
 use chain::may_end_chain;
-use cleanup::{drop_stale_value_info, list_initializers_as_inputs, remove_dead};
-use edits::{write_tensor, GraphNames, NewTensor};
+use cleanup::drop_stale_value_info;
 use forward::{allows_forward, plan_forward};
-use plan::bn_affine;
 use rules::SkipReason;
 
 /// In a plan function returning `Result<Result<_, SkipReason>>`: skip with `$reason` if `$cond`.
@@ -58,6 +56,7 @@ mod backward;
 mod chain;
 mod cleanup;
 mod concat;
+mod decompose;
 mod edits;
 mod forward;
 mod merge;
@@ -88,19 +87,42 @@ pub fn fold_graph(
         drop_stale_value_info(graph);
         return Ok(());
     }
+    let changes = |out: &PassOutcome| out.folds.len() + out.merges.len() + out.decompositions.len();
+    let before = changes(out);
     rounds(graph, ctx, path, outer, Direction::Backward, folded, out)?;
+    check_phase(graph, path, "backward folds", changes(out) != before)?;
     // Forward folds, where backward ones do not apply.
+    let before = changes(out);
     rounds(graph, ctx, path, outer, Direction::Forward, folded, out)?;
+    check_phase(graph, path, "forward folds", changes(out) != before)?;
     if ctx.options.merge_branches {
+        let before = changes(out);
         merge::merge_branches(graph, ctx, path, outer, folded, &mut out.merges)?;
+        check_phase(graph, path, "branch merging", changes(out) != before)?;
     }
     if ctx.options.decompose_standalone {
-        decompose_remaining(graph, ctx, path, outer, folded, out)?;
+        let before = changes(out);
+        decompose::decompose_remaining(graph, ctx, path, outer, folded, out)?;
+        check_phase(graph, path, "decomposition", changes(out) != before)?;
     }
     report_skips(graph, ctx, path, outer, folded, out)?;
     list_other_normalizations(graph, path, out);
     drop_stale_value_info(graph);
     Ok(())
+}
+
+/// After a phase that changed the main graph: its structure is whole (every input defined
+/// before use, names unique), or an error that names the phase, since that is a bug of bnfold's.
+fn check_phase(graph: &GraphProto, path: &str, phase: &str, changed: bool) -> Result<()> {
+    if !changed || path != "main" {
+        return Ok(());
+    }
+    crate::validate::graph_structure(graph, &Default::default()).map_err(|e| {
+        crate::Error::InvalidGraph(format!(
+            "bnfold left an invalid graph after its {phase} (a bug of bnfold's; please report \
+             it): {e}"
+        ))
+    })
 }
 
 /// Why each BatchNormalization left did not fold, backward and forward where that was tried;
@@ -216,106 +238,6 @@ fn list_other_normalizations(graph: &GraphProto, path: &str, out: &mut PassOutco
                 op_type: node.op_type().to_string(),
             });
         }
-    }
-}
-
-/// Rewrites every BN that is still there and is a fixed affine map into `Mul` and `Add`.
-fn decompose_remaining(
-    graph: &mut GraphProto,
-    ctx: &PassContext,
-    path: &str,
-    outer: OuterScope,
-    folded: &mut FoldedWeights,
-    out: &mut PassOutcome,
-) -> Result<()> {
-    loop {
-        let found = {
-            let index = GraphIndex::new(graph, outer);
-            let eval = ConstEval::new(&index, ctx.store, ctx.opset, inputs_are_constants(ctx))
-                .with_folded(folded);
-            let mut found = None;
-            for i in 0..graph.node.len() {
-                let node = &graph.node[i];
-                if !is_batch_norm(node) {
-                    continue;
-                }
-                let Err(reason) = plan_chain(&index, &eval, i, ctx)? else {
-                    continue;
-                };
-                if !allows_forward(&reason) {
-                    continue;
-                }
-                let Ok(affine) = bn_affine(&eval, node)? else {
-                    continue;
-                };
-                let Some(rank) = eval.rank(&node.input[0]) else {
-                    continue;
-                };
-                let dtype = eval.dtype(&node.input[0]).or(eval.dtype(&node.input[1]));
-                let Some(dtype) = dtype.filter(|d| d.is_float()) else {
-                    continue;
-                };
-                if let Ok(constants) =
-                    rules::decompose::plan(&affine, rank, dtype, &node_label(node))
-                {
-                    found = Some((i, constants));
-                    break;
-                }
-            }
-            found
-        };
-        let Some((i, (scale, shift))) = found else {
-            return Ok(());
-        };
-        let mut names = GraphNames::new(graph, folded);
-        let bn = graph.node[i].clone();
-        let label = node_label(&bn);
-        let scale_name = write_tensor(
-            graph,
-            &mut names,
-            &format!("{label}_scale"),
-            false,
-            NewTensor::Values(scale),
-            None,
-        )?;
-        let shift_name = write_tensor(
-            graph,
-            &mut names,
-            &format!("{label}_shift"),
-            false,
-            NewTensor::Values(shift),
-            None,
-        )?;
-        let scaled = names.unique(&format!("{}_scaled", bn.output[0]));
-        let mul_name = names.unique(&format!("{label}_mul"));
-        let add_name = names.unique(&format!("{label}_add"));
-        let mul = NodeProto {
-            name: Some(mul_name.clone()),
-            op_type: Some("Mul".into()),
-            input: vec![bn.input[0].clone(), scale_name],
-            output: vec![scaled.clone()],
-            ..Default::default()
-        };
-        let add = NodeProto {
-            name: Some(add_name.clone()),
-            op_type: Some("Add".into()),
-            input: vec![scaled, shift_name],
-            output: vec![bn.output[0].clone()],
-            ..Default::default()
-        };
-        graph.node[i] = mul;
-        graph.node.insert(i + 1, add);
-        remove_dead(graph, bn.input[1..5].to_vec(), ctx);
-        folded.retain_initializers_of(graph);
-        if ctx.ir_version < 4 {
-            list_initializers_as_inputs(graph);
-        }
-        out.decompositions.push(DecompositionRecord {
-            graph: path.to_string(),
-            node: label,
-            mul: mul_name,
-            add: add_name,
-        });
     }
 }
 

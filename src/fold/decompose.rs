@@ -1,0 +1,115 @@
+//! The decompose phase (`--decompose-standalone`): each BatchNormalization that folds nowhere
+//! becomes one `Mul` and one `Add` of precomputed constants ([`super::rules::decompose`]).
+
+use super::backward::plan_chain;
+use super::cleanup::{list_initializers_as_inputs, remove_dead};
+use super::edits::{write_tensor, GraphNames, NewTensor};
+use super::forward::allows_forward;
+use super::plan::bn_affine;
+use super::{inputs_are_constants, is_batch_norm, rules, PassContext, PassOutcome};
+use crate::consts::ConstEval;
+use crate::error::Result;
+use crate::folded::FoldedWeights;
+use crate::graph::{node_label, GraphIndex, OuterScope};
+use crate::proto::{GraphProto, NodeProto};
+use crate::report::DecompositionRecord;
+
+/// Rewrites every BN that is still there and is a fixed affine map into `Mul` and `Add`.
+pub(super) fn decompose_remaining(
+    graph: &mut GraphProto,
+    ctx: &PassContext,
+    path: &str,
+    outer: OuterScope,
+    folded: &mut FoldedWeights,
+    out: &mut PassOutcome,
+) -> Result<()> {
+    loop {
+        let found = {
+            let index = GraphIndex::new(graph, outer);
+            let eval = ConstEval::new(&index, ctx.store, ctx.opset, inputs_are_constants(ctx))
+                .with_folded(folded);
+            let mut found = None;
+            for i in 0..graph.node.len() {
+                let node = &graph.node[i];
+                if !is_batch_norm(node) {
+                    continue;
+                }
+                let Err(reason) = plan_chain(&index, &eval, i, ctx)? else {
+                    continue;
+                };
+                if !allows_forward(&reason) {
+                    continue;
+                }
+                let Ok(affine) = bn_affine(&eval, node)? else {
+                    continue;
+                };
+                let Some(rank) = eval.rank(&node.input[0]) else {
+                    continue;
+                };
+                let dtype = eval.dtype(&node.input[0]).or(eval.dtype(&node.input[1]));
+                let Some(dtype) = dtype.filter(|d| d.is_float()) else {
+                    continue;
+                };
+                if let Ok(constants) =
+                    rules::decompose::plan(&affine, rank, dtype, &node_label(node))
+                {
+                    found = Some((i, constants));
+                    break;
+                }
+            }
+            found
+        };
+        let Some((i, (scale, shift))) = found else {
+            return Ok(());
+        };
+        let mut names = GraphNames::new(graph, folded);
+        let bn = graph.node[i].clone();
+        let label = node_label(&bn);
+        let scale_name = write_tensor(
+            graph,
+            &mut names,
+            &format!("{label}_scale"),
+            false,
+            NewTensor::Values(scale),
+            None,
+        )?;
+        let shift_name = write_tensor(
+            graph,
+            &mut names,
+            &format!("{label}_shift"),
+            false,
+            NewTensor::Values(shift),
+            None,
+        )?;
+        let scaled = names.unique(&format!("{}_scaled", bn.output[0]));
+        let mul_name = names.unique(&format!("{label}_mul"));
+        let add_name = names.unique(&format!("{label}_add"));
+        let mul = NodeProto {
+            name: Some(mul_name.clone()),
+            op_type: Some("Mul".into()),
+            input: vec![bn.input[0].clone(), scale_name],
+            output: vec![scaled.clone()],
+            ..Default::default()
+        };
+        let add = NodeProto {
+            name: Some(add_name.clone()),
+            op_type: Some("Add".into()),
+            input: vec![scaled, shift_name],
+            output: vec![bn.output[0].clone()],
+            ..Default::default()
+        };
+        graph.node[i] = mul;
+        graph.node.insert(i + 1, add);
+        remove_dead(graph, bn.input[1..5].to_vec(), ctx);
+        folded.retain_initializers_of(graph);
+        if ctx.ir_version < 4 {
+            list_initializers_as_inputs(graph);
+        }
+        out.decompositions.push(DecompositionRecord {
+            graph: path.to_string(),
+            node: label,
+            mul: mul_name,
+            add: add_name,
+        });
+    }
+}
