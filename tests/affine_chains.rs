@@ -314,3 +314,27 @@ fn a_weight_drawn_at_random_is_never_taken_for_a_constant() {
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].1, "param_not_constant", "{got:?}");
 }
+
+#[test]
+fn a_bias_add_nothing_folded_into_is_not_taken_for_a_fold_by_the_proof() {
+    // A transformer's rank-3 MatMul → Add(bias): no fold, so no region to run and nothing
+    // unproven.
+    let model = Graph::new(13)
+        .input("x", &[2, 4, 3])
+        .init("w", &[3, 2], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+        .init("bias", &[2], &[0.5, -0.5])
+        .node("MatMul", &["x", "w"], &["p"])
+        .node("Add", &["p", "bias"], &["a"])
+        .node("Relu", &["a"], &["y"])
+        .output("y")
+        .model();
+    let original = Model::from_proto(model, ExternalStore::none()).unwrap();
+    let mut fused = original.clone();
+    assert!(fold(&mut fused, &FoldOptions::default())
+        .unwrap()
+        .folds
+        .is_empty());
+    let v = bnfold::verify(&original, &fused, &[], &bnfold::VerifyOptions::default()).unwrap();
+    assert_eq!(v.status, bnfold::verify::Status::Passed, "{v:?}");
+    assert!(v.regions.is_empty() && v.certificates.is_empty(), "{v:?}");
+}

@@ -28,7 +28,10 @@ pub(crate) fn fold_targets<'g>(
             }),
             _ => false,
         };
-        if takes_over && ends_chain(orig_index, bn, false) {
+        // The same op under the same output is the original node itself, not a fold (a
+        // MatMul's bias Add that nothing folded into).
+        let itself = node.op_type() == bn.op_type();
+        if takes_over && !itself && ends_chain(orig_index, bn, false) {
             found.push((node, bn));
         }
     }
