@@ -184,6 +184,25 @@ def affine_fixtures():
     export(resnet, "torch_dynamo_frozen_bn_resnet_op18.onnx", 6, dynamo=True, opset=18)
     export(calibrate(TinyFrozenResNet(fpn=True)), "torch_frozen_bn_fpn_backbone_op13.onnx", 6)
 
+    def measured(model):
+        """BN statistics measured on each BN's real input, then perturbed by ±20 %."""
+        bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        for m in bns:
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+        seen = {}
+        hooks = [m.register_forward_pre_hook(lambda mod, inp: seen.update({mod: inp[0]}))
+                 for m in bns]
+        with torch.no_grad():
+            model(torch.randn(8, 3, 32, 32))
+        for h in hooks:
+            h.remove()
+        for m, x in seen.items():
+            mean, var = x.mean(dim=(0, 2, 3)), x.var(dim=(0, 2, 3))
+            m.running_mean.copy_(mean * torch.empty_like(mean).uniform_(0.8, 1.2))
+            m.running_var.copy_(var * torch.empty_like(var).uniform_(0.8, 1.2) + 1e-3)
+        return model.eval()
+
     # timm's MixNet-S at a quarter of its width: mixed kernels (split → Convs → Concat → BN).
     # The legacy exporter folds each Conv → BN itself; the 34 BNs after a Concat stay, each
     # folding into the Concat's Convs (one fold record per Conv: 82).
@@ -191,22 +210,7 @@ def affine_fixtures():
 
     mixnet = _gen_mixnet_s("mixnet_s", channel_multiplier=0.25, pretrained=False,
                            num_classes=10).eval()
-    for m in mixnet.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.5, 0.5)
-    with torch.no_grad():
-        # Statistics measured on each BN's real input, then perturbed by ±20 %.
-        seen = {}
-        hooks = [m.register_forward_pre_hook(lambda mod, inp: seen.update({mod: inp[0]}))
-                 for m in mixnet.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        mixnet(torch.randn(8, 3, 32, 32))
-        for h in hooks:
-            h.remove()
-        for m, x in seen.items():
-            mean, var = x.mean(dim=(0, 2, 3)), x.var(dim=(0, 2, 3))
-            m.running_mean.copy_(mean * torch.empty_like(mean).uniform_(0.8, 1.2))
-            m.running_var.copy_(var * torch.empty_like(var).uniform_(0.8, 1.2) + 1e-3)
+    mixnet = measured(mixnet)
     path = os.path.join(OUT, "timm_mixnet_s_quarter_op13.onnx")
     torch.onnx.export(mixnet, torch.randn(1, 3, 32, 32), path, opset_version=13, dynamo=False,
                       input_names=["input"])
@@ -245,24 +249,6 @@ def affine_fixtures():
 
         def forward(self, x):
             return self.head(self.blocks(x).mean(dim=(2, 3)))
-
-    def measured(model):
-        bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        for m in bns:
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.5, 0.5)
-        seen = {}
-        hooks = [m.register_forward_pre_hook(lambda mod, inp: seen.update({mod: inp[0]}))
-                 for m in bns]
-        with torch.no_grad():
-            model(torch.randn(8, 3, 32, 32))
-        for h in hooks:
-            h.remove()
-        for m, x in seen.items():
-            mean, var = x.mean(dim=(0, 2, 3)), x.var(dim=(0, 2, 3))
-            m.running_mean.copy_(mean * torch.empty_like(mean).uniform_(0.8, 1.2))
-            m.running_var.copy_(var * torch.empty_like(var).uniform_(0.8, 1.2) + 1e-3)
-        return model.eval()
 
     for label, model in (("repvgg", TinyRepVgg()), ("mobileone", TinyMobileOne())):
         model = measured(model)
@@ -655,24 +641,16 @@ def forward_fixtures():
 
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
-    if "--forward-only" in sys.argv:
-        # Adds the forward-fold exports without touching the other fixtures.
-        with open(os.path.join(OUT, "manifest.json")) as f:
-            manifest.update(json.load(f))
-        forward_fixtures()
-        with open(os.path.join(OUT, "manifest.json"), "w") as f:
-            json.dump(manifest, f, indent=1, sort_keys=True)
-            f.write("\n")
-        sys.exit(0)
-    if "--forms-only" in sys.argv:
-        # Adds the FrozenBatchNorm exports without touching the other fixtures.
-        with open(os.path.join(OUT, "manifest.json")) as f:
-            manifest.update(json.load(f))
-        affine_fixtures()
-        with open(os.path.join(OUT, "manifest.json"), "w") as f:
-            json.dump(manifest, f, indent=1, sort_keys=True)
-            f.write("\n")
-        sys.exit(0)
+    # One group added to the manifest without touching the other fixtures.
+    for flag, group in (("--forward-only", forward_fixtures), ("--forms-only", affine_fixtures)):
+        if flag in sys.argv:
+            with open(os.path.join(OUT, "manifest.json")) as f:
+                manifest.update(json.load(f))
+            group()
+            with open(os.path.join(OUT, "manifest.json"), "w") as f:
+                json.dump(manifest, f, indent=1, sort_keys=True)
+                f.write("\n")
+            sys.exit(0)
     if "--no-torch" not in sys.argv:
         torch_fixtures()
         forward_fixtures()

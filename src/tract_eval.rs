@@ -86,7 +86,7 @@ pub(crate) fn evaluate(node: &NodeProto, inputs: &[Option<&Values>], opset: i64)
 }
 
 /// bnfold's dtype of a tract datum type, for those it stores.
-fn dtype_of(d: DatumType) -> Option<Dtype> {
+pub(crate) fn dtype_of(d: DatumType) -> Option<Dtype> {
     Some(match d {
         DatumType::F32 => Dtype::F32,
         DatumType::F16 => Dtype::F16,

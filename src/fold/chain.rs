@@ -34,6 +34,22 @@ pub(super) struct Step {
     pub(super) map: StepMap,
 }
 
+/// The node that ends a chain as its first step (a BN's own preconditions are the caller's).
+fn end_step(
+    eval: &ConstEval,
+    end_index: usize,
+    end: &NodeProto,
+) -> Result<std::result::Result<Step, SkipReason>> {
+    Ok(match end.op_type() {
+        "BatchNormalization" => Ok(Step {
+            node: end_index,
+            data: end.input[0].clone(),
+            map: StepMap::BatchNorm,
+        }),
+        _ => arithmetic_step(eval, end_index, end)?.ok_or(SkipReason::NoProducer),
+    })
+}
+
 /// Where a chain starts.
 pub(super) enum Start {
     /// A Conv, ConvTranspose, Gemm or MatMul (the node's index).
@@ -62,26 +78,16 @@ pub(super) fn walk_back(
 ) -> Result<std::result::Result<(Vec<Step>, Start), SkipReason>> {
     let end = index.node(end_index);
     skip_if!(excluded(end, ctx), SkipReason::NodeExcluded);
-    let end_step = match end.op_type() {
-        "BatchNormalization" => {
-            if end.input.len() < 5
-                || end.output.is_empty()
-                || end.input[..5].iter().any(|i| i.is_empty())
-            {
-                return Err(node_error(end, "needs 5 inputs and an output"));
-            }
-            or_skip!(inference_batch_norm(index, end, ctx)?);
-            Step {
-                node: end_index,
-                data: end.input[0].clone(),
-                map: StepMap::BatchNorm,
-            }
+    if end.op_type() == "BatchNormalization" {
+        if end.input.len() < 5
+            || end.output.is_empty()
+            || end.input[..5].iter().any(|i| i.is_empty())
+        {
+            return Err(node_error(end, "needs 5 inputs and an output"));
         }
-        _ => match arithmetic_step(eval, end_index, end)? {
-            Some(step) => step,
-            None => return Ok(Err(SkipReason::NoProducer)),
-        },
-    };
+        or_skip!(inference_batch_norm(index, end, ctx)?);
+    }
+    let end_step = or_skip!(end_step(eval, end_index, end)?);
     let mut steps = vec![end_step];
     loop {
         let last = &steps[steps.len() - 1];
@@ -129,17 +135,7 @@ pub(super) fn walk_back_forward(
     ctx: &PassContext,
 ) -> Result<std::result::Result<(Vec<Step>, String), SkipReason>> {
     let end = index.node(end_index);
-    let end_step = match end.op_type() {
-        "BatchNormalization" => Step {
-            node: end_index,
-            data: end.input[0].clone(),
-            map: StepMap::BatchNorm,
-        },
-        _ => match arithmetic_step(eval, end_index, end)? {
-            Some(step) => step,
-            None => return Ok(Err(SkipReason::NoProducer)),
-        },
-    };
+    let end_step = or_skip!(end_step(eval, end_index, end)?);
     let mut steps = vec![end_step];
     loop {
         let last = &steps[steps.len() - 1];

@@ -144,14 +144,7 @@ fn report_skips(
             if let Err(reason) = plan_chain(&index, &eval, i, ctx)? {
                 if let Some(add) = merging_root(&index, &eval, ctx, node)? {
                     let reason = SkipReason::MergeableBranch { add };
-                    out.skips.push(SkipRecord {
-                        graph: path.to_string(),
-                        node: node_label(node),
-                        message: reason.message(),
-                        reason,
-                        forward_message: None,
-                        forward: None,
-                    });
+                    out.skips.push(backward_only(path, node, reason));
                     continue;
                 }
                 let forward = if allows_forward(&reason) {
@@ -172,18 +165,23 @@ fn report_skips(
             if let Err(reason @ SkipReason::ConstantNotPerChannel { .. }) =
                 plan_chain(&index, &eval, i, ctx)?
             {
-                out.skips.push(SkipRecord {
-                    graph: path.to_string(),
-                    node: node_label(node),
-                    message: reason.message(),
-                    reason,
-                    forward_message: None,
-                    forward: None,
-                });
+                out.skips.push(backward_only(path, node, reason));
             }
         }
     }
     Ok(())
+}
+
+/// The record of a node left for `reason`, with no forward attempt.
+fn backward_only(path: &str, node: &NodeProto, reason: SkipReason) -> SkipRecord {
+    SkipRecord {
+        graph: path.to_string(),
+        node: node_label(node),
+        message: reason.message(),
+        reason,
+        forward_message: None,
+        forward: None,
+    }
 }
 
 /// Without `--merge-branches`: the root of the Add tree that `bn` is a branch of, when that tree

@@ -18,20 +18,8 @@ pub(crate) struct Captured {
 
 impl Captured {
     fn of(t: &Tensor) -> std::result::Result<Captured, String> {
-        let dtype = match t.datum_type() {
-            DatumType::F32 => Dtype::F32,
-            DatumType::F16 => Dtype::F16,
-            DatumType::F64 => Dtype::F64,
-            DatumType::I8 => Dtype::I8,
-            DatumType::U8 => Dtype::U8,
-            DatumType::I16 => Dtype::I16,
-            DatumType::U16 => Dtype::U16,
-            DatumType::I32 => Dtype::I32,
-            DatumType::U32 => Dtype::U32,
-            DatumType::I64 => Dtype::I64,
-            DatumType::U64 => Dtype::U64,
-            DatumType::Bool => Dtype::Bool,
-            other => return Err(format!("a value of type {other:?}")),
+        let Some(dtype) = crate::tract_eval::dtype_of(t.datum_type()) else {
+            return Err(format!("a value of type {:?}", t.datum_type()));
         };
         let wide = t.cast_to::<f64>().map_err(|e| one_line(&e))?;
         let view = wide.try_as_plain_ram().map_err(|e| one_line(&e))?;
