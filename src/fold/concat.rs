@@ -15,8 +15,8 @@
 //! `y[c] = S[c]·x[c] + T[c]` on the Concat's output is, for the channels of `Lᵢ`, the fold of
 //! `(S, T)[offsetᵢ .. offsetᵢ + Cᵢ]` into `Lᵢ`, exactly as a chain after `Lᵢ` alone.
 
-use super::backward::{fold_layer, read_layer, sole_direct_consumer};
 use super::chain::{batch_norm_maps, compose, only_adds, step_constants, Step};
+use super::layer::{fold_layer, read_layer, sole_direct_consumer};
 use super::options::PassContext;
 use super::plan::{ConcatPlan, LayerFold};
 use super::rules::{Affine, FoldKind, SkipReason};

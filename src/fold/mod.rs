@@ -59,6 +59,7 @@ mod concat;
 mod decompose;
 mod edits;
 mod forward;
+mod layer;
 mod merge;
 mod options;
 mod plan;

@@ -5,21 +5,12 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use anstyle::{AnsiColor, Style};
 use bnfold::printable::{printable, printable_path, Shown};
 use bnfold::report::{Direction, Report};
 use bnfold::verify::{Status, Verification};
 use bnfold::FoldKind;
 
-pub(crate) const BOLD: Style = Style::new().bold();
-pub(crate) const DIM: Style = Style::new().dimmed();
-pub(crate) const GREEN: Style = AnsiColor::Green.on_default().bold();
-pub(crate) const RED: Style = AnsiColor::Red.on_default().bold();
-pub(crate) const YELLOW: Style = AnsiColor::Yellow.on_default().bold();
-
-pub(crate) fn paint(style: Style, text: impl std::fmt::Display) -> String {
-    format!("{style}{text}{style:#}")
-}
+use crate::style::{paint, BOLD, DIM, GREEN, RED, YELLOW};
 
 /// The whole report of a fold, `--check` or `--dry-run`.
 pub fn fold_report(report: &Report, input: &Path, output: Option<&Path>) -> String {
