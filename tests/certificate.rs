@@ -6,7 +6,7 @@
 mod common;
 
 use bnfold::certificate::{ulps, NodeCertificate};
-use bnfold::tensor::{decode, Dtype};
+use bnfold::tensor::Dtype;
 use bnfold::verify::Status;
 use bnfold::{fold, verify, FoldOptions, Model, VerifyOptions};
 use common::*;
@@ -25,21 +25,6 @@ fn folded(name: &str) -> (Model, Model, [String; 3]) {
 
 fn certificates(original: &Model, fused: &Model) -> Vec<NodeCertificate> {
     bnfold::certificate::certify(original, fused).unwrap()
-}
-
-/// `model` with tensor `name`'s values edited.
-fn edited(model: &Model, name: &str, edit: impl Fn(&mut Vec<f64>, &[usize], Dtype)) -> Model {
-    let mut proto = model.proto.clone();
-    let graph = proto.graph.as_mut().unwrap();
-    let t = graph
-        .initializer
-        .iter_mut()
-        .find(|t| t.name() == name)
-        .unwrap();
-    let mut value = decode(t, &model.store).unwrap();
-    edit(&mut value.data, &value.dims, value.dtype);
-    *t = value.to_proto(name);
-    Model::from_proto(proto, model.store.clone()).unwrap()
 }
 
 /// `v` moved by `n` units in the last place of `dtype` (the unit of `v`'s own binade).

@@ -130,18 +130,8 @@ fn a_moved_weight_in_the_second_concat_layer_is_caught() {
     assert_eq!(certs.len(), 2, "{certs:?}");
     assert!(certs.iter().all(|c| c.passed()), "{certs:?}");
     // b's first element ×1.001.
-    let mut proto = fused.proto.clone();
-    let graph = proto.graph.as_mut().unwrap();
-    let name = graph.node[1].input[1].clone();
-    let t = graph
-        .initializer
-        .iter_mut()
-        .find(|t| t.name() == name)
-        .unwrap();
-    let mut value = bnfold::tensor::decode(t, &fused.store).unwrap();
-    value.data[0] *= 1.001;
-    *t = value.to_proto(&name);
-    let tampered = Model::from_proto(proto, fused.store.clone()).unwrap();
+    let name = fused.proto.graph.as_ref().unwrap().node[1].input[1].clone();
+    let tampered = common::edited(&fused, &name, |data, _, _| data[0] *= 1.001);
     let certs = bnfold::certificate::certify(&original, &tampered).unwrap();
     let failing: Vec<_> = certs.iter().filter(|c| !c.passed()).collect();
     assert_eq!(failing.len(), 1, "{certs:?}");

@@ -166,3 +166,22 @@ pub const FORWARD_KINDS: [&str; 8] = [
     "torch_bn1d_input_linear_op13.onnx",
     "torch_bn1d_matmul_op13.onnx",
 ];
+
+/// `model` with tensor `name`'s values edited.
+pub fn edited(
+    model: &bnfold::Model,
+    name: &str,
+    edit: impl Fn(&mut Vec<f64>, &[usize], bnfold::tensor::Dtype),
+) -> bnfold::Model {
+    let mut proto = model.proto.clone();
+    let graph = proto.graph.as_mut().unwrap();
+    let t = graph
+        .initializer
+        .iter_mut()
+        .find(|t| t.name() == name)
+        .unwrap();
+    let mut value = bnfold::tensor::decode(t, &model.store).unwrap();
+    edit(&mut value.data, &value.dims, value.dtype);
+    *t = value.to_proto(name);
+    bnfold::Model::from_proto(proto, model.store.clone()).unwrap()
+}
