@@ -14,6 +14,15 @@
 
 #![deny(missing_docs)]
 
+// The command line and the Python module are built into the library only for the Python
+// extension (feature `python`); the command line's code names the library `bnfold`.
+#[cfg(feature = "python")]
+extern crate self as bnfold;
+#[cfg(feature = "python")]
+mod cli;
+#[cfg(feature = "python")]
+mod python;
+
 pub mod attr;
 pub mod certificate;
 pub mod consts;
@@ -28,6 +37,7 @@ pub mod model;
 pub mod npy;
 pub mod output;
 pub mod pairs;
+pub mod pipeline;
 pub mod printable;
 pub mod proof;
 pub mod readiness;

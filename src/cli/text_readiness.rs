@@ -6,7 +6,7 @@ use std::path::Path;
 use bnfold::printable::{printable, printable_path, Shown};
 use bnfold::readiness::Readiness;
 
-use crate::style::{paint, BOLD, GREEN, YELLOW};
+use crate::cli::style::{paint, BOLD, GREEN, YELLOW};
 
 /// The quantization-readiness summary and the five worst layers.
 pub fn readiness(r: &Readiness, s: &mut String) {

@@ -10,7 +10,7 @@ use bnfold::report::{Direction, Report};
 use bnfold::verify::{Status, Verification};
 use bnfold::FoldKind;
 
-use crate::style::{paint, BOLD, DIM, GREEN, RED, YELLOW};
+use crate::cli::style::{paint, BOLD, DIM, GREEN, RED, YELLOW};
 
 /// The whole report of a fold, `--check` or `--dry-run`.
 pub fn fold_report(report: &Report, input: &Path, output: Option<&Path>) -> String {
@@ -151,7 +151,7 @@ pub fn fold_report(report: &Report, input: &Path, output: Option<&Path>) -> Stri
         }
     }
     if let Some(r) = &report.readiness {
-        crate::text_readiness::readiness(r, &mut s);
+        crate::cli::text_readiness::readiness(r, &mut s);
     }
     if let Some(v) = &report.verification {
         let _ = writeln!(s);

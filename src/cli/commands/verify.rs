@@ -4,14 +4,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::progress::Progress;
-use crate::{load, text, ExitStatus};
+use crate::cli::progress::Progress;
+use crate::cli::{load, text, ExitStatus};
 
-use crate::args::{verify_options, OutputArgs, VerifyArgs};
-use crate::report::{claim_report, commit_report, print, stage_report};
+use crate::cli::args::{verify_options, OutputArgs, VerifyArgs};
+use crate::cli::report::{claim_report, commit_report, print, stage_report};
 use bnfold::output::WritePlan;
 use bnfold::printable::Shown;
-use bnfold::report::SCHEMA_VERSION;
 use bnfold::verify;
 use bnfold::verify::{SampleHook, Status};
 
@@ -38,12 +37,8 @@ pub(crate) fn run_verify(
     let seconds = started.elapsed().as_secs_f64();
     progress.finish();
     let json = || {
-        serde_json::json!({
-            "schema": SCHEMA_VERSION,
-            "original": original.display().to_string(),
-            "candidate": candidate.display().to_string(),
-            "verification": v,
-        })
+        let (original, candidate) = (original.display(), candidate.display());
+        bnfold::report::json::verify(&original.to_string(), &candidate.to_string(), &v)
     };
     let (pretty, staged_report) = stage_report(output, json, false)?;
     commit_report(staged_report)?;

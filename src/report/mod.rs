@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+pub mod json;
+
 use crate::fold::rules::{FoldKind, SkipReason};
 use crate::verify::Verification;
 

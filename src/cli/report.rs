@@ -5,49 +5,18 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use crate::args::{OutputArgs, ReportFormat};
+use crate::cli::args::{OutputArgs, ReportFormat};
 use bnfold::model::StagedFile;
 use bnfold::output::WritePlan;
-use bnfold::report::{Report, SCHEMA_VERSION};
+use bnfold::report::Report;
 
 pub(crate) fn json_report(
     report: &Report,
     input: &Path,
     output: Option<&Path>,
 ) -> serde_json::Value {
-    let skips: Vec<serde_json::Value> = report
-        .skips
-        .iter()
-        .map(|s| {
-            serde_json::json!({
-                "graph": s.graph,
-                "node": s.node,
-                "reason": s.reason.code(),
-                "details": s.reason,
-                "message": s.message,
-                "forward_reason": s.forward.as_ref().map(|f| f.code()),
-                "forward_message": s.forward_message,
-            })
-        })
-        .collect();
-    let mut json = serde_json::json!({
-        "schema": SCHEMA_VERSION,
-        "input": input.display().to_string(),
-        "output": output.map(|o| o.display().to_string()),
-        "ops_before": report.ops_before,
-        "ops_after": report.ops_after,
-        "folds": report.folds,
-        "skips": skips,
-        "non_foldable_normalizations": report.non_foldable_normalizations,
-        "decompositions": report.decompositions,
-        "verification": report.verification,
-        "quantization_readiness": report.readiness,
-    });
-    // Present only when --merge-branches merged something: every other report stays as it was.
-    if !report.merges.is_empty() {
-        json["merges"] = serde_json::json!(report.merges);
-    }
-    json
+    let output = output.map(|o| o.display().to_string());
+    bnfold::report::json::fold(report, &input.display().to_string(), output.as_deref())
 }
 
 /// Claims the report file in the run's plan, before anything is written.

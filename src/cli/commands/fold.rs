@@ -5,13 +5,13 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::progress::Progress;
-use crate::{load, text, ExitStatus};
+use crate::cli::progress::Progress;
+use crate::cli::{load, text, ExitStatus};
 
 use anyhow::{bail, Context};
 
-use crate::args::{verify_options, FoldArgs};
-use crate::report::{claim_report, commit_report, json_report, print, stage_report};
+use crate::cli::args::{verify_options, FoldArgs};
+use crate::cli::report::{claim_report, commit_report, json_report, print, stage_report};
 use bnfold::model::InitializerTap;
 use bnfold::output::WritePlan;
 use bnfold::printable::Shown;
@@ -76,18 +76,12 @@ pub(crate) fn run_fold(args: FoldArgs) -> anyhow::Result<ExitStatus> {
     };
     // The original is kept only for what compares against it. Neither model is freed at the
     // end: the process exits right after, and freeing a large graph node by node takes longer.
-    let has_batch_norm = loaded
-        .proto
-        .graph
-        .as_ref()
-        .is_some_and(|g| g.node.iter().any(|n| n.op_type() == "BatchNormalization"));
-    let too_large = match args.no_verify {
-        false => bnfold::verify::too_large_to_run(&loaded),
+    let verification_plan = match args.no_verify {
+        false => Some(bnfold::pipeline::plan_verification(&loaded)),
         true => None,
     };
-    // Above the node limit there is no whole-model run, but folds still get their certificate
-    // and region run, which need the original.
-    let runs_verification = !args.no_verify && (too_large.is_none() || has_batch_norm);
+    let too_large = verification_plan.as_ref().and_then(|p| p.too_large.clone());
+    let runs_verification = verification_plan.is_some_and(|p| p.runs);
     let (original, mut fused) = if runs_verification {
         (Some(loaded.clone()), loaded)
     } else {
@@ -167,12 +161,7 @@ pub(crate) fn run_fold(args: FoldArgs) -> anyhow::Result<ExitStatus> {
     let live = if let Some(original) = original.as_ref().filter(|_| runs_verification) {
         progress.stage("verifying");
         verify_opts.on_sample = Some(SampleHook(Arc::new(progress.counter())));
-        let intermediates: Vec<String> = report
-            .folds
-            .iter()
-            .filter(|f| f.graph == "main")
-            .map(|f| f.output.clone())
-            .collect();
+        let intermediates = bnfold::pipeline::compared_tensors(&report);
         let candidate = match &staged {
             Some((out, staged)) => {
                 // Freed before the written model is loaded: a large model is held once, not twice.

@@ -1,0 +1,13 @@
+"""Type stubs of the extension module (``src/python/``); use the functions of ``bnfold``."""
+
+import os
+from typing import Any, Dict, Optional, Tuple, Union
+
+__version__: str
+
+_Source = Union[bytes, str, os.PathLike[str]]
+
+def main(argv: list[str]) -> int: ...
+def fold(source: _Source, options: Dict[str, Any]) -> Tuple[Optional[bytes], str, bool]: ...
+def verify(original: _Source, candidate: _Source, options: Dict[str, Any]) -> Tuple[str, bool]: ...
+def inspect(source: _Source, inputs_are_constants: bool) -> str: ...
