@@ -61,8 +61,16 @@ def main():
 
     # ------------------------------------------------------------ bytes that are not a model
     write("empty.onnx", b"", "model has no graph")
+    # A file cut short names where it ends: the node or initializer, else the graph or header.
+    where = {0.1: "node 'conv'", 0.3: "the main graph", 0.5: "the main graph", 0.7: "initializer 'v'",
+             0.9: "the main graph", 0.99: "the opset imports"}
     for frac in (0.1, 0.3, 0.5, 0.7, 0.9, 0.99):
-        write(f"truncated_{int(frac * 100):02d}.onnx", good[: int(len(good) * frac)], "not a valid ONNX model")
+        cut = int(len(good) * frac)
+        write(f"truncated_{int(frac * 100):02d}.onnx", good[:cut],
+              f"cut short, the file ends at byte {cut} inside {where[frac]}")
+    write("lfs_pointer.onnx", b"version https://git-lfs.github.com/spec/v1\n"
+          b"oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 46737\n",
+          "Git LFS pointer")
     rng = random.Random(7)
     for k in range(4):
         write(f"random_{k}.onnx", bytes(rng.randrange(256) for _ in range(64 + 97 * k)),
@@ -73,7 +81,8 @@ def main():
     write("graph_as_varint.onnx", field(1, 0, varint(8)) + field(7, 0, varint(5)), "not a valid ONNX model")
     write("ir_version_as_bytes.onnx", field(1, 2, varint(3) + b"abc"), "not a valid ONNX model")
     write("huge_length_prefix.onnx", field(7, 2, varint(1 << 62)) + b"\x00" * 16, "not a valid ONNX model")
-    write("length_past_end.onnx", field(7, 2, varint(1000)) + b"\x00" * 10, "not a valid ONNX model")
+    write("length_past_end.onnx", field(7, 2, varint(1000)) + b"\x00" * 10,
+          "cut short, the file ends at byte 13 inside the main graph")
     write("bad_utf8_name.onnx", field(7, 2, varint(4) + field(2, 2, varint(2) + b"\xff\xfe")),
           "not a valid ONNX model")
     nested = b""

@@ -18,6 +18,25 @@ pub enum Error {
     /// The bytes are not an ONNX model (not protobuf, truncated, wrong wire types).
     #[error("not a valid ONNX model: {0}")]
     Decode(#[from] prost::DecodeError),
+    /// The file ends before the model does: a download or copy cut short.
+    #[error(
+        "not a valid ONNX model: it is cut short, the file ends at byte {size} inside {part}, \
+         which runs to byte {needed} (copy or download it again)"
+    )]
+    Truncated {
+        /// Where it ends: `initializer 'w' of the main graph`, `node 'conv'`, `the model`.
+        part: String,
+        /// The file's size in bytes.
+        size: usize,
+        /// Where the part it ends inside would end.
+        needed: usize,
+    },
+    /// The file is a Git LFS pointer: the repository was cloned without fetching LFS files.
+    #[error(
+        "not a valid ONNX model: it is a Git LFS pointer, not the model (fetch it with \
+         `git lfs pull`)"
+    )]
+    LfsPointer,
     /// The model was written by a newer ONNX than the vendored schema knows.
     #[error(
         "model has ir_version {found}, newer than the {supported} this bnfold understands; \

@@ -19,6 +19,7 @@ mod data_files;
 mod encode;
 mod output_file;
 mod save;
+mod truncation;
 
 pub use output_file::new_output_file;
 pub use save::{StagedFile, StagedModel};
@@ -103,10 +104,15 @@ pub struct SaveOptions {
     pub sync: bool,
 }
 
+/// Decodes a model, saying why when the bytes are a known kind of not-a-model.
+fn decode(bytes: Bytes) -> Result<ModelProto> {
+    ModelProto::decode(bytes.clone()).map_err(|e| truncation::diagnose(&bytes).unwrap_or(e.into()))
+}
+
 impl Model {
     /// Decodes a model held in memory (external data, if any, is an error when read).
     pub fn from_bytes(bytes: impl Into<Bytes>) -> Result<Model> {
-        let proto = ModelProto::decode(bytes.into())?;
+        let proto = decode(bytes.into())?;
         Model::from_proto(proto, ExternalStore::none())
     }
 
@@ -127,7 +133,7 @@ impl Model {
     pub fn load(path: impl AsRef<Path>) -> Result<Model> {
         let path = path.as_ref();
         let (bytes, source) = MappedSource::open(path)?;
-        let proto = ModelProto::decode(bytes)?;
+        let proto = decode(bytes)?;
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
