@@ -97,7 +97,10 @@ pub fn fold(model: &mut Model, options: &FoldOptions) -> Result<Report> {
         &mut model.folded,
         &mut outcome,
     )?;
-    if !outcome.folds.is_empty() || !outcome.decompositions.is_empty() || !outcome.merges.is_empty()
+    if !outcome.folds.is_empty()
+        || !outcome.decompositions.is_empty()
+        || !outcome.merges.is_empty()
+        || !outcome.initializers.is_empty()
     {
         validate::graph_structure(graph, &Default::default())?;
     }
@@ -112,6 +115,7 @@ pub fn fold(model: &mut Model, options: &FoldOptions) -> Result<Report> {
         non_foldable_normalizations: outcome.normalizations,
         decompositions: outcome.decompositions,
         merges: outcome.merges,
+        initializers_from_constants: outcome.initializers,
         verification: None,
         readiness: None,
     })

@@ -73,6 +73,7 @@ def fold(
     inputs_are_constants: bool = False,
     decompose_standalone: bool = False,
     merge_branches: bool = False,
+    keep_constant_nodes: bool = False,
     readiness: bool = True,
     seed: Optional[int] = None,
     samples: int = 3,
@@ -93,7 +94,9 @@ def fold(
     ``require_verify`` fails when verification cannot run, ``only`` limits the layer kinds
     (``"conv"``, ``"convtranspose"``, ``"gemm"``, ``"matmul"``), ``skip_nodes`` names
     BatchNormalization nodes (or their outputs) to leave, ``inputs_are_constants``,
-    ``decompose_standalone``, ``merge_branches``, ``readiness=False`` is ``--no-readiness``;
+    ``decompose_standalone``, ``merge_branches``, ``keep_constant_nodes`` (by default a weight
+    stored as a ``Constant`` node becomes an initializer), ``readiness=False`` is
+    ``--no-readiness``;
     verification's ``seed``, ``samples``, ``dims`` (symbolic dimension values),
     ``input_shapes``, ``inputs`` (real input data) and ``atol``/``rtol``.
 
@@ -114,6 +117,7 @@ def fold(
             "inputs_are_constants": inputs_are_constants,
             "decompose_standalone": decompose_standalone,
             "merge_branches": merge_branches,
+            "keep_constant_nodes": keep_constant_nodes,
             "readiness": readiness,
             **_verify_options(seed, samples, dims, input_shapes, input_paths, atol, rtol),
         }

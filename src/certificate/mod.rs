@@ -244,6 +244,26 @@ pub(crate) fn forward_folded_before<'g>(
     (reads_past || through_shift).then_some(before)
 }
 
+/// The node before `layer` in the original that the fused layer reads past when that is not one
+/// BatchNormalization ([`forward_folded_before`] composes that): a per-channel `Mul`, `Add`,
+/// `Sub` or `Div` chain folded forward into the layer, which the certificate and the region
+/// run do not compose. Such a layer is no fold target: the divergence check proves it with the
+/// chains on both sides.
+pub(crate) fn chain_folded_before<'g>(
+    orig: &GraphIndex<'g>,
+    fused: &GraphIndex<'_>,
+    layer: &NodeProto,
+    fused_layer: &NodeProto,
+) -> Option<&'g NodeProto> {
+    let data = layer.input.first()?;
+    if fused_layer.input.first() == Some(data)
+        || forward_folded_before(orig, fused, layer, fused_layer).is_some()
+    {
+        return None;
+    }
+    orig.producer(data).map(|p| orig.node(p))
+}
+
 /// One model with its index and evaluator.
 pub(crate) struct Side<'a> {
     pub(crate) index: &'a GraphIndex<'a>,

@@ -1,6 +1,7 @@
 //! Which fused nodes the certificate and the regions look at: those that took over the output
 //! of a chain's end in the original (a layer, or a Concat's layers).
 
+use super::chain_folded_before;
 use crate::graph::GraphIndex;
 use crate::proto::NodeProto;
 
@@ -31,11 +32,42 @@ pub(crate) fn fold_targets<'g>(
         // The same op under the same output is the original node itself, not a fold (a
         // MatMul's bias Add that nothing folded into).
         let itself = node.op_type() == bn.op_type();
-        if takes_over && !itself && ends_chain(orig_index, bn, false) {
+        if !takes_over || itself {
+            continue;
+        }
+        let Some(layer) = chain_layer(orig_index, bn) else {
+            continue;
+        };
+        // A layer that also took a chain forward is proven by the divergence check.
+        let took_a_chain_before = node.op_type() != "Add"
+            && chain_folded_before(orig_index, fused_index, layer, node).is_some();
+        if !took_a_chain_before {
             found.push((node, bn));
         }
     }
     found
+}
+
+/// The layer a chain ending at `node` starts from (see [`ends_chain`]).
+fn chain_layer<'g>(index: &GraphIndex<'g>, node: &'g NodeProto) -> Option<&'g NodeProto> {
+    if !ends_chain(index, node, false) {
+        return None;
+    }
+    let mut current = node;
+    for _ in 0..index.graph.node.len() + 1 {
+        if matches!(
+            current.op_type(),
+            "Conv" | "ConvTranspose" | "Gemm" | "MatMul"
+        ) {
+            return Some(current);
+        }
+        let data = current
+            .input
+            .iter()
+            .find(|i| !from_constants(index, i, 0))?;
+        current = index.node(index.producer(data)?);
+    }
+    None
 }
 
 /// Whether `node` ends a chain that a fold can have replaced: walking back from it through

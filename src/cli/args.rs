@@ -118,6 +118,11 @@ pub(crate) struct FoldArgs {
     /// gives it before and after).
     #[arg(long)]
     pub(crate) merge_branches: bool,
+    /// Leave layer weights and BatchNormalization parameters stored as Constant nodes as they
+    /// are. By default they become initializers of the same name: quantizers (onnxruntime's
+    /// among them) treat a Constant node's output as an activation, one scale per tensor.
+    #[arg(long)]
+    pub(crate) keep_constant_nodes: bool,
     /// Leave the quantization-readiness analysis out of the report.
     #[arg(long)]
     pub(crate) no_readiness: bool,

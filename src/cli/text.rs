@@ -140,6 +140,16 @@ pub fn fold_report(report: &Report, input: &Path, output: Option<&Path>) -> Stri
             );
         }
     }
+    if let Some(first) = report.initializers_from_constants.first() {
+        let count = report.initializers_from_constants.len();
+        let more = match count {
+            1 => String::new(),
+            n => format!(" and {} more", n - 1),
+        };
+        let line = format!("{} ({}){more}", Shown(&first.tensor), Shown(&first.op_type));
+        let title = paint(BOLD, format!("weights as initializers ({count}):"));
+        let _ = writeln!(s, "\n{title}\n  {line}");
+    }
     if !report.non_foldable_normalizations.is_empty() {
         let _ = writeln!(
             s,

@@ -12,6 +12,7 @@
 //! not name cannot be compared; one bounded only by the graph's inputs and outputs is the
 //! whole-model run's to judge.
 
+use crate::verify::Runner;
 use std::collections::BTreeSet;
 
 mod discover;
@@ -112,24 +113,7 @@ pub fn check(
         let Some(first) = values.first() else {
             continue;
         };
-        let typed: Vec<(&str, &crate::verify::Captured)> = r
-            .inputs
-            .iter()
-            .map(|i| (i.as_str(), &first[at(i)]))
-            .collect();
-        let typed_outputs: Vec<(&str, &crate::verify::Captured)> = r
-            .outputs
-            .iter()
-            .map(|o| (o.as_str(), &first[at(o)]))
-            .collect();
-        let model = region_model(candidate, b, r, (&typed, &typed_outputs))?;
-        let runner = match fixed_runner(&model, &r.outputs) {
-            Ok((runner, _)) => runner,
-            Err(why) => {
-                check.reason = Some(why);
-                continue;
-            }
-        };
+        let mut runners = RegionRunners::default();
         let mut accs: Vec<Accumulator> = r
             .outputs
             .iter()
@@ -138,24 +122,28 @@ pub fn check(
                 Accumulator::new(options.rtol.unwrap_or(default_tolerance(Some(dtype))))
             })
             .collect();
-        // The original's own nodes between the same names, in f64: the exact value.
-        let exact = counterpart(a, r).and_then(|nodes| {
-            let own = Region {
-                nodes,
-                inputs: r.inputs.clone(),
-                outputs: r.outputs.clone(),
-            };
-            let m = region_model(original, a, &own, (&typed, &typed_outputs)).ok()?;
-            let wide = crate::reference::widened(&m).ok()?.ok()?;
-            fixed_runner(&wide, &r.outputs)
-                .ok()
-                .map(|(runner, _)| runner)
-        });
-        let mut worst = exact
-            .as_ref()
-            .map(|_| vec![(0f64, 0f64, 0f64); r.outputs.len()]);
+        let mut worst = Some(vec![(0f64, 0f64, 0f64); r.outputs.len()]);
         let mut failure = None;
         for sample in &values {
+            // Samples may differ in shape (a symbolic batch): the region is typed for each.
+            let typed: Vec<(&str, &crate::verify::Captured)> = r
+                .inputs
+                .iter()
+                .map(|i| (i.as_str(), &sample[at(i)]))
+                .collect();
+            let typed_outputs: Vec<(&str, &crate::verify::Captured)> = r
+                .outputs
+                .iter()
+                .map(|o| (o.as_str(), &sample[at(o)]))
+                .collect();
+            let (runner, exact) =
+                match runners.for_shapes(original, candidate, r, &typed, &typed_outputs)? {
+                    Ok(found) => found,
+                    Err(why) => {
+                        failure = Some(why);
+                        break;
+                    }
+                };
             let feed: Vec<_> = r.inputs.iter().map(|i| sample[at(i)].to_tract()).collect();
             let got = match runner.run(&feed) {
                 Ok(got) => got,
@@ -191,6 +179,10 @@ pub fn check(
                 _ => worst = None,
             }
         }
+        if let Some(why) = failure.as_ref().filter(|_| runners.typed == 0) {
+            check.reason = Some(why.clone());
+            continue;
+        }
         check.outputs = r
             .outputs
             .iter()
@@ -220,6 +212,55 @@ pub fn check(
         };
     }
     Ok(checks)
+}
+
+/// A region typed for each set of input shapes its samples have: the candidate's nodes, and the
+/// original's own nodes between the same names widened to f64 (the exact value), when there
+/// is such a counterpart.
+#[derive(Default)]
+struct RegionRunners {
+    typed: usize,
+    by_shapes: Vec<(Vec<Vec<usize>>, Runner, Option<Runner>)>,
+}
+
+impl RegionRunners {
+    fn for_shapes(
+        &mut self,
+        original: &Model,
+        candidate: &Model,
+        r: &Region,
+        typed: &[(&str, &crate::verify::Captured)],
+        typed_outputs: &[(&str, &crate::verify::Captured)],
+    ) -> Result<std::result::Result<(Runner, Option<Runner>), String>> {
+        let shapes: Vec<Vec<usize>> = typed.iter().map(|(_, c)| c.shape.clone()).collect();
+        if let Some((_, runner, exact)) = self.by_shapes.iter().find(|(s, _, _)| *s == shapes) {
+            return Ok(Ok((runner.clone(), exact.clone())));
+        }
+        let (Some(a), Some(b)) = (&original.proto.graph, &candidate.proto.graph) else {
+            return Ok(Err("a model has no graph".into()));
+        };
+        let model = region_model(candidate, b, r, (typed, typed_outputs))?;
+        let runner = match fixed_runner(&model, &r.outputs) {
+            Ok((runner, _)) => runner,
+            Err(why) => return Ok(Err(why)),
+        };
+        // The original's own nodes between the same names, in f64: the exact value.
+        let exact = counterpart(a, r).and_then(|nodes| {
+            let own = Region {
+                nodes,
+                inputs: r.inputs.clone(),
+                outputs: r.outputs.clone(),
+            };
+            let m = region_model(original, a, &own, (typed, typed_outputs)).ok()?;
+            let wide = crate::reference::widened(&m).ok()?.ok()?;
+            fixed_runner(&wide, &r.outputs)
+                .ok()
+                .map(|(runner, _)| runner)
+        });
+        self.typed += 1;
+        self.by_shapes.push((shapes, runner.clone(), exact.clone()));
+        Ok(Ok((runner, exact)))
+    }
 }
 
 /// Ulps of the exact output's largest value a differing region may be off beyond 4 times the

@@ -74,13 +74,19 @@ pub(super) fn apply_forward(
                 None,
             )?;
             let add_name = names.unique(&format!("{bn_label}_shift_add"));
+            // A new tensor: it holds `x + d`, not what the chain's end computed, so no reader
+            // (a comparison by name, a user's debugger) takes it for that.
+            let shifted = names.unique(&format!("{}_shifted", bn.output[0]));
             graph.node[plan.bn] = NodeProto {
                 name: Some(add_name.clone()),
                 op_type: Some("Add".into()),
                 input: vec![plan.data.clone(), shift_name],
-                output: vec![bn.output[0].clone()],
+                output: vec![shifted.clone()],
                 ..Default::default()
             };
+            let reader = plan.flatten.unwrap_or(plan.consumer);
+            graph.node[reader].input[0] = shifted;
+            edits.forget_value_info(bn.output[0].clone());
             Some(add_name)
         }
         None => {

@@ -14,6 +14,9 @@
 //! 5. **Decompose** (`--decompose-standalone`): each BatchNormalization left becomes a `Mul` and
 //!    an `Add`.
 //! 6. **The skip report**: why each one left did not fold, backward and forward.
+//! 7. **Weights as initializers** ([`initializers`]): a layer weight or BN parameter still
+//!    computed by a `Constant` node is stored as an initializer (unless
+//!    `--keep-constant-nodes`).
 //!
 //! Matching is read-only and returns a plan or a named [`SkipReason`]; the rules of each layer
 //! kind live in [`rules`]; [`apply`] is the one place that mutates a graph.
@@ -59,6 +62,7 @@ mod concat;
 mod decompose;
 mod edits;
 mod forward;
+mod initializers;
 mod layer;
 mod merge;
 mod options;
@@ -85,6 +89,7 @@ pub fn fold_graph(
     if !graph.node.iter().any(may_end_chain) {
         // Nothing to fold, decompose or report here: no index of a large graph is built.
         list_other_normalizations(graph, path, out);
+        weights_as_initializers(graph, ctx, path, outer, out)?;
         drop_stale_value_info(graph);
         return Ok(());
     }
@@ -108,8 +113,23 @@ pub fn fold_graph(
     }
     report_skips(graph, ctx, path, outer, folded, out)?;
     list_other_normalizations(graph, path, out);
+    weights_as_initializers(graph, ctx, path, outer, out)?;
     drop_stale_value_info(graph);
     Ok(())
+}
+
+/// Phase 7, validated like the others.
+fn weights_as_initializers(
+    graph: &mut GraphProto,
+    ctx: &PassContext,
+    path: &str,
+    outer: OuterScope,
+    out: &mut PassOutcome,
+) -> Result<()> {
+    let stored = initializers::store_weights_as_initializers(graph, ctx, path, outer)?;
+    let changed = !stored.is_empty();
+    out.initializers.extend(stored);
+    check_phase(graph, path, "weights as initializers", changed)
 }
 
 /// After a phase that changed the main graph: its structure is whole (every input defined

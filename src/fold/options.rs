@@ -5,7 +5,8 @@ use std::collections::BTreeSet;
 use super::rules::FoldKind;
 use crate::external::ExternalStore;
 use crate::report::{
-    DecompositionRecord, FoldRecord, MergeRecord, NormalizationRecord, SkipRecord,
+    DecompositionRecord, FoldRecord, InitializerRecord, MergeRecord, NormalizationRecord,
+    SkipRecord,
 };
 
 /// What the user allows the pass to do.
@@ -22,6 +23,9 @@ pub struct FoldOptions {
     /// Merge each `Add` of parallel Conv / BN / identity branches of one tensor (RepVGG,
     /// MobileOne) into one Conv.
     pub merge_branches: bool,
+    /// Leave layer weights and BN parameters stored as `Constant` nodes as they are (by
+    /// default they become initializers, where quantizers look for weights).
+    pub keep_constant_nodes: bool,
 }
 
 /// The model-wide facts the pass needs.
@@ -49,4 +53,6 @@ pub struct PassOutcome {
     pub decompositions: Vec<DecompositionRecord>,
     /// Adds of parallel branches merged into one Conv.
     pub merges: Vec<MergeRecord>,
+    /// Weights and BN parameters moved from `Constant` nodes to initializers.
+    pub initializers: Vec<InitializerRecord>,
 }

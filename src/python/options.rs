@@ -25,7 +25,8 @@ where
         .map_err(|e| PyTypeError::new_err(format!("{key}: {}", e.into())))
 }
 
-/// `only`, `skip_nodes`, `inputs_are_constants`, `decompose_standalone`, `merge_branches`.
+/// `only`, `skip_nodes`, `inputs_are_constants`, `decompose_standalone`, `merge_branches`,
+/// `keep_constant_nodes`.
 pub(super) fn fold_options(options: &Bound<'_, PyDict>) -> PyResult<FoldOptions> {
     let only: Option<Vec<String>> = item(options, "only")?;
     let only = match only {
@@ -45,6 +46,7 @@ pub(super) fn fold_options(options: &Bound<'_, PyDict>) -> PyResult<FoldOptions>
         inputs_are_constants: item(options, "inputs_are_constants")?,
         decompose_standalone: item(options, "decompose_standalone")?,
         merge_branches: item(options, "merge_branches")?,
+        keep_constant_nodes: item(options, "keep_constant_nodes")?,
     })
 }
 

@@ -41,6 +41,10 @@ pub fn fold(report: &Report, input: &str, output: Option<&str>) -> Value {
     if !report.merges.is_empty() {
         value["merges"] = json!(report.merges);
     }
+    // Present only when a Constant node became an initializer, for the same reason.
+    if !report.initializers_from_constants.is_empty() {
+        value["initializers_from_constants"] = json!(report.initializers_from_constants);
+    }
     value
 }
 

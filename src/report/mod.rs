@@ -100,6 +100,21 @@ pub struct NormalizationRecord {
     pub op_type: String,
 }
 
+/// A layer weight or BN parameter that a `Constant` node (or data movement on constants)
+/// computed, now stored as an initializer of the same name (quantizers treat only initializers
+/// as weights; `--keep-constant-nodes` leaves them).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct InitializerRecord {
+    /// The graph it is in.
+    pub graph: String,
+    /// The tensor, now an initializer.
+    pub tensor: String,
+    /// The node that computed it, now gone.
+    pub node: String,
+    /// That node's op type (`Constant`, `Reshape`, ...).
+    pub op_type: String,
+}
+
 /// An `Add` of parallel branches merged into one Conv (`--merge-branches`).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct MergeRecord {
@@ -141,6 +156,8 @@ pub struct Report {
     pub decompositions: Vec<DecompositionRecord>,
     /// Adds of parallel branches merged into one Conv (`--merge-branches`).
     pub merges: Vec<MergeRecord>,
+    /// Weights and BN parameters stored as initializers instead of `Constant` nodes.
+    pub initializers_from_constants: Vec<InitializerRecord>,
     /// The equivalence check, when it ran.
     pub verification: Option<Verification>,
     /// Quantization readiness of the folded weights, when it was asked for.

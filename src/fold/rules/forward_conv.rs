@@ -7,9 +7,12 @@
 //! and `B` are floating-point constants. Padding decides the rewrite: padded zeros are not
 //! `BN(0)`, so the shift folds into the bias only when the Conv does not pad (all `pads` zero,
 //! `auto_pad` NOTSET or VALID). A padded Conv takes the scale alone (exact: zero padding commutes
-//! with scaling) and the shift stays as one `Add` before it, which needs every scale non-zero.
+//! with scaling) and the shift stays as one `Add` before it, which needs every scale non-zero;
+//! a zero shift (a chain that only scales) needs no `Add`. The `Add`'s output is a new tensor:
+//! it holds `X + d`, not what the BN's output held.
 //!
-//! **Rewrite**: unpadded: `Y = Conv(X, W', B')`, the BN removed; padded: `Y = Conv(Add(X, d), W', B)`.
+//! **Rewrite**: unpadded: `Y = Conv(X, W', B')`, the BN removed; padded: `Y = Conv(Add(X, d), W', B)`,
+//! or `Y = Conv(X, W', B)` when the shift is zero.
 //!
 //! **Math**: with `a = γ/√(σ²+ε)`, `c = β − μ·a` and `i(o, j) = group(o)·C_in/group + j` the input
 //! channel that weight column `j` of output `o` reads: `W'[o,j,…] = W[o,j,…]·a[i(o,j)]` and
@@ -47,6 +50,15 @@ pub fn plan(input: &ForwardInput) -> PlannedForward {
             .collect();
         Scaling::new(taps, factors)
     };
+    if input.padded && affine.shift.iter().all(|&c| c == 0.0) {
+        // A scale alone (a `Div` by 6 after a hard-swish): no Add, the bias stays.
+        return Ok(ConsumerRewrite {
+            weight,
+            bias: None,
+            shift_add: None,
+            gemm_beta_one: false,
+        });
+    }
     if input.padded {
         let shift = affine.shift_before(rank, input.activation_dtype, input.bn_name)?;
         return Ok(ConsumerRewrite {

@@ -32,8 +32,16 @@ pub fn plan(input: &ForwardInput) -> PlannedForward {
             ),
         });
     }
-    let shift = affine.shift_before(rank, input.activation_dtype, input.bn_name)?;
     let weight = Scaling::new(w.len() / channels, affine.scale.clone());
+    if affine.shift.iter().all(|&c| c == 0.0) {
+        return Ok(ConsumerRewrite {
+            weight,
+            bias: None,
+            shift_add: None,
+            gemm_beta_one: false,
+        });
+    }
+    let shift = affine.shift_before(rank, input.activation_dtype, input.bn_name)?;
     Ok(ConsumerRewrite {
         weight,
         bias: None,
