@@ -5,10 +5,16 @@
 //! one and in order (op, domain, name, inputs, outputs, attributes, subgraphs), every
 //! initializer they read must hold the same values, and the graph outputs must be the same.
 //! The fused graph may list extra graph inputs only for its own initializers (IR < 4), and drops
-//! `value_info` freely (it is a declaration, not a computation). Any other difference is named.
+//! `value_info` freely (it is a declaration, not a computation). The original's `Constant`
+//! nodes (and ops on them alone) that the fused graph does not keep are set aside too: an
+//! initializer that took over one's output must hold, bit for bit, the value they compute.
+//! Any other difference is named.
 
+use std::collections::BTreeSet;
+
+use crate::consts::ConstEval;
 use crate::error::Result;
-use crate::graph::node_label;
+use crate::graph::{node_label, GraphIndex, OuterScope};
 use crate::model::Model;
 use crate::proto::{GraphProto, NodeProto};
 use crate::tensor::decode;
@@ -27,7 +33,27 @@ pub fn first_difference(
     let outside = |g: &GraphProto, region: &[usize]| -> Vec<usize> {
         (0..g.node.len()).filter(|i| !region.contains(i)).collect()
     };
-    let (kept_a, kept_b) = (outside(a, orig_region), outside(b, fused_region));
+    // The original's constant nodes whose outputs the fused graph no longer computes: gone (a
+    // fold's parameters), or stored as initializers (their values are compared below).
+    let produced_b: BTreeSet<&str> = b
+        .node
+        .iter()
+        .flat_map(|n| n.output.iter().map(String::as_str))
+        .collect();
+    let index_a = GraphIndex::new(a, OuterScope::default());
+    let dropped_constant = |i: usize| {
+        let node = &a.node[i];
+        node.output.iter().all(|o| !produced_b.contains(o.as_str()))
+            && node
+                .output
+                .iter()
+                .all(|o| from_constant_nodes(&index_a, o, 0))
+    };
+    let kept_a: Vec<usize> = outside(a, orig_region)
+        .into_iter()
+        .filter(|&i| !dropped_constant(i))
+        .collect();
+    let kept_b = outside(b, fused_region);
     for (k, (&i, &j)) in kept_a.iter().zip(&kept_b).enumerate() {
         let (na, nb) = (&a.node[i], &b.node[j]);
         if without_subgraphs(na) != without_subgraphs(nb) {
@@ -85,6 +111,30 @@ pub fn first_difference(
             continue;
         };
         let Some(ta) = a.initializer.iter().find(|t| t.name() == name) else {
+            // A value the original computes from Constant nodes, now stored.
+            if from_constant_nodes(&index_a, name, 0) {
+                let eval = ConstEval::new(&index_a, &original.store, original.opset(), true);
+                let stored = decode(tb, &fused.store)?;
+                let same = match eval.value(name)? {
+                    Ok(computed) => {
+                        computed.dtype == stored.dtype
+                            && computed.dims == stored.dims
+                            && computed
+                                .data
+                                .iter()
+                                .zip(&stored.data)
+                                .all(|(x, y)| x.to_bits() == y.to_bits())
+                    }
+                    Err(_) => false,
+                };
+                if same {
+                    continue;
+                }
+                return Ok(Some(format!(
+                    "initializer '{name}' does not hold what the original's Constant nodes \
+                     computed for it"
+                )));
+            }
             return Ok(Some(format!(
                 "'{name}', read outside the folds, is not an initializer of the original"
             )));
@@ -99,6 +149,22 @@ pub fn first_difference(
         }
     }
     Ok(None)
+}
+
+/// Whether `name` is computed by `Constant` nodes alone (directly, or by ops whose every input
+/// is), with no initializer or graph input among them.
+fn from_constant_nodes(index: &GraphIndex, name: &str, depth: usize) -> bool {
+    let Some(p) = index.producer(name) else {
+        return false;
+    };
+    let node = index.node(p);
+    node.op_type() == "Constant"
+        || (depth < 16
+            && !node.input.is_empty()
+            && node
+                .input
+                .iter()
+                .all(|i| i.is_empty() || from_constant_nodes(index, i, depth + 1)))
 }
 
 /// The node with its subgraphs emptied (their attributes kept, with their names and types).

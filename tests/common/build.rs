@@ -65,6 +65,44 @@ impl Graph {
         })
     }
 
+    /// A `Constant` node `name` holding a float32 tensor (how Paddle stores weights).
+    pub fn constant(mut self, name: &str, dims: &[i64], values: &[f32]) -> Graph {
+        self.graph.node.push(NodeProto {
+            name: Some(format!("{name}_constant")),
+            op_type: Some("Constant".into()),
+            output: vec![name.to_string()],
+            attribute: vec![AttributeProto {
+                name: Some("value".into()),
+                r#type: Some(AttributeType::Tensor as i32),
+                t: Some(Box::new(TensorProto {
+                    dims: dims.to_vec(),
+                    data_type: Some(DataType::Float as i32),
+                    float_data: values.to_vec(),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        self
+    }
+
+    /// A float32 graph input whose first dimension is the symbol `N` (a batch), the rest `dims`.
+    pub fn batched_input(mut self, name: &str, dims: &[i64]) -> Graph {
+        let mut input = value_info(name, DataType::Float, &[1]);
+        let shape = match input.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+            Some(type_proto::Value::TensorType(t)) => t.shape.as_mut().expect("a shape"),
+            _ => unreachable!("a tensor type"),
+        };
+        shape.dim[0].value = Some(dimension::Value::DimParam("N".into()));
+        shape.dim.extend(dims.iter().map(|&d| Dimension {
+            value: Some(dimension::Value::DimValue(d)),
+            ..Default::default()
+        }));
+        self.graph.input.push(input);
+        self
+    }
+
     /// Any initializer.
     pub fn tensor(mut self, t: TensorProto) -> Graph {
         self.graph.initializer.push(t);
