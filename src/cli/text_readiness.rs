@@ -10,7 +10,7 @@ use crate::cli::style::{paint, BOLD, GREEN, YELLOW};
 
 /// The quantization-readiness summary and the five worst layers.
 pub fn readiness(r: &Readiness, s: &mut String) {
-    if r.layers.is_empty() && r.batch_norms.is_empty() {
+    if r.layers.is_empty() && r.batch_norms.is_empty() && r.warnings.is_empty() {
         return;
     }
     let _ = writeln!(
@@ -18,11 +18,6 @@ pub fn readiness(r: &Readiness, s: &mut String) {
         "\n{}",
         paint(BOLD, "INT8 readiness (weights as folded):")
     );
-    let db = |v: Option<f64>, non_finite: usize| match (v, non_finite) {
-        (_, 1..) => "NaN/inf".to_string(),
-        (None, _) => "exact".to_string(),
-        (Some(d), _) => format!("{d:.1} dB"),
-    };
     let mut tensor_db: Vec<f64> = r
         .layers
         .iter()
@@ -53,9 +48,21 @@ pub fn readiness(r: &Readiness, s: &mut String) {
         );
     }
     let worst = r.worst(5);
-    if worst.is_empty() {
-        return;
+    if !worst.is_empty() {
+        layer_table(&worst, s);
     }
+    for w in &r.warnings {
+        let _ = writeln!(s, "  {} {}", paint(YELLOW, "warning:"), Shown(&w.message));
+    }
+}
+
+/// The worst layers, one line each.
+fn layer_table(worst: &[&bnfold::readiness::LayerReadiness], s: &mut String) {
+    let db = |v: Option<f64>, non_finite: usize| match (v, non_finite) {
+        (_, 1..) => "NaN/inf".to_string(),
+        (None, _) => "exact".to_string(),
+        (Some(d), _) => format!("{d:.1} dB"),
+    };
     let width = worst
         .iter()
         .map(|l| printable(&l.node).len())

@@ -14,6 +14,7 @@
 mod stats;
 mod sums;
 mod tap;
+mod warnings;
 
 use serde::Serialize;
 
@@ -23,6 +24,7 @@ use crate::graph::{node_label, GraphIndex, OuterScope};
 use crate::model::Model;
 
 pub use tap::LayerTap;
+pub use warnings::{ReadinessWarning, PER_CHANNEL_GAIN_DB};
 
 /// Below this output standard deviation a BatchNormalization channel counts as dead.
 pub const DEAD_STD: f64 = 1e-4;
@@ -80,9 +82,26 @@ pub struct Readiness {
     pub layers: Vec<LayerReadiness>,
     /// Every BatchNormalization of the model before folding.
     pub batch_norms: Vec<BatchNormReadiness>,
+    /// What a quantizer will trip on, and what to do.
+    pub warnings: Vec<ReadinessWarning>,
 }
 
 impl Readiness {
+    /// The report of `model` (as it will run) from its layers' and BatchNormalizations' figures,
+    /// with the warnings they call for.
+    pub fn new(
+        model: &Model,
+        layers: Vec<LayerReadiness>,
+        batch_norms: Vec<BatchNormReadiness>,
+    ) -> Readiness {
+        let warnings = warnings::warnings(model, &layers, &batch_norms);
+        Readiness {
+            layers,
+            batch_norms,
+            warnings,
+        }
+    }
+
     /// The layers with the lowest per-tensor SQNR, worst first.
     pub fn worst(&self, n: usize) -> Vec<&LayerReadiness> {
         let mut layers: Vec<&LayerReadiness> = self.layers.iter().collect();
@@ -112,10 +131,7 @@ pub fn analyse(original: &Model, folded: &Model) -> Result<Readiness> {
 pub fn measure(folded: &Model, batch_norms: Vec<BatchNormReadiness>) -> Result<Readiness> {
     let mut tap = LayerTap::start(folded)?;
     folded.stream_initializers(&mut tap)?;
-    Ok(Readiness {
-        layers: tap.finish()?,
-        batch_norms,
-    })
+    Ok(Readiness::new(folded, tap.finish()?, batch_norms))
 }
 
 /// The statistics of every BatchNormalization in the main graph of `model` (before folding).

@@ -275,6 +275,7 @@ mod tests {
         let r = super::super::Readiness {
             layers: vec![fine, nan],
             batch_norms: vec![],
+            warnings: vec![],
         };
         assert_eq!(r.worst(1)[0].node, "nan");
     }

@@ -148,12 +148,10 @@ pub(crate) fn run_fold(args: FoldArgs) -> anyhow::Result<ExitStatus> {
         }
     };
     if let (Some(tap), Some(batch_norms)) = (tap, batch_norms) {
-        report.readiness = Some(Readiness {
-            layers: tap
-                .finish()
-                .with_context(|| format!("{}", input.display()))?,
-            batch_norms,
-        });
+        let layers = tap
+            .finish()
+            .with_context(|| format!("{}", input.display()))?;
+        report.readiness = Some(Readiness::new(&fused, layers, batch_norms));
     }
     let verify_started = Instant::now();
     if let Some(reason) = too_large.filter(|_| !runs_verification) {

@@ -1,0 +1,160 @@
+//! What a quantizer will trip on in a model as it will run, and what to do about it: weights a
+//! quantizer takes for activations, an opset too old for per-channel INT8, layers that lose
+//! much more per tensor than per channel, dead channels, and variances below ε.
+
+use serde::Serialize;
+
+use super::{BatchNormReadiness, LayerReadiness};
+use crate::graph::{node_label, GraphIndex, OuterScope};
+use crate::model::Model;
+
+/// A layer whose per-channel SQNR is this much above its per-tensor SQNR (two bits) is worth
+/// quantizing per channel, or equalizing for a per-tensor target.
+pub const PER_CHANNEL_GAIN_DB: f64 = 12.0;
+
+/// One warning: a code, the nodes it is about (worst first), and what to do, for people.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ReadinessWarning {
+    /// `constant_node_weights`, `per_channel_needs_opset_13`, `per_tensor_far_below_per_channel`,
+    /// `dead_channels` or `variance_below_epsilon`.
+    pub code: &'static str,
+    /// The nodes it is about, worst first.
+    pub nodes: Vec<String>,
+    /// What it means and what to do.
+    pub message: String,
+}
+
+/// The warnings for `model` (as it will run) with its layers' and BatchNormalizations' figures.
+pub fn warnings(
+    model: &Model,
+    layers: &[LayerReadiness],
+    batch_norms: &[BatchNormReadiness],
+) -> Vec<ReadinessWarning> {
+    let mut found = Vec::new();
+    let constant_weights = constant_node_weights(model);
+    if let Some(first) = constant_weights.first() {
+        found.push(ReadinessWarning {
+            code: "constant_node_weights",
+            message: format!(
+                "{} layer weight{} stored as Constant nodes (first: {first}): onnxruntime's \
+                 quantizer treats a Constant node's output as an activation, one scale per tensor \
+                 even when per-channel is asked; fold without --keep-constant-nodes to store them \
+                 as initializers",
+                constant_weights.len(),
+                plural(constant_weights.len())
+            ),
+            nodes: constant_weights,
+        });
+    }
+    let opset = model.opset();
+    if opset < 13 && (!layers.is_empty() || !found.is_empty()) {
+        found.push(ReadinessWarning {
+            code: "per_channel_needs_opset_13",
+            nodes: Vec::new(),
+            message: format!(
+                "opset {opset}: DequantizeLinear has no axis before opset 13, so per-channel INT8 \
+                 cannot be written (onnxruntime writes a model that does not load); convert the \
+                 model to opset 13 first (onnx.version_converter.convert_version(model, 13))"
+            ),
+        });
+    }
+    found.extend(per_tensor_losses(layers));
+    found.extend(batch_norm_warnings(batch_norms));
+    found
+}
+
+/// The layers (by label) whose weight is computed by a `Constant` node.
+fn constant_node_weights(model: &Model) -> Vec<String> {
+    let Some(graph) = model.proto.graph.as_ref() else {
+        return Vec::new();
+    };
+    let index = GraphIndex::new(graph, OuterScope::default());
+    graph
+        .node
+        .iter()
+        .filter(|n| super::output_axis(n).is_some())
+        .filter(|n| {
+            index
+                .producer(&n.input[1])
+                .is_some_and(|p| index.node(p).op_type() == "Constant")
+        })
+        .map(node_label)
+        .collect()
+}
+
+fn per_tensor_losses(layers: &[LayerReadiness]) -> Option<ReadinessWarning> {
+    let gain = |l: &LayerReadiness| match (l.sqnr_per_tensor_db, l.sqnr_per_channel_db) {
+        (Some(t), Some(c)) if l.non_finite_elements == 0 => Some(c - t),
+        _ => None,
+    };
+    let mut losing: Vec<(&LayerReadiness, f64)> = layers
+        .iter()
+        .filter_map(|l| gain(l).map(|g| (l, g)))
+        .filter(|&(_, g)| g >= PER_CHANNEL_GAIN_DB)
+        .collect();
+    losing.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.node.cmp(&b.0.node)));
+    let (worst, _) = losing.first()?;
+    let message = format!(
+        "{} layer{} lose {PER_CHANNEL_GAIN_DB:.0} dB or more per tensor against per channel \
+         (worst: {}, {:.1} dB per tensor, {:.1} dB per channel, channel ranges spread {:.1}×): \
+         quantize them per channel; for a per-tensor target, cross-layer equalization balances \
+         the channel ranges",
+        losing.len(),
+        plural(losing.len()),
+        worst.node,
+        worst.sqnr_per_tensor_db.unwrap_or_default(),
+        worst.sqnr_per_channel_db.unwrap_or_default(),
+        worst.range_spread,
+    );
+    Some(ReadinessWarning {
+        code: "per_tensor_far_below_per_channel",
+        nodes: losing.iter().map(|(l, _)| l.node.clone()).collect(),
+        message,
+    })
+}
+
+fn batch_norm_warnings(batch_norms: &[BatchNormReadiness]) -> Vec<ReadinessWarning> {
+    let mut found = Vec::new();
+    let mut by = |code: &'static str, count: fn(&BatchNormReadiness) -> usize, what: &str| {
+        let mut hit: Vec<&BatchNormReadiness> =
+            batch_norms.iter().filter(|b| count(b) > 0).collect();
+        hit.sort_by(|a, b| count(b).cmp(&count(a)).then_with(|| a.node.cmp(&b.node)));
+        let Some(worst) = hit.first() else {
+            return;
+        };
+        let total: usize = hit.iter().map(|b| count(b)).sum();
+        found.push(ReadinessWarning {
+            code,
+            message: format!(
+                "{total} channel{} in {} BatchNormalization{} {what} (most in {}: {} of {})",
+                plural(total),
+                hit.len(),
+                plural(hit.len()),
+                worst.node,
+                count(worst),
+                worst.channels
+            ),
+            nodes: hit.iter().map(|b| b.node.clone()).collect(),
+        });
+    };
+    by(
+        "dead_channels",
+        |b| b.dead_channels,
+        "are dead: each outputs the constant β, which the next layer can absorb and its input \
+         channel be pruned; if unexpected, check the training",
+    );
+    by(
+        "variance_below_epsilon",
+        |b| b.tiny_variance_channels,
+        "have a running variance below ε, so ε, not the data, sets their scale: statistics \
+         of a layer that saw little data; recalibrate the BatchNormalization statistics",
+    );
+    found
+}
+
+fn plural(n: usize) -> &'static str {
+    match n {
+        1 => "",
+        _ => "s",
+    }
+}
