@@ -165,6 +165,9 @@ pub(crate) struct OutputArgs {
     /// Also write the JSON report to this file.
     #[arg(long, value_name = "PATH")]
     pub(crate) report_file: Option<PathBuf>,
+    /// Also write the report as one self-contained HTML page (inline SVG plots, no network).
+    #[arg(long, visible_alias = "html", value_name = "PATH")]
+    pub(crate) report_html: Option<PathBuf>,
     /// Replace existing output files (the model, its data files, the report). Files the input
     /// reads are never replaced.
     #[arg(long)]

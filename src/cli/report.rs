@@ -19,40 +19,51 @@ pub(crate) fn json_report(
     bnfold::report::json::fold(report, &input.display().to_string(), output.as_deref())
 }
 
-/// Claims the report file in the run's plan, before anything is written.
+/// Claims the report files in the run's plan, before anything is written.
 pub(crate) fn claim_report(plan: &mut WritePlan, args: &OutputArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.report_file {
         plan.claim(path)
             .with_context(|| format!("--report-file {}", path.display()))?;
     }
+    if let Some(path) = &args.report_html {
+        plan.claim(path)
+            .with_context(|| format!("--report-html {}", path.display()))?;
+    }
     Ok(())
 }
 
-/// The JSON report (built only if it goes somewhere), and the report file staged under a
-/// temporary name beside its target.
+/// The JSON report (built only if it goes somewhere), and the report files (JSON, HTML) staged
+/// under temporary names beside their targets.
 pub(crate) fn stage_report(
     args: &OutputArgs,
     json: impl FnOnce() -> serde_json::Value,
+    html: impl FnOnce() -> String,
     sync: bool,
-) -> anyhow::Result<(String, Option<StagedFile>)> {
+) -> anyhow::Result<(String, Vec<StagedFile>)> {
     let wants_json = args.report_file.is_some() || matches!(args.report, ReportFormat::Json);
     let pretty = match wants_json {
         true => serde_json::to_string_pretty(&json())? + "\n",
         false => String::new(),
     };
-    let staged = match &args.report_file {
-        Some(path) => Some(
+    let mut staged = Vec::new();
+    if let Some(path) = &args.report_file {
+        staged.push(
             StagedFile::write(path, pretty.as_bytes(), sync)
                 .with_context(|| format!("--report-file {}", path.display()))?,
-        ),
-        None => None,
-    };
+        );
+    }
+    if let Some(path) = &args.report_html {
+        staged.push(
+            StagedFile::write(path, html().as_bytes(), sync)
+                .with_context(|| format!("--report-html {}", path.display()))?,
+        );
+    }
     Ok((pretty, staged))
 }
 
-pub(crate) fn commit_report(staged: Option<StagedFile>) -> anyhow::Result<()> {
-    if let Some(staged) = staged {
-        staged.commit()?;
+pub(crate) fn commit_report(staged: Vec<StagedFile>) -> anyhow::Result<()> {
+    for file in staged {
+        file.commit()?;
     }
     Ok(())
 }

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+pub mod html;
 pub mod json;
 
 use crate::fold::rules::{FoldKind, SkipReason};

@@ -100,7 +100,8 @@ pub(crate) fn run_fold(args: FoldArgs) -> anyhow::Result<ExitStatus> {
             );
         }
         let json = || json_report(&report, &input, None);
-        let (pretty, staged_report) = stage_report(&args.output_args, json, args.sync)?;
+        let html = || bnfold::report::html::fold(&report, &input.display().to_string(), None);
+        let (pretty, staged_report) = stage_report(&args.output_args, json, html, args.sync)?;
         commit_report(staged_report)?;
         print(&args.output_args, &pretty, || {
             let mut s = text::fold_report(&report, &input, None);
@@ -207,10 +208,14 @@ pub(crate) fn run_fold(args: FoldArgs) -> anyhow::Result<ExitStatus> {
         .filter(|_| !failed)
         .map(|(out, _)| out.clone());
     let json = || json_report(&report, &input, written.as_deref());
-    let (pretty, staged_report) = stage_report(&args.output_args, json, args.sync)?;
+    let html = || {
+        let written = written.as_ref().map(|w| w.display().to_string());
+        bnfold::report::html::fold(&report, &input.display().to_string(), written.as_deref())
+    };
+    let (pretty, staged_report) = stage_report(&args.output_args, json, html, args.sync)?;
     match staged {
         Some((out, mut staged)) if !failed => {
-            if let Some(r) = staged_report {
+            for r in staged_report {
                 staged.attach(r);
             }
             staged

@@ -29,7 +29,9 @@ pub(crate) fn run_inspect(
     let normalizations = bnfold::report::json::normalizations(&report);
     let json =
         || bnfold::report::json::inspect(&path.display().to_string(), &normalizations, &readiness);
-    let (pretty, staged_report) = stage_report(output, json, false)?;
+    let html =
+        || bnfold::report::html::inspect(&path.display().to_string(), &normalizations, &readiness);
+    let (pretty, staged_report) = stage_report(output, json, html, false)?;
     commit_report(staged_report)?;
     print(output, &pretty, || {
         crate::cli::text_readiness::inspect(path, &normalizations, &readiness)

@@ -40,7 +40,11 @@ pub(crate) fn run_verify(
         let (original, candidate) = (original.display(), candidate.display());
         bnfold::report::json::verify(&original.to_string(), &candidate.to_string(), &v)
     };
-    let (pretty, staged_report) = stage_report(output, json, false)?;
+    let html = || {
+        let (original, candidate) = (original.display(), candidate.display());
+        bnfold::report::html::verify(&original.to_string(), &candidate.to_string(), &v)
+    };
+    let (pretty, staged_report) = stage_report(output, json, html, false)?;
     commit_report(staged_report)?;
     print(output, &pretty, || {
         let mut s = String::new();

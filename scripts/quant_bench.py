@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""The quantization benchmark, run by hand (never in CI): onnxruntime's static INT8 quantization
+(QDQ, MinMax, per-tensor and per-channel) of real trained models from PyPI wheels, as exported,
+as bnfold folds them, and as bnfold folds them keeping Constant-node weights
+(--keep-constant-nodes), with the INT8 model's SQNR at every output against the float original.
+
+    python3 scripts/quant_bench.py [--bnfold target/release/bnfold] [--samples 16]
+
+Needs onnx, onnxruntime and numpy (pip). The models come from the `rapidocr-onnxruntime` wheel
+(PaddleOCR's detector, recognizer and direction classifier, paddle2onnx exports: every weight a
+Constant node), downloaded once into ~/.cache/bnfold-quant-bench. Inputs are synthesized: text
+lines of random strokes, dark on light, normalized as PaddleOCR does ((x/255 - 0.5)/0.5);
+calibration and evaluation inputs are disjoint. (The wheel's detector is left out: its
+probability map is all zeros on these inputs, so no SQNR is defined.) Per-channel QDQ needs opset 13 (DequantizeLinear
+has no axis before it), so every model is converted to opset 13 before quantizing, each
+pipeline alike. Not measured yet: bnfold --equalize and AIMET's equalize_model (see the issue on
+quantization-ready output)."""
+import argparse
+import glob
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import version_converter
+from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
+                                      QuantType, quantize_static)
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+CACHE = os.path.expanduser("~/.cache/bnfold-quant-bench")
+WHEEL = "rapidocr-onnxruntime==1.4.4"
+#: model file in the wheel -> (name, input shape)
+MODELS = {
+    "ch_ppocr_mobile_v2.0_cls_infer.onnx": ("ppocr cls v2", [1, 3, 48, 192]),
+    "ch_PP-OCRv4_rec_infer.onnx": ("ppocr rec v4", [1, 3, 48, 320]),
+}
+
+ort.set_default_logger_severity(3)
+logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization's advice, per bias
+
+
+def fetch_models():
+    os.makedirs(CACHE, exist_ok=True)
+    wheels = glob.glob(os.path.join(CACHE, "rapidocr_onnxruntime-*.whl"))
+    if not wheels:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", WHEEL,
+                        "-d", CACHE], check=True)
+        wheels = glob.glob(os.path.join(CACHE, "rapidocr_onnxruntime-*.whl"))
+    paths = {}
+    with zipfile.ZipFile(wheels[0]) as z:
+        for member in z.namelist():
+            base = os.path.basename(member)
+            if base in MODELS:
+                path = os.path.join(CACHE, base)
+                if not os.path.exists(path):
+                    with open(path, "wb") as f:
+                        f.write(z.read(member))
+                paths[base] = path
+    return paths
+
+
+def text_lines(shape, count, seed):
+    """Synthetic text lines: light background, dark strokes of glyph-like sizes, some noise."""
+    rng = np.random.default_rng(seed)
+    _, c, h, w = shape
+    out = []
+    for _ in range(count):
+        img = np.full((h, w), rng.uniform(200, 250), np.float32)
+        x = int(rng.integers(2, 8))
+        glyph_h = int(rng.integers(h // 2, h - 4))
+        top = (h - glyph_h) // 2
+        while x < w - 6:
+            gw = int(rng.integers(4, max(5, glyph_h)))
+            for _ in range(int(rng.integers(2, 5))):  # strokes of one glyph
+                if rng.random() < 0.5:
+                    col = x + int(rng.integers(0, gw))
+                    img[top:top + glyph_h, col:col + 2] = rng.uniform(10, 60)
+                else:
+                    row = top + int(rng.integers(0, glyph_h))
+                    img[row:row + 2, x:x + gw] = rng.uniform(10, 60)
+            x += gw + int(rng.integers(2, 6))
+        img += rng.normal(0, 4, img.shape).astype(np.float32)
+        rgb = np.stack([img] * c)
+        out.append(((np.clip(rgb, 0, 255) / 255.0 - 0.5) / 0.5)[None].astype(np.float32))
+    return out
+
+
+class Reader(CalibrationDataReader):
+    def __init__(self, name, inputs):
+        self.items = iter([{name: x} for x in inputs])
+
+    def get_next(self):
+        return next(self.items, None)
+
+
+def session(path):
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def sqnr(reference, quantized):
+    ref = np.concatenate([r.astype(np.float64).ravel() for r in reference])
+    q = np.concatenate([r.astype(np.float64).ravel() for r in quantized])
+    noise = np.sum((ref - q) ** 2)
+    return float("inf") if noise == 0 else 10 * np.log10(np.sum(ref ** 2) / noise)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bnfold", default=os.path.join(ROOT, "target", "release", "bnfold"))
+    parser.add_argument("--samples", type=int, default=16)
+    args = parser.parse_args()
+    paths = fetch_models()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for file, (name, shape) in MODELS.items():
+            src = paths[file]
+            pipelines = {"as exported": src}
+            for label, flags in [("bnfold", []), ("bnfold --keep-constant-nodes", ["--keep-constant-nodes"])]:
+                out = os.path.join(tmp, f"{file}.{len(pipelines)}.onnx")
+                subprocess.run([args.bnfold, src, "-o", out, "-q", "--no-readiness", "--no-verify"] + flags, check=True)
+                pipelines[label] = out
+            input_name = session(src).get_inputs()[0].name
+            calibration = text_lines(shape, args.samples, seed=1)
+            evaluation = text_lines(shape, args.samples, seed=2)
+            float_session = session(src)
+            reference = [float_session.run(None, {input_name: x}) for x in evaluation]
+            for label, path in pipelines.items():
+                model = onnx.load(path)
+                if model.opset_import[0].version < 13:
+                    model = version_converter.convert_version(model, 13)
+                at13 = os.path.join(tmp, "at13.onnx")
+                onnx.save(model, at13)
+                figures = []
+                for per_channel in (False, True):
+                    q = os.path.join(tmp, "q.onnx")
+                    quantize_static(at13, q, Reader(input_name, calibration), quant_format=QuantFormat.QDQ,
+                                    per_channel=per_channel, activation_type=QuantType.QInt8,
+                                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+                    qs = session(q)
+                    got = [qs.run(None, {input_name: x}) for x in evaluation]
+                    figures.append(np.mean([sqnr(r, g) for r, g in zip(reference, got)]))
+                rows.append((name, label, *figures))
+                print(f"{name:14} {label:30} per-tensor {figures[0]:6.2f} dB  per-channel {figures[1]:6.2f} dB",
+                      flush=True)
+    print("\n| model | pipeline | INT8 SQNR per tensor | INT8 SQNR per channel |")
+    print("|---|---|---|---|")
+    for name, label, t, c in rows:
+        print(f"| {name} | {label} | {t:.2f} dB | {c:.2f} dB |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,381 @@
+//! The report as one self-contained HTML page (`--report-html`, `bnfold inspect --html`): the op
+//! counts before and after, the folds and what stayed, per-layer INT8 SQNR bars, per-channel
+//! weight ranges of the worst layers, the readiness warnings and the verification's figures.
+//! Inline CSS and SVG only: no script, no font, no request to any server.
+
+use std::fmt::Write as _;
+
+use crate::readiness::{LayerReadiness, Readiness};
+use crate::report::{Direction, Report};
+use crate::verify::Verification;
+
+/// Layers whose channel ranges are drawn: the worst by per-tensor SQNR.
+const RANGE_PLOTS: usize = 4;
+
+/// The page of a fold (`input` as given, `output` the model written, if one was).
+pub fn fold(report: &Report, input: &str, output: Option<&str>) -> String {
+    let mut page = Page::new(&format!("bnfold {input}"));
+    let written = match output {
+        Some(o) => format!("wrote {}", escape(o)),
+        None => "no model written".to_string(),
+    };
+    page.para(&written);
+    page.section("Operators");
+    page.op_table(report);
+    page.section(&format!("Folded ({})", report.folds.len()));
+    let folds: Vec<Vec<String>> = report
+        .folds
+        .iter()
+        .map(|f| {
+            let direction = match f.direction {
+                Direction::Backward => "backward",
+                Direction::Forward => "forward",
+            };
+            vec![
+                escape(f.kind.op_type()),
+                escape(&f.producer),
+                escape(&f.batch_norm),
+                direction.to_string(),
+                format!("{:.3e}", f.max_rel_weight_change),
+            ]
+        })
+        .collect();
+    page.table(
+        &["layer", "node", "chain end", "direction", "max |s − 1|"],
+        &folds,
+    );
+    if !report.skips.is_empty() {
+        page.section(&format!("Left in place ({})", report.skips.len()));
+        let skips: Vec<Vec<String>> = report
+            .skips
+            .iter()
+            .map(|s| {
+                vec![
+                    escape(&s.node),
+                    escape(&s.reason.code()),
+                    escape(&s.message),
+                ]
+            })
+            .collect();
+        page.table(&["node", "reason", "why"], &skips);
+    }
+    if let Some(r) = &report.readiness {
+        page.readiness(r);
+    }
+    if let Some(v) = &report.verification {
+        page.verification(v);
+    }
+    page.finish()
+}
+
+/// The page of `inspect`: the readiness of `input` as it would fold.
+pub fn inspect(input: &str, normalizations: &[serde_json::Value], readiness: &Readiness) -> String {
+    let mut page = Page::new(&format!("bnfold inspect {input}"));
+    page.section(&format!("Normalizations ({})", normalizations.len()));
+    let rows: Vec<Vec<String>> = normalizations
+        .iter()
+        .map(|n| {
+            let text = |k: &str| escape(n[k].as_str().unwrap_or(""));
+            let folds = n["foldable"].as_bool().unwrap_or(false);
+            vec![
+                text("op_type"),
+                text("node"),
+                if folds { "folds" } else { "stays" }.to_string(),
+                text("how"),
+            ]
+        })
+        .collect();
+    page.table(&["op", "node", "", "how"], &rows);
+    page.readiness(readiness);
+    page.finish()
+}
+
+/// The page of `verify`: two models compared.
+pub fn verify(original: &str, candidate: &str, verification: &Verification) -> String {
+    let mut page = Page::new(&format!("bnfold verify {original} {candidate}"));
+    page.verification(verification);
+    page.finish()
+}
+
+/// `text` with `&`, `<`, `>` and quotes escaped.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c if c.is_control() => out.push('\u{fffd}'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:2em auto;max-width:72em;\
+color:#222}h1{font-size:1.3em}h2{font-size:1.1em;margin-top:1.6em;border-bottom:1px solid #ddd}\
+table{border-collapse:collapse}td,th{padding:2px 10px;text-align:left;border-bottom:1px solid #eee;\
+font-variant-numeric:tabular-nums}th{background:#f6f6f6}.changed{font-weight:bold}\
+.warn{color:#8a5a00}.fail{color:#b00020}.pass{color:#1b6e20}svg text{font:11px system-ui,sans-serif}";
+
+struct Page {
+    html: String,
+}
+
+impl Page {
+    fn new(title: &str) -> Page {
+        let title = escape(title);
+        let mut html = String::new();
+        let _ = write!(
+            html,
+            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+             <title>{title}</title><style>{STYLE}</style></head><body>\n<h1>{title}</h1>\n"
+        );
+        Page { html }
+    }
+
+    fn finish(mut self) -> String {
+        self.html.push_str("</body></html>\n");
+        self.html
+    }
+
+    fn section(&mut self, title: &str) {
+        let _ = writeln!(self.html, "<h2>{}</h2>", escape(title));
+    }
+
+    fn para(&mut self, html: &str) {
+        let _ = writeln!(self.html, "<p>{html}</p>");
+    }
+
+    /// A table of cells already escaped.
+    fn table(&mut self, header: &[&str], rows: &[Vec<String>]) {
+        self.html.push_str("<table><tr>");
+        for h in header {
+            let _ = write!(self.html, "<th>{}</th>", escape(h));
+        }
+        self.html.push_str("</tr>\n");
+        for row in rows {
+            self.html.push_str("<tr>");
+            for cell in row {
+                let _ = write!(self.html, "<td>{cell}</td>");
+            }
+            self.html.push_str("</tr>\n");
+        }
+        self.html.push_str("</table>\n");
+    }
+
+    fn op_table(&mut self, report: &Report) {
+        let mut ops: Vec<&String> = report
+            .ops_before
+            .keys()
+            .chain(report.ops_after.keys())
+            .collect();
+        ops.sort();
+        ops.dedup();
+        let rows: Vec<Vec<String>> = ops
+            .iter()
+            .map(|op| {
+                let before = report.ops_before.get(*op).copied().unwrap_or(0);
+                let after = report.ops_after.get(*op).copied().unwrap_or(0);
+                let mark = |n: usize| match before != after {
+                    true => format!("<span class=\"changed\">{n}</span>"),
+                    false => n.to_string(),
+                };
+                vec![escape(op), before.to_string(), mark(after)]
+            })
+            .collect();
+        self.table(&["op", "before", "after"], &rows);
+    }
+
+    fn readiness(&mut self, r: &Readiness) {
+        self.section("INT8 readiness (weights as folded)");
+        for w in &r.warnings {
+            let _ = writeln!(self.html, "<p class=\"warn\">⚠ {}</p>", escape(&w.message));
+        }
+        if !r.layers.is_empty() {
+            self.para("Symmetric INT8 SQNR per layer: the bar per tensor, the mark per channel.");
+            self.sqnr_bars(&r.layers);
+            for layer in r.worst(RANGE_PLOTS) {
+                self.range_plot(layer);
+            }
+        }
+        if !r.batch_norms.is_empty() {
+            let rows: Vec<Vec<String>> = r
+                .batch_norms
+                .iter()
+                .filter(|b| b.dead_channels + b.tiny_variance_channels > 0)
+                .map(|b| {
+                    vec![
+                        escape(&b.node),
+                        b.channels.to_string(),
+                        b.dead_channels.to_string(),
+                        b.tiny_variance_channels.to_string(),
+                        format!("{:.3e}", b.max_amplification),
+                    ]
+                })
+                .collect();
+            if !rows.is_empty() {
+                let header = [
+                    "BatchNormalization",
+                    "channels",
+                    "dead",
+                    "variance < ε",
+                    "max gain",
+                ];
+                self.table(&header, &rows);
+            }
+        }
+    }
+
+    /// One row per layer, in graph order: per-tensor bar, per-channel mark, 0 to 60 dB.
+    fn sqnr_bars(&mut self, layers: &[LayerReadiness]) {
+        let (label, plot, row) = (220.0, 480.0, 14.0);
+        let scale = |db: f64| (db.clamp(0.0, 60.0) / 60.0) * plot;
+        let height = row * layers.len() as f64 + 24.0;
+        let _ = writeln!(
+            self.html,
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" \
+             role=\"img\" aria-label=\"INT8 SQNR per layer\">",
+            label + plot + 60.0
+        );
+        for (i, l) in layers.iter().enumerate() {
+            let y = row * i as f64;
+            let name = escape(&truncate(&l.node, 34));
+            let _ = write!(
+                self.html,
+                "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{name}</text>",
+                label - 6.0,
+                y + 11.0
+            );
+            if let Some(t) = l.sqnr_per_tensor_db {
+                let _ = write!(
+                    self.html,
+                    "<rect x=\"{label}\" y=\"{}\" width=\"{:.1}\" height=\"{}\" fill=\"#4a78b5\">\
+                     <title>{name}: {t:.1} dB per tensor</title></rect>",
+                    y + 2.0,
+                    scale(t),
+                    row - 4.0
+                );
+            }
+            if let Some(c) = l.sqnr_per_channel_db {
+                let _ = write!(
+                    self.html,
+                    "<rect x=\"{:.1}\" y=\"{}\" width=\"3\" height=\"{}\" fill=\"#e07b00\">\
+                     <title>{name}: {c:.1} dB per channel</title></rect>",
+                    label + scale(c) - 1.5,
+                    y + 1.0,
+                    row - 2.0
+                );
+            }
+            self.html.push('\n');
+        }
+        let axis = row * layers.len() as f64 + 14.0;
+        for db in [0, 20, 40, 60] {
+            let _ = write!(
+                self.html,
+                "<text x=\"{:.1}\" y=\"{axis}\" text-anchor=\"middle\">{db} dB</text>",
+                label + scale(f64::from(db))
+            );
+        }
+        self.html.push_str("</svg>\n");
+    }
+
+    /// A layer's per-output-channel weight ranges, with the per-tensor grid's 4-bit line.
+    fn range_plot(&mut self, l: &LayerReadiness) {
+        let (width, height) = (700.0, 120.0);
+        let max = l.channel_ranges.iter().copied().fold(0.0, f64::max);
+        if max <= 0.0 || !max.is_finite() {
+            return;
+        }
+        let _ = writeln!(
+            self.html,
+            "<h3>{} ({}): channel ranges max |W_c|, spread {:.1}×, {} of {} channels under 4 bits \
+             per tensor</h3>",
+            escape(&l.node),
+            escape(&l.op_type),
+            l.range_spread,
+            l.starved_channels,
+            l.channels
+        );
+        let _ = writeln!(
+            self.html,
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
+             role=\"img\" aria-label=\"channel ranges of {}\">",
+            escape(&l.node)
+        );
+        let step = width / l.channel_ranges.len().max(1) as f64;
+        for (c, r) in l.channel_ranges.iter().enumerate() {
+            let h = (r / max) * (height - 10.0);
+            let _ = write!(
+                self.html,
+                "<rect x=\"{:.2}\" y=\"{:.2}\" width=\"{:.2}\" height=\"{h:.2}\" fill=\"#4a78b5\">\
+                 <title>channel {c}: {r:.4e}</title></rect>",
+                c as f64 * step,
+                height - h,
+                (step - 0.5).max(0.5)
+            );
+        }
+        // Below this range a channel has fewer than 4 effective bits on the per-tensor grid.
+        let starved = max / 127.0 * 2f64.powi(3);
+        let y = height - (starved / max) * (height - 10.0);
+        let _ = writeln!(
+            self.html,
+            "<line x1=\"0\" x2=\"{width}\" y1=\"{y:.2}\" y2=\"{y:.2}\" stroke=\"#b00020\" \
+             stroke-dasharray=\"4 3\"><title>4 effective bits per tensor</title></line></svg>"
+        );
+    }
+
+    fn verification(&mut self, v: &Verification) {
+        self.section("Verification");
+        let (class, status) = match v.status {
+            crate::verify::Status::Passed => ("pass", "passed"),
+            crate::verify::Status::Failed => ("fail", "FAILED"),
+            crate::verify::Status::NotVerified => ("warn", "not verified"),
+        };
+        let reason = v.reason.as_deref().map(escape).unwrap_or_default();
+        let _ = writeln!(
+            self.html,
+            "<p class=\"{class}\"><b>{status}</b> ({} samples, seed {}) {reason}</p>",
+            v.samples, v.seed
+        );
+        let rows: Vec<Vec<String>> = v
+            .outputs
+            .iter()
+            .map(|o| {
+                let mark = match o.passed {
+                    true => "<span class=\"pass\">ok</span>",
+                    false => "<span class=\"fail\">beyond</span>",
+                };
+                vec![
+                    escape(&o.name),
+                    format!("{:.3e}", o.max_abs_error),
+                    format!("{:.3e}", o.max_rel_error),
+                    format!("{:.3e}", o.normalized_error),
+                    format!("{:.3e}", o.atol),
+                    mark.to_string(),
+                ]
+            })
+            .collect();
+        let header = [
+            "tensor",
+            "max abs",
+            "max rel",
+            "normalized",
+            "tolerance",
+            "",
+        ];
+        self.table(&header, &rows);
+    }
+}
+
+fn truncate(text: &str, chars: usize) -> String {
+    match text.chars().count() > chars {
+        true => {
+            let tail: String = text.chars().rev().take(chars - 1).collect();
+            format!("…{}", tail.chars().rev().collect::<String>())
+        }
+        false => text.to_string(),
+    }
+}

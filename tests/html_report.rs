@@ -1,0 +1,118 @@
+//! `--report-html` and `bnfold inspect --html`: one self-contained page (inline SVG, nothing to
+//! fetch), the report's parts in it, names escaped, and the same care as every other output
+//! (claimed before anything is written, never over an input). Rendering it in a browser is a
+//! check by hand (README: HTML report).
+
+mod common;
+
+use common::build::Graph;
+use common::{bnfold, fixture, s, stderr, write};
+
+/// What a page must hold: a doctype, its sections, SVG plots, and nothing that loads.
+fn assert_self_contained(page: &str, sections: &[&str]) {
+    assert!(
+        page.starts_with("<!DOCTYPE html>"),
+        "{}",
+        &page[..60.min(page.len())]
+    );
+    assert!(page.trim_end().ends_with("</html>"));
+    for section in sections {
+        assert!(
+            page.contains(&format!("<h2>{section}")),
+            "no section {section}"
+        );
+    }
+    for forbidden in ["<script", "src=", "href=", "<link", "@import", "url("] {
+        assert!(
+            !page.contains(forbidden),
+            "the page loads something: {forbidden}"
+        );
+    }
+    let external = page.replace("xmlns=\"http://www.w3.org/2000/svg\"", "");
+    assert!(!external.contains("http"), "a URL besides SVG's namespace");
+    assert_eq!(page.matches("<svg").count(), page.matches("</svg>").count());
+}
+
+#[test]
+fn a_fold_writes_its_report_as_one_page_with_plots() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, html) = (
+        dir.path().join("fused.onnx"),
+        dir.path().join("report.html"),
+    );
+    let o = bnfold(&[
+        s(&fixture("torch_preact_block_op13.onnx")),
+        "-o",
+        s(&out),
+        "--report-html",
+        s(&html),
+        "-q",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert_self_contained(
+        &page,
+        &[
+            "Operators",
+            "Folded (1)",
+            "Left in place (1)",
+            "INT8 readiness",
+            "Verification",
+        ],
+    );
+    // One SQNR chart, a channel-range plot per worst layer (up to 4).
+    let plots = page.matches("<svg").count();
+    assert!((2..=5).contains(&plots), "{plots} plots");
+    assert!(page.contains("passed"));
+    assert!(page.contains(&format!("wrote {}", s(&out))));
+}
+
+#[test]
+fn names_are_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = Graph::new(13)
+        .input("x", &[1, 2, 3, 3])
+        .init("w", &[2, 2, 1, 1], &[1.0, 0.5, -0.5, 2.0])
+        .bn_params("bn", 2)
+        .node("Conv", &["x", "w"], &["c<script>&"])
+        .bn("bn", "c<script>&", "y")
+        .output("y")
+        .model();
+    let path = dir.path().join("m.onnx");
+    write(&path, &model);
+    let html = dir.path().join("r.html");
+    let o = bnfold(&["inspect", s(&path), "--html", s(&html), "-q"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert_self_contained(&page, &["Normalizations (1)", "INT8 readiness"]);
+    assert!(
+        page.contains("c&lt;script&gt;&amp;"),
+        "the layer's name, escaped"
+    );
+}
+
+#[test]
+fn verify_writes_a_page_and_the_page_never_replaces_an_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.onnx");
+    std::fs::copy(fixture("conv_bn.onnx"), &model).unwrap();
+    let before = std::fs::read(&model).unwrap();
+    let html = dir.path().join("v.html");
+    let o = bnfold(&["verify", s(&model), s(&model), "--html", s(&html), "-q"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_self_contained(&std::fs::read_to_string(&html).unwrap(), &["Verification"]);
+    // The page may not be the input, even with --force; nothing is written.
+    let out = dir.path().join("fused.onnx");
+    let o = bnfold(&[
+        s(&model),
+        "-o",
+        s(&out),
+        "--report-html",
+        s(&model),
+        "--force",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--report-html"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&model).unwrap(), before);
+    assert!(!out.exists());
+}
