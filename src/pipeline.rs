@@ -43,12 +43,14 @@ pub fn plan_verification(model: &Model) -> VerificationPlan {
     }
 }
 
-/// The tensors verification compares besides the outputs: each main-graph fold's output.
+/// The tensors verification compares besides the outputs: each main-graph fold's output, once
+/// (a layer that took a chain forward and one backward is the output of both folds).
 pub fn compared_tensors(report: &Report) -> Vec<String> {
+    let mut seen = std::collections::BTreeSet::new();
     report
         .folds
         .iter()
-        .filter(|f| f.graph == "main")
+        .filter(|f| f.graph == "main" && seen.insert(f.output.as_str()))
         .map(|f| f.output.clone())
         .collect()
 }

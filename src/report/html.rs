@@ -22,6 +22,13 @@ pub fn fold(report: &Report, input: &str, output: Option<&str>) -> String {
     page.para(&written);
     page.section("Operators");
     page.op_table(report);
+    // What a reader looks for first: whether it is proven, and how it will quantize.
+    if let Some(v) = &report.verification {
+        page.verification(v);
+    }
+    if let Some(r) = &report.readiness {
+        page.readiness(r);
+    }
     page.section(&format!("Folded ({})", report.folds.len()));
     let folds: Vec<Vec<String>> = report
         .folds
@@ -58,12 +65,6 @@ pub fn fold(report: &Report, input: &str, output: Option<&str>) -> String {
             })
             .collect();
         page.table(&["node", "reason", "why"], &skips);
-    }
-    if let Some(r) = &report.readiness {
-        page.readiness(r);
-    }
-    if let Some(v) = &report.verification {
-        page.verification(v);
     }
     page.finish()
 }
