@@ -106,8 +106,11 @@ def main():
     # The re-parameterizable blocks once more, merged into one Conv each.
     runs += [(name, expected, ["--merge-branches"]) for name, expected in sorted(manifest.items())
              if "repvgg" in name or "mobileone" in name]
-    runs += [(name, {"check": True, "verify": True, "shapes": shapes}, [])
-             for name, shapes in REAL_EXPORTS.items()]
+    runs += [(name, {"check": True, "verify": True, "shapes": shapes}, flags)
+             for name, shapes in REAL_EXPORTS.items() for flags in ([], ["--equalize"])]
+    # Equalized: exact, so onnxruntime must agree as after a fold.
+    runs += [(name, expected, ["--equalize"]) for name, expected in sorted(manifest.items())
+             if name.startswith(("torch_preact", "torch_conv2d_grouped", "timm_mixnet", "deep_stack"))]
     for name, expected, flags in runs:
         src = os.path.join(ROOT, "fixtures", name)
         if flags:

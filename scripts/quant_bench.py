@@ -2,7 +2,8 @@
 """The quantization benchmark, run by hand (never in CI): onnxruntime's static INT8 quantization
 (QDQ, MinMax, per-tensor and per-channel) of real trained models from PyPI wheels, as exported,
 as bnfold folds them, and as bnfold folds them keeping Constant-node weights
-(--keep-constant-nodes), with the INT8 model's SQNR at every output against the float original.
+(--keep-constant-nodes), and folded and equalized (--equalize), with the INT8 model's SQNR at
+every output against the float original.
 
     python3 scripts/quant_bench.py [--bnfold target/release/bnfold] [--samples 16]
 
@@ -13,8 +14,8 @@ lines of random strokes, dark on light, normalized as PaddleOCR does ((x/255 - 0
 calibration and evaluation inputs are disjoint. (The wheel's detector is left out: its
 probability map is all zeros on these inputs, so no SQNR is defined.) Per-channel QDQ needs opset 13 (DequantizeLinear
 has no axis before it), so every model is converted to opset 13 before quantizing, each
-pipeline alike. Not measured yet: bnfold --equalize and AIMET's equalize_model (see the issue on
-quantization-ready output)."""
+pipeline alike. Not measured yet: AIMET's equalize_model (see the issue on quantization-ready
+output)."""
 import argparse
 import glob
 import logging
@@ -122,7 +123,8 @@ def main():
         for file, (name, shape) in MODELS.items():
             src = paths[file]
             pipelines = {"as exported": src}
-            for label, flags in [("bnfold", []), ("bnfold --keep-constant-nodes", ["--keep-constant-nodes"])]:
+            for label, flags in [("bnfold", []), ("bnfold --keep-constant-nodes", ["--keep-constant-nodes"]),
+                                 ("bnfold --equalize", ["--equalize"])]:
                 out = os.path.join(tmp, f"{file}.{len(pipelines)}.onnx")
                 subprocess.run([args.bnfold, src, "-o", out, "-q", "--no-readiness", "--no-verify"] + flags, check=True)
                 pipelines[label] = out

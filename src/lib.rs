@@ -101,6 +101,7 @@ pub fn fold(model: &mut Model, options: &FoldOptions) -> Result<Report> {
         || !outcome.decompositions.is_empty()
         || !outcome.merges.is_empty()
         || !outcome.initializers.is_empty()
+        || !outcome.equalizations.is_empty()
     {
         validate::graph_structure(graph, &Default::default())?;
     }
@@ -116,6 +117,7 @@ pub fn fold(model: &mut Model, options: &FoldOptions) -> Result<Report> {
         decompositions: outcome.decompositions,
         merges: outcome.merges,
         initializers_from_constants: outcome.initializers,
+        equalizations: outcome.equalizations,
         verification: None,
         readiness: None,
     })

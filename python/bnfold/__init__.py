@@ -74,6 +74,7 @@ def fold(
     decompose_standalone: bool = False,
     merge_branches: bool = False,
     keep_constant_nodes: bool = False,
+    equalize: bool = False,
     readiness: bool = True,
     seed: Optional[int] = None,
     samples: int = 3,
@@ -118,6 +119,7 @@ def fold(
             "decompose_standalone": decompose_standalone,
             "merge_branches": merge_branches,
             "keep_constant_nodes": keep_constant_nodes,
+            "equalize": equalize,
             "readiness": readiness,
             **_verify_options(seed, samples, dims, input_shapes, input_paths, atol, rtol),
         }

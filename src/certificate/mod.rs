@@ -236,12 +236,16 @@ pub(crate) fn forward_folded_before<'g>(
     if before.op_type() != "BatchNormalization" {
         return None;
     }
-    let reads_past = fused_layer.input.first() != Some(data);
-    let through_shift = fused.producer(data).is_some_and(|p| {
+    // The fused layer reads the BN's input: directly, or through the Add that keeps its shift
+    // (a layer that reads anything else took something else before it).
+    let bn_input = before.input.first()?;
+    let reads = fused_layer.input.first()?;
+    let direct = reads == bn_input;
+    let through_shift = fused.producer(reads).is_some_and(|p| {
         let p = fused.node(p);
-        p.op_type() == "Add" && p.input.first() == before.input.first()
+        p.op_type() == "Add" && p.input.first() == Some(bn_input)
     });
-    (reads_past || through_shift).then_some(before)
+    (direct || through_shift).then_some(before)
 }
 
 /// The node before `layer` in the original that the fused layer reads past when that is not one

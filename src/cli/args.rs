@@ -123,6 +123,12 @@ pub(crate) struct FoldArgs {
     /// among them) treat a Constant node's output as an activation, one scale per tensor.
     #[arg(long)]
     pub(crate) keep_constant_nodes: bool,
+    /// Cross-layer equalization: balance the channel ranges of each Conv → (Relu | LeakyRelu |
+    /// PRelu | Identity)? → Conv pair for per-tensor INT8, exactly (the float model is unchanged
+    /// up to rounding; Clip, Relu6 and HardSwish end no pair). The report gives each pair's
+    /// per-tensor SQNR before and after.
+    #[arg(long)]
+    pub(crate) equalize: bool,
     /// Leave the quantization-readiness analysis out of the report.
     #[arg(long)]
     pub(crate) no_readiness: bool,

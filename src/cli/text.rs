@@ -140,6 +140,9 @@ pub fn fold_report(report: &Report, input: &Path, output: Option<&Path>) -> Stri
             );
         }
     }
+    if !report.equalizations.is_empty() {
+        crate::cli::text_readiness::equalizations(&report.equalizations, &mut s);
+    }
     if let Some(first) = report.initializers_from_constants.first() {
         let count = report.initializers_from_constants.len();
         let more = match count {

@@ -119,3 +119,24 @@ pub fn inspect(path: &Path, normalizations: &[serde_json::Value], r: &Readiness)
     readiness(r, &mut s);
     s
 }
+
+/// The pairs `--equalize` balanced, with the first weight's worst channel before and after.
+pub fn equalizations(pairs: &[bnfold::report::EqualizationRecord], s: &mut String) {
+    let title = format!("equalized ({}):", pairs.len());
+    let _ = writeln!(s, "\n{}", paint(BOLD, title));
+    for e in pairs {
+        let between = e
+            .activation
+            .as_deref()
+            .map(|a| format!(" → {a}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "  Conv {}{between} → Conv {}: worst channel {:.1} → {:.1} dB per tensor",
+            Shown(&e.first),
+            Shown(&e.second),
+            e.worst_channel_before_db,
+            e.worst_channel_after_db
+        );
+    }
+}

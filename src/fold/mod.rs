@@ -17,6 +17,8 @@
 //! 7. **Weights as initializers** ([`initializers`]): a layer weight or BN parameter still
 //!    computed by a `Constant` node is stored as an initializer (unless
 //!    `--keep-constant-nodes`).
+//! 8. **Equalize** (`--equalize`, [`equalize`], main graph): consecutive Convs' channel ranges
+//!    balanced, exactly.
 //!
 //! Matching is read-only and returns a plan or a named [`SkipReason`]; the rules of each layer
 //! kind live in [`rules`]; [`apply`] is the one place that mutates a graph.
@@ -61,6 +63,7 @@ mod cleanup;
 mod concat;
 mod decompose;
 mod edits;
+mod equalize;
 mod forward;
 mod initializers;
 mod layer;
@@ -89,9 +92,7 @@ pub fn fold_graph(
     if !graph.node.iter().any(may_end_chain) {
         // Nothing to fold, decompose or report here: no index of a large graph is built.
         list_other_normalizations(graph, path, out);
-        weights_as_initializers(graph, ctx, path, outer, out)?;
-        drop_stale_value_info(graph);
-        return Ok(());
+        return last_phases(graph, ctx, path, outer, folded, out);
     }
     let changes = |out: &PassOutcome| out.folds.len() + out.merges.len() + out.decompositions.len();
     let before = changes(out);
@@ -113,7 +114,25 @@ pub fn fold_graph(
     }
     report_skips(graph, ctx, path, outer, folded, out)?;
     list_other_normalizations(graph, path, out);
+    last_phases(graph, ctx, path, outer, folded, out)
+}
+
+/// Phases 7 and 8, which apply to a graph with nothing to fold too.
+fn last_phases(
+    graph: &mut GraphProto,
+    ctx: &PassContext,
+    path: &str,
+    outer: OuterScope,
+    folded: &mut FoldedWeights,
+    out: &mut PassOutcome,
+) -> Result<()> {
     weights_as_initializers(graph, ctx, path, outer, out)?;
+    if ctx.options.equalize && path == "main" {
+        let equalized = equalize::equalize(graph, ctx, folded)?;
+        let changed = !equalized.is_empty();
+        out.equalizations.extend(equalized);
+        check_phase(graph, path, "equalization", changed)?;
+    }
     drop_stale_value_info(graph);
     Ok(())
 }

@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 use super::rules::FoldKind;
 use crate::external::ExternalStore;
 use crate::report::{
-    DecompositionRecord, FoldRecord, InitializerRecord, MergeRecord, NormalizationRecord,
-    SkipRecord,
+    DecompositionRecord, EqualizationRecord, FoldRecord, InitializerRecord, MergeRecord,
+    NormalizationRecord, SkipRecord,
 };
 
 /// What the user allows the pass to do.
@@ -26,6 +26,9 @@ pub struct FoldOptions {
     /// Leave layer weights and BN parameters stored as `Constant` nodes as they are (by
     /// default they become initializers, where quantizers look for weights).
     pub keep_constant_nodes: bool,
+    /// Equalize the channel ranges of consecutive Convs (`--equalize`, exact: only positively
+    /// homogeneous activations between them).
+    pub equalize: bool,
 }
 
 /// The model-wide facts the pass needs.
@@ -55,4 +58,6 @@ pub struct PassOutcome {
     pub merges: Vec<MergeRecord>,
     /// Weights and BN parameters moved from `Constant` nodes to initializers.
     pub initializers: Vec<InitializerRecord>,
+    /// Pairs of Convs equalized.
+    pub equalizations: Vec<EqualizationRecord>,
 }

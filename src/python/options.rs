@@ -47,6 +47,7 @@ pub(super) fn fold_options(options: &Bound<'_, PyDict>) -> PyResult<FoldOptions>
         decompose_standalone: item(options, "decompose_standalone")?,
         merge_branches: item(options, "merge_branches")?,
         keep_constant_nodes: item(options, "keep_constant_nodes")?,
+        equalize: item(options, "equalize")?,
     })
 }
 

@@ -45,6 +45,9 @@ pub fn fold(report: &Report, input: &str, output: Option<&str>) -> Value {
     if !report.initializers_from_constants.is_empty() {
         value["initializers_from_constants"] = json!(report.initializers_from_constants);
     }
+    if !report.equalizations.is_empty() {
+        value["equalizations"] = json!(report.equalizations);
+    }
     value
 }
 

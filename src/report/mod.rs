@@ -116,6 +116,35 @@ pub struct InitializerRecord {
     pub op_type: String,
 }
 
+/// A pair of Convs equalized (`--equalize`): the first's output channels scaled down by the
+/// factors the second's input channels are scaled up by.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EqualizationRecord {
+    /// The graph it happened in.
+    pub graph: String,
+    /// The first Conv.
+    pub first: String,
+    /// The activation between them (`Relu`, `LeakyRelu`, `PRelu`, `Identity`), if any.
+    pub activation: Option<String>,
+    /// The second Conv.
+    pub second: String,
+    /// The channels between them.
+    pub channels: usize,
+    /// The first weight's per-tensor symmetric INT8 SQNR before, in dB.
+    pub sqnr_first_before_db: f64,
+    /// And after.
+    pub sqnr_first_after_db: f64,
+    /// The second weight's per-tensor symmetric INT8 SQNR before, in dB.
+    pub sqnr_second_before_db: f64,
+    /// And after.
+    pub sqnr_second_after_db: f64,
+    /// The SQNR of the first weight's worst output channel under its per-tensor grid, before:
+    /// what equalization is for (a narrow channel keeps few of the grid's steps).
+    pub worst_channel_before_db: f64,
+    /// And after.
+    pub worst_channel_after_db: f64,
+}
+
 /// An `Add` of parallel branches merged into one Conv (`--merge-branches`).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct MergeRecord {
@@ -159,6 +188,8 @@ pub struct Report {
     pub merges: Vec<MergeRecord>,
     /// Weights and BN parameters stored as initializers instead of `Constant` nodes.
     pub initializers_from_constants: Vec<InitializerRecord>,
+    /// Pairs of Convs equalized (`--equalize`).
+    pub equalizations: Vec<EqualizationRecord>,
     /// The equivalence check, when it ran.
     pub verification: Option<Verification>,
     /// Quantization readiness of the folded weights, when it was asked for.

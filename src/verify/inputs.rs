@@ -222,8 +222,9 @@ pub(super) fn plan_inputs(
                 (Some(v), _) => *v,
                 (None, Some(s)) if options.dims.contains_key(s) => options.dims[s],
                 (None, sym) => {
+                    let guess = guessed_size(axis, spec.dims.len());
                     guessed.push(format!(
-                        "{}:{}{}=1",
+                        "{}:{}{}={guess}",
                         spec.name,
                         axis,
                         sym.as_ref().map(|s| format!(" ({s})")).unwrap_or_default()
@@ -231,7 +232,7 @@ pub(super) fn plan_inputs(
                     if axis == 0 {
                         batch_free = true;
                     }
-                    1
+                    guess
                 }
             };
             shape.push(value);
@@ -255,4 +256,15 @@ pub(super) fn plan_inputs(
         batch_two: (batch_free && !any_explicit).then_some(batch_two),
         guessed,
     })
+}
+
+/// The size guessed for an unknown dimension: 1 for a batch or feature axis; for the spatial
+/// axes of an image or volume (axis 2 and on of a rank ≥ 4 input) 32, a multiple of the usual
+/// total stride, so that every tap of a kernel meets data (at 1 × 1 a 3 × 3 kernel's outer taps
+/// read only padding, and a wrong outer weight would go unseen).
+fn guessed_size(axis: usize, rank: usize) -> usize {
+    match axis >= 2 && rank >= 4 {
+        true => 32,
+        false => 1,
+    }
 }

@@ -37,6 +37,15 @@ impl Graph {
         }
     }
 
+    /// A builder continuing `model`'s graph.
+    pub fn from_model(model: ModelProto) -> Graph {
+        let opset = model.opset_import[0].version();
+        Graph {
+            opset,
+            graph: model.graph.unwrap(),
+        }
+    }
+
     /// A float32 graph input of shape `dims`.
     pub fn input(mut self, name: &str, dims: &[i64]) -> Graph {
         self.graph

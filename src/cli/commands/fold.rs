@@ -34,6 +34,7 @@ pub(crate) fn run_fold(args: FoldArgs) -> anyhow::Result<ExitStatus> {
         decompose_standalone: args.decompose_standalone,
         merge_branches: args.merge_branches,
         keep_constant_nodes: args.keep_constant_nodes,
+        equalize: args.equalize,
     };
     let mut verify_opts = verify_options(&args.check_args)?;
     if writes {

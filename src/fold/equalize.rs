@@ -1,0 +1,488 @@
+//! Cross-layer equalization (`--equalize`, Nagel et al. 2019), exact mode.
+//!
+//! - **Pattern**: `Conv A → (Relu | LeakyRelu | PRelu | Identity)? → Conv B`, any `group` on
+//!   either side (depthwise included, so `A → depthwise → C` equalizes as two pairs), in the
+//!   main graph.
+//! - **Preconditions**: A's output and the activation's feed only the next node and are no graph
+//!   outputs; B reads the activation on its data input; both weights (and A's bias) are float
+//!   constants of one dtype; B's weight reads A's channels. Activations that are not positively
+//!   homogeneous (`Clip`, Relu6, HardSwish, Sigmoid) end no pair: no approximation is made.
+//! - **Rewrite**: per channel `i` of A's output, `W_A[i] ← W_A[i] / s_i`, `b_A[i] ← b_A[i] / s_i`,
+//!   `W_B[:, i] ← W_B[:, i] · s_i`, with `s_i = √(r_A,i / r_B,i)`: `r_A,i` the range of A's output
+//!   channel `i`, `r_B,i` the range of B's weights reading it. Pairs are visited until no factor
+//!   moves by more than 1e-6 (a layer between two pairs settles between both), then each weight
+//!   is written once, rounded once from the weight as it would run. The tensors between A and B
+//!   get new names: they hold `x / s`, not what they held.
+//! - **Math**: `f(x / s) = f(x) / s` for `s > 0` and `f` ∈ {Relu, LeakyRelu, PRelu, Identity}, and
+//!   a convolution is linear in its input (zero padding included), so `B(f(A(x)))` is unchanged
+//!   up to the rounding of the new weights. After it, `r_A,i / s_i = r_B,i · s_i = √(r_A,i·r_B,i)`.
+
+use foldhash::HashMap;
+
+use super::cleanup::remove_dead;
+use super::edits::{write_tensor, GraphNames, NewTensor};
+use super::options::PassContext;
+use super::rules::round_into;
+use crate::consts::ConstEval;
+use crate::error::Result;
+use crate::folded::FoldedWeights;
+use crate::graph::{node_label, GraphIndex, OuterScope};
+use crate::proto::GraphProto;
+use crate::report::EqualizationRecord;
+use crate::scaled::{ScaledTensor, Scaling};
+use crate::tensor::Tensor;
+
+/// Rounds of visiting every pair, at most.
+const MAX_ROUNDS: usize = 200;
+/// A round whose largest factor is within this of 1 ends the iteration.
+const SETTLED: f64 = 1e-6;
+
+/// A Conv's weight as equalization reads it.
+struct Layer {
+    node: usize,
+    weight_name: String,
+    weight: ScaledTensor,
+    values: Tensor,
+    group: usize,
+    /// `max |W[o, j, taps]|` per output channel `o` and weight column `j`.
+    block_max: Vec<f64>,
+    /// Output channels divide by these; input channels multiply by `input`.
+    output: Vec<f64>,
+    input: Vec<f64>,
+}
+
+impl Layer {
+    fn outputs(&self) -> usize {
+        self.values.dims[0]
+    }
+    fn columns(&self) -> usize {
+        self.values.dims[1]
+    }
+    fn taps(&self) -> usize {
+        self.values.dims[2..].iter().product::<usize>().max(1)
+    }
+    /// The input channel that column `j` of output `o` reads.
+    fn channel(&self, o: usize, j: usize) -> usize {
+        (o / (self.outputs() / self.group)) * self.columns() + j
+    }
+    fn output_range(&self, o: usize) -> f64 {
+        (0..self.columns())
+            .map(|j| self.block_max[o * self.columns() + j] * self.input[self.channel(o, j)])
+            .fold(0.0, f64::max)
+            / self.output[o]
+    }
+    /// The range of the weights reading input channel `i`.
+    fn input_range(&self, i: usize) -> f64 {
+        let per_group = self.outputs() / self.group;
+        let (g, j) = (i / self.columns(), i % self.columns());
+        (g * per_group..(g + 1) * per_group)
+            .map(|o| self.block_max[o * self.columns() + j] / self.output[o])
+            .fold(0.0, f64::max)
+            * self.input[i]
+    }
+}
+
+/// A pair: layer `a` (index into the layers), the activation between, layer `b`.
+struct Pair {
+    a: usize,
+    activation: Option<usize>,
+    b: usize,
+}
+
+/// Equalizes every pair of `graph`; returns what it did.
+pub(super) fn equalize(
+    graph: &mut GraphProto,
+    ctx: &PassContext,
+    folded: &mut FoldedWeights,
+) -> Result<Vec<EqualizationRecord>> {
+    let (mut layers, mut pairs) = {
+        let index = GraphIndex::new(graph, OuterScope::default());
+        let eval = evaluator(&index, ctx, folded);
+        find_pairs(graph, &index, &eval, ctx, folded)?
+    };
+    let biases = biases(graph, ctx, folded, &layers)?;
+    // A pair whose layer would not fit its dtype (a weight or bias scaled past its range) is
+    // left out, and the others settle again without it.
+    loop {
+        if pairs.is_empty() {
+            return Ok(Vec::new());
+        }
+        settle(&mut layers, &pairs);
+        let mut overflowing = Vec::new();
+        for (k, layer) in layers.iter().enumerate() {
+            if !fits(layer, biases[k].as_ref()) {
+                overflowing.push(k);
+            }
+        }
+        if overflowing.is_empty() {
+            break;
+        }
+        pairs.retain(|p| !overflowing.contains(&p.a) && !overflowing.contains(&p.b));
+    }
+    let settled: Vec<(Vec<f64>, Vec<f64>)> = layers
+        .iter()
+        .map(|l| (l.output.clone(), l.input.clone()))
+        .collect();
+    for layer in &mut layers {
+        layer.output.fill(1.0);
+        layer.input.fill(1.0);
+    }
+    let before: Vec<(f64, f64, f64)> = pairs.iter().map(|p| figures(&layers, p)).collect();
+    for (layer, (output, input)) in layers.iter_mut().zip(settled) {
+        (layer.output, layer.input) = (output, input);
+    }
+    let records = pairs
+        .iter()
+        .zip(before)
+        .map(|(p, before)| {
+            let after = figures(&layers, p);
+            EqualizationRecord {
+                graph: "main".into(),
+                first: node_label(&graph.node[layers[p.a].node]),
+                activation: p.activation.map(|n| graph.node[n].op_type().to_string()),
+                second: node_label(&graph.node[layers[p.b].node]),
+                channels: layers[p.a].outputs(),
+                sqnr_first_before_db: before.0,
+                sqnr_first_after_db: after.0,
+                sqnr_second_before_db: before.1,
+                sqnr_second_after_db: after.1,
+                worst_channel_before_db: before.2,
+                worst_channel_after_db: after.2,
+            }
+        })
+        .collect();
+    rewrite(graph, ctx, folded, &layers, biases, &pairs)?;
+    Ok(records)
+}
+
+fn evaluator<'a>(
+    index: &'a GraphIndex<'a>,
+    ctx: &'a PassContext,
+    folded: &'a FoldedWeights,
+) -> ConstEval<'a> {
+    ConstEval::new(
+        index,
+        ctx.store,
+        ctx.opset,
+        ctx.options.inputs_are_constants,
+    )
+    .with_folded(folded)
+}
+
+/// Visits the pairs (from factors of 1) until no factor moves by more than [`SETTLED`].
+fn settle(layers: &mut [Layer], pairs: &[Pair]) {
+    for layer in layers.iter_mut() {
+        layer.output.fill(1.0);
+        layer.input.fill(1.0);
+    }
+    for _ in 0..MAX_ROUNDS {
+        let mut moved: f64 = 0.0;
+        for p in pairs {
+            for i in 0..layers[p.a].outputs() {
+                let (ra, rb) = (layers[p.a].output_range(i), layers[p.b].input_range(i));
+                if ra <= 0.0 || rb <= 0.0 || !ra.is_finite() || !rb.is_finite() {
+                    continue;
+                }
+                let s = (ra / rb).sqrt();
+                moved = moved.max((s - 1.0).abs());
+                layers[p.a].output[i] *= s;
+                layers[p.b].input[i] *= s;
+            }
+        }
+        if moved < SETTLED {
+            break;
+        }
+    }
+}
+
+/// The factors of `layer`'s weight, per row of taps: `input[channel] / output[o]`.
+fn weight_factors(layer: &Layer) -> Vec<f64> {
+    let columns = layer.columns();
+    (0..layer.outputs() * columns)
+        .map(|r| {
+            let (o, j) = (r / columns, r % columns);
+            layer.input[layer.channel(o, j)] / layer.output[o]
+        })
+        .collect()
+}
+
+/// Whether `layer`'s weight and bias, scaled as settled, still fit their dtype (every value
+/// checked: a huge weight a small factor pushes past the range fails).
+fn fits(layer: &Layer, bias: Option<&Tensor>) -> bool {
+    let factors = weight_factors(layer);
+    let taps = layer.taps();
+    let dtype = layer.values.dtype;
+    let weight_fits = layer.values.data.iter().enumerate().all(|(k, v)| {
+        dtype
+            .round(v * factors[k / taps])
+            .is_some_and(f64::is_finite)
+    });
+    weight_fits && bias.is_none_or(|b| scaled_bias(layer, b).is_some())
+}
+
+/// `b / output`, rounded into the bias's dtype (none when a value does not fit).
+fn scaled_bias(layer: &Layer, bias: &Tensor) -> Option<Tensor> {
+    let values = bias
+        .data
+        .iter()
+        .zip(&layer.output)
+        .map(|(b, s)| b / s)
+        .collect();
+    round_into(bias.dtype, bias.dims.clone(), values, "bias").ok()
+}
+
+/// Each layer's bias, decoded.
+fn biases(
+    graph: &GraphProto,
+    ctx: &PassContext,
+    folded: &FoldedWeights,
+    layers: &[Layer],
+) -> Result<Vec<Option<Tensor>>> {
+    let index = GraphIndex::new(graph, OuterScope::default());
+    let eval = evaluator(&index, ctx, folded);
+    layers
+        .iter()
+        .map(
+            |l| match graph.node[l.node].input.get(2).filter(|b| !b.is_empty()) {
+                Some(b) => Ok(eval.value(b)?.ok().map(|t| Tensor::clone(&t))),
+                None => Ok(None),
+            },
+        )
+        .collect()
+}
+
+/// The pairs of `graph` and the layers they join.
+fn find_pairs(
+    graph: &GraphProto,
+    index: &GraphIndex,
+    eval: &ConstEval,
+    ctx: &PassContext,
+    folded: &FoldedWeights,
+) -> Result<(Vec<Layer>, Vec<Pair>)> {
+    let mut layers: Vec<Layer> = Vec::new();
+    let mut by_node: HashMap<usize, usize> = HashMap::default();
+    let mut pairs = Vec::new();
+    let sole = |name: &str| {
+        let consumers = index.consumers(name);
+        (consumers.len() == 1 && !index.is_graph_output(name)).then(|| consumers[0])
+    };
+    for (a, node) in graph.node.iter().enumerate() {
+        if !is_conv(node) {
+            continue;
+        }
+        let Some(mut next) = sole(&node.output[0]) else {
+            continue;
+        };
+        let mut activation = None;
+        if matches!(
+            graph.node[next].op_type(),
+            "Relu" | "LeakyRelu" | "PRelu" | "Identity"
+        ) {
+            activation = Some(next);
+            match sole(&graph.node[next].output[0]) {
+                Some(b) => next = b,
+                None => continue,
+            }
+        }
+        let reads = activation.map_or(&node.output[0], |n| &graph.node[n].output[0]);
+        let b = next;
+        if !is_conv(&graph.node[b]) || graph.node[b].input.first() != Some(reads) || a == b {
+            continue;
+        }
+        let mut slot = |n: usize| -> Result<Option<usize>> {
+            if let Some(&k) = by_node.get(&n) {
+                return Ok(Some(k));
+            }
+            let Some(layer) = read(graph, index, eval, ctx, folded, n)? else {
+                return Ok(None);
+            };
+            layers.push(layer);
+            by_node.insert(n, layers.len() - 1);
+            Ok(Some(layers.len() - 1))
+        };
+        let (Some(la), Some(lb)) = (slot(a)?, slot(b)?) else {
+            continue;
+        };
+        let (wa, wb) = (&layers[la], &layers[lb]);
+        if wa.values.dtype != wb.values.dtype || wb.columns() * wb.group != wa.outputs() {
+            continue;
+        }
+        pairs.push(Pair {
+            a: la,
+            activation,
+            b: lb,
+        });
+    }
+    Ok((layers, pairs))
+}
+
+fn is_conv(node: &crate::proto::NodeProto) -> bool {
+    node.op_type() == "Conv" && matches!(node.domain(), "" | "ai.onnx") && node.input.len() >= 2
+}
+
+/// The Conv `n`'s weight, when it is a float constant (and its bias, if any, one too).
+fn read(
+    graph: &GraphProto,
+    index: &GraphIndex,
+    eval: &ConstEval,
+    ctx: &PassContext,
+    folded: &FoldedWeights,
+    n: usize,
+) -> Result<Option<Layer>> {
+    let node = &graph.node[n];
+    let name = &node.input[1];
+    let weight = match (folded.get(name), index.initializer(name)) {
+        (Some(f), _) => f.value.clone(),
+        (None, Some(t)) if !index.is_graph_input(name) => ScaledTensor::stored(t)?,
+        _ => return Ok(None),
+    };
+    if !weight.dtype.is_float() || weight.dims.len() < 3 || weight.is_empty() {
+        return Ok(None);
+    }
+    if let Some(bias) = node.input.get(2).filter(|b| !b.is_empty()) {
+        match eval.value(bias)? {
+            Ok(b) if b.dtype.is_float() && b.len() == weight.dims[0] => {}
+            _ => return Ok(None),
+        }
+    }
+    let group = crate::attr::int(node, "group")?.unwrap_or(1).max(1) as usize;
+    if weight.dims[0] % group != 0 {
+        return Ok(None);
+    }
+    let values = weight.exact(ctx.store)?;
+    let (outputs, columns) = (values.dims[0], values.dims[1]);
+    let taps = values.len() / (outputs * columns).max(1);
+    let block_max = values
+        .data
+        .chunks(taps.max(1))
+        .map(|block| block.iter().fold(0.0, |m: f64, v| m.max(v.abs())))
+        .collect();
+    Ok(Some(Layer {
+        node: n,
+        weight_name: name.clone(),
+        weight,
+        values,
+        group,
+        block_max,
+        output: vec![1.0; outputs],
+        input: vec![1.0; columns * group],
+    }))
+}
+
+/// Per-tensor symmetric INT8 SQNR of the two weights of a pair as they stand, and of the first
+/// weight's worst output channel under that grid.
+fn figures(layers: &[Layer], p: &Pair) -> (f64, f64, f64) {
+    let (first, worst) = sqnr(&layers[p.a]);
+    (first, sqnr(&layers[p.b]).0, worst)
+}
+
+/// The weight's per-tensor SQNR, and its worst output channel's under the same grid.
+fn sqnr(layer: &Layer) -> (f64, f64) {
+    let (outputs, columns, taps) = (layer.outputs(), layer.columns(), layer.taps());
+    let value = |k: usize| {
+        let (o, j) = (k / (columns * taps), (k / taps) % columns);
+        layer.values.data[k] * layer.input[layer.channel(o, j)] / layer.output[o]
+    };
+    let max = (0..outputs)
+        .map(|o| layer.output_range(o))
+        .fold(0.0, f64::max);
+    if max <= 0.0 {
+        return (f64::INFINITY, f64::INFINITY);
+    }
+    let step = max / 127.0;
+    let db = |signal: f64, noise: f64| match noise > 0.0 {
+        true => 10.0 * (signal / noise).log10(),
+        false => f64::INFINITY,
+    };
+    let per = columns * taps;
+    let (mut signal, mut noise, mut worst) = (0.0, 0.0, f64::INFINITY);
+    for o in 0..outputs {
+        let (mut s, mut n) = (0.0, 0.0);
+        for k in o * per..(o + 1) * per {
+            let w = value(k);
+            let q = (w / step).round().clamp(-127.0, 127.0) * step;
+            s += w * w;
+            n += (w - q) * (w - q);
+        }
+        if s > 0.0 {
+            worst = worst.min(db(s, n));
+        }
+        signal += s;
+        noise += n;
+    }
+    (db(signal, noise), worst)
+}
+
+/// Writes each equalized weight (and A's bias) once, and renames the tensors between A and B.
+fn rewrite(
+    graph: &mut GraphProto,
+    ctx: &PassContext,
+    folded: &mut FoldedWeights,
+    layers: &[Layer],
+    biases: Vec<Option<Tensor>>,
+    pairs: &[Pair],
+) -> Result<()> {
+    let consumers: HashMap<String, usize> = {
+        let index = GraphIndex::new(graph, OuterScope::default());
+        layers
+            .iter()
+            .map(|l| (l.weight_name.clone(), index.consumers(&l.weight_name).len()))
+            .collect()
+    };
+    let mut replaced = Vec::new();
+    let mut names = GraphNames::new(graph, folded);
+    for (layer, bias) in layers.iter().zip(biases) {
+        let factors = weight_factors(layer);
+        if factors.iter().all(|&f| f == 1.0) {
+            continue;
+        }
+        let scaled = layer.weight.then(Scaling::new(layer.taps(), factors));
+        let in_place = consumers.get(&layer.weight_name) == Some(&1);
+        let template = names.initializer(graph, &layer.weight_name).cloned();
+        let weight = write_tensor(
+            graph,
+            &mut names,
+            &layer.weight_name,
+            in_place,
+            NewTensor::Scaled(Box::new(scaled)),
+            template.as_ref(),
+        )?;
+        if weight != layer.weight_name {
+            replaced.push(layer.weight_name.clone());
+        }
+        graph.node[layer.node].input[1] = weight;
+        if let Some(bias) = bias.filter(|_| layer.output.iter().any(|&s| s != 1.0)) {
+            let name = graph.node[layer.node].input[2].clone();
+            // Checked to fit before anything was written.
+            let Some(rounded) = scaled_bias(layer, &bias) else {
+                continue;
+            };
+            let new = write_tensor(
+                graph,
+                &mut names,
+                &name,
+                false,
+                NewTensor::Values(rounded),
+                None,
+            )?;
+            graph.node[layer.node].input[2] = new;
+            replaced.push(name);
+        }
+    }
+    for p in pairs {
+        let a = layers[p.a].node;
+        let renamed = names.unique(&format!("{}_equalized", graph.node[a].output[0]));
+        let reader = p.activation.unwrap_or(layers[p.b].node);
+        graph.node[a].output[0] = renamed.clone();
+        graph.node[reader].input[0] = renamed;
+        if let Some(act) = p.activation {
+            let renamed = names.unique(&format!("{}_equalized", graph.node[act].output[0]));
+            graph.node[act].output[0] = renamed.clone();
+            graph.node[layers[p.b].node].input[0] = renamed;
+        }
+    }
+    drop(names);
+    remove_dead(graph, replaced, ctx);
+    folded.retain_initializers_of(graph);
+    Ok(())
+}
