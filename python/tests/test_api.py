@@ -165,6 +165,9 @@ def test_reports_validate_against_the_schema():
     _, merged = bnfold.fold(fixture("timm_repvgg_blocks_op13.onnx"), merge_branches=True)
     assert merged["merges"]
     validator.validate(merged)
+    _, equalized = bnfold.fold(fixture("torch_preact_block_op13.onnx"), equalize=True)
+    assert equalized["equalizations"]
+    validator.validate(equalized)
     validator.validate(bnfold.inspect(fixture("torch_conv_bn_bn_op13.onnx")))
     validator.validate(bnfold.verify(fixture("conv_bn.onnx"), fixture("conv_bn.onnx")))
 
