@@ -116,3 +116,51 @@ fn verify_writes_a_page_and_the_page_never_replaces_an_input() {
     assert_eq!(std::fs::read(&model).unwrap(), before);
     assert!(!out.exists());
 }
+
+/// By hand (`apt-get install chromium`, then `cargo test --test html_report -- --ignored`):
+/// headless Chromium renders a real page to a PNG, and the page asks for nothing on the way.
+#[test]
+#[ignore = "needs Debian's chromium"]
+fn headless_chromium_renders_the_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, html) = (
+        dir.path().join("fused.onnx"),
+        dir.path().join("report.html"),
+    );
+    let o = bnfold(&[
+        s(&fixture("paddle/ppocr_mobile_v2_cls_op11.onnx")),
+        "-o",
+        s(&out),
+        "--equalize",
+        "--report-html",
+        s(&html),
+        "-q",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let png = dir.path().join("report.png");
+    let profile = dir.path().join("profile");
+    let run = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            &format!("--user-data-dir={}", s(&profile)),
+            "--window-size=1280,2400",
+            &format!("--screenshot={}", s(&png)),
+            &format!("file://{}", s(&html)),
+        ])
+        .output()
+        .expect("chromium on PATH");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let bytes = std::fs::read(&png).unwrap();
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 50_000);
+}

@@ -96,8 +96,8 @@ def fold(
     (``"conv"``, ``"convtranspose"``, ``"gemm"``, ``"matmul"``), ``skip_nodes`` names
     BatchNormalization nodes (or their outputs) to leave, ``inputs_are_constants``,
     ``decompose_standalone``, ``merge_branches``, ``keep_constant_nodes`` (by default a weight
-    stored as a ``Constant`` node becomes an initializer), ``readiness=False`` is
-    ``--no-readiness``;
+    stored as a ``Constant`` node becomes an initializer), ``equalize`` (cross-layer
+    equalization of Conv pairs, exact), ``readiness=False`` is ``--no-readiness``;
     verification's ``seed``, ``samples``, ``dims`` (symbolic dimension values),
     ``input_shapes``, ``inputs`` (real input data) and ``atol``/``rtol``.
 
