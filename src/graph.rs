@@ -253,3 +253,22 @@ pub fn node_label(node: &NodeProto) -> String {
         name => name.to_string(),
     }
 }
+
+/// Whether `name` is computed by `Constant` nodes alone (directly, or by ops whose every input
+/// is), with no initializer or graph input among them.
+pub(crate) fn from_constant_nodes(index: &GraphIndex, name: &str) -> bool {
+    fn walk(index: &GraphIndex, name: &str, depth: usize) -> bool {
+        let Some(p) = index.producer(name) else {
+            return false;
+        };
+        let node = index.node(p);
+        node.op_type() == "Constant"
+            || (depth < 16
+                && !node.input.is_empty()
+                && node
+                    .input
+                    .iter()
+                    .all(|i| i.is_empty() || walk(index, i, depth + 1)))
+    }
+    walk(index, name, 0)
+}

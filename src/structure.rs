@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 
 use crate::consts::ConstEval;
 use crate::error::Result;
-use crate::graph::{node_label, GraphIndex, OuterScope};
+use crate::graph::{from_constant_nodes, node_label, GraphIndex, OuterScope};
 use crate::model::Model;
 use crate::proto::{GraphProto, NodeProto};
 use crate::tensor::decode;
@@ -44,10 +44,7 @@ pub fn first_difference(
     let dropped_constant = |i: usize| {
         let node = &a.node[i];
         node.output.iter().all(|o| !produced_b.contains(o.as_str()))
-            && node
-                .output
-                .iter()
-                .all(|o| from_constant_nodes(&index_a, o, 0))
+            && node.output.iter().all(|o| from_constant_nodes(&index_a, o))
     };
     let kept_a: Vec<usize> = outside(a, orig_region)
         .into_iter()
@@ -112,7 +109,7 @@ pub fn first_difference(
         };
         let Some(ta) = a.initializer.iter().find(|t| t.name() == name) else {
             // A value the original computes from Constant nodes, now stored.
-            if from_constant_nodes(&index_a, name, 0) {
+            if from_constant_nodes(&index_a, name) {
                 let eval = ConstEval::new(&index_a, &original.store, original.opset(), true);
                 let stored = decode(tb, &fused.store)?;
                 let same = match eval.value(name)? {
@@ -149,22 +146,6 @@ pub fn first_difference(
         }
     }
     Ok(None)
-}
-
-/// Whether `name` is computed by `Constant` nodes alone (directly, or by ops whose every input
-/// is), with no initializer or graph input among them.
-fn from_constant_nodes(index: &GraphIndex, name: &str, depth: usize) -> bool {
-    let Some(p) = index.producer(name) else {
-        return false;
-    };
-    let node = index.node(p);
-    node.op_type() == "Constant"
-        || (depth < 16
-            && !node.input.is_empty()
-            && node
-                .input
-                .iter()
-                .all(|i| i.is_empty() || from_constant_nodes(index, i, depth + 1)))
 }
 
 /// The node with its subgraphs emptied (their attributes kept, with their names and types).

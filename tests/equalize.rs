@@ -13,7 +13,21 @@ use common::build::Graph;
 use common::edited;
 
 fn equalized(model: ModelProto) -> (Model, Model, Report) {
-    let original = Model::from_proto(model, ExternalStore::none()).unwrap();
+    equalized_model(Model::from_proto(model, ExternalStore::none()).unwrap())
+}
+
+/// A fixture, loaded.
+fn fixture_model(name: &str) -> Model {
+    Model::load(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures")
+            .join(name),
+    )
+    .unwrap()
+}
+
+/// `original` folded with `--equalize`, the fused model read back from its bytes.
+fn equalized_model(original: Model) -> (Model, Model, Report) {
     let mut fused = original.clone();
     let options = FoldOptions {
         equalize: true,
@@ -179,44 +193,29 @@ fn a_depthwise_triple_equalizes_as_two_pairs() {
 
 #[test]
 fn the_paddle_classifier_equalizes_and_is_proven() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/paddle/ppocr_mobile_v2_cls_op11.onnx");
-    let original = Model::load(path).unwrap();
-    let mut fused = original.clone();
-    let options = FoldOptions {
-        equalize: true,
-        ..FoldOptions::default()
-    };
-    let report = fold(&mut fused, &options).unwrap();
+    let (original, fused, report) =
+        equalized_model(fixture_model("paddle/ppocr_mobile_v2_cls_op11.onnx"));
     assert_eq!(report.equalizations.len(), 15);
     // Hard-swish (Mul/Clip/Div) ends pairs: only Relu and direct pairs.
     assert!(report
         .equalizations
         .iter()
         .all(|e| matches!(e.activation.as_deref(), None | Some("Relu"))));
-    let fused = Model::from_bytes(fused.to_bytes().unwrap()).unwrap();
     passes(&original, &fused);
 }
 
 #[test]
 fn a_pair_whose_weight_would_overflow_is_left_out() {
     // γ = 4e31: the folded weights sit near float32's limit, and equalizing would push one past.
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/regressions/bn_gamma_4e31_overflows_fused_accumulation.onnx");
-    let original = Model::load(path).unwrap();
-    let mut fused = original.clone();
-    let options = FoldOptions {
-        equalize: true,
-        ..FoldOptions::default()
-    };
-    let report = fold(&mut fused, &options).unwrap();
+    let (original, fused, report) = equalized_model(fixture_model(
+        "regressions/bn_gamma_4e31_overflows_fused_accumulation.onnx",
+    ));
     assert!(
         report.equalizations.is_empty(),
         "{:?}",
         report.equalizations
     );
     assert!(!report.folds.is_empty());
-    let fused = Model::from_bytes(fused.to_bytes().unwrap()).unwrap();
     let v = verify(&original, &fused, &[], &VerifyOptions::default()).unwrap();
     assert_eq!(v.status, Status::Passed, "{v:?}");
 }

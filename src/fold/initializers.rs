@@ -26,7 +26,7 @@ use super::options::PassContext;
 use crate::attr;
 use crate::consts::{constant_node_value, ConstEval};
 use crate::error::Result;
-use crate::graph::{node_label, GraphIndex, OuterScope};
+use crate::graph::{from_constant_nodes, node_label, GraphIndex, OuterScope};
 use crate::proto::{GraphProto, TensorProto};
 use crate::report::InitializerRecord;
 use crate::tensor;
@@ -118,21 +118,6 @@ pub(super) fn store_weights_as_initializers(
     Ok(records)
 }
 
-/// Whether `name` is computed from `Constant` nodes alone (no initializer, no graph input).
-fn from_constant_nodes(graph: &GraphProto, index: &GraphIndex, name: &str, depth: usize) -> bool {
-    let Some(p) = index.producer(name) else {
-        return false;
-    };
-    let node = &graph.node[p];
-    node.op_type() == "Constant"
-        || (depth < 16
-            && !node.input.is_empty()
-            && node
-                .input
-                .iter()
-                .all(|i| i.is_empty() || from_constant_nodes(graph, index, i, depth + 1)))
-}
-
 /// The initializer for `name` when its producer is a `Constant` node or data movement on
 /// constants, within the preconditions.
 fn candidate(
@@ -169,7 +154,7 @@ fn candidate(
     }
     // Data movement on `Constant` nodes only: an initializer read through an `Identity` (torch's
     // shared weights) is a weight already, and copying it would store it twice.
-    if !moves_data(node.op_type()) || !from_constant_nodes(graph, index, name, 0) {
+    if !moves_data(node.op_type()) || !from_constant_nodes(index, name) {
         return Ok(None);
     }
     let Ok(value) = eval.value(name)? else {
