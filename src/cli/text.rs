@@ -143,16 +143,7 @@ pub fn fold_report(report: &Report, input: &Path, output: Option<&Path>) -> Stri
     if !report.equalizations.is_empty() {
         crate::cli::text_readiness::equalizations(&report.equalizations, &mut s);
     }
-    if let Some(first) = report.initializers_from_constants.first() {
-        let count = report.initializers_from_constants.len();
-        let more = match count {
-            1 => String::new(),
-            n => format!(" and {} more", n - 1),
-        };
-        let line = format!("{} ({}){more}", Shown(&first.tensor), Shown(&first.op_type));
-        let title = paint(BOLD, format!("weights as initializers ({count}):"));
-        let _ = writeln!(s, "\n{title}\n  {line}");
-    }
+    crate::cli::text_readiness::initializers(&report.initializers_from_constants, &mut s);
     if !report.non_foldable_normalizations.is_empty() {
         let _ = writeln!(
             s,

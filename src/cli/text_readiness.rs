@@ -140,3 +140,17 @@ pub fn equalizations(pairs: &[bnfold::report::EqualizationRecord], s: &mut Strin
         );
     }
 }
+
+/// The weights stored as initializers instead of `Constant` nodes: how many, and the first.
+pub fn initializers(stored: &[bnfold::report::InitializerRecord], s: &mut String) {
+    let Some(first) = stored.first() else {
+        return;
+    };
+    let more = match stored.len() {
+        1 => String::new(),
+        n => format!(" and {} more", n - 1),
+    };
+    let line = format!("{} ({}){more}", Shown(&first.tensor), Shown(&first.op_type));
+    let title = paint(BOLD, format!("weights as initializers ({}):", stored.len()));
+    let _ = writeln!(s, "\n{title}\n  {line}");
+}
