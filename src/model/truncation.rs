@@ -90,36 +90,66 @@ impl Overrun<'_> {
     }
 }
 
+/// One field of a message: its number and wire type, and where its body (length-delimited
+/// fields) or its value lies.
+enum Step {
+    /// A whole field, the next one starting at `next`; `body` for a length-delimited one.
+    Whole {
+        tag: u64,
+        body: Option<(usize, usize)>,
+        next: usize,
+    },
+    /// A length-delimited field declaring `len` bytes from `body_at`, past the end of `buf`.
+    Cut {
+        tag: u64,
+        body_at: usize,
+        len: usize,
+    },
+}
+
+/// The field of the message in `buf` starting at `at`; `None` when it is malformed (a cut
+/// varint, an unknown wire type).
+fn step(buf: &[u8], at: usize) -> Option<Step> {
+    let (tag, at) = varint(buf, at)?;
+    let (body, next) = match tag & 7 {
+        0 => (None, varint(buf, at)?.1),
+        1 => (None, at.checked_add(8)?),
+        5 => (None, at.checked_add(4)?),
+        2 => {
+            let (len, body_at) = varint(buf, at)?;
+            let len = usize::try_from(len).ok()?;
+            match body_at.checked_add(len) {
+                Some(end) if end <= buf.len() => (Some((body_at, end)), end),
+                _ => return Some(Step::Cut { tag, body_at, len }),
+            }
+        }
+        _ => return None,
+    };
+    Some(Step::Whole { tag, body, next })
+}
+
 /// The first field of the message in `buf` that runs past its end, if the fields before it
 /// are well formed and `accept`ed (field number, wire type).
 fn overrun(buf: &[u8], accept: impl Fn(u64, u64) -> bool) -> Option<Overrun<'_>> {
     let mut at = 0;
     while at < buf.len() {
-        let (tag, next) = varint(buf, at)?;
-        at = next;
+        let found = step(buf, at)?;
+        let tag = match found {
+            Step::Whole { tag, .. } | Step::Cut { tag, .. } => tag,
+        };
         if !accept(tag >> 3, tag & 7) {
             return None;
         }
-        match tag & 7 {
-            0 => at = varint(buf, at)?.1,
-            1 => at = at.checked_add(8)?,
-            5 => at = at.checked_add(4)?,
-            2 => {
-                let (len, body_at) = varint(buf, at)?;
-                let len = usize::try_from(len).ok()?;
-                match body_at.checked_add(len) {
-                    Some(end) if end <= buf.len() => at = end,
-                    _ => {
-                        return Some(Overrun {
-                            field: tag >> 3,
-                            body_at,
-                            len,
-                            available: &buf[body_at.min(buf.len())..],
-                        })
-                    }
-                }
+        match found {
+            Step::Whole { next, .. } => at = next,
+            Step::Cut { tag, body_at, len } => {
+                return Some(Overrun {
+                    field: tag >> 3,
+                    body_at,
+                    len,
+                    available: &buf[body_at.min(buf.len())..],
+                })
             }
-            _ => return None,
         }
     }
     None
@@ -129,22 +159,14 @@ fn overrun(buf: &[u8], accept: impl Fn(u64, u64) -> bool) -> Option<Overrun<'_>>
 fn field(buf: &[u8], number: u64) -> Option<&[u8]> {
     let mut at = 0;
     while at < buf.len() {
-        let (tag, next) = varint(buf, at)?;
-        at = next;
-        match tag & 7 {
-            0 => at = varint(buf, at)?.1,
-            1 => at = at.checked_add(8)?,
-            5 => at = at.checked_add(4)?,
-            2 => {
-                let (len, body_at) = varint(buf, at)?;
-                let end = body_at.checked_add(usize::try_from(len).ok()?)?;
-                let body = buf.get(body_at..end)?;
-                if tag >> 3 == number {
-                    return Some(body);
-                }
-                at = end;
-            }
-            _ => return None,
+        match step(buf, at)? {
+            Step::Whole {
+                tag,
+                body: Some((start, end)),
+                ..
+            } if tag >> 3 == number => return buf.get(start..end),
+            Step::Whole { next, .. } => at = next,
+            Step::Cut { .. } => return None,
         }
     }
     None
