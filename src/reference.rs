@@ -13,6 +13,7 @@
 //!   them once more does; the candidate passes when it is within four times that run's distance
 //!   from the original.
 
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::certificate::ulps::unit;
@@ -26,7 +27,7 @@ use crate::tensor::{decode, Dtype, Tensor};
 pub const FACTOR: f64 = 4.0;
 
 /// How a whole-model output was judged a second time.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReferenceKind {
     /// Against the original evaluated in f64.
@@ -36,7 +37,7 @@ pub enum ReferenceKind {
 }
 
 /// The second opinion on one output.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
 pub struct ReferenceCheck {
     /// Exact (f64) or sensitivity.
     pub kind: ReferenceKind,

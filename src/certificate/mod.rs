@@ -25,6 +25,7 @@
 //! The region run of the whole-model check is what shows the formula itself is right; this shows
 //! that what was written is the formula.
 
+use schemars::JsonSchema;
 use serde::Serialize;
 
 mod backward;
@@ -54,7 +55,7 @@ use crate::proto::NodeProto;
 use crate::tensor::{self, Tensor};
 
 /// The certificate of one fused node.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
 pub struct NodeCertificate {
     /// The graph holding it: `main`, or a subgraph's path as the fold report has it.
     pub graph: String,
@@ -71,7 +72,7 @@ pub struct NodeCertificate {
 }
 
 /// One rewritten tensor against its formula.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
 pub struct TensorCheck {
     /// The tensor of the fused model.
     pub tensor: String,

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use bnfold::printable::{printable, printable_path, Shown};
 use bnfold::readiness::Readiness;
+use bnfold::report::json::NormalizationEntry;
 
 use crate::cli::style::{paint, BOLD, GREEN, YELLOW};
 
@@ -89,7 +90,7 @@ fn layer_table(worst: &[&bnfold::readiness::LayerReadiness], s: &mut String) {
 }
 
 /// The `inspect` report: each normalization node and how it folds, then the readiness.
-pub fn inspect(path: &Path, normalizations: &[serde_json::Value], r: &Readiness) -> String {
+pub fn inspect(path: &Path, normalizations: &[NormalizationEntry], r: &Readiness) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -101,8 +102,7 @@ pub fn inspect(path: &Path, normalizations: &[serde_json::Value], r: &Readiness)
     } else {
         let _ = writeln!(s, "\n{}", paint(BOLD, "normalization nodes:"));
         for n in normalizations {
-            let foldable = n["foldable"].as_bool().unwrap_or(false);
-            let mark = if foldable {
+            let mark = if n.foldable {
                 paint(GREEN, "folds")
             } else {
                 paint(YELLOW, "stays:")
@@ -110,9 +110,9 @@ pub fn inspect(path: &Path, normalizations: &[serde_json::Value], r: &Readiness)
             let _ = writeln!(
                 s,
                 "  {} {}: {mark} {}",
-                Shown(n["op_type"].as_str().unwrap_or("")),
-                Shown(n["node"].as_str().unwrap_or("")),
-                Shown(n["how"].as_str().unwrap_or(""))
+                Shown(&n.op_type),
+                Shown(&n.node),
+                Shown(&n.how)
             );
         }
     }

@@ -153,7 +153,7 @@ fn inspect(
     };
     py.detach(|| -> crate::Result<String> {
         let (report, readiness) = pipeline::inspect(source.load()?, &fold)?;
-        let normalizations = crate::report::json::normalizations(&report);
+        let normalizations = crate::report::json::NormalizationEntry::all(&report);
         Ok(crate::report::json::inspect(&label, &normalizations, &readiness).to_string())
     })
     .or_raise(py, &label)

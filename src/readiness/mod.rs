@@ -16,6 +16,7 @@ mod sums;
 mod tap;
 mod warnings;
 
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::consts::ConstEval;
@@ -32,7 +33,7 @@ pub const DEAD_STD: f64 = 1e-4;
 pub const MIN_EFFECTIVE_BITS: f64 = 4.0;
 
 /// The readiness of one weight.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
 pub struct LayerReadiness {
     /// The node (name, or first output).
     pub node: String,
@@ -61,7 +62,7 @@ pub struct LayerReadiness {
 }
 
 /// The statistics of one BatchNormalization.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
 pub struct BatchNormReadiness {
     /// The BatchNormalization node.
     pub node: String,
@@ -76,7 +77,7 @@ pub struct BatchNormReadiness {
 }
 
 /// The whole report.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, JsonSchema)]
 pub struct Readiness {
     /// Every weight of the analysed model, in graph order.
     pub layers: Vec<LayerReadiness>,

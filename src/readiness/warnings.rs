@@ -2,6 +2,7 @@
 //! quantizer takes for activations, an opset too old for per-channel INT8, layers that lose
 //! much more per tensor than per channel, dead channels, and variances below ε.
 
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use super::{BatchNormReadiness, LayerReadiness};
@@ -12,12 +13,44 @@ use crate::model::Model;
 /// quantizing per channel, or equalizing for a per-tensor target.
 pub const PER_CHANNEL_GAIN_DB: f64 = 12.0;
 
+/// What a readiness warning is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WarningCode {
+    /// Layer weights stored as `Constant` nodes, which quantizers treat as activations.
+    ConstantNodeWeights,
+    /// An opset below 13, where `DequantizeLinear` has no axis for per-channel INT8.
+    #[serde(rename = "per_channel_needs_opset_13")]
+    PerChannelNeedsOpset13,
+    /// Layers whose per-tensor SQNR is far below their per-channel SQNR.
+    PerTensorFarBelowPerChannel,
+    /// BatchNormalization channels whose scale is zero.
+    DeadChannels,
+    /// BatchNormalization channels whose running variance is below epsilon.
+    VarianceBelowEpsilon,
+}
+
+impl WarningCode {
+    /// The code as the JSON report writes it.
+    pub fn as_str(self) -> String {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::String(code)) => code,
+            _ => String::new(),
+        }
+    }
+}
+
+impl std::fmt::Display for WarningCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.as_str())
+    }
+}
+
 /// One warning: a code, the nodes it is about (worst first), and what to do, for people.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
 pub struct ReadinessWarning {
-    /// `constant_node_weights`, `per_channel_needs_opset_13`, `per_tensor_far_below_per_channel`,
-    /// `dead_channels` or `variance_below_epsilon`.
-    pub code: &'static str,
+    /// What it is about.
+    pub code: WarningCode,
     /// The nodes it is about, worst first.
     pub nodes: Vec<String>,
     /// What it means and what to do.
@@ -34,7 +67,7 @@ pub fn warnings(
     let constant_weights = constant_node_weights(model);
     if let Some(first) = constant_weights.first() {
         found.push(ReadinessWarning {
-            code: "constant_node_weights",
+            code: WarningCode::ConstantNodeWeights,
             message: format!(
                 "{} layer weight{} stored as Constant nodes (first: {first}): onnxruntime's \
                  quantizer treats a Constant node's output as an activation, one scale per tensor \
@@ -49,7 +82,7 @@ pub fn warnings(
     let opset = model.opset();
     if opset < 13 && (!layers.is_empty() || !found.is_empty()) {
         found.push(ReadinessWarning {
-            code: "per_channel_needs_opset_13",
+            code: WarningCode::PerChannelNeedsOpset13,
             nodes: Vec::new(),
             message: format!(
                 "opset {opset}: DequantizeLinear has no axis before opset 13, so per-channel INT8 \
@@ -107,7 +140,7 @@ fn per_tensor_losses(layers: &[LayerReadiness]) -> Option<ReadinessWarning> {
         worst.range_spread,
     );
     Some(ReadinessWarning {
-        code: "per_tensor_far_below_per_channel",
+        code: WarningCode::PerTensorFarBelowPerChannel,
         nodes: losing.iter().map(|(l, _)| l.node.clone()).collect(),
         message,
     })
@@ -115,7 +148,7 @@ fn per_tensor_losses(layers: &[LayerReadiness]) -> Option<ReadinessWarning> {
 
 fn batch_norm_warnings(batch_norms: &[BatchNormReadiness]) -> Vec<ReadinessWarning> {
     let mut found = Vec::new();
-    let mut by = |code: &'static str, count: fn(&BatchNormReadiness) -> usize, what: &str| {
+    let mut by = |code: WarningCode, count: fn(&BatchNormReadiness) -> usize, what: &str| {
         let mut hit: Vec<&BatchNormReadiness> =
             batch_norms.iter().filter(|b| count(b) > 0).collect();
         hit.sort_by(|a, b| count(b).cmp(&count(a)).then_with(|| a.node.cmp(&b.node)));
@@ -138,13 +171,13 @@ fn batch_norm_warnings(batch_norms: &[BatchNormReadiness]) -> Vec<ReadinessWarni
         });
     };
     by(
-        "dead_channels",
+        WarningCode::DeadChannels,
         |b| b.dead_channels,
         "are dead: each outputs the constant β, which the next layer can absorb and its input \
          channel be pruned; if unexpected, check the training",
     );
     by(
-        "variance_below_epsilon",
+        WarningCode::VarianceBelowEpsilon,
         |b| b.tiny_variance_channels,
         "have a running variance below ε, so ε, not the data, sets their scale: statistics \
          of a layer that saw little data; recalibrate the BatchNormalization statistics",

@@ -6,6 +6,7 @@
 use std::fmt::Write as _;
 
 use crate::readiness::{LayerReadiness, Readiness};
+use crate::report::json::NormalizationEntry;
 use crate::report::{Direction, Report};
 use crate::verify::Verification;
 
@@ -70,19 +71,21 @@ pub fn fold(report: &Report, input: &str, output: Option<&str>) -> String {
 }
 
 /// The page of `inspect`: the readiness of `input` as it would fold.
-pub fn inspect(input: &str, normalizations: &[serde_json::Value], readiness: &Readiness) -> String {
+pub fn inspect(
+    input: &str,
+    normalizations: &[NormalizationEntry],
+    readiness: &Readiness,
+) -> String {
     let mut page = Page::new(&format!("bnfold inspect {input}"));
     page.section(&format!("Normalizations ({})", normalizations.len()));
     let rows: Vec<Vec<String>> = normalizations
         .iter()
         .map(|n| {
-            let text = |k: &str| escape(n[k].as_str().unwrap_or(""));
-            let folds = n["foldable"].as_bool().unwrap_or(false);
             vec![
-                text("op_type"),
-                text("node"),
-                if folds { "folds" } else { "stays" }.to_string(),
-                text("how"),
+                escape(&n.op_type),
+                escape(&n.node),
+                if n.foldable { "folds" } else { "stays" }.to_string(),
+                escape(&n.how),
             ]
         })
         .collect();

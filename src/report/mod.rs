@@ -2,10 +2,12 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::Serialize;
 
 pub mod html;
 pub mod json;
+pub mod schema;
 
 use crate::fold::rules::{FoldKind, SkipReason};
 use crate::verify::Verification;
@@ -14,7 +16,7 @@ use crate::verify::Verification;
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// Which way a BatchNormalization folded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// Into the layer that produces its input.
@@ -24,7 +26,7 @@ pub enum Direction {
 }
 
 /// One BatchNormalization folded into its producer (or, forward, its consumer).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
 pub struct FoldRecord {
     /// The graph it happened in (`main`, or `main/<node>/<attribute>` for a subgraph).
     pub graph: String,
@@ -61,7 +63,7 @@ pub struct FoldRecord {
 
 /// One BatchNormalization left in place, or a `Mul`, `Add`, `Sub` or `Div` after a layer whose
 /// constant is not per channel.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
 pub struct SkipRecord {
     /// The graph it is in.
     pub graph: String,
@@ -78,7 +80,7 @@ pub struct SkipRecord {
 }
 
 /// A BatchNormalization rewritten as `Mul` and `Add` (`--decompose-standalone`).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
 pub struct DecompositionRecord {
     /// The graph it is in.
     pub graph: String,
@@ -91,7 +93,7 @@ pub struct DecompositionRecord {
 }
 
 /// A normalization whose statistics depend on the input, so it never folds.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
 pub struct NormalizationRecord {
     /// The graph it is in.
     pub graph: String,
@@ -104,7 +106,7 @@ pub struct NormalizationRecord {
 /// A layer weight or BN parameter that a `Constant` node (or data movement on constants)
 /// computed, now stored as an initializer of the same name (quantizers treat only initializers
 /// as weights; `--keep-constant-nodes` leaves them).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
 pub struct InitializerRecord {
     /// The graph it is in.
     pub graph: String,
@@ -118,7 +120,7 @@ pub struct InitializerRecord {
 
 /// A pair of Convs equalized (`--equalize`): the first's output channels scaled down by the
 /// factors the second's input channels are scaled up by.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
 pub struct EqualizationRecord {
     /// The graph it happened in.
     pub graph: String,
@@ -146,7 +148,7 @@ pub struct EqualizationRecord {
 }
 
 /// An `Add` of parallel branches merged into one Conv (`--merge-branches`).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
 pub struct MergeRecord {
     /// The graph it happened in.
     pub graph: String,

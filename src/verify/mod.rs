@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::Serialize;
 use tract_onnx::prelude::*;
 
@@ -82,7 +83,7 @@ impl Default for VerifyOptions {
 }
 
 /// The outcome of the check.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Every compared tensor is within tolerance.
@@ -94,7 +95,7 @@ pub enum Status {
 }
 
 /// The comparison of one tensor present in both models.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
 pub struct OutputCheck {
     /// The tensor's name.
     pub name: String,
@@ -121,7 +122,7 @@ pub struct OutputCheck {
 }
 
 /// What the check did.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
 pub struct Verification {
     /// Passed, failed, or not verified.
     pub status: Status,
@@ -151,7 +152,7 @@ pub struct Verification {
 }
 
 /// One fold's region against its fused node.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
 pub struct RegionCheck {
     /// The graph holding it: `main`, or a subgraph's path as the fold report has it.
     pub graph: String,
@@ -178,7 +179,7 @@ pub struct RegionCheck {
 }
 
 /// A region's outputs against their exact values.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
 pub struct ExactCheck {
     /// Largest error of the fused nodes against the exact value, in units of rounding of `M`.
     pub fused_error_units: f64,
@@ -194,7 +195,7 @@ pub struct ExactCheck {
 }
 
 /// One differing region of the candidate against the original's values.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
 pub struct DivergenceCheck {
     /// The region's first node in the candidate's graph order (name, or first output).
     pub first_node: String,

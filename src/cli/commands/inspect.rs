@@ -26,7 +26,7 @@ pub(crate) fn run_inspect(
     };
     let (report, readiness) = bnfold::pipeline::inspect(model, &options)
         .with_context(|| format!("{}", path.display()))?;
-    let normalizations = bnfold::report::json::normalizations(&report);
+    let normalizations = bnfold::report::json::NormalizationEntry::all(&report);
     let json =
         || bnfold::report::json::inspect(&path.display().to_string(), &normalizations, &readiness);
     let html =

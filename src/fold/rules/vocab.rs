@@ -1,10 +1,11 @@
 //! The words the report prints: the kinds of layer a BatchNormalization folds into, and every
 //! reason one is left in place, as data (the prose is derived from it, in one place).
 
+use schemars::JsonSchema;
 use serde::Serialize;
 
 /// The kinds of layer a BatchNormalization folds into.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FoldKind {
     /// `Conv`, any rank, grouped or depthwise.
@@ -53,7 +54,7 @@ impl FoldKind {
 }
 
 /// Why a BatchNormalization was left in place. Data for the report, not a message.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(tag = "code", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum SkipReason {
