@@ -54,7 +54,7 @@ pub struct LayerReadiness {
     pub sqnr_per_channel_db: Option<f64>,
     /// Weight elements that are NaN or infinite: no SQNR is defined for such a layer.
     pub non_finite_elements: usize,
-    /// Channels with fewer than [`MIN_EFFECTIVE_BITS`] effective bits under the per-tensor grid
+    /// Channels with fewer than 4 effective bits under the per-tensor grid
     /// (all-zero channels not counted).
     pub starved_channels: usize,
     /// Channels whose weights are all zero.
@@ -68,7 +68,7 @@ pub struct BatchNormReadiness {
     pub node: String,
     /// Channels.
     pub channels: usize,
-    /// Channels whose output standard deviation is below [`DEAD_STD`].
+    /// Channels whose output standard deviation `|γ|·√(σ²/(σ²+ε))` is below 1e-4.
     pub dead_channels: usize,
     /// The largest `|γ|/√(σ²+ε)`.
     pub max_amplification: f64,

@@ -117,7 +117,8 @@ pub struct OutputCheck {
     /// Whether every element satisfied `|a − b| ≤ atol + rtol·|a|`, or, where one did not, the
     /// second opinion passed.
     pub passed: bool,
-    /// The second opinion, for an output beyond the fixed tolerance (see [`crate::reference`]).
+    /// The second opinion, for an output beyond the fixed tolerance: an exact
+    /// reference where tract can run one, else the original's own sensitivity.
     pub reference: Option<ReferenceCheck>,
 }
 
@@ -136,18 +137,18 @@ pub struct Verification {
     pub samples: usize,
     /// The seed.
     pub seed: u64,
-    /// The exact certificate of every node that took over a BatchNormalization's output
-    /// (see [`crate::certificate`]).
+    /// The exact certificate of every node that took over a BatchNormalization's output: each
+    /// rewritten tensor against the fold's formula recomputed from the original.
     pub certificates: Vec<NodeCertificate>,
-    /// Each backward fold run alone against its original region (see [`crate::regions`]).
+    /// Each backward fold run alone against its original region.
     pub regions: Vec<RegionCheck>,
-    /// The first difference between the graphs outside the folds (see [`crate::structure`]).
+    /// The first difference between the graphs outside the folds, if any.
     pub structure_difference: Option<String>,
     /// Whether the local proof is complete: no difference outside the folds, every region
     /// passed, every certificate passed.
     pub proven_locally: bool,
     /// Where the candidate differs outside the folds: each differing region run alone on the
-    /// original's values (see [`crate::divergence`]).
+    /// original's values.
     pub divergences: Vec<DivergenceCheck>,
 }
 
@@ -171,7 +172,7 @@ pub struct RegionCheck {
     /// The comparison of the region's output against the original region's, when it ran (its
     /// figures; the exact check decides).
     pub check: Option<OutputCheck>,
-    /// The region's output against its exact value (see [`crate::regions`]), which decides.
+    /// The region's output against its exact value, which decides.
     pub exact: Option<ExactCheck>,
     /// Why the region has no exact check (tract cannot run it in f64), when it has none: then
     /// `check` decides, with the tolerance of one layer.
