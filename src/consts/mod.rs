@@ -1,0 +1,279 @@
+//! Values known before the model runs: initializers, `Constant` nodes, and small subgraphs whose
+//! result depends only on constants, types or static shapes (torch's dynamo exporter computes a
+//! zero Conv bias as `Expand(CastLike(0, x), Shape(W)[0:1])`).
+
+use foldhash::HashMap;
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use crate::attr;
+use crate::error::Result;
+use crate::external::ExternalStore;
+use crate::folded::{FoldedTensor, FoldedWeights};
+use crate::graph::GraphIndex;
+use crate::proto::NodeProto;
+use crate::tensor::{self, Dtype, Tensor};
+
+mod kernels;
+mod ops;
+pub use kernels::{broadcast_shape, broadcast_to, transpose};
+
+/// Why a tensor is not a constant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NotConstant {
+    /// An initializer also listed as a graph input (IR ≥ 4): the caller can override it.
+    OverridableInput(String),
+    /// Computed at run time from this tensor.
+    Runtime(String),
+    /// Stored as a `sparse_initializer`, which bnfold does not densify.
+    Sparse(String),
+}
+
+/// Largest constant bnfold computes from a subgraph, in elements.
+const MAX_COMPUTED_ELEMENTS: usize = 1 << 26;
+/// Deepest chain of constant ops followed.
+const MAX_DEPTH: usize = 64;
+
+/// Evaluates constant tensors of one graph, memoized.
+pub struct ConstEval<'a> {
+    index: &'a GraphIndex<'a>,
+    store: &'a ExternalStore,
+    folded: Option<&'a FoldedWeights>,
+    opset: i64,
+    inputs_are_constants: bool,
+    cache: RefCell<HashMap<String, std::result::Result<Rc<Tensor>, NotConstant>>>,
+}
+
+type Lookup = std::result::Result<Rc<Tensor>, NotConstant>;
+
+impl<'a> ConstEval<'a> {
+    /// An evaluator over `index`; `inputs_are_constants` treats initializers that are also graph
+    /// inputs as constants (the spec's reading for IR < 4, or the user's choice).
+    pub fn new(
+        index: &'a GraphIndex<'a>,
+        store: &'a ExternalStore,
+        opset: i64,
+        inputs_are_constants: bool,
+    ) -> Self {
+        ConstEval {
+            index,
+            store,
+            folded: None,
+            opset,
+            inputs_are_constants,
+            cache: RefCell::new(HashMap::default()),
+        }
+    }
+
+    /// The stored tensor behind `name` when it is one, undecoded: an initializer (unless a graph
+    /// input can override it) or a `Constant` node's `value`. `None` when `name` is computed
+    /// or not constant: ask [`ConstEval::value`].
+    pub fn stored(
+        &self,
+        name: &str,
+    ) -> Result<Option<std::result::Result<&'a crate::proto::TensorProto, NotConstant>>> {
+        let index = self.index;
+        if let Some(t) = index.initializer(name) {
+            if index.is_graph_input(name) && !self.inputs_are_constants {
+                return Ok(Some(Err(NotConstant::OverridableInput(name.to_string()))));
+            }
+            return Ok(Some(Ok(t)));
+        }
+        let Some(producer) = index.producer(name) else {
+            return Ok(None);
+        };
+        let node = index.node(producer);
+        if node.op_type() == "Constant" && matches!(node.domain(), "" | "ai.onnx") {
+            return Ok(attr::tensor(node, "value")?.map(Ok));
+        }
+        Ok(None)
+    }
+
+    /// The same evaluator, reading the graph's own initializers that `folded` holds as folded.
+    pub fn with_folded(mut self, folded: &'a FoldedWeights) -> Self {
+        self.folded = Some(folded);
+        self
+    }
+
+    /// The folded tensor behind the graph's own initializer `name`, if a fold rewrote it.
+    pub fn folded(&self, name: &str) -> Option<&'a FoldedTensor> {
+        match self.index.is_own_initializer(name) {
+            true => self
+                .folded
+                .zip(self.index.initializer(name))
+                .and_then(|(f, t)| f.of(t)),
+            false => None,
+        }
+    }
+
+    /// The store tensor data is read through.
+    pub fn store(&self) -> &'a ExternalStore {
+        self.store
+    }
+
+    /// The value of `name`, or why it is not a constant.
+    pub fn value(&self, name: &str) -> Result<Lookup> {
+        self.value_at(name, 0)
+    }
+
+    fn value_at(&self, name: &str, depth: usize) -> Result<Lookup> {
+        if let Some(hit) = self.cache.borrow().get(name) {
+            return Ok(hit.clone());
+        }
+        let found = self.compute(name, depth)?;
+        self.cache
+            .borrow_mut()
+            .insert(name.to_string(), found.clone());
+        Ok(found)
+    }
+
+    fn compute(&self, name: &str, depth: usize) -> Result<Lookup> {
+        let index = self.index;
+        if let Some(t) = index.initializer(name) {
+            if index.is_graph_input(name) && !self.inputs_are_constants {
+                return Ok(Err(NotConstant::OverridableInput(name.to_string())));
+            }
+            return Ok(Ok(Rc::new(match self.folded(name) {
+                Some(folded) => folded.value.decode(self.store)?,
+                None => tensor::decode(t, self.store)?,
+            })));
+        }
+        let runtime = || Ok(Err(NotConstant::Runtime(name.to_string())));
+        let Some(producer) = index.producer(name) else {
+            if index.is_sparse_initializer(name) {
+                return Ok(Err(NotConstant::Sparse(name.to_string())));
+            }
+            return runtime();
+        };
+        if depth > MAX_DEPTH {
+            return runtime();
+        }
+        let node = index.node(producer);
+        if !matches!(node.domain(), "" | "ai.onnx") || node.output.len() != 1 {
+            return runtime();
+        }
+        match self.eval(node, depth + 1)? {
+            Some(t) if t.len() <= MAX_COMPUTED_ELEMENTS => Ok(Ok(Rc::new(t))),
+            Some(_) => runtime(),
+            None => {
+                // Report the deepest input that is not constant, which names the real cause.
+                for input in node.input.iter().filter(|i| !i.is_empty()) {
+                    if let Err(reason) = self.value_at(input, depth + 1)? {
+                        return Ok(Err(reason));
+                    }
+                }
+                runtime()
+            }
+        }
+    }
+
+    fn input(&self, node: &NodeProto, i: usize, depth: usize) -> Result<Option<Rc<Tensor>>> {
+        match node.input.get(i).filter(|n| !n.is_empty()) {
+            Some(name) => Ok(self.value_at(name, depth)?.ok()),
+            None => Ok(None),
+        }
+    }
+
+    /// The element type of `name`, from declarations, constants or the op that produces it.
+    pub fn dtype(&self, name: &str) -> Option<Dtype> {
+        self.dtype_at(name, 0)
+    }
+
+    fn dtype_at(&self, name: &str, depth: usize) -> Option<Dtype> {
+        if let Some(d) = self.index.declared_dtype(name) {
+            return Some(d);
+        }
+        let node = self.index.node(self.index.producer(name)?);
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        match node.op_type() {
+            "Cast" => attr::int(node, "to")
+                .ok()?
+                .and_then(|c| Dtype::from_code(c as i32)),
+            "CastLike" => self.dtype_at(node.input.get(1)?, depth + 1),
+            "Shape" | "Size" | "NonZero" | "ArgMax" | "ArgMin" => Some(Dtype::I64),
+            "Constant" => self.value(name).ok()?.ok().map(|t| t.dtype),
+            "Equal" | "Less" | "Greater" | "Not" | "And" | "Or" | "IsNaN" => Some(Dtype::Bool),
+            _ => self.dtype_at(node.input.first()?, depth + 1),
+        }
+    }
+
+    /// The static shape of `name`, when every axis is known.
+    pub fn static_shape(&self, name: &str) -> Option<Vec<usize>> {
+        if let Some(dims) = self.index.declared_shape(name) {
+            if let Some(dims) = dims.into_iter().collect::<Option<Vec<_>>>() {
+                return Some(dims);
+            }
+        }
+        self.value(name).ok()?.ok().map(|t| t.dims.clone())
+    }
+
+    /// The rank of `name`, from declarations, constants, or the ops that produce it.
+    pub fn rank(&self, name: &str) -> Option<usize> {
+        self.rank_at(name, 0)
+    }
+
+    fn rank_at(&self, name: &str, depth: usize) -> Option<usize> {
+        if let Some(dims) = self.index.declared_shape(name) {
+            return Some(dims.len());
+        }
+        if let Ok(Ok(t)) = self.value(name) {
+            return Some(t.dims.len());
+        }
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        let node = self.index.node(self.index.producer(name)?);
+        let input_rank = |i: usize| {
+            node.input
+                .get(i)
+                .filter(|n| !n.is_empty())
+                .and_then(|n| self.rank_at(n, depth + 1))
+        };
+        match node.op_type() {
+            "Flatten" | "Gemm" => Some(2),
+            "Reshape" => self.value(node.input.get(1)?).ok()?.ok().map(|s| s.len()),
+            "MatMul" => match (input_rank(0)?, input_rank(1)?) {
+                (1, 1) => Some(0),
+                (1, b) => Some(b - 1),
+                (a, 1) => Some(a - 1),
+                (a, b) => Some(a.max(b)),
+            },
+            "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Where" | "PRelu" => {
+                (0..node.input.len())
+                    .map(input_rank)
+                    .try_fold(0, |m, r| Some(m.max(r?)))
+            }
+            op if crate::graph::keeps_batch_and_rank(op) => input_rank(0),
+            "Cast" | "CastLike" | "Softmax" | "LogSoftmax" | "Erf" | "Exp" | "Log" | "Neg"
+            | "Abs" | "Sqrt" | "Transpose" => input_rank(0),
+            _ => None,
+        }
+    }
+}
+
+/// The value of a `Constant` node: `value`, `value_float(s)` or `value_int(s)`.
+pub fn constant_node_value(node: &NodeProto, store: &ExternalStore) -> Result<Option<Tensor>> {
+    if let Some(t) = attr::tensor(node, "value")? {
+        return Ok(Some(tensor::decode(t, store)?));
+    }
+    if let Some(f) = attr::float(node, "value_float")? {
+        return Ok(Some(Tensor::scalar(Dtype::F32, f as f64)));
+    }
+    if let Some(i) = attr::int(node, "value_int")? {
+        return Ok(Some(Tensor::scalar(Dtype::I64, i as f64)));
+    }
+    if let Some(v) = attr::floats(node, "value_floats")? {
+        let data: Vec<f64> = v.iter().map(|&f| f as f64).collect();
+        return Ok(Some(Tensor::new(Dtype::F32, vec![data.len()], data)));
+    }
+    if let Some(v) = attr::ints(node, "value_ints")? {
+        let data: Vec<f64> = v.iter().map(|&i| i as f64).collect();
+        return Ok(Some(Tensor::new(Dtype::I64, vec![data.len()], data)));
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests;
