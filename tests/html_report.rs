@@ -117,6 +117,36 @@ fn verify_writes_a_page_and_the_page_never_replaces_an_input() {
     assert!(!out.exists());
 }
 
+#[test]
+fn an_equalized_fold_draws_each_pair_before_and_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, html) = (
+        dir.path().join("fused.onnx"),
+        dir.path().join("report.html"),
+    );
+    let o = bnfold(&[
+        s(&fixture("paddle/ppocr_mobile_v2_cls_op11.onnx")),
+        "-o",
+        s(&out),
+        "--equalize",
+        "--no-verify",
+        "--report-html",
+        s(&html),
+        "-q",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert_self_contained(&page, &["Equalized (15)"]);
+    // Up to 4 pairs drawn, each channel a light bar (before) and a dark one (after).
+    let drawn = page.matches("aria-label=\"equalized ranges of").count();
+    assert_eq!(drawn, 4);
+    let (before, after) = (
+        page.matches(" before: ").count(),
+        page.matches(" after: ").count(),
+    );
+    assert!(before > 0 && before == after, "{before} against {after}");
+}
+
 /// By hand (`apt-get install chromium`, then `cargo test --test html_report -- --ignored`):
 /// headless Chromium renders a real page to a PNG, and the page asks for nothing on the way.
 #[test]

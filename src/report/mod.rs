@@ -145,6 +145,10 @@ pub struct EqualizationRecord {
     pub worst_channel_before_db: f64,
     /// And after.
     pub worst_channel_after_db: f64,
+    /// The first weight's range `max |W[o]|` per output channel, before.
+    pub first_ranges_before: Vec<f64>,
+    /// And after: the ranges the per-tensor grid is set by.
+    pub first_ranges_after: Vec<f64>,
 }
 
 /// An `Add` of parallel branches merged into one Conv (`--merge-branches`).

@@ -86,13 +86,14 @@ pub(super) fn equalize(
         layer.input.fill(1.0);
     }
     let before: Vec<(f64, f64, f64)> = pairs.iter().map(|p| figures(&layers, p)).collect();
+    let ranges_before: Vec<Vec<f64>> = pairs.iter().map(|p| ranges(&layers[p.a])).collect();
     for (layer, (output, input)) in layers.iter_mut().zip(settled) {
         (layer.output, layer.input) = (output, input);
     }
     let records = pairs
         .iter()
-        .zip(before)
-        .map(|(p, before)| {
+        .zip(before.into_iter().zip(ranges_before))
+        .map(|(p, (before, first_ranges_before))| {
             let after = figures(&layers, p);
             EqualizationRecord {
                 graph: "main".into(),
@@ -106,6 +107,8 @@ pub(super) fn equalize(
                 sqnr_second_after_db: after.1,
                 worst_channel_before_db: before.2,
                 worst_channel_after_db: after.2,
+                first_ranges_before,
+                first_ranges_after: ranges(&layers[p.a]),
             }
         })
         .collect();
@@ -247,6 +250,13 @@ fn is_conv(node: &crate::proto::NodeProto) -> bool {
 fn figures(layers: &[Layer], p: &Pair) -> (f64, f64, f64) {
     let (first, worst) = sqnr(&layers[p.a]);
     (first, sqnr(&layers[p.b]).0, worst)
+}
+
+/// The range of each output channel of `layer`'s weight as its factors stand.
+fn ranges(layer: &Layer) -> Vec<f64> {
+    (0..layer.outputs())
+        .map(|o| layer.output_range(o))
+        .collect()
 }
 
 /// Writes each equalized weight (and A's bias) once, and renames the tensors between A and B.

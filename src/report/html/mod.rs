@@ -5,13 +5,18 @@
 
 use std::fmt::Write as _;
 
-use crate::readiness::{LayerReadiness, Readiness};
+use crate::readiness::Readiness;
 use crate::report::json::NormalizationEntry;
 use crate::report::{Direction, Report};
 use crate::verify::Verification;
 
+mod plots;
+
 /// Layers whose channel ranges are drawn: the worst by per-tensor SQNR.
 const RANGE_PLOTS: usize = 4;
+/// Equalized pairs whose ranges are drawn before and after: the largest gains of the worst
+/// channel.
+const EQUALIZATION_PLOTS: usize = 4;
 
 /// The page of a fold (`input` as given, `output` the model written, if one was).
 pub fn fold(report: &Report, input: &str, output: Option<&str>) -> String {
@@ -29,6 +34,9 @@ pub fn fold(report: &Report, input: &str, output: Option<&str>) -> String {
     }
     if let Some(r) = &report.readiness {
         page.readiness(r);
+    }
+    if !report.equalizations.is_empty() {
+        page.equalizations(&report.equalizations);
     }
     page.section(&format!("Folded ({})", report.folds.len()));
     let folds: Vec<Vec<String>> = report
@@ -231,104 +239,6 @@ impl Page {
                 self.table(&header, &rows);
             }
         }
-    }
-
-    /// One row per layer, in graph order: per-tensor bar, per-channel mark, 0 to 60 dB.
-    fn sqnr_bars(&mut self, layers: &[LayerReadiness]) {
-        let (label, plot, row) = (220.0, 480.0, 14.0);
-        let scale = |db: f64| (db.clamp(0.0, 60.0) / 60.0) * plot;
-        let height = row * layers.len() as f64 + 24.0;
-        let _ = writeln!(
-            self.html,
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" \
-             role=\"img\" aria-label=\"INT8 SQNR per layer\">",
-            label + plot + 60.0
-        );
-        for (i, l) in layers.iter().enumerate() {
-            let y = row * i as f64;
-            let name = escape(&truncate(&l.node, 34));
-            let _ = write!(
-                self.html,
-                "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{name}</text>",
-                label - 6.0,
-                y + 11.0
-            );
-            if let Some(t) = l.sqnr_per_tensor_db {
-                let _ = write!(
-                    self.html,
-                    "<rect x=\"{label}\" y=\"{}\" width=\"{:.1}\" height=\"{}\" fill=\"#4a78b5\">\
-                     <title>{name}: {t:.1} dB per tensor</title></rect>",
-                    y + 2.0,
-                    scale(t),
-                    row - 4.0
-                );
-            }
-            if let Some(c) = l.sqnr_per_channel_db {
-                let _ = write!(
-                    self.html,
-                    "<rect x=\"{:.1}\" y=\"{}\" width=\"3\" height=\"{}\" fill=\"#e07b00\">\
-                     <title>{name}: {c:.1} dB per channel</title></rect>",
-                    label + scale(c) - 1.5,
-                    y + 1.0,
-                    row - 2.0
-                );
-            }
-            self.html.push('\n');
-        }
-        let axis = row * layers.len() as f64 + 14.0;
-        for db in [0, 20, 40, 60] {
-            let _ = write!(
-                self.html,
-                "<text x=\"{:.1}\" y=\"{axis}\" text-anchor=\"middle\">{db} dB</text>",
-                label + scale(f64::from(db))
-            );
-        }
-        self.html.push_str("</svg>\n");
-    }
-
-    /// A layer's per-output-channel weight ranges, with the per-tensor grid's 4-bit line.
-    fn range_plot(&mut self, l: &LayerReadiness) {
-        let (width, height) = (700.0, 120.0);
-        let max = l.channel_ranges.iter().copied().fold(0.0, f64::max);
-        if max <= 0.0 || !max.is_finite() {
-            return;
-        }
-        let _ = writeln!(
-            self.html,
-            "<h3>{} ({}): channel ranges max |W_c|, spread {:.1}×, {} of {} channels under 4 bits \
-             per tensor</h3>",
-            escape(&l.node),
-            escape(&l.op_type),
-            l.range_spread,
-            l.starved_channels,
-            l.channels
-        );
-        let _ = writeln!(
-            self.html,
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
-             role=\"img\" aria-label=\"channel ranges of {}\">",
-            escape(&l.node)
-        );
-        let step = width / l.channel_ranges.len().max(1) as f64;
-        for (c, r) in l.channel_ranges.iter().enumerate() {
-            let h = (r / max) * (height - 10.0);
-            let _ = write!(
-                self.html,
-                "<rect x=\"{:.2}\" y=\"{:.2}\" width=\"{:.2}\" height=\"{h:.2}\" fill=\"#4a78b5\">\
-                 <title>channel {c}: {r:.4e}</title></rect>",
-                c as f64 * step,
-                height - h,
-                (step - 0.5).max(0.5)
-            );
-        }
-        // Below this range a channel has fewer than 4 effective bits on the per-tensor grid.
-        let starved = max / 127.0 * 2f64.powi(3);
-        let y = height - (starved / max) * (height - 10.0);
-        let _ = writeln!(
-            self.html,
-            "<line x1=\"0\" x2=\"{width}\" y1=\"{y:.2}\" y2=\"{y:.2}\" stroke=\"#b00020\" \
-             stroke-dasharray=\"4 3\"><title>4 effective bits per tensor</title></line></svg>"
-        );
     }
 
     fn verification(&mut self, v: &Verification) {
