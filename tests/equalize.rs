@@ -242,3 +242,106 @@ fn a_pair_whose_weight_would_overflow_is_left_out() {
     let v = verify(&original, &fused, &[], &VerifyOptions::default()).unwrap();
     assert_eq!(v.status, Status::Passed, "{v:?}");
 }
+
+/// `x0 → Sigmoid → Gemm(a: 4 outputs, ranges 1, 50, 0.02, 3; transB as given) → Relu →
+/// Gemm(b: 3 outputs, transB = 1, `trans_a` as given) → y`, biases `[4]` and `[1, 3]`.
+fn gemm_pair(trans_b: i64, trans_a_second: i64) -> Graph {
+    let ranges = [1.0f32, 50.0, 0.02, 3.0];
+    // Weight A as [N = 4, K = 5]; stored [K, N] when transB = 0.
+    let rows: Vec<Vec<f32>> = (0..4)
+        .map(|o| {
+            (0..5)
+                .map(|k| ranges[o] * ((((o * 5 + k) * 7) % 13) as f32 / 6.0 - 1.0))
+                .collect()
+        })
+        .collect();
+    let (a_dims, a): ([i64; 2], Vec<f32>) = match trans_b {
+        1 => ([4, 5], rows.concat()),
+        _ => (
+            [5, 4],
+            (0..5)
+                .flat_map(|k| rows.iter().map(move |r| r[k]))
+                .collect(),
+        ),
+    };
+    let b: Vec<f32> = (0..3 * 4)
+        .map(|k| ((k * 5) % 11) as f32 / 5.0 - 1.0)
+        .collect();
+    let (x, r) = match trans_a_second {
+        1 => ("rt", "rt"),
+        _ => ("r", "r"),
+    };
+    let graph = Graph::new(13)
+        .input("x0", &[2, 5])
+        .node("Sigmoid", &["x0"], &["x"])
+        .init("wa", &a_dims, &a)
+        .init("ba", &[4], &[0.5, -1.0, 0.25, 2.0])
+        .init("wb", &[3, 4], &b)
+        .init("bb", &[1, 3], &[0.1, 0.2, 0.3])
+        .node_with("Gemm", &["x", "wa", "ba"], &["ga"], &[("transB", trans_b)])
+        .node("Relu", &["ga"], &["r"]);
+    let graph = match trans_a_second {
+        1 => graph.node("Transpose", &["r"], &[x]),
+        _ => graph,
+    };
+    graph
+        .node_with(
+            "Gemm",
+            &[r, "wb", "bb"],
+            &["y"],
+            &[("transB", 1), ("transA", trans_a_second)],
+        )
+        .output("y")
+}
+
+#[test]
+fn a_gemm_pair_equalizes_in_either_weight_layout_and_is_proven() {
+    for trans_b in [1, 0] {
+        let (original, fused, report) = equalized(gemm_pair(trans_b, 0).model());
+        assert_eq!(report.equalizations.len(), 1, "transB={trans_b}");
+        let e = &report.equalizations[0];
+        assert_eq!((e.op_type.as_str(), e.channels), ("Gemm", 4));
+        assert!(
+            e.worst_channel_after_db > e.worst_channel_before_db + 10.0,
+            "{e:?}"
+        );
+        // After: the range of A's output channel i equals that of B's input column i.
+        let graph = fused.proto.graph.as_ref().unwrap();
+        let weight = |op_index: usize| {
+            let gemm = graph
+                .node
+                .iter()
+                .filter(|n| n.op_type() == "Gemm")
+                .nth(op_index);
+            fused
+                .initializer_value(&gemm.unwrap().input[1])
+                .unwrap()
+                .unwrap()
+        };
+        let (wa, wb) = (weight(0), weight(1));
+        for i in 0..4 {
+            let ra = (0..5)
+                .map(|k| match trans_b {
+                    1 => wa.data[i * 5 + k],
+                    _ => wa.data[k * 4 + i],
+                })
+                .fold(0.0, |m: f64, v| m.max(v.abs()));
+            let rb = (0..3).fold(0.0, |m: f64, o| m.max(wb.data[o * 4 + i].abs()));
+            assert!(
+                (ra / rb - 1.0).abs() < 1e-5,
+                "transB={trans_b} channel {i}: {ra} against {rb}"
+            );
+        }
+        passes(&original, &fused);
+    }
+}
+
+#[test]
+fn a_gemm_reading_its_input_transposed_ends_no_pair() {
+    let (_, _, report) = equalized(gemm_pair(1, 1).model());
+    assert!(
+        report.equalizations.is_empty(),
+        "{:?}",
+        report.equalizations
+    );
+}

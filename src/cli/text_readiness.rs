@@ -125,6 +125,7 @@ pub fn equalizations(pairs: &[bnfold::report::EqualizationRecord], s: &mut Strin
     let title = format!("equalized ({}):", pairs.len());
     let _ = writeln!(s, "\n{}", paint(BOLD, title));
     for e in pairs {
+        let op = Shown(&e.op_type);
         let between = e
             .activation
             .as_deref()
@@ -132,7 +133,7 @@ pub fn equalizations(pairs: &[bnfold::report::EqualizationRecord], s: &mut Strin
             .unwrap_or_default();
         let _ = writeln!(
             s,
-            "  Conv {}{between} → Conv {}: worst channel {:.1} → {:.1} dB per tensor",
+            "  {op} {}{between} → {op} {}: worst channel {:.1} → {:.1} dB per tensor",
             Shown(&e.first),
             Shown(&e.second),
             e.worst_channel_before_db,

@@ -118,17 +118,19 @@ pub struct InitializerRecord {
     pub op_type: String,
 }
 
-/// A pair of Convs equalized (`--equalize`): the first's output channels scaled down by the
-/// factors the second's input channels are scaled up by.
+/// A pair of Convs or of Gemms equalized (`--equalize`): the first's output channels scaled
+/// down by the factors the second's input channels are scaled up by.
 #[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
 pub struct EqualizationRecord {
     /// The graph it happened in.
     pub graph: String,
-    /// The first Conv.
+    /// The op type of both layers: `Conv` or `Gemm`.
+    pub op_type: String,
+    /// The first layer.
     pub first: String,
     /// The activation between them (`Relu`, `LeakyRelu`, `PRelu`, `Identity`), if any.
     pub activation: Option<String>,
-    /// The second Conv.
+    /// The second layer.
     pub second: String,
     /// The channels between them.
     pub channels: usize,
@@ -194,7 +196,7 @@ pub struct Report {
     pub merges: Vec<MergeRecord>,
     /// Weights and BN parameters stored as initializers instead of `Constant` nodes.
     pub initializers_from_constants: Vec<InitializerRecord>,
-    /// Pairs of Convs equalized (`--equalize`).
+    /// Pairs of Convs or Gemms equalized (`--equalize`).
     pub equalizations: Vec<EqualizationRecord>,
     /// The equivalence check, when it ran.
     pub verification: Option<Verification>,

@@ -1,23 +1,30 @@
-//! One Conv as equalization reads it: its weight's block ranges and the factors on its output
-//! and input channels, the ranges they give, and whether the scaled weight still fits.
+//! One Conv or Gemm as equalization reads it: its weight's block ranges and the factors on its
+//! output and input channels, the ranges they give, and whether the scaled weight still fits.
+//! A Gemm's weight is read as `[N, K]` (output channels first, as a Conv's) whatever its
+//! `transB`; a `transB = 0` weight is stored `[K, N]` and scaled in that layout.
 
-use crate::consts::ConstEval;
+use crate::attr;
+use crate::consts::{transpose, ConstEval};
 use crate::error::Result;
 use crate::folded::FoldedWeights;
 use crate::graph::GraphIndex;
-use crate::proto::GraphProto;
-use crate::scaled::ScaledTensor;
+use crate::proto::{GraphProto, NodeProto};
+use crate::scaled::{ScaledTensor, Scaling};
 use crate::tensor::Tensor;
 
 use super::super::options::PassContext;
 use super::super::rules::round_into;
 
-/// A Conv's weight as equalization reads it.
+/// A layer's weight as equalization reads it.
 pub(super) struct Layer {
     pub(super) node: usize,
     pub(super) weight_name: String,
+    /// The weight as stored.
     pub(super) weight: ScaledTensor,
+    /// Its values with output channels first: `[O, C / group, taps…]`.
     pub(super) values: Tensor,
+    /// Whether the weight is stored `[K, N]` (a Gemm with `transB = 0`), `values` transposed.
+    pub(super) stored_transposed: bool,
     pub(super) group: usize,
     /// `max |W[o, j, taps]|` per output channel `o` and weight column `j`.
     pub(super) block_max: Vec<f64>,
@@ -93,7 +100,38 @@ pub(super) fn scaled_bias(layer: &Layer, bias: &Tensor) -> Option<Tensor> {
     round_into(bias.dtype, bias.dims.clone(), values, "bias").ok()
 }
 
-/// The Conv `n`'s weight, when it is a float constant (and its bias, if any, one too).
+/// The layer's weight as equalization writes it: scaled per output channel (down) and per
+/// input channel (up), in the layout it is stored in.
+pub(super) fn scaled_weight(layer: &Layer) -> ScaledTensor {
+    if layer.stored_transposed {
+        // Element (k, n) of `[K, N]` takes `input[k] / output[n]`.
+        let outputs = layer.outputs();
+        let down = layer.output.iter().map(|s| 1.0 / s).collect();
+        return layer
+            .weight
+            .then(Scaling::new(outputs, layer.input.clone()))
+            .then(Scaling::new(1, down));
+    }
+    layer
+        .weight
+        .then(Scaling::new(layer.taps(), weight_factors(layer)))
+}
+
+/// Whether node `n` is a layer equalization reads: a Conv, or a Gemm; `as_second` asks that its
+/// data input carry the channels on axis 1 (a Gemm without `transA`).
+pub(super) fn is_layer(node: &NodeProto, as_second: bool) -> Result<bool> {
+    if !matches!(node.domain(), "" | "ai.onnx") || node.input.len() < 2 {
+        return Ok(false);
+    }
+    Ok(match node.op_type() {
+        "Conv" => true,
+        "Gemm" => !as_second || attr::int(node, "transA")?.unwrap_or(0) == 0,
+        _ => false,
+    })
+}
+
+/// The Conv or Gemm `n`'s weight, when it is a float constant (and its bias, if any, one too,
+/// per output channel).
 pub(super) fn read(
     graph: &GraphProto,
     index: &GraphIndex,
@@ -109,20 +147,38 @@ pub(super) fn read(
         (None, Some(t)) if !index.is_graph_input(name) => ScaledTensor::stored(t)?,
         _ => return Ok(None),
     };
-    if !weight.dtype.is_float() || weight.dims.len() < 3 || weight.is_empty() {
+    let gemm = node.op_type() == "Gemm";
+    let rank_fits = match gemm {
+        true => weight.dims.len() == 2,
+        false => weight.dims.len() >= 3,
+    };
+    if !weight.dtype.is_float() || !rank_fits || weight.is_empty() {
         return Ok(None);
     }
+    let stored_transposed = gemm && attr::int(node, "transB")?.unwrap_or(0) == 0;
+    let outputs = weight.dims[usize::from(stored_transposed)];
     if let Some(bias) = node.input.get(2).filter(|b| !b.is_empty()) {
+        // A Gemm's C must be one value per output channel (`[N]` or `[1, N]`), not per sample.
+        let per_channel = |b: &Tensor| match gemm {
+            true => b.dims.last() == Some(&outputs) && b.len() == outputs,
+            false => b.len() == outputs,
+        };
         match eval.value(bias)? {
-            Ok(b) if b.dtype.is_float() && b.len() == weight.dims[0] => {}
+            Ok(b) if b.dtype.is_float() && per_channel(&b) => {}
             _ => return Ok(None),
         }
     }
-    let group = crate::attr::int(node, "group")?.unwrap_or(1).max(1) as usize;
-    if weight.dims[0] % group != 0 {
+    let group = attr::int(node, "group")?.unwrap_or(1).max(1) as usize;
+    if outputs % group != 0 {
         return Ok(None);
     }
-    let values = weight.exact(ctx.store)?;
+    let values = match stored_transposed {
+        true => match transpose(&weight.exact(ctx.store)?, None) {
+            Some(t) => t,
+            None => return Ok(None),
+        },
+        false => weight.exact(ctx.store)?,
+    };
     let (outputs, columns) = (values.dims[0], values.dims[1]);
     let taps = values.len() / (outputs * columns).max(1);
     let block_max = values
@@ -135,6 +191,7 @@ pub(super) fn read(
         weight_name: name.clone(),
         weight,
         values,
+        stored_transposed,
         group,
         block_max,
         output: vec![1.0; outputs],

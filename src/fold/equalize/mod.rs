@@ -1,11 +1,11 @@
 //! Cross-layer equalization (`--equalize`, Nagel et al. 2019), exact mode.
 //!
 //! - **Pattern**: `Conv A → (Relu | LeakyRelu | PRelu | Identity)? → Conv B`, any `group` on
-//!   either side (depthwise included, so `A → depthwise → C` equalizes as two pairs), in the
-//!   main graph.
+//!   either side (depthwise included, so `A → depthwise → C` equalizes as two pairs), or the
+//!   same between two Gemms (any `transB`; B without `transA`), in the main graph.
 //! - **Preconditions**: A's output and the activation's feed only the next node and are no graph
-//!   outputs; B reads the activation on its data input; both weights (and A's bias) are float
-//!   constants of one dtype; B's weight reads A's channels. Activations that are not positively
+//!   outputs; B reads the activation on its data input; both weights (and A's bias, per output
+//!   channel) are float constants of one dtype; B's weight reads A's channels. Activations that are not positively
 //!   homogeneous (`Clip`, Relu6, HardSwish, Sigmoid) end no pair: no approximation is made.
 //! - **Rewrite**: per channel `i` of A's output, `W_A[i] ← W_A[i] / s_i`, `b_A[i] ← b_A[i] / s_i`,
 //!   `W_B[:, i] ← W_B[:, i] · s_i`, with `s_i = √(r_A,i / r_B,i)`: `r_A,i` the range of A's output
@@ -14,7 +14,7 @@
 //!   is written once, rounded once from the weight as it would run. The tensors between A and B
 //!   get new names: they hold `x / s`, not what they held.
 //! - **Math**: `f(x / s) = f(x) / s` for `s > 0` and `f` ∈ {Relu, LeakyRelu, PRelu, Identity}, and
-//!   a convolution is linear in its input (zero padding included), so `B(f(A(x)))` is unchanged
+//!   a convolution or a matrix product is linear in its input (zero padding included), so `B(f(A(x)))` is unchanged
 //!   up to the rounding of the new weights. After it, `r_A,i / s_i = r_B,i · s_i = √(r_A,i·r_B,i)`.
 
 use foldhash::HashMap;
@@ -28,12 +28,11 @@ use crate::folded::FoldedWeights;
 use crate::graph::{node_label, GraphIndex, OuterScope};
 use crate::proto::GraphProto;
 use crate::report::EqualizationRecord;
-use crate::scaled::Scaling;
 use crate::tensor::Tensor;
 
 mod layer;
 
-use layer::{fits, read, scaled_bias, sqnr, weight_factors, Layer};
+use layer::{fits, is_layer, read, scaled_bias, scaled_weight, sqnr, weight_factors, Layer};
 
 /// Rounds of visiting every pair, at most.
 const MAX_ROUNDS: usize = 200;
@@ -97,6 +96,7 @@ pub(super) fn equalize(
             let after = figures(&layers, p);
             EqualizationRecord {
                 graph: "main".into(),
+                op_type: graph.node[layers[p.a].node].op_type().to_string(),
                 first: node_label(&graph.node[layers[p.a].node]),
                 activation: p.activation.map(|n| graph.node[n].op_type().to_string()),
                 second: node_label(&graph.node[layers[p.b].node]),
@@ -192,7 +192,7 @@ fn find_pairs(
         (consumers.len() == 1 && !index.is_graph_output(name)).then(|| consumers[0])
     };
     for (a, node) in graph.node.iter().enumerate() {
-        if !is_conv(node) {
+        if !is_layer(node, false)? {
             continue;
         }
         let Some(mut next) = sole(&node.output[0]) else {
@@ -211,7 +211,12 @@ fn find_pairs(
         }
         let reads = activation.map_or(&node.output[0], |n| &graph.node[n].output[0]);
         let b = next;
-        if !is_conv(&graph.node[b]) || graph.node[b].input.first() != Some(reads) || a == b {
+        let same_kind = graph.node[b].op_type() == node.op_type();
+        if !same_kind
+            || !is_layer(&graph.node[b], true)?
+            || graph.node[b].input.first() != Some(reads)
+            || a == b
+        {
             continue;
         }
         let mut slot = |n: usize| -> Result<Option<usize>> {
@@ -239,10 +244,6 @@ fn find_pairs(
         });
     }
     Ok((layers, pairs))
-}
-
-fn is_conv(node: &crate::proto::NodeProto) -> bool {
-    node.op_type() == "Conv" && matches!(node.domain(), "" | "ai.onnx") && node.input.len() >= 2
 }
 
 /// Per-tensor symmetric INT8 SQNR of the two weights of a pair as they stand, and of the first
@@ -278,11 +279,10 @@ fn rewrite(
     let mut replaced = Vec::new();
     let mut names = GraphNames::new(graph, folded);
     for (layer, bias) in layers.iter().zip(biases) {
-        let factors = weight_factors(layer);
-        if factors.iter().all(|&f| f == 1.0) {
+        if weight_factors(layer).iter().all(|&f| f == 1.0) {
             continue;
         }
-        let scaled = layer.weight.then(Scaling::new(layer.taps(), factors));
+        let scaled = scaled_weight(layer);
         let in_place = consumers.get(&layer.weight_name) == Some(&1);
         let template = names.initializer(graph, &layer.weight_name).cloned();
         let weight = write_tensor(
