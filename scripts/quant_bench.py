@@ -4,7 +4,8 @@
 as bnfold folds them, and as bnfold folds them keeping Constant-node weights
 (--keep-constant-nodes), folded and equalized (--equalize), and as AIMET's `equalize_model`
 (BN fold, ReLU6 → ReLU, cross-layer scaling, high-bias absorption) leaves them, with the INT8
-model's SQNR at every output against the float original, and each pipeline's float change: the
+model's SQNR at the outputs and at the logits (the last Softmax's input) against the float
+original, and each pipeline's float change: the
 unquantized model's largest output difference from the original, relative to the output's
 largest magnitude.
 
@@ -93,6 +94,20 @@ def aimet_python(requested):
     return python
 
 
+def with_logits(path, out):
+    """The model at `path` with the input of its last Softmax as one more output ("logits"),
+    written to `out`; None when it has no Softmax."""
+    model = onnx.load(path)
+    softmax = [n for n in model.graph.node if n.op_type == "Softmax"]
+    if not softmax:
+        return None
+    logits = softmax[-1].input[0]
+    if logits not in [o.name for o in model.graph.output]:
+        model.graph.output.append(onnx.helper.make_empty_tensor_value_info(logits))
+    onnx.save(model, out)
+    return out
+
+
 def float_change(reference, candidate):
     """max |candidate - reference| / max |reference| over every output of every input."""
     diff = max(float(np.max(np.abs(c.astype(np.float64) - r.astype(np.float64))))
@@ -163,7 +178,8 @@ def main():
             src = paths[file]
             pipelines = {"as exported": src}
             for label, flags in [("bnfold", []), ("bnfold --keep-constant-nodes", ["--keep-constant-nodes"]),
-                                 ("bnfold --equalize", ["--equalize"])]:
+                                 ("bnfold --equalize", ["--equalize"]),
+                                 ("bnfold --equalize --keep-constant-nodes", ["--equalize", "--keep-constant-nodes"])]:
                 out = os.path.join(tmp, f"{file}.{len(pipelines)}.onnx")
                 subprocess.run([args.bnfold, src, "-o", out, "-q", "--no-readiness", "--no-verify"] + flags, check=True)
                 pipelines[label] = out
@@ -171,10 +187,13 @@ def main():
                 out = os.path.join(tmp, f"{file}.aimet.onnx")
                 subprocess.run([aimet, "-c", AIMET_EQUALIZE, src, out], check=True)
                 pipelines["AIMET equalize_model"] = out
+            # Every pipeline measured with the last Softmax's input as an extra output.
+            for label, path in list(pipelines.items()):
+                pipelines[label] = with_logits(path, path + ".logits.onnx") or path
             input_name = session(src).get_inputs()[0].name
             calibration = text_lines(shape, args.samples, seed=1)
             evaluation = text_lines(shape, args.samples, seed=2)
-            float_session = session(src)
+            float_session = session(pipelines["as exported"])
             reference = [float_session.run(None, {input_name: x}) for x in evaluation]
             for label, path in pipelines.items():
                 plain = session(path)
@@ -192,14 +211,19 @@ def main():
                                     weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
                     qs = session(q)
                     got = [qs.run(None, {input_name: x}) for x in evaluation]
-                    figures.append(np.mean([sqnr(r, g) for r, g in zip(reference, got)]))
+                    # The model's own outputs, then the logits (the last output).
+                    figures.append(np.mean([sqnr(r[:-1], g[:-1]) for r, g in zip(reference, got)]))
+                    figures.append(np.mean([sqnr(r[-1:], g[-1:]) for r, g in zip(reference, got)]))
                 rows.append((name, label, *figures, change))
-                print(f"{name:14} {label:30} per-tensor {figures[0]:6.2f} dB  per-channel {figures[1]:6.2f} dB"
+                print(f"{name:14} {label:30} outputs {figures[0]:6.2f} / {figures[2]:6.2f} dB  logits"
+                      f" {figures[1]:6.2f} / {figures[3]:6.2f} dB (per tensor / per channel)"
                       f"  float change {change:.1e}", flush=True)
-    print("\n| model | pipeline | INT8 SQNR per tensor | INT8 SQNR per channel | float change |")
-    print("|---|---|---|---|---|")
-    for name, label, t, c, change in rows:
-        print(f"| {name} | {label} | {t:.2f} dB | {c:.2f} dB | {change:.1e} |")
+    print("\n| model | pipeline | outputs, per tensor | outputs, per channel | logits, per tensor "
+          "| logits, per channel | float change |")
+    print("|---|---|---|---|---|---|---|")
+    for name, label, out_t, logit_t, out_c, logit_c, change in rows:
+        print(f"| {name} | {label} | {out_t:.2f} dB | {out_c:.2f} dB | {logit_t:.2f} dB | {logit_c:.2f} dB "
+              f"| {change:.1e} |")
     return 0
 
 
