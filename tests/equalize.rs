@@ -300,7 +300,11 @@ fn a_gemm_pair_equalizes_in_either_weight_layout_and_is_proven() {
         let (original, fused, report) = equalized(gemm_pair(trans_b, 0).model());
         assert_eq!(report.equalizations.len(), 1, "transB={trans_b}");
         let e = &report.equalizations[0];
-        assert_eq!((e.op_type.as_str(), e.channels), ("Gemm", 4));
+        assert_eq!(
+            (e.first_op_type.as_str(), e.second_op_type.as_str()),
+            ("Gemm", "Gemm")
+        );
+        assert_eq!(e.channels, 4);
         assert!(
             e.worst_channel_after_db > e.worst_channel_before_db + 10.0,
             "{e:?}"
@@ -344,4 +348,138 @@ fn a_gemm_reading_its_input_transposed_ends_no_pair() {
         "{:?}",
         report.equalizations
     );
+}
+
+/// `x0 → Sigmoid → first → Relu → second → y` where each layer is a `Conv` or an ungrouped
+/// `ConvTranspose` (3 × 3, stride 1, padded 1 so shapes stay 6 × 6): the first has 4 output
+/// channels of ranges 1, 50, 0.02, 3, the second 3 outputs.
+fn convolution_pair(first: &str, second: &str) -> Graph {
+    let ranges = [1.0f32, 50.0, 0.02, 3.0];
+    // Element (o, i, t) of the first weight, whatever its storage order.
+    let a = |o: usize, i: usize, t: usize| {
+        ranges[o] * ((((o * 2 + i) * 9 + t) * 7 % 13) as f32 / 6.0 - 1.0)
+    };
+    let b = |o: usize, i: usize, t: usize| ((((o * 4 + i) * 9 + t) * 5 % 11) as f32) / 5.0 - 1.0;
+    let stored = |op: &str,
+                  outputs: usize,
+                  inputs: usize,
+                  w: &dyn Fn(usize, usize, usize) -> f32| {
+        let mut v = Vec::new();
+        match op {
+            "ConvTranspose" => (0..inputs)
+                .for_each(|i| (0..outputs).for_each(|o| (0..9).for_each(|t| v.push(w(o, i, t))))),
+            _ => (0..outputs)
+                .for_each(|o| (0..inputs).for_each(|i| (0..9).for_each(|t| v.push(w(o, i, t))))),
+        }
+        let dims: Vec<i64> = match op {
+            "ConvTranspose" => vec![inputs as i64, outputs as i64, 3, 3],
+            _ => vec![outputs as i64, inputs as i64, 3, 3],
+        };
+        (dims, v)
+    };
+    let (da, wa) = stored(first, 4, 2, &a);
+    let (db, wb) = stored(second, 3, 4, &b);
+    Graph::new(13)
+        .input("x0", &[1, 2, 6, 6])
+        .node("Sigmoid", &["x0"], &["x"])
+        .init("wa", &da, &wa)
+        .init("ba", &[4], &[0.5, -1.0, 0.25, 2.0])
+        .init("wb", &db, &wb)
+        .node(first, &["x", "wa", "ba"], &["ca"])
+        .ints("pads", &[1, 1, 1, 1])
+        .node("Relu", &["ca"], &["r"])
+        .node(second, &["r", "wb"], &["y"])
+        .ints("pads", &[1, 1, 1, 1])
+        .output("y")
+}
+
+#[test]
+fn conv_transpose_pairs_either_way_equalize_and_are_proven() {
+    for (first, second) in [
+        ("ConvTranspose", "Conv"),
+        ("Conv", "ConvTranspose"),
+        ("ConvTranspose", "ConvTranspose"),
+    ] {
+        let (original, fused, report) = equalized(convolution_pair(first, second).model());
+        assert_eq!(report.equalizations.len(), 1, "{first} → {second}");
+        let e = &report.equalizations[0];
+        assert_eq!(
+            (e.first_op_type.as_str(), e.second_op_type.as_str()),
+            (first, second)
+        );
+        assert!(
+            e.worst_channel_after_db > e.worst_channel_before_db + 10.0,
+            "{e:?}"
+        );
+        // After: the range of the first's output channel i equals that of the second's input i,
+        // each read in its own storage order.
+        let graph = fused.proto.graph.as_ref().unwrap();
+        let layers: Vec<_> = graph
+            .node
+            .iter()
+            .filter(|n| n.op_type().starts_with("Conv"))
+            .collect();
+        let weight = |k: usize| {
+            fused
+                .initializer_value(&layers[k].input[1])
+                .unwrap()
+                .unwrap()
+        };
+        let (wa, wb) = (weight(0), weight(1));
+        let range = |w: &bnfold::tensor::Tensor, channel: usize, on_axis: usize| {
+            let (d0, d1) = (w.dims[0], w.dims[1]);
+            (0..d0)
+                .flat_map(|p| (0..d1).map(move |q| (p, q)))
+                .filter(|&(p, q)| [p, q][on_axis] == channel)
+                .flat_map(|(p, q)| &w.data[(p * d1 + q) * 9..(p * d1 + q + 1) * 9])
+                .fold(0.0, |m: f64, v| m.max(v.abs()))
+        };
+        let output_axis = |op: &str| usize::from(op == "ConvTranspose");
+        for i in 0..4 {
+            let ra = range(&wa, i, output_axis(first));
+            let rb = range(&wb, i, 1 - output_axis(second));
+            assert!(
+                (ra / rb - 1.0).abs() < 1e-5,
+                "{first} → {second} channel {i}: {ra} against {rb}"
+            );
+        }
+        passes(&original, &fused);
+    }
+}
+
+#[test]
+fn a_grouped_conv_transpose_ends_no_pair() {
+    let mut model = convolution_pair("ConvTranspose", "Conv").model();
+    let graph = model.graph.as_mut().unwrap();
+    let first = graph
+        .node
+        .iter_mut()
+        .find(|n| n.op_type() == "ConvTranspose")
+        .unwrap();
+    first.attribute.push(bnfold::proto::AttributeProto {
+        name: Some("group".into()),
+        i: Some(2),
+        r#type: Some(bnfold::proto::attribute_proto::AttributeType::Int as i32),
+        ..Default::default()
+    });
+    // A valid grouped layer: 2 groups of 1 input and 2 outputs each, weight [2, 2, 3, 3].
+    let wa = graph
+        .initializer
+        .iter_mut()
+        .find(|t| t.name() == "wa")
+        .unwrap();
+    wa.dims = vec![2, 2, 3, 3];
+    wa.float_data.truncate(36);
+    if let Some(raw) = wa.raw_data.as_mut() {
+        raw.truncate(36 * 4);
+    }
+    let (original, fused, report) = equalized(model);
+    assert!(
+        report.equalizations.is_empty(),
+        "{:?}",
+        report.equalizations
+    );
+    // The model is valid as built: verification runs it and passes.
+    let v = verify(&original, &fused, &[], &VerifyOptions::default()).unwrap();
+    assert_eq!(v.status, Status::Passed, "{v:?}");
 }

@@ -97,7 +97,7 @@ def fold(
     BatchNormalization nodes (or their outputs) to leave, ``inputs_are_constants``,
     ``decompose_standalone``, ``merge_branches``, ``keep_constant_nodes`` (by default a weight
     stored as a ``Constant`` node becomes an initializer), ``equalize`` (cross-layer
-    equalization of Conv and Gemm pairs, exact), ``readiness=False`` is ``--no-readiness``;
+    equalization of Conv, ConvTranspose and Gemm pairs, exact), ``readiness=False`` is ``--no-readiness``;
     verification's ``seed``, ``samples``, ``dims`` (symbolic dimension values),
     ``input_shapes``, ``inputs`` (real input data) and ``atol``/``rtol``.
 

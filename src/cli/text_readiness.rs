@@ -125,7 +125,6 @@ pub fn equalizations(pairs: &[bnfold::report::EqualizationRecord], s: &mut Strin
     let title = format!("equalized ({}):", pairs.len());
     let _ = writeln!(s, "\n{}", paint(BOLD, title));
     for e in pairs {
-        let op = Shown(&e.op_type);
         let between = e
             .activation
             .as_deref()
@@ -133,8 +132,10 @@ pub fn equalizations(pairs: &[bnfold::report::EqualizationRecord], s: &mut Strin
             .unwrap_or_default();
         let _ = writeln!(
             s,
-            "  {op} {}{between} → {op} {}: worst channel {:.1} → {:.1} dB per tensor",
+            "  {} {}{between} → {} {}: worst channel {:.1} → {:.1} dB per tensor",
+            Shown(&e.first_op_type),
             Shown(&e.first),
+            Shown(&e.second_op_type),
             Shown(&e.second),
             e.worst_channel_before_db,
             e.worst_channel_after_db

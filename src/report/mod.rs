@@ -118,20 +118,22 @@ pub struct InitializerRecord {
     pub op_type: String,
 }
 
-/// A pair of Convs or of Gemms equalized (`--equalize`): the first's output channels scaled
+/// A pair of convolutions (Conv, ConvTranspose) or of Gemms equalized (`--equalize`): the first's output channels scaled
 /// down by the factors the second's input channels are scaled up by.
 #[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
 pub struct EqualizationRecord {
     /// The graph it happened in.
     pub graph: String,
-    /// The op type of both layers: `Conv` or `Gemm`.
-    pub op_type: String,
     /// The first layer.
     pub first: String,
+    /// Its op type: `Conv`, `ConvTranspose` or `Gemm`.
+    pub first_op_type: String,
     /// The activation between them (`Relu`, `LeakyRelu`, `PRelu`, `Identity`), if any.
     pub activation: Option<String>,
     /// The second layer.
     pub second: String,
+    /// Its op type.
+    pub second_op_type: String,
     /// The channels between them.
     pub channels: usize,
     /// The first weight's per-tensor symmetric INT8 SQNR before, in dB.
@@ -196,7 +198,7 @@ pub struct Report {
     pub merges: Vec<MergeRecord>,
     /// Weights and BN parameters stored as initializers instead of `Constant` nodes.
     pub initializers_from_constants: Vec<InitializerRecord>,
-    /// Pairs of Convs or Gemms equalized (`--equalize`).
+    /// Pairs of layers equalized (`--equalize`).
     pub equalizations: Vec<EqualizationRecord>,
     /// The equivalence check, when it ran.
     pub verification: Option<Verification>,

@@ -1,7 +1,8 @@
-//! One Conv or Gemm as equalization reads it: its weight's block ranges and the factors on its
-//! output and input channels, the ranges they give, and whether the scaled weight still fits.
-//! A Gemm's weight is read as `[N, K]` (output channels first, as a Conv's) whatever its
-//! `transB`; a `transB = 0` weight is stored `[K, N]` and scaled in that layout.
+//! One Conv, ConvTranspose or Gemm as equalization reads it: its weight's block ranges and the
+//! factors on its output and input channels, the ranges they give, and whether the scaled weight
+//! still fits. Every weight is read output channels first (`[O, I, taps…]`, as a Conv's); a
+//! ConvTranspose's `[I, O, taps…]` and a `transB = 0` Gemm's `[K, N]` are stored with the first
+//! two axes swapped and scaled in that layout.
 
 use crate::attr;
 use crate::consts::{transpose, ConstEval};
@@ -23,7 +24,8 @@ pub(super) struct Layer {
     pub(super) weight: ScaledTensor,
     /// Its values with output channels first: `[O, C / group, taps…]`.
     pub(super) values: Tensor,
-    /// Whether the weight is stored `[K, N]` (a Gemm with `transB = 0`), `values` transposed.
+    /// Whether the weight is stored input channels first (a ConvTranspose, a Gemm with
+    /// `transB = 0`): `values` has its first two axes swapped.
     pub(super) stored_transposed: bool,
     pub(super) group: usize,
     /// `max |W[o, j, taps]|` per output channel `o` and weight column `j`.
@@ -104,34 +106,43 @@ pub(super) fn scaled_bias(layer: &Layer, bias: &Tensor) -> Option<Tensor> {
 /// input channel (up), in the layout it is stored in.
 pub(super) fn scaled_weight(layer: &Layer) -> ScaledTensor {
     if layer.stored_transposed {
-        // Element (k, n) of `[K, N]` takes `input[k] / output[n]`.
-        let outputs = layer.outputs();
+        // Element (i, o, tap) of `[I, O, taps…]` takes `input[i] / output[o]`.
+        let (outputs, taps) = (layer.outputs(), layer.taps());
         let down = layer.output.iter().map(|s| 1.0 / s).collect();
         return layer
             .weight
-            .then(Scaling::new(outputs, layer.input.clone()))
-            .then(Scaling::new(1, down));
+            .then(Scaling::new(outputs * taps, layer.input.clone()))
+            .then(Scaling::new(taps, down));
     }
     layer
         .weight
         .then(Scaling::new(layer.taps(), weight_factors(layer)))
 }
 
-/// Whether node `n` is a layer equalization reads: a Conv, or a Gemm; `as_second` asks that its
-/// data input carry the channels on axis 1 (a Gemm without `transA`).
+/// Whether node `n` is a layer equalization reads: a Conv, an ungrouped ConvTranspose, or a
+/// Gemm; `as_second` asks that its data input carry the channels on axis 1 (a Gemm without
+/// `transA`).
 pub(super) fn is_layer(node: &NodeProto, as_second: bool) -> Result<bool> {
     if !matches!(node.domain(), "" | "ai.onnx") || node.input.len() < 2 {
         return Ok(false);
     }
     Ok(match node.op_type() {
         "Conv" => true,
+        "ConvTranspose" => attr::int(node, "group")?.unwrap_or(1) == 1,
         "Gemm" => !as_second || attr::int(node, "transA")?.unwrap_or(0) == 0,
         _ => false,
     })
 }
 
-/// The Conv or Gemm `n`'s weight, when it is a float constant (and its bias, if any, one too,
-/// per output channel).
+/// Whether layers of these op types can be a pair: convolutions (either kind) read and write
+/// channels on axis 1 of an `[N, C, …]` tensor, a Gemm on axis 1 of `[M, N]`.
+pub(super) fn pair_kinds(first: &str, second: &str) -> bool {
+    let convolution = |op: &str| matches!(op, "Conv" | "ConvTranspose");
+    (convolution(first) && convolution(second)) || (first == "Gemm" && second == "Gemm")
+}
+
+/// The layer `n`'s weight, when it is a float constant (and its bias, if any, one too, per
+/// output channel).
 pub(super) fn read(
     graph: &GraphProto,
     index: &GraphIndex,
@@ -155,7 +166,10 @@ pub(super) fn read(
     if !weight.dtype.is_float() || !rank_fits || weight.is_empty() {
         return Ok(None);
     }
-    let stored_transposed = gemm && attr::int(node, "transB")?.unwrap_or(0) == 0;
+    let stored_transposed = match node.op_type() {
+        "ConvTranspose" => true,
+        _ => gemm && attr::int(node, "transB")?.unwrap_or(0) == 0,
+    };
     let outputs = weight.dims[usize::from(stored_transposed)];
     if let Some(bias) = node.input.get(2).filter(|b| !b.is_empty()) {
         // A Gemm's C must be one value per output channel (`[N]` or `[1, N]`), not per sample.
@@ -172,8 +186,12 @@ pub(super) fn read(
     if outputs % group != 0 {
         return Ok(None);
     }
+    let swap_first_two: Vec<i64> = [1, 0]
+        .into_iter()
+        .chain(2..weight.dims.len() as i64)
+        .collect();
     let values = match stored_transposed {
-        true => match transpose(&weight.exact(ctx.store)?, None) {
+        true => match transpose(&weight.exact(ctx.store)?, Some(&swap_first_two)) {
             Some(t) => t,
             None => return Ok(None),
         },

@@ -1,8 +1,9 @@
 //! Cross-layer equalization (`--equalize`, Nagel et al. 2019), exact mode.
 //!
 //! - **Pattern**: `Conv A → (Relu | LeakyRelu | PRelu | Identity)? → Conv B`, any `group` on
-//!   either side (depthwise included, so `A → depthwise → C` equalizes as two pairs), or the
-//!   same between two Gemms (any `transB`; B without `transA`), in the main graph.
+//!   either side (depthwise included, so `A → depthwise → C` equalizes as two pairs), either
+//!   or both an ungrouped ConvTranspose instead, or the same between two Gemms (any `transB`;
+//!   B without `transA`), in the main graph.
 //! - **Preconditions**: A's output and the activation's feed only the next node and are no graph
 //!   outputs; B reads the activation on its data input; both weights (and A's bias, per output
 //!   channel) are float constants of one dtype; B's weight reads A's channels. Activations that are not positively
@@ -32,7 +33,9 @@ use crate::tensor::Tensor;
 
 mod layer;
 
-use layer::{fits, is_layer, read, scaled_bias, scaled_weight, sqnr, weight_factors, Layer};
+use layer::{
+    fits, is_layer, pair_kinds, read, scaled_bias, scaled_weight, sqnr, weight_factors, Layer,
+};
 
 /// Rounds of visiting every pair, at most.
 const MAX_ROUNDS: usize = 200;
@@ -96,10 +99,11 @@ pub(super) fn equalize(
             let after = figures(&layers, p);
             EqualizationRecord {
                 graph: "main".into(),
-                op_type: graph.node[layers[p.a].node].op_type().to_string(),
                 first: node_label(&graph.node[layers[p.a].node]),
                 activation: p.activation.map(|n| graph.node[n].op_type().to_string()),
                 second: node_label(&graph.node[layers[p.b].node]),
+                first_op_type: graph.node[layers[p.a].node].op_type().to_string(),
+                second_op_type: graph.node[layers[p.b].node].op_type().to_string(),
                 channels: layers[p.a].outputs(),
                 sqnr_first_before_db: before.0,
                 sqnr_first_after_db: after.0,
@@ -211,8 +215,7 @@ fn find_pairs(
         }
         let reads = activation.map_or(&node.output[0], |n| &graph.node[n].output[0]);
         let b = next;
-        let same_kind = graph.node[b].op_type() == node.op_type();
-        if !same_kind
+        if !pair_kinds(node.op_type(), graph.node[b].op_type())
             || !is_layer(&graph.node[b], true)?
             || graph.node[b].input.first() != Some(reads)
             || a == b

@@ -119,9 +119,9 @@ impl Page {
             .iter()
             .map(|e| {
                 vec![
-                    escape(&e.first),
+                    escape(&format!("{} {}", e.first_op_type, e.first)),
                     escape(e.activation.as_deref().unwrap_or("")),
-                    escape(&e.second),
+                    escape(&format!("{} {}", e.second_op_type, e.second)),
                     e.channels.to_string(),
                     change(e.sqnr_first_before_db, e.sqnr_first_after_db),
                     change(e.sqnr_second_before_db, e.sqnr_second_after_db),
