@@ -110,7 +110,8 @@ def main():
              for name, shapes in REAL_EXPORTS.items() for flags in ([], ["--equalize"])]
     # Equalized: exact, so onnxruntime must agree as after a fold.
     runs += [(name, expected, ["--equalize"]) for name, expected in sorted(manifest.items())
-             if name.startswith(("torch_preact", "torch_conv2d_grouped", "timm_mixnet", "deep_stack"))]
+             if name.startswith(("torch_preact", "torch_conv2d_grouped", "timm_mixnet", "deep_stack",
+                                 "torch_mlp", "torch_decoder"))]
     for name, expected, flags in runs:
         src = os.path.join(ROOT, "fixtures", name)
         if flags:

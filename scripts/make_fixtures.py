@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Regenerates every model in fixtures/ (run by hand; needs torch, torchvision, onnx, onnxscript,
-numpy; `--forward-only` and `--forms-only` add one group to the manifest).
+numpy; `--forward-only`, `--forms-only` and `--equalize-only` add one group to the manifest).
 
 Real exporter output: torch.onnx.export, legacy TorchScript exporter with
 training=TrainingMode.PRESERVE and do_constant_folding=False, and the dynamo exporter with
@@ -639,10 +639,49 @@ def forward_fixtures():
     record("torch_add_bn_standalone_op13.onnx", 0, ["unsupported_producer"])
 
 
+# ---------------------------------------------------------------- pairs --equalize balances
+def equalize_fixtures():
+    """Real exports whose layers pair for cross-layer equalization beyond Conv → Conv: an MLP
+    (Gemm → Relu → Gemm) and a decoder (Conv → Relu → ConvTranspose → Relu → Conv), each
+    between two nonlinearities so every pair's region is bounded inside the graph."""
+    import torch
+    import torch.nn as nn
+
+    torch.manual_seed(0)
+
+    def randomize(model):
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.2, 2.0)
+                m.weight.data.uniform_(0.1, 4.0)  # unbalanced channel gains
+                m.bias.data.uniform_(-0.5, 0.5)
+        return model.eval()
+
+    cases = [
+        (nn.Sequential(nn.Tanh(), nn.Linear(12, 16), nn.BatchNorm1d(16), nn.ReLU(),
+                       nn.Linear(16, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 4),
+                       nn.Sigmoid()),
+         torch.randn(4, 12), "torch_mlp_bn_relu_op13.onnx", 2),
+        (nn.Sequential(nn.Tanh(), nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                       nn.ConvTranspose2d(8, 6, 4, stride=2, padding=1), nn.BatchNorm2d(6),
+                       nn.ReLU(), nn.Conv2d(6, 4, 3, padding=1), nn.Sigmoid()),
+         torch.randn(1, 3, 8, 8), "torch_decoder_convtranspose_bn_op13.onnx", 2),
+    ]
+    for model, x, name, folds in cases:
+        path = os.path.join(OUT, name)
+        torch.onnx.export(randomize(model), x, path, opset_version=13, dynamo=False,
+                          training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False,
+                          input_names=["input"], output_names=["output"])
+        onnx.checker.check_model(onnx.load(path))
+        record(name, folds)
+
+
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
     # One group added to the manifest without touching the other fixtures.
-    for flag, group in (("--forward-only", forward_fixtures), ("--forms-only", affine_fixtures)):
+    for flag, group in (("--forward-only", forward_fixtures), ("--forms-only", affine_fixtures),
+                        ("--equalize-only", equalize_fixtures)):
         if flag in sys.argv:
             with open(os.path.join(OUT, "manifest.json")) as f:
                 manifest.update(json.load(f))
@@ -655,6 +694,7 @@ if __name__ == "__main__":
         torch_fixtures()
         forward_fixtures()
         affine_fixtures()
+        equalize_fixtures()
     hand_fixtures()
     with open(os.path.join(OUT, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1, sort_keys=True)

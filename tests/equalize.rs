@@ -483,3 +483,30 @@ fn a_grouped_conv_transpose_ends_no_pair() {
     let v = verify(&original, &fused, &[], &VerifyOptions::default()).unwrap();
     assert_eq!(v.status, Status::Passed, "{v:?}");
 }
+
+#[test]
+fn exported_gemm_and_conv_transpose_pairs_equalize_and_are_proven() {
+    for (name, kinds) in [
+        (
+            "torch_mlp_bn_relu_op13.onnx",
+            [("Gemm", "Gemm"), ("Gemm", "Gemm")],
+        ),
+        (
+            "torch_decoder_convtranspose_bn_op13.onnx",
+            [("Conv", "ConvTranspose"), ("ConvTranspose", "Conv")],
+        ),
+    ] {
+        let (original, fused, report) = equalized_model(fixture_model(name));
+        let found: Vec<(&str, &str)> = report
+            .equalizations
+            .iter()
+            .map(|e| (e.first_op_type.as_str(), e.second_op_type.as_str()))
+            .collect();
+        assert_eq!(found, kinds, "{name}");
+        assert!(report
+            .equalizations
+            .iter()
+            .all(|e| e.worst_channel_after_db >= e.worst_channel_before_db));
+        passes(&original, &fused);
+    }
+}
