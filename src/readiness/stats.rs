@@ -173,15 +173,27 @@ pub fn layer(
 }
 
 /// The largest magnitude among little-endian f32 values, NaN ignored (as `f64::max` does):
-/// the maximum of their bit patterns without the sign.
+/// the maximum of their bit patterns without the sign, which order as the magnitudes do; as
+/// signed integers (never negative once the sign is cleared), in eight independent lanes.
 fn f32_range(raw: &[u8]) -> f64 {
-    let largest = raw
-        .chunks_exact(4)
-        .map(|c| u32::from_le_bytes(c.try_into().unwrap_or_default()) & 0x7fff_ffff)
-        .map(|bits| if bits > 0x7f80_0000 { 0 } else { bits })
-        .max()
-        .unwrap_or(0);
-    f32::from_bits(largest) as f64
+    fn magnitude(c: &[u8]) -> i32 {
+        let bits = (u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7fff_ffff) as i32;
+        if bits > 0x7f80_0000 {
+            0
+        } else {
+            bits
+        }
+    }
+    let mut lanes = [0i32; 8];
+    let mut blocks = raw.chunks_exact(32);
+    for block in &mut blocks {
+        for (lane, c) in lanes.iter_mut().zip(block.chunks_exact(4)) {
+            *lane = (*lane).max(magnitude(c));
+        }
+    }
+    let tail = blocks.remainder().chunks_exact(4).map(magnitude).max();
+    let largest = lanes.into_iter().chain(tail).max().unwrap_or(0);
+    f32::from_bits(largest as u32) as f64
 }
 
 #[cfg(test)]
@@ -281,6 +293,28 @@ mod tests {
     }
 
     #[test]
+    fn every_non_finite_element_is_counted_in_whichever_channel() {
+        // A NaN in the first channel, an infinity and a NaN in the third, stored f32 and as
+        // values; squares that overflow f64 are no non-finite elements.
+        let values = [1.0, f64::NAN, 0.5, 0.25, f64::INFINITY, f64::NAN, 2.0, -1.0];
+        let layout = ChannelLayout::new(&[4, 2], 0, 1);
+        let raw: Vec<u8> = values
+            .iter()
+            .flat_map(|&v| (v as f32).to_le_bytes())
+            .collect();
+        for elements in [Elements::Values(&values), Elements::Raw(Dtype::F32, &raw)] {
+            assert_eq!(
+                layer(&conv("c"), "w", &layout, elements).non_finite_elements,
+                3
+            );
+        }
+        let huge = [1e200, -1e200, 1.0, 2.0];
+        let layout = ChannelLayout::new(&[2, 2], 0, 1);
+        let overflowing = layer(&conv("c"), "w", &layout, Elements::Values(&huge));
+        assert_eq!(overflowing.non_finite_elements, 0);
+    }
+
+    #[test]
     fn f32_ranges_ignore_nan_as_the_maximum_of_values_does() {
         let values = [1.5f32, -3.25, f32::NAN, 0.0, -0.0];
         let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -290,6 +324,20 @@ mod tests {
         assert_eq!(f32_range(&raw), want);
         assert_eq!(f32_range(&f32::NAN.to_le_bytes()), 0.0);
         assert_eq!(f32_range(&f32::NEG_INFINITY.to_le_bytes()), f64::INFINITY);
+        // Every length around the eight lanes, the largest at every position, NaNs between.
+        for len in 1..40 {
+            for at in 0..len {
+                let values: Vec<f32> = (0..len)
+                    .map(|k| match k {
+                        k if k == at => -7.5,
+                        k if k % 5 == 3 => f32::NAN,
+                        k => (k as f32 * 0.37).sin(),
+                    })
+                    .collect();
+                let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                assert_eq!(f32_range(&raw), 7.5, "length {len}, largest at {at}");
+            }
+        }
     }
 
     #[test]

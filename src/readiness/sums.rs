@@ -40,7 +40,11 @@ impl Sums {
                 | ((c_steps - c_nearest).abs() > NEAR_HALF);
             self.tensor_noise += (v - t_nearest * tensor.step).powi(2);
             self.channel_noise += (v - c_nearest * channel.step).powi(2);
-            self.non_finite += usize::from(!v.is_finite());
+        }
+        // A NaN or an infinity leaves the signal NaN or infinite for good, so the count is
+        // taken only then (an overflow of finite squares counts nothing, as it should).
+        if !self.signal.is_finite() {
+            self.non_finite += values.iter().filter(|v| !v.is_finite()).count();
         }
         if near_half {
             (self.tensor_noise, self.channel_noise) = before;
