@@ -13,12 +13,7 @@ impl Page {
         let (label, plot, row) = (220.0, 480.0, 14.0);
         let scale = |db: f64| (db.clamp(0.0, 60.0) / 60.0) * plot;
         let height = row * layers.len() as f64 + 24.0;
-        let _ = writeln!(
-            self.html,
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" \
-             role=\"img\" aria-label=\"INT8 SQNR per layer\">",
-            label + plot + 60.0
-        );
+        self.svg_start(label + plot + 60.0, height, "INT8 SQNR per layer");
         for (i, l) in layers.iter().enumerate() {
             let y = row * i as f64;
             let name = escape(&truncate(&l.node, 34));
@@ -78,24 +73,17 @@ impl Page {
             l.starved_channels,
             l.channels
         );
-        let _ = writeln!(
-            self.html,
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
-             role=\"img\" aria-label=\"channel ranges of {}\">",
-            escape(&l.node)
-        );
+        self.svg_start(width, height, &format!("channel ranges of {}", l.node));
         let step = width / l.channel_ranges.len().max(1) as f64;
-        for (c, r) in l.channel_ranges.iter().enumerate() {
-            let h = (r / max) * (height - 10.0);
-            let _ = write!(
-                self.html,
-                "<rect x=\"{:.2}\" y=\"{:.2}\" width=\"{:.2}\" height=\"{h:.2}\" fill=\"#4a78b5\">\
-                 <title>channel {c}: {r:.4e}</title></rect>",
-                c as f64 * step,
-                height - h,
-                (step - 0.5).max(0.5)
-            );
-        }
+        let bars = Bars {
+            height,
+            step,
+            offset: 0.0,
+            width: (step - 0.5).max(0.5),
+            fill: "#4a78b5",
+            when: "",
+        };
+        self.channel_bars(&l.channel_ranges, max, &bars);
         // Below this range a channel has fewer than 4 effective bits on the per-tensor grid.
         let starved = max / 127.0 * 2f64.powi(3);
         let y = height - (starved / max) * (height - 10.0);
@@ -176,30 +164,63 @@ impl Page {
             escape(&e.second),
             escape(&e.first)
         );
+        self.svg_start(width, height, &format!("equalized ranges of {}", e.first));
+        let step = width / e.first_ranges_before.len().max(1) as f64;
+        let half = Bars {
+            height,
+            step,
+            offset: 0.0,
+            width: (step * 0.5 - 0.25).max(0.5),
+            fill: "#a9c1e0",
+            when: " before",
+        };
+        self.channel_bars(&e.first_ranges_before, max_before, &half);
+        let after = Bars {
+            offset: 0.5 * step,
+            fill: "#1f4e8c",
+            when: " after",
+            ..half
+        };
+        self.channel_bars(&e.first_ranges_after, max_after, &after);
+        self.html.push_str("</svg>\n");
+    }
+
+    /// Opens an SVG drawing of `width` × `height` named `label` for screen readers.
+    fn svg_start(&mut self, width: f64, height: f64, label: &str) {
         let _ = writeln!(
             self.html,
             "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
-             role=\"img\" aria-label=\"equalized ranges of {}\">",
-            escape(&e.first)
+             role=\"img\" aria-label=\"{}\">",
+            escape(label)
         );
-        let step = width / e.first_ranges_before.len().max(1) as f64;
-        let bars = [
-            (&e.first_ranges_before, max_before, "#a9c1e0", "before", 0.0),
-            (&e.first_ranges_after, max_after, "#1f4e8c", "after", 0.5),
-        ];
-        for (ranges, max, fill, when, offset) in bars {
-            for (c, r) in ranges.iter().enumerate() {
-                let h = (r / max).clamp(0.0, 1.0) * (height - 10.0);
-                let _ = write!(
-                    self.html,
-                    "<rect x=\"{:.2}\" y=\"{:.2}\" width=\"{:.2}\" height=\"{h:.2}\" \
-                     fill=\"{fill}\"><title>channel {c} {when}: {r:.4e}</title></rect>",
-                    c as f64 * step + offset * step,
-                    height - h,
-                    (step * 0.5 - 0.25).max(0.5)
-                );
-            }
-        }
-        self.html.push_str("</svg>\n");
     }
+
+    /// One bar per channel, `ranges` relative to `max`, each titled with its channel and value.
+    fn channel_bars(&mut self, ranges: &[f64], max: f64, bars: &Bars) {
+        for (c, r) in ranges.iter().enumerate() {
+            let h = (r / max).clamp(0.0, 1.0) * (bars.height - 10.0);
+            let _ = write!(
+                self.html,
+                "<rect x=\"{:.2}\" y=\"{:.2}\" width=\"{:.2}\" height=\"{h:.2}\" \
+                 fill=\"{}\"><title>channel {c}{}: {r:.4e}</title></rect>",
+                c as f64 * bars.step + bars.offset,
+                bars.height - h,
+                bars.width,
+                bars.fill,
+                bars.when
+            );
+        }
+    }
+}
+
+/// How [`Page::channel_bars`] draws: the plot's height, each channel's slot and where in it the
+/// bar stands, its colour, and a word for its title (` before`, ` after`, or none).
+#[derive(Clone, Copy)]
+struct Bars {
+    height: f64,
+    step: f64,
+    offset: f64,
+    width: f64,
+    fill: &'static str,
+    when: &'static str,
 }
