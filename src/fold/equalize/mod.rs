@@ -6,8 +6,9 @@
 //!   B without `transA`), in the main graph.
 //! - **Preconditions**: A's output and the activation's feed only the next node and are no graph
 //!   outputs; B reads the activation on its data input; both weights (and A's bias, per output
-//!   channel) are float constants of one dtype; B's weight reads A's channels. Activations that are not positively
-//!   homogeneous (`Clip`, Relu6, HardSwish, Sigmoid) end no pair: no approximation is made.
+//!   channel) are float constants of one dtype; B's weight reads A's channels. Activations that
+//!   are not positively homogeneous (`Clip`, Relu6, HardSwish, Sigmoid) end no pair: no
+//!   approximation is made.
 //! - **Rewrite**: per channel `i` of A's output, `W_A[i] ← W_A[i] / s_i`, `b_A[i] ← b_A[i] / s_i`,
 //!   `W_B[:, i] ← W_B[:, i] · s_i`, with `s_i = √(r_A,i / r_B,i)`: `r_A,i` the range of A's output
 //!   channel `i`, `r_B,i` the range of B's weights reading it. Pairs are visited until no factor
@@ -15,8 +16,9 @@
 //!   is written once, rounded once from the weight as it would run. The tensors between A and B
 //!   get new names: they hold `x / s`, not what they held.
 //! - **Math**: `f(x / s) = f(x) / s` for `s > 0` and `f` ∈ {Relu, LeakyRelu, PRelu, Identity}, and
-//!   a convolution or a matrix product is linear in its input (zero padding included), so `B(f(A(x)))` is unchanged
-//!   up to the rounding of the new weights. After it, `r_A,i / s_i = r_B,i · s_i = √(r_A,i·r_B,i)`.
+//!   a convolution or a matrix product is linear in its input (zero padding included), so
+//!   `B(f(A(x)))` is unchanged up to the rounding of the new weights. After it,
+//!   `r_A,i / s_i = r_B,i · s_i = √(r_A,i·r_B,i)`.
 
 use foldhash::HashMap;
 
