@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::path::PathBuf;
+
 use common::build::Graph;
 use common::{bnfold, fixture, s, stderr, write};
 
@@ -33,22 +35,25 @@ fn assert_self_contained(page: &str, sections: &[&str]) {
     assert_eq!(page.matches("<svg").count(), page.matches("</svg>").count());
 }
 
-#[test]
-fn a_fold_writes_its_report_as_one_page_with_plots() {
+/// The fixture `model` folded with `flags` and `--report-html` (exit 0 asserted): the directory
+/// holding the fused model and the page, and their paths.
+fn fold_with_page(model: &str, flags: &[&str]) -> (tempfile::TempDir, PathBuf, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let (out, html) = (
         dir.path().join("fused.onnx"),
         dir.path().join("report.html"),
     );
-    let o = bnfold(&[
-        s(&fixture("torch_preact_block_op13.onnx")),
-        "-o",
-        s(&out),
-        "--report-html",
-        s(&html),
-        "-q",
-    ]);
+    let model = fixture(model);
+    let mut args = vec![s(&model), "-o", s(&out), "--report-html", s(&html), "-q"];
+    args.extend_from_slice(flags);
+    let o = bnfold(&args);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    (dir, out, html)
+}
+
+#[test]
+fn a_fold_writes_its_report_as_one_page_with_plots() {
+    let (_dir, out, html) = fold_with_page("torch_preact_block_op13.onnx", &[]);
     let page = std::fs::read_to_string(&html).unwrap();
     assert_self_contained(
         &page,
@@ -119,22 +124,8 @@ fn verify_writes_a_page_and_the_page_never_replaces_an_input() {
 
 #[test]
 fn an_equalized_fold_draws_each_pair_before_and_after() {
-    let dir = tempfile::tempdir().unwrap();
-    let (out, html) = (
-        dir.path().join("fused.onnx"),
-        dir.path().join("report.html"),
-    );
-    let o = bnfold(&[
-        s(&fixture("paddle/ppocr_mobile_v2_cls_op11.onnx")),
-        "-o",
-        s(&out),
-        "--equalize",
-        "--no-verify",
-        "--report-html",
-        s(&html),
-        "-q",
-    ]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let model = "paddle/ppocr_mobile_v2_cls_op11.onnx";
+    let (_dir, _, html) = fold_with_page(model, &["--equalize", "--no-verify"]);
     let page = std::fs::read_to_string(&html).unwrap();
     assert_self_contained(&page, &["Equalized (15)"]);
     // Up to 4 pairs drawn, each channel a light bar (before) and a dark one (after).
@@ -152,21 +143,7 @@ fn an_equalized_fold_draws_each_pair_before_and_after() {
 #[test]
 #[ignore = "needs Debian's chromium"]
 fn headless_chromium_renders_the_page() {
-    let dir = tempfile::tempdir().unwrap();
-    let (out, html) = (
-        dir.path().join("fused.onnx"),
-        dir.path().join("report.html"),
-    );
-    let o = bnfold(&[
-        s(&fixture("paddle/ppocr_mobile_v2_cls_op11.onnx")),
-        "-o",
-        s(&out),
-        "--equalize",
-        "--report-html",
-        s(&html),
-        "-q",
-    ]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let (dir, _, html) = fold_with_page("paddle/ppocr_mobile_v2_cls_op11.onnx", &["--equalize"]);
     let png = dir.path().join("report.png");
     let profile = dir.path().join("profile");
     let run = std::process::Command::new("chromium")
