@@ -125,13 +125,13 @@ pub fn layer(
     for (k, &range) in ranges.iter().enumerate() {
         let channel_grid = Grid::new(range / 127.0);
         match layout.f32_run(elements, k) {
-            // Widened as they are summed: no pass that stores them first.
-            Some(raw) => sums.add_channel(f32_values(raw), &tensor_grid, &channel_grid),
-            None => {
-                layout.gather(elements, k, &mut values);
-                sums.add_channel(values.iter().copied(), &tensor_grid, &channel_grid);
+            Some(raw) => {
+                values.clear();
+                tensor::decode_le_into(Dtype::F32, raw, &mut values);
             }
+            None => layout.gather(elements, k, &mut values),
         }
+        sums.add_channel(&values, &tensor_grid, &channel_grid);
     }
     let Sums {
         signal,
@@ -170,12 +170,6 @@ pub fn layer(
         non_finite_elements: non_finite,
         channel_ranges: ranges,
     }
-}
-
-/// Little-endian f32 values, widened to f64.
-fn f32_values(raw: &[u8]) -> impl Iterator<Item = f64> + Clone + '_ {
-    raw.chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
 }
 
 /// The largest magnitude among little-endian f32 values, NaN ignored (as `f64::max` does):

@@ -25,49 +25,36 @@ impl Sums {
     /// reciprocal; when one of them lies near a half step, where the reciprocal and the
     /// quotient could round to different integers, the channel's noise is summed again with
     /// the division ([`quantize`]), so every sum is the one the division gives.
-    pub fn add_channel<I>(&mut self, values: I, tensor: &Grid, channel: &Grid)
-    where
-        I: Iterator<Item = f64> + Clone,
-    {
+    pub fn add_channel(&mut self, values: &[f64], tensor: &Grid, channel: &Grid) {
         let (Some(t), Some(c)) = (tensor.reciprocal, channel.reciprocal) else {
             self.add_divided(values, tensor, channel, true);
             return;
         };
         let before = (self.tensor_noise, self.channel_noise);
-        // The largest distance of a step count from its integer (NaN never counts, as it never
-        // compares greater): one `max` per element instead of a test and a flag.
-        let mut farthest = 0.0;
-        for v in values.clone() {
+        let mut near_half = false;
+        for &v in values {
             self.signal += v * v;
             let (t_steps, t_nearest) = nearest_step(v * t);
             let (c_steps, c_nearest) = nearest_step(v * c);
-            for distance in [(t_steps - t_nearest).abs(), (c_steps - c_nearest).abs()] {
-                farthest = if distance > farthest {
-                    distance
-                } else {
-                    farthest
-                };
-            }
+            near_half |= ((t_steps - t_nearest).abs() > NEAR_HALF)
+                | ((c_steps - c_nearest).abs() > NEAR_HALF);
             self.tensor_noise += (v - t_nearest * tensor.step).powi(2);
             self.channel_noise += (v - c_nearest * channel.step).powi(2);
         }
         // A NaN or an infinity leaves the signal NaN or infinite for good, so the count is
         // taken only then (an overflow of finite squares counts nothing, as it should).
         if !self.signal.is_finite() {
-            self.non_finite += values.clone().filter(|v| !v.is_finite()).count();
+            self.non_finite += values.iter().filter(|v| !v.is_finite()).count();
         }
-        if farthest > NEAR_HALF {
+        if near_half {
             (self.tensor_noise, self.channel_noise) = before;
             self.add_divided(values, tensor, channel, false);
         }
     }
 
     /// Adds the noise of `values` quantized by the division, and their signal when `signal`.
-    fn add_divided<I>(&mut self, values: I, tensor: &Grid, channel: &Grid, signal: bool)
-    where
-        I: Iterator<Item = f64>,
-    {
-        for v in values {
+    fn add_divided(&mut self, values: &[f64], tensor: &Grid, channel: &Grid, signal: bool) {
+        for &v in values {
             if signal {
                 self.signal += v * v;
                 self.non_finite += usize::from(!v.is_finite());
@@ -182,7 +169,7 @@ mod tests {
                 for channel_step in [step, step * 0.37] {
                     let mut sums = Sums::default();
                     let (tensor, channel) = (Grid::new(step), Grid::new(channel_step));
-                    sums.add_channel(values.iter().copied(), &tensor, &channel);
+                    sums.add_channel(values, &tensor, &channel);
                     let got = (
                         sums.signal.to_bits(),
                         sums.tensor_noise.to_bits(),
