@@ -2,7 +2,8 @@
 //! protobuf structure, and large tensor payloads are read with `pread` (or copied file to file
 //! by the kernel) when they are needed, so they never become resident in bnfold's memory.
 //!
-//! This is the crate's only `unsafe`: mapping a file is sound as long as no other process
+//! One of the crate's two `unsafe` places (the other calls the readiness loop compiled for the
+//! vector instructions the processor was found to have): mapping a file is sound as long as no other process
 //! truncates or rewrites it while bnfold runs, the same contract as every mmap-based reader
 //! (ripgrep, tract's own loaders). bnfold writes its outputs through a temporary file and a
 //! rename, so it never modifies a file it has mapped.

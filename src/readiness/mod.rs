@@ -11,6 +11,7 @@
 //! [`DEAD_STD`], so the channel is the constant β), the largest amplification `|γ|/√(σ²+ε)`,
 //! and the channels whose running variance is below ε.
 
+mod lanes;
 mod stats;
 mod sums;
 mod tap;

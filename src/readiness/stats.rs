@@ -1,12 +1,14 @@
 //! The figures of one weight, from its stored bytes or its values, without widening the whole
-//! tensor: each output channel is decoded into a small buffer twice, once for the ranges and
-//! once for the sums, which run over the channels in order, so that every figure is the same
+//! tensor: each output channel is read twice, once for the ranges and once for the sums (f32
+//! channels stored in one run straight from their bytes, others decoded into a small buffer),
+//! which run over the channels in order, so that every figure is the same
 //! to the last digit whatever the weight's layout.
 
 use crate::graph::node_label;
 use crate::proto::NodeProto;
 use crate::tensor::{self, Dtype};
 
+use super::lanes::ChannelValues;
 use super::sums::{Grid, Sums};
 use super::{LayerReadiness, MIN_EFFECTIVE_BITS};
 
@@ -122,16 +124,17 @@ pub fn layer(
     let max_range = ranges.iter().copied().fold(0.0, f64::max);
     let tensor_grid = Grid::new(max_range / 127.0);
     let mut sums = Sums::default();
+    let mut scratch = Vec::new();
     for (k, &range) in ranges.iter().enumerate() {
         let channel_grid = Grid::new(range / 127.0);
-        match layout.f32_run(elements, k) {
-            Some(raw) => {
-                values.clear();
-                tensor::decode_le_into(Dtype::F32, raw, &mut values);
+        let channel_values = match layout.f32_run(elements, k) {
+            Some(raw) => ChannelValues::F32(raw),
+            None => {
+                layout.gather(elements, k, &mut values);
+                ChannelValues::Values(&values)
             }
-            None => layout.gather(elements, k, &mut values),
-        }
-        sums.add_channel(&values, &tensor_grid, &channel_grid);
+        };
+        sums.add_channel(channel_values, &tensor_grid, &channel_grid, &mut scratch);
     }
     let Sums {
         signal,

@@ -4,8 +4,9 @@
 //!
 //! The order is what makes every figure the same to the last digit whatever the weight's
 //! layout or how it reaches the analysis. It also bounds the speed: three chains of dependent
-//! f64 additions, about 4 cycles an element (computing the terms apart first, vectorized,
-//! measured no faster).
+//! f64 additions; the work between them runs in vector lanes ([`lanes`](super::lanes)).
+
+use super::lanes::{ChannelValues, Grids, Isa, ROUND};
 
 /// The running sums of a weight's figures, over its channels in order.
 #[derive(Default)]
@@ -22,33 +23,51 @@ pub(super) struct Sums {
 
 impl Sums {
     /// Adds one channel's values. Each is quantized by a multiplication by the grid's
-    /// reciprocal; when one of them lies near a half step, where the reciprocal and the
-    /// quotient could round to different integers, the channel's noise is summed again with
-    /// the division ([`quantize`]), so every sum is the one the division gives.
-    pub fn add_channel(&mut self, values: &[f64], tensor: &Grid, channel: &Grid) {
+    /// reciprocal ([`lanes`](super::lanes)); when one of them lies near a half step, where the reciprocal and
+    /// the quotient could round to different integers, the channel's noise is summed again
+    /// with the division ([`quantize`]), so every sum is the one the division gives.
+    /// `scratch` holds the widened values when that happens.
+    pub fn add_channel(
+        &mut self,
+        values: ChannelValues,
+        tensor: &Grid,
+        channel: &Grid,
+        scratch: &mut Vec<f64>,
+    ) {
+        self.add_channel_with(Isa::widest(), values, tensor, channel, scratch);
+    }
+
+    /// [`Sums::add_channel`] with the loop compiled for `isa`.
+    fn add_channel_with(
+        &mut self,
+        isa: Isa,
+        values: ChannelValues,
+        tensor: &Grid,
+        channel: &Grid,
+        scratch: &mut Vec<f64>,
+    ) {
         let (Some(t), Some(c)) = (tensor.reciprocal, channel.reciprocal) else {
-            self.add_divided(values, tensor, channel, true);
+            scratch.clear();
+            values.widen_into(scratch);
+            self.add_divided(scratch, tensor, channel, true);
             return;
         };
         let before = (self.tensor_noise, self.channel_noise);
-        let mut near_half = false;
-        for &v in values {
-            self.signal += v * v;
-            let (t_steps, t_nearest) = nearest_step(v * t);
-            let (c_steps, c_nearest) = nearest_step(v * c);
-            near_half |= ((t_steps - t_nearest).abs() > NEAR_HALF)
-                | ((c_steps - c_nearest).abs() > NEAR_HALF);
-            self.tensor_noise += (v - t_nearest * tensor.step).powi(2);
-            self.channel_noise += (v - c_nearest * channel.step).powi(2);
-        }
+        let grids = Grids {
+            tensor: (tensor.step, t),
+            channel: (channel.step, c),
+        };
+        let near_half = isa.accumulate(self, values, &grids);
         // A NaN or an infinity leaves the signal NaN or infinite for good, so the count is
         // taken only then (an overflow of finite squares counts nothing, as it should).
         if !self.signal.is_finite() {
-            self.non_finite += values.iter().filter(|v| !v.is_finite()).count();
+            self.non_finite += values.non_finite();
         }
         if near_half {
             (self.tensor_noise, self.channel_noise) = before;
-            self.add_divided(values, tensor, channel, false);
+            scratch.clear();
+            values.widen_into(scratch);
+            self.add_divided(scratch, tensor, channel, false);
         }
     }
 
@@ -63,21 +82,6 @@ impl Sums {
             self.channel_noise += (v - quantize(v, channel.step)).powi(2);
         }
     }
-}
-
-/// How far from an integer a step count may lie before the reciprocal is not trusted:
-/// `v·(1/step)` is within 3.4e-16 relative of `v/step` as rounded (two roundings against one),
-/// so within ±127 steps the two round to different integers only within 5e-14 of a half step.
-const NEAR_HALF: f64 = 0.5 - 1e-9;
-
-/// Adding and subtracting 1.5·2^52 rounds an f64 below 2^51 to the nearest integer, ties to
-/// even, in the default rounding mode: no call to the math library on targets without SSE4.1.
-const ROUND: f64 = 6_755_399_441_055_744.0;
-
-/// `steps` clipped to ±127 and its nearest integer, ties to even.
-fn nearest_step(steps: f64) -> (f64, f64) {
-    let steps = steps.clamp(-127.0, 127.0);
-    (steps, (steps + ROUND) - ROUND)
 }
 
 /// A symmetric INT8 grid of `step` and, where it is a positive finite number, its reciprocal.
@@ -169,13 +173,84 @@ mod tests {
                 for channel_step in [step, step * 0.37] {
                     let mut sums = Sums::default();
                     let (tensor, channel) = (Grid::new(step), Grid::new(channel_step));
-                    sums.add_channel(values, &tensor, &channel);
+                    sums.add_channel(
+                        ChannelValues::Values(values),
+                        &tensor,
+                        &channel,
+                        &mut Vec::new(),
+                    );
                     let got = (
                         sums.signal.to_bits(),
                         sums.tensor_noise.to_bits(),
                         sums.channel_noise.to_bits(),
                     );
                     assert_eq!(got, divided(values, step, channel_step), "step {step}");
+                }
+            }
+        }
+    }
+
+    /// The sums of `values` with the loop compiled for `isa`, as bits, and the count of
+    /// non-finite elements.
+    fn sums_with(isa: Isa, values: ChannelValues, tensor: f64, channel: f64) -> [u64; 4] {
+        let mut sums = Sums::default();
+        let grids = (Grid::new(tensor), Grid::new(channel));
+        sums.add_channel_with(isa, values, &grids.0, &grids.1, &mut Vec::new());
+        [
+            sums.signal.to_bits(),
+            sums.tensor_noise.to_bits(),
+            sums.channel_noise.to_bits(),
+            sums.non_finite as u64,
+        ]
+    }
+
+    #[test]
+    fn every_instruction_set_gives_the_sums_of_the_element_loop() {
+        // Every length around the block of eight, values read as f64 and as f32 bytes, on a
+        // channel's own grid and on grids that clip: each variant this processor runs gives
+        // the sums of the division, one element after the other, to the bit.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32 as f64
+        };
+        for len in 0..=41 {
+            let values: Vec<f64> = (0..len).map(|_| next()).collect();
+            let raw: Vec<u8> = values
+                .iter()
+                .flat_map(|&v| (v as f32).to_le_bytes())
+                .collect();
+            let range = values.iter().fold(0.0, |m: f64, v| m.max(v.abs()));
+            for (tensor, channel) in [(range / 127.0, range / 254.0), (0.01, 0.003)] {
+                let (s, t, c) = divided(&values, tensor, channel);
+                for isa in Isa::available() {
+                    for source in [ChannelValues::Values(&values), ChannelValues::F32(&raw)] {
+                        let got = sums_with(isa, source, tensor, channel);
+                        assert_eq!(got, [s, t, c, 0], "{isa:?}, {len} values, {source:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_instruction_set_counts_non_finite_elements() {
+        // A NaN and an infinity at every position of 19 values (two blocks and a remainder).
+        for at in 0..19 {
+            let mut values: Vec<f64> = (0..19).map(|k| (k as f64 * 0.37).sin()).collect();
+            values[at] = f64::NAN;
+            values[(at + 7) % 19] = f64::NEG_INFINITY;
+            let raw: Vec<u8> = values
+                .iter()
+                .flat_map(|&v| (v as f32).to_le_bytes())
+                .collect();
+            for isa in Isa::available() {
+                for source in [ChannelValues::Values(&values), ChannelValues::F32(&raw)] {
+                    let [signal, .., non_finite] = sums_with(isa, source, 0.01, 0.005);
+                    assert!(f64::from_bits(signal).is_nan(), "{isa:?}, at {at}");
+                    assert_eq!(non_finite, 2, "{isa:?}, at {at}");
                 }
             }
         }
