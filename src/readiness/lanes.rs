@@ -136,7 +136,10 @@ fn accumulate(sums: &mut Sums, values: ChannelValues, grids: &Grids) -> bool {
         ChannelValues::F32(raw) => {
             let mut blocks = raw.chunks_exact(4 * BLOCK);
             for b in &mut blocks {
-                let block: [f64; BLOCK] = std::array::from_fn(|i| f32_at(&b[4 * i..]));
+                let b: &[u8; 4 * BLOCK] = b.try_into().expect("a block of f32 bytes");
+                let block: [f64; BLOCK] = std::array::from_fn(|i| {
+                    f32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]) as f64
+                });
                 add_block(sums, &block, grids, &mut near);
             }
             for c in blocks.remainder().chunks_exact(4) {
