@@ -157,16 +157,35 @@ impl LayerTap {
                 }
             }
         }
+        // Weights stored inline and not folded need nothing from the writer: the thread reads
+        // them first, while the writer is busy with what comes before them in the file (a
+        // classifier at the end of the graph is then not measured after everything is written).
+        let mut early = Vec::new();
+        if let Some(graph) = &model.proto.graph {
+            for t in &graph.initializer {
+                let ready = !tensor::is_external(t) && model.folded.of(t).is_none();
+                if let Some(slots) = ready.then(|| wanted.remove(t.name())).flatten() {
+                    early.push((slots, Box::new(t.clone())));
+                }
+            }
+            largest = graph
+                .initializer
+                .iter()
+                .filter(|t| wanted.contains_key(t.name()))
+                .filter_map(|t| Some((tensor::proto_dtype(t).ok()?, tensor::proto_dims(t).ok()?)))
+                .map(|(dtype, dims)| dims.iter().product::<usize>() * dtype.size())
+                .fold(0, usize::max);
+        }
         let shared = Arc::new(Shared::default());
         shared.lock().free = vec![Vec::new(); BUFFERS];
         // Without a weight to measure there is no thread.
-        let worker = match wanted.is_empty() {
+        let worker = match wanted.is_empty() && early.is_empty() {
             true => None,
             false => {
                 let (shared, store) = (shared.clone(), model.store.clone());
                 let worker = std::thread::Builder::new()
                     .name("bnfold-readiness".into())
-                    .spawn(move || work(&shared, &store))
+                    .spawn(move || work(&shared, &store, early))
                     .map_err(|e| {
                         Error::InvalidGraph(format!("starting the readiness thread: {e}"))
                     })?;
@@ -293,22 +312,30 @@ fn node_head(node: &NodeProto) -> NodeProto {
     }
 }
 
-/// The thread: measures queued weights until the queue is closed and empty.
-fn work(shared: &Shared, store: &ExternalStore) -> Measured {
+/// The thread: measures the `early` weights (in a buffer of its own, freed after them), then
+/// queued weights until the queue is closed and empty.
+fn work(
+    shared: &Shared,
+    store: &ExternalStore,
+    early: Vec<(Vec<Slot>, Box<TensorProto>)>,
+) -> Measured {
     let mut measured = Measured::default();
+    let mut buffer = Vec::new();
+    for (slots, tensor) in early {
+        let job = Job::Stored {
+            slots,
+            tensor,
+            buffer,
+        };
+        buffer = run_guarded(job, store, &mut measured);
+    }
+    drop(buffer);
     let mut queue = shared.lock();
     loop {
         match queue.jobs.pop_front() {
             Some(job) => {
                 drop(queue);
-                // A panic here must not leave the writer waiting for this buffer: it becomes the
-                // analysis's failure, and a fresh buffer takes the lost one's place.
-                let measuring = std::panic::AssertUnwindSafe(|| run(job, store, &mut measured));
-                let buffer = std::panic::catch_unwind(measuring).unwrap_or_else(|_| {
-                    let failed = "the readiness analysis failed on a weight";
-                    measured.failure = Some(Error::InvalidGraph(failed.into()));
-                    Vec::new()
-                });
+                let buffer = run_guarded(job, store, &mut measured);
                 queue = shared.lock();
                 queue.free.push(buffer);
                 shared.changed.notify_all();
@@ -322,6 +349,17 @@ fn work(shared: &Shared, store: &ExternalStore) -> Measured {
             }
         }
     }
+}
+
+/// [`run`] on the thread: a panic must not leave the writer waiting for this buffer, so it
+/// becomes the analysis's failure, and a fresh buffer takes the lost one's place.
+fn run_guarded(job: Job, store: &ExternalStore, measured: &mut Measured) -> Vec<u8> {
+    let measuring = std::panic::AssertUnwindSafe(|| run(job, store, measured));
+    std::panic::catch_unwind(measuring).unwrap_or_else(|_| {
+        let failed = "the readiness analysis failed on a weight";
+        measured.failure = Some(Error::InvalidGraph(failed.into()));
+        Vec::new()
+    })
 }
 
 /// Measures one weight (after a failure, only frees its buffer); the buffer, to reuse.
