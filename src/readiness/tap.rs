@@ -1,9 +1,12 @@
-//! The layer figures computed beside the write: the writer hands over each weight's bytes as it
-//! writes them (a folded weight is scaled once, for the file and for the figures) or, for a
-//! weight copied as stored, the tensor to read. A thread of its own measures the weights queued
-//! while the next is written; when the writer needs a buffer and none is free, it measures a
-//! queued weight itself, and at the end both drain the queue. At most two weights' bytes are
-//! held at a time; the figures are put back in graph order, so who measured what never shows.
+//! The layer figures computed beside the write: the writer hands over each folded weight's
+//! bytes as it writes them (scaled once, for the file and for the figures) and, for a weight in
+//! an external data file copied as stored, the tensor to read. A thread of its own first
+//! measures the weights stored inline and not folded (they need nothing from the writer), then
+//! the weights queued while the next is written; when the writer needs a buffer and none is
+//! free, it measures a queued weight itself, and at the end both drain the queue. At most two
+//! handed-over weights' bytes are held at a time (plus one inline weight's while the thread
+//! reads those first); the figures are put back in graph order, so who measured what, and when,
+//! never shows.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
