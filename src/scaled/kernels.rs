@@ -71,10 +71,11 @@ pub(super) fn max_magnitude(dtype: Dtype, raw: &[u8]) -> f64 {
 
 pub(super) fn for_each_slice(
     data: &[f64],
+    first: usize,
     f: &mut dyn FnMut(usize, Chunk) -> Result<()>,
 ) -> Result<()> {
     for (k, chunk) in data.chunks(CHUNK).enumerate() {
-        f(k * CHUNK, Chunk::Values(chunk))?;
+        f(first + k * CHUNK, Chunk::Values(chunk))?;
     }
     Ok(())
 }

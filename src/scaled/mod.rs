@@ -7,6 +7,7 @@
 //! own dtype. A model's folded weights therefore never sit in memory together, and a weight
 //! folded twice (a BN on each side of a Conv, or BN → BN) is still rounded only once.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -24,6 +25,11 @@ pub const WIDE_FACTOR_LIMIT: f64 = 1e6;
 /// Elements decoded and encoded per step: large enough that reading the source costs few
 /// system calls, small enough that the buffers stay in cache.
 const CHUNK: usize = 1 << 14;
+
+/// Sources of at least this many elements are checked for non-finite values in two halves at
+/// once: planning reads every candidate weight before anything is written, and that read is
+/// otherwise a stretch where one core works alone.
+const SPLIT_CHECK: usize = 1 << 18;
 
 /// `W'[i] = factors[(i / run) % factors.len()] · W[i]` over the row-major elements: the factor
 /// stays the same for `run` consecutive elements and the factors repeat with their own length.
@@ -162,10 +168,40 @@ impl ScaledTensor {
 
     /// The first element of the source (before any scaling) that is NaN or infinite, with its
     /// value. Reads the source once, comparing bit patterns; only a chunk that holds such a
-    /// value is decoded.
+    /// value is decoded. A stored source of at least [`SPLIT_CHECK`] elements is read in two
+    /// halves at once, the second on a thread of its own.
     pub fn first_not_finite(&self, store: &ExternalStore) -> Result<Option<(usize, f64)>> {
+        let numel = self.len();
+        if numel < SPLIT_CHECK || matches!(self.source, ScaledSource::Values(_)) {
+            return self.first_not_finite_in(store, 0..numel);
+        }
+        let mid = numel / 2;
+        std::thread::scope(|scope| {
+            let second = std::thread::Builder::new()
+                .name("bnfold-check".into())
+                .spawn_scoped(scope, || self.first_not_finite_in(store, mid..numel));
+            let Ok(second) = second else {
+                return self.first_not_finite_in(store, 0..numel);
+            };
+            let first = self.first_not_finite_in(store, 0..mid);
+            let second = second
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            match first? {
+                Some(found) => Ok(Some(found)),
+                None => second,
+            }
+        })
+    }
+
+    /// [`ScaledTensor::first_not_finite`] among the source's elements `range`.
+    fn first_not_finite_in(
+        &self,
+        store: &ExternalStore,
+        range: Range<usize>,
+    ) -> Result<Option<(usize, f64)>> {
         let mut found = None;
-        self.for_each_source_chunk(store, &mut |start, chunk| {
+        self.source_chunks(store, range, &mut |start, chunk| {
             if found.is_some() {
                 return Ok(());
             }
@@ -286,17 +322,29 @@ impl ScaledTensor {
         store: &ExternalStore,
         f: &mut dyn FnMut(usize, Chunk) -> Result<()>,
     ) -> Result<()> {
+        self.source_chunks(store, 0..self.len(), f)
+    }
+
+    /// [`ScaledTensor::for_each_source_chunk`] over the elements `range`.
+    fn source_chunks(
+        &self,
+        store: &ExternalStore,
+        range: Range<usize>,
+        f: &mut dyn FnMut(usize, Chunk) -> Result<()>,
+    ) -> Result<()> {
         let numel = self.len();
         let size = self.dtype.size();
         let stored = match &self.source {
-            ScaledSource::Values(v) => return for_each_slice(&v.data, f),
+            ScaledSource::Values(v) => {
+                return for_each_slice(&v.data[range.clone()], range.start, f)
+            }
             ScaledSource::Stored(t) => t,
         };
         let mut raw = scratch(|s| std::mem::take(&mut s.raw));
         let mut read_chunks = |read: &mut dyn FnMut(usize, &mut [u8]) -> Result<()>| {
-            let mut start = 0;
-            while start < numel {
-                let end = (start + CHUNK).min(numel);
+            let mut start = range.start;
+            while start < range.end {
+                let end = (start + CHUNK).min(range.end);
                 raw.resize((end - start) * size, 0);
                 read(start * size, &mut raw)?;
                 f(start, Chunk::Raw(&raw))?;
@@ -328,7 +376,10 @@ impl ScaledTensor {
                     numel * size
                 ),
             )),
-            None => for_each_slice(&tensor::decode(stored, store)?.data, f),
+            None => {
+                let values = tensor::decode(stored, store)?;
+                for_each_slice(&values.data[range.clone()], range.start, f)
+            }
         }
     }
 }

@@ -64,3 +64,45 @@ fn overflow_is_found_by_the_bound_and_confirmed_element_wise() {
     let err = overflows.to_bytes(&store).unwrap_err().to_string();
     assert!(err.contains("'w'") && err.contains("float16"), "{err}");
 }
+
+#[test]
+fn a_large_stored_source_is_checked_in_two_halves_and_the_first_bad_element_wins() {
+    // A stored f32 weight long enough to be read in two halves at once: a NaN or an infinity
+    // in either half is found, and with one in each, the one in the first half is reported.
+    let numel = SPLIT_CHECK + 3 * CHUNK + 5;
+    let stored = |bad: &[(usize, f32)]| {
+        let mut values: Vec<f32> = (0..numel).map(|i| (i % 97) as f32 * 0.25).collect();
+        for &(at, v) in bad {
+            values[at] = v;
+        }
+        let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let t = TensorProto {
+            name: Some("w".into()),
+            data_type: Some(Dtype::F32.code()),
+            dims: vec![numel as i64],
+            raw_data: Some(raw.into()),
+            ..Default::default()
+        };
+        ScaledTensor::stored(&t).unwrap()
+    };
+    let store = ExternalStore::none();
+    let (early, late) = (7, numel / 2 + CHUNK + 1);
+    let first = |bad: &[(usize, f32)]| stored(bad).first_not_finite(&store).unwrap();
+    assert_eq!(first(&[]), None);
+    assert_eq!(
+        first(&[(late, f32::NEG_INFINITY)]),
+        Some((late, f64::NEG_INFINITY))
+    );
+    assert_eq!(
+        first(&[(early, f32::INFINITY)]),
+        Some((early, f64::INFINITY))
+    );
+    assert_eq!(
+        first(&[(late, f32::NAN), (early, f32::INFINITY)]),
+        Some((early, f64::INFINITY))
+    );
+    assert_eq!(
+        first(&[(numel - 1, f32::INFINITY)]),
+        Some((numel - 1, f64::INFINITY))
+    );
+}
