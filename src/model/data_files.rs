@@ -8,7 +8,6 @@ use super::output_file::create_output;
 use crate::error::{Error, Result};
 use crate::external::{self, ExternalStore};
 use crate::folded::{FoldedTensor, FoldedWeights};
-use crate::model::{stream_folded, InitializerTap};
 use crate::proto::{tensor_proto::DataLocation, GraphProto, StringStringEntryProto, TensorProto};
 use crate::tensor;
 use crate::walk::visit_tensors_but_initializers;
@@ -121,9 +120,7 @@ impl DataFiles {
         t: &mut TensorProto,
         store: &ExternalStore,
         folded: Option<&FoldedTensor>,
-        tap: Option<&mut (dyn InitializerTap + '_)>,
     ) -> Result<()> {
-        let tap = tap.filter(|tap| tap.wants(t.name()));
         let len = tensor::stored_len(t)?;
         let (input_location, pending, stored) = match folded {
             Some(f) => (f.location.clone().unwrap_or_default(), Some(&f.value), None),
@@ -160,13 +157,8 @@ impl DataFiles {
         let target_path = self.dir.join(&location);
         writer.preallocate(*offset, len as u64);
         match (pending, stored) {
-            (Some(p), _) => stream_folded(t.name(), p, store, tap, &mut |chunk| {
-                writer.write_all(chunk)
-            })?,
+            (Some(p), _) => p.stream(store, &mut |chunk| writer.write_all(chunk))?,
             (None, Some((source_path, source_offset))) => {
-                if let Some(tap) = tap {
-                    tap.stored(t)?;
-                }
                 let (source, _) = crate::source::open_regular(&source_path)?;
                 writer
                     .copy_from(&source, source_offset, len as u64)

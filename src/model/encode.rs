@@ -8,9 +8,7 @@ use prost::Message;
 
 use crate::external::ExternalStore;
 use crate::folded::FoldedWeights;
-use crate::model::{stream_folded, InitializerTap};
 use crate::proto::{GraphProto, ModelProto, TensorProto};
-use crate::tensor;
 use crate::writer::BufferedWriter;
 /// Where [`write_streaming`] writes: a file, whose unchanged payloads the kernel copies from the
 /// input file, or memory.
@@ -69,7 +67,6 @@ pub(super) fn write_streaming(
     store: &ExternalStore,
     folded: &FoldedWeights,
     out: &mut Output,
-    mut tap: Option<&mut (dyn InitializerTap + '_)>,
 ) -> std::io::Result<()> {
     use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
     let mut model_head = Vec::new();
@@ -123,18 +120,11 @@ pub(super) fn write_streaming(
             encode_varint(n as u64, &mut header);
         }
         out.write_all(&header)?;
-        let tap = tap.as_deref_mut().filter(|tap| tap.wants(t.name()));
-        match (pending, tap) {
-            (Some(p), tap) => {
-                stream_folded(t.name(), p, store, tap, &mut |chunk| out.write_all(chunk))
-                    .map_err(std::io::Error::other)?
-            }
-            (None, tap) => {
-                // Handed over before the payload is copied, so the tap reads while it is written;
-                // an external one was shown to the tap when its data file was written.
-                if let Some(tap) = tap.filter(|_| !tensor::is_external(t)) {
-                    tap.stored(t).map_err(std::io::Error::other)?;
-                }
+        match pending {
+            Some(p) => p
+                .stream(store, &mut |chunk| out.write_all(chunk))
+                .map_err(std::io::Error::other)?,
+            None => {
                 if let Some(raw) = &t.raw_data {
                     out.write_payload(raw, store)?;
                 }
@@ -315,7 +305,6 @@ mod tests {
             &ExternalStore::none(),
             &FoldedWeights::default(),
             &mut Output::Memory(&mut bytes),
-            None,
         )
         .unwrap();
         assert_eq!(ModelProto::decode(bytes.as_slice()).unwrap(), model);

@@ -50,47 +50,6 @@ pub struct Model {
     pub input_files: Vec<InputFile>,
 }
 
-/// Sees the main graph's initializers as a model is written ([`Model::stage_tapped`]) or
-/// streamed ([`Model::stream_initializers`]): a folded one as the bytes computed for it, the
-/// others as they are stored, for the tap to read itself. A folded weight is thus computed once,
-/// for the output and for whatever the tap measures.
-pub trait InitializerTap {
-    /// Whether the initializer `name` is wanted.
-    fn wants(&self, name: &str) -> bool;
-    /// An empty buffer for a folded initializer's `len` bytes.
-    fn buffer(&mut self, len: usize) -> Vec<u8>;
-    /// The folded initializer `name`: its dtype, its shape and the bytes written for it.
-    fn folded(
-        &mut self,
-        name: &str,
-        dtype: tensor::Dtype,
-        dims: &[usize],
-        bytes: Vec<u8>,
-    ) -> Result<()>;
-    /// An initializer written as stored.
-    fn stored(&mut self, t: &TensorProto) -> Result<()>;
-}
-
-/// Streams the folded tensor `value` (initializer `name`) into `sink`, its bytes also handed to
-/// `tap` when there is one: the one place a folded weight is computed for the output.
-fn stream_folded(
-    name: &str,
-    value: &crate::scaled::ScaledTensor,
-    store: &ExternalStore,
-    tap: Option<&mut (dyn InitializerTap + '_)>,
-    sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
-) -> Result<()> {
-    let Some(tap) = tap else {
-        return value.stream(store, sink);
-    };
-    let mut bytes = tap.buffer(value.len() * value.dtype.size());
-    value.stream(store, &mut |chunk| {
-        bytes.extend_from_slice(chunk);
-        sink(chunk)
-    })?;
-    tap.folded(name, value.dtype, &value.dims, bytes)
-}
-
 /// How [`Model::save`] treats existing files.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SaveOptions {
@@ -225,7 +184,7 @@ impl Model {
         }
         let mut bytes = Vec::new();
         let mut out = Output::Memory(&mut bytes);
-        write_streaming(&self.proto, &self.store, &self.folded, &mut out, None)
+        write_streaming(&self.proto, &self.store, &self.folded, &mut out)
             .map_err(|e| Error::InvalidGraph(format!("encoding the model: {e}")))?;
         Ok(bytes)
     }
@@ -268,26 +227,6 @@ impl Model {
             return Ok(None);
         };
         self.folded.decode(t, &self.store).map(Some)
-    }
-
-    /// Shows `tap` the main graph's initializers without writing anything: the folded ones
-    /// computed once, as writing would.
-    pub fn stream_initializers(&self, tap: &mut dyn InitializerTap) -> Result<()> {
-        let Some(graph) = &self.proto.graph else {
-            return Ok(());
-        };
-        for t in &graph.initializer {
-            if !tap.wants(t.name()) {
-                continue;
-            }
-            match self.folded.of(t).map(|f| &f.value) {
-                Some(p) => {
-                    stream_folded(t.name(), p, &self.store, Some(&mut *tap), &mut |_| Ok(()))?
-                }
-                None => tap.stored(t)?,
-            }
-        }
-        Ok(())
     }
 
     /// Bytes of the main graph's folded tensors: what writing the model computes.

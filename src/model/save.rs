@@ -9,7 +9,6 @@ use super::encode::{write_streaming, Output, BACKGROUND_WRITE_MIN_FOLDED};
 use super::output_file::{create_output, new_output_file};
 use super::{Model, SaveOptions};
 use crate::error::{Error, Result};
-use crate::model::InitializerTap;
 use crate::output::WritePlan;
 use crate::tensor;
 use crate::walk::visit_tensors_but_initializers_mut;
@@ -44,17 +43,6 @@ impl Model {
         options: SaveOptions,
         plan: &mut WritePlan,
     ) -> Result<StagedModel> {
-        self.stage_tapped(path, options, plan, None)
-    }
-
-    /// [`Model::stage_planned`], showing `tap` each main-graph initializer as it is written.
-    pub fn stage_tapped(
-        &self,
-        path: &Path,
-        options: SaveOptions,
-        plan: &mut WritePlan,
-        mut tap: Option<&mut dyn InitializerTap>,
-    ) -> Result<StagedModel> {
         plan.protect(&self.input_files);
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -88,13 +76,13 @@ impl Model {
                 for t in &mut g.initializer {
                     let folded = self.folded.of(t).filter(|f| f.location.is_some());
                     if folded.is_some() || tensor::is_external(t) {
-                        data_files.stream(t, &self.store, folded, tap.as_deref_mut())?;
+                        data_files.stream(t, &self.store, folded)?;
                     }
                 }
                 let mut failure = Ok(());
                 visit_tensors_but_initializers_mut(g, &mut |t| {
                     if failure.is_ok() && tensor::is_external(t) {
-                        failure = data_files.stream(t, &self.store, None, None);
+                        failure = data_files.stream(t, &self.store, None);
                     }
                 });
                 failure?;
@@ -129,7 +117,7 @@ impl Model {
         }
         .map_err(|e| Error::io(path, e))?;
         let mut output = Output::File(writer);
-        write_streaming(proto, &self.store, &self.folded, &mut output, tap)
+        write_streaming(proto, &self.store, &self.folded, &mut output)
             .map_err(|e| Error::io(path, e))?;
         if let Output::File(writer) = output {
             writer.finish().map_err(|e| Error::io(path, e))?;

@@ -11,10 +11,10 @@
 //! [`DEAD_STD`], so the channel is the constant β), the largest amplification `|γ|/√(σ²+ε)`,
 //! and the channels whose running variance is below ε.
 
+mod background;
 mod lanes;
 mod stats;
 mod sums;
-mod tap;
 mod warnings;
 
 use schemars::JsonSchema;
@@ -25,7 +25,7 @@ use crate::error::Result;
 use crate::graph::{node_label, GraphIndex, OuterScope};
 use crate::model::Model;
 
-pub use tap::LayerTap;
+pub use background::LayerFigures;
 pub use warnings::{ReadinessWarning, PER_CHANNEL_GAIN_DB};
 
 /// Below this output standard deviation a BatchNormalization channel counts as dead.
@@ -122,8 +122,8 @@ impl Readiness {
 }
 
 /// Analyses the weights of `folded` (the model as it will run) and the BatchNormalization
-/// statistics of `original`, writing nothing: each folded weight is computed once, as writing
-/// would (see [`LayerTap`] for the figures computed while a model is written).
+/// statistics of `original`, writing nothing: each folded weight is computed as writing would
+/// (see [`LayerFigures`] for the figures computed while a model is written).
 pub fn analyse(original: &Model, folded: &Model) -> Result<Readiness> {
     measure(folded, batch_norms(original)?)
 }
@@ -131,9 +131,8 @@ pub fn analyse(original: &Model, folded: &Model) -> Result<Readiness> {
 /// The report of `folded`'s weights beside `batch_norms`, the statistics taken from the model
 /// before it folded (see [`batch_norms`]).
 pub fn measure(folded: &Model, batch_norms: Vec<BatchNormReadiness>) -> Result<Readiness> {
-    let mut tap = LayerTap::start(folded)?;
-    folded.stream_initializers(&mut tap)?;
-    Ok(Readiness::new(folded, tap.finish()?, batch_norms))
+    let layers = LayerFigures::start(folded)?.finish()?;
+    Ok(Readiness::new(folded, layers, batch_norms))
 }
 
 /// The statistics of every BatchNormalization in the main graph of `model` (before folding).

@@ -12,10 +12,9 @@ use anyhow::{bail, Context};
 
 use crate::cli::args::{verify_options, FoldArgs};
 use crate::cli::report::{claim_report, commit_report, json_report, print, stage_report};
-use bnfold::model::InitializerTap;
 use bnfold::output::WritePlan;
 use bnfold::printable::Shown;
-use bnfold::readiness::{LayerTap, Readiness};
+use bnfold::readiness::{LayerFigures, Readiness};
 use bnfold::verify::{SampleHook, Status, Verification};
 use bnfold::{fold, verify, FoldOptions, Model, SaveOptions};
 
@@ -125,32 +124,24 @@ pub(crate) fn run_fold(args: FoldArgs) -> anyhow::Result<ExitStatus> {
     // With an output, the model is written under a temporary name first and the written files
     // are what verification loads (tract reads their external data itself); they are moved into
     // place only if verification does not fail.
-    // The layers' readiness figures are computed while the model is written (each folded
-    // weight is scaled once, for both), or from the weights alone when nothing is written.
-    let mut tap = match readiness {
-        true => Some(LayerTap::start(&fused).with_context(|| format!("{}", input.display()))?),
+    // The layers' readiness figures are computed on a thread of their own while the model is
+    // written (or while nothing is, with no output).
+    let figures = match readiness {
+        true => Some(LayerFigures::start(&fused).with_context(|| format!("{}", input.display()))?),
         false => None,
     };
     let staged = match (&args.output, writes) {
         (Some(out), true) => {
             progress.stage("writing");
-            let tapped = tap.as_mut().map(|t| t as &mut dyn InitializerTap);
             let staged = fused
-                .stage_tapped(out, save_options, &mut plan, tapped)
+                .stage_planned(out, save_options, &mut plan)
                 .with_context(|| format!("{}", out.display()))?;
             Some((out.clone(), staged))
         }
-        _ => {
-            if let Some(tap) = tap.as_mut() {
-                fused
-                    .stream_initializers(tap)
-                    .with_context(|| format!("{}", input.display()))?;
-            }
-            None
-        }
+        _ => None,
     };
-    if let (Some(tap), Some(batch_norms)) = (tap, batch_norms) {
-        let layers = tap
+    if let (Some(figures), Some(batch_norms)) = (figures, batch_norms) {
+        let layers = figures
             .finish()
             .with_context(|| format!("{}", input.display()))?;
         report.readiness = Some(Readiness::new(&fused, layers, batch_norms));
