@@ -9,7 +9,17 @@
 //! whose two f64 lanes leave the terms slower than the additions they feed). No variant
 //! contracts a multiplication and an addition: Rust never fuses them unasked.
 
-use super::sums::Sums;
+/// The three running sums of a weight: `ΣW²` and the noise on the per-tensor and the channel's
+/// grid.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Totals {
+    /// `ΣW²`.
+    pub signal: f64,
+    /// `Σ(W − Q(W))²` on the per-tensor grid.
+    pub tensor_noise: f64,
+    /// `Σ(W − Q(W))²` on the channel's grid.
+    pub channel_noise: f64,
+}
 
 /// Elements whose terms are computed side by side.
 const BLOCK: usize = 8;
@@ -92,7 +102,7 @@ fn terms(v: f64, grids: &Grids) -> (f64, f64, f64, bool) {
 
 /// Adds the terms of `block` to `sums`, lanes first, then one element after the other.
 #[inline(always)]
-fn add_block(sums: &mut Sums, block: &[f64; BLOCK], grids: &Grids, near: &mut [bool; BLOCK]) {
+fn add_block(sums: &mut Totals, block: &[f64; BLOCK], grids: &Grids, near: &mut [bool; BLOCK]) {
     let mut signal = [0.0; BLOCK];
     let mut tensor_noise = [0.0; BLOCK];
     let mut channel_noise = [0.0; BLOCK];
@@ -110,7 +120,7 @@ fn add_block(sums: &mut Sums, block: &[f64; BLOCK], grids: &Grids, near: &mut [b
 
 /// Adds the terms of one element to `sums`.
 #[inline(always)]
-fn add_one(sums: &mut Sums, v: f64, grids: &Grids, near: &mut bool) {
+fn add_one(sums: &mut Totals, v: f64, grids: &Grids, near: &mut bool) {
     let (s, t, c, n) = terms(v, grids);
     sums.signal += s;
     sums.tensor_noise += t;
@@ -120,7 +130,7 @@ fn add_one(sums: &mut Sums, v: f64, grids: &Grids, near: &mut bool) {
 
 /// The loop itself, inlined into each variant; whether any element lay near a half step.
 #[inline(always)]
-fn accumulate(sums: &mut Sums, values: ChannelValues, grids: &Grids) -> bool {
+fn accumulate(sums: &mut Totals, values: ChannelValues, grids: &Grids) -> bool {
     let mut near = [false; BLOCK];
     match values {
         ChannelValues::Values(v) => {
@@ -198,7 +208,7 @@ impl Isa {
     /// Adds the terms of `values` to `sums` with this variant; whether any element lay near a
     /// half step. A variant the processor lacks runs the baseline.
     #[allow(unsafe_code)]
-    pub fn accumulate(self, sums: &mut Sums, values: ChannelValues, grids: &Grids) -> bool {
+    pub fn accumulate(self, sums: &mut Totals, values: ChannelValues, grids: &Grids) -> bool {
         match self {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 if std::arch::is_x86_feature_detected!("avx512f") => {
@@ -218,13 +228,13 @@ impl Isa {
 /// [`accumulate`] for AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn accumulate_avx2(sums: &mut Sums, values: ChannelValues, grids: &Grids) -> bool {
+fn accumulate_avx2(sums: &mut Totals, values: ChannelValues, grids: &Grids) -> bool {
     accumulate(sums, values, grids)
 }
 
 /// [`accumulate`] for AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn accumulate_avx512(sums: &mut Sums, values: ChannelValues, grids: &Grids) -> bool {
+fn accumulate_avx512(sums: &mut Totals, values: ChannelValues, grids: &Grids) -> bool {
     accumulate(sums, values, grids)
 }

@@ -6,7 +6,7 @@
 //! layout or how it reaches the analysis. It also bounds the speed: three chains of dependent
 //! f64 additions; the work between them runs in vector lanes ([`lanes`](super::lanes)).
 
-use super::lanes::{ChannelValues, Grids, Isa, ROUND};
+use super::lanes::{ChannelValues, Grids, Isa, Totals, ROUND};
 
 /// The running sums of a weight's figures, over its channels in order.
 #[derive(Default)]
@@ -57,7 +57,14 @@ impl Sums {
             tensor: (tensor.step, t),
             channel: (channel.step, c),
         };
-        let near_half = isa.accumulate(self, values, &grids);
+        let mut totals = Totals {
+            signal: self.signal,
+            tensor_noise: self.tensor_noise,
+            channel_noise: self.channel_noise,
+        };
+        let near_half = isa.accumulate(&mut totals, values, &grids);
+        (self.signal, self.tensor_noise, self.channel_noise) =
+            (totals.signal, totals.tensor_noise, totals.channel_noise);
         // A NaN or an infinity leaves the signal NaN or infinite for good, so the count is
         // taken only then (an overflow of finite squares counts nothing, as it should).
         if !self.signal.is_finite() {
