@@ -192,6 +192,16 @@ impl LayerFigures {
     }
 }
 
+impl Drop for LayerFigures {
+    /// Given up (the write failed): the thread stops after the weight it is measuring.
+    fn drop(&mut self) {
+        self.queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clear();
+    }
+}
+
 /// The next job, if any is left.
 fn take(queue: &Queue) -> Option<Job> {
     queue
