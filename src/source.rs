@@ -3,10 +3,10 @@
 //! by the kernel) when they are needed, so they never become resident in bnfold's memory.
 //!
 //! One of the crate's two `unsafe` places (the other calls the readiness loop compiled for the
-//! vector instructions the processor was found to have): mapping a file is sound as long as no other process
-//! truncates or rewrites it while bnfold runs, the same contract as every mmap-based reader
-//! (ripgrep, tract's own loaders). bnfold writes its outputs through a temporary file and a
-//! rename, so it never modifies a file it has mapped.
+//! vector instructions the processor was found to have): mapping a file is sound as long as no
+//! other process truncates or rewrites it while bnfold runs, the same contract as every
+//! mmap-based reader (ripgrep, tract's own loaders). bnfold writes its outputs through a
+//! temporary file and a rename, so it never modifies a file it has mapped.
 
 use std::fs::File;
 use std::path::Path;

@@ -73,7 +73,8 @@ impl LayerFigures {
     /// Plans the figures of `model`'s weights (the model as it will run) and starts the thread
     /// that computes them.
     pub fn start(model: &Model) -> Result<LayerFigures> {
-        let mut wanted: HashMap<String, Vec<Slot>> = HashMap::new();
+        // Each initializer that is some layer's weight: its bytes, and the layers.
+        let mut wanted: HashMap<String, (usize, Vec<Slot>)> = HashMap::new();
         let mut computed = Vec::new();
         let mut jobs = Vec::new();
         if let Some(graph) = &model.proto.graph {
@@ -103,7 +104,9 @@ impl LayerFigures {
                     Some(t) if Dtype::from_code(t.data_type()).is_some() => {
                         let (dtype, dims) = (tensor::proto_dtype(t)?, tensor::proto_dims(t)?);
                         if measurable(dtype, &dims) {
-                            wanted.entry(name.clone()).or_default().push(slot);
+                            let bytes = dims.iter().product::<usize>() * dtype.size();
+                            let entry = wanted.entry(name.clone()).or_insert((bytes, Vec::new()));
+                            entry.1.push(slot);
                         }
                     }
                     _ => {
@@ -124,15 +127,13 @@ impl LayerFigures {
                 }
             }
             for t in &graph.initializer {
-                let Some(slots) = wanted.remove(t.name()) else {
+                let Some((bytes, slots)) = wanted.remove(t.name()) else {
                     continue;
                 };
                 let source = match model.folded.of(t) {
                     Some(folded) => Source::Scaled(Box::new(folded.value.clone())),
                     None => Source::Stored(Box::new(t.clone())),
                 };
-                let bytes = tensor::proto_dims(t)?.iter().product::<usize>()
-                    * tensor::proto_dtype(t)?.size();
                 jobs.push((
                     bytes,
                     Job {

@@ -9,6 +9,8 @@
 //! whose two f64 lanes leave the terms slower than the additions they feed). No variant
 //! contracts a multiplication and an addition: Rust never fuses them unasked.
 
+use crate::tensor::{self, Dtype};
+
 /// The three running sums of a weight: `ΣW²` and the noise on the per-tensor and the channel's
 /// grid.
 #[derive(Clone, Copy, Debug, Default)]
@@ -47,7 +49,7 @@ impl ChannelValues<'_> {
     pub fn widen_into(self, out: &mut Vec<f64>) {
         match self {
             ChannelValues::Values(v) => out.extend_from_slice(v),
-            ChannelValues::F32(raw) => out.extend(raw.chunks_exact(4).map(f32_at)),
+            ChannelValues::F32(raw) => tensor::decode_le_into(Dtype::F32, raw, out),
         }
     }
 
@@ -146,7 +148,8 @@ fn accumulate(sums: &mut Totals, values: ChannelValues, grids: &Grids) -> bool {
         ChannelValues::F32(raw) => {
             let mut blocks = raw.chunks_exact(4 * BLOCK);
             for b in &mut blocks {
-                let b: &[u8; 4 * BLOCK] = b.try_into().expect("a block of f32 bytes");
+                // Re-sliced to its known length, so the indexing below is checked once.
+                let b = &b[..4 * BLOCK];
                 let block: [f64; BLOCK] = std::array::from_fn(|i| {
                     f32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]) as f64
                 });
@@ -174,35 +177,39 @@ pub(super) enum Isa {
 }
 
 impl Isa {
+    /// Every variant, widest first.
+    const ALL: &[Isa] = &[
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2,
+        Isa::Baseline,
+    ];
+
+    /// Whether this processor runs the variant: the one place the instruction sets are asked.
+    fn runs(self) -> bool {
+        match self {
+            Isa::Baseline => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+        }
+    }
+
     /// The variants this processor runs, widest first.
     #[cfg(test)]
     pub fn available() -> Vec<Isa> {
-        let mut isas = Vec::new();
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                isas.push(Isa::Avx512);
-            }
-            if std::arch::is_x86_feature_detected!("avx2") {
-                isas.push(Isa::Avx2);
-            }
-        }
-        isas.push(Isa::Baseline);
-        isas
+        Isa::ALL.iter().copied().filter(|isa| isa.runs()).collect()
     }
 
     /// The widest variant this processor runs.
     pub fn widest() -> Isa {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                return Isa::Avx512;
-            }
-            if std::arch::is_x86_feature_detected!("avx2") {
-                return Isa::Avx2;
-            }
-        }
-        Isa::Baseline
+        Isa::ALL
+            .iter()
+            .copied()
+            .find(|isa| isa.runs())
+            .unwrap_or(Isa::Baseline)
     }
 
     /// Adds the terms of `values` to `sums` with this variant; whether any element lay near a
@@ -211,15 +218,11 @@ impl Isa {
     pub fn accumulate(self, sums: &mut Totals, values: ChannelValues, grids: &Grids) -> bool {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 if std::arch::is_x86_feature_detected!("avx512f") => {
-                // SAFETY: the processor has AVX-512F, checked just above.
-                unsafe { accumulate_avx512(sums, values, grids) }
-            }
+            // SAFETY: the processor has AVX-512F, checked by `runs`.
+            Isa::Avx512 if self.runs() => unsafe { accumulate_avx512(sums, values, grids) },
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 if std::arch::is_x86_feature_detected!("avx2") => {
-                // SAFETY: the processor has AVX2, checked just above.
-                unsafe { accumulate_avx2(sums, values, grids) }
-            }
+            // SAFETY: the processor has AVX2, checked by `runs`.
+            Isa::Avx2 if self.runs() => unsafe { accumulate_avx2(sums, values, grids) },
             _ => accumulate(sums, values, grids),
         }
     }

@@ -1,14 +1,14 @@
 //! The figures of one weight, from its stored bytes or its values, without widening the whole
 //! tensor: each output channel is read twice, once for the ranges and once for the sums (f32
 //! channels stored in one run straight from their bytes, others decoded into a small buffer),
-//! which run over the channels in order, so that every figure is the same
-//! to the last digit whatever the weight's layout.
+//! which run over the channels in order, so that every figure is the same to the last digit
+//! whatever the weight's layout.
 
 use crate::graph::node_label;
 use crate::proto::NodeProto;
 use crate::tensor::{self, Dtype};
 
-use super::lanes::ChannelValues;
+use super::lanes::{ChannelValues, Totals};
 use super::sums::{Grid, Sums};
 use super::{LayerReadiness, MIN_EFFECTIVE_BITS};
 
@@ -137,9 +137,12 @@ pub fn layer(
         sums.add_channel(channel_values, &tensor_grid, &channel_grid, &mut scratch);
     }
     let Sums {
-        signal,
-        tensor_noise,
-        channel_noise,
+        totals:
+            Totals {
+                signal,
+                tensor_noise,
+                channel_noise,
+            },
         non_finite,
     } = sums;
     let mut sorted = ranges.clone();

@@ -11,21 +11,18 @@ use super::lanes::{ChannelValues, Grids, Isa, Totals, ROUND};
 /// The running sums of a weight's figures, over its channels in order.
 #[derive(Default)]
 pub(super) struct Sums {
-    /// `ΣW²`.
-    pub signal: f64,
-    /// `Σ(W − Q(W))²` on the per-tensor grid.
-    pub tensor_noise: f64,
-    /// `Σ(W − Q(W))²` on each channel's grid.
-    pub channel_noise: f64,
+    /// `ΣW²` and the noise on the per-tensor grid and on each channel's.
+    pub totals: Totals,
     /// Elements that are NaN or infinite.
     pub non_finite: usize,
 }
 
 impl Sums {
     /// Adds one channel's values. Each is quantized by a multiplication by the grid's
-    /// reciprocal ([`lanes`](super::lanes)); when one of them lies near a half step, where the reciprocal and
-    /// the quotient could round to different integers, the channel's noise is summed again
-    /// with the division ([`quantize`]), so every sum is the one the division gives.
+    /// reciprocal ([`lanes`](super::lanes)); when one of them lies near a half step, where the
+    /// reciprocal and the quotient could round to different integers, the channel's noise is
+    /// summed again with the division ([`quantize`]), so every sum is the one the division
+    /// gives.
     /// `scratch` holds the widened values when that happens.
     pub fn add_channel(
         &mut self,
@@ -52,26 +49,20 @@ impl Sums {
             self.add_divided(scratch, tensor, channel, true);
             return;
         };
-        let before = (self.tensor_noise, self.channel_noise);
+        let before = self.totals;
         let grids = Grids {
             tensor: (tensor.step, t),
             channel: (channel.step, c),
         };
-        let mut totals = Totals {
-            signal: self.signal,
-            tensor_noise: self.tensor_noise,
-            channel_noise: self.channel_noise,
-        };
-        let near_half = isa.accumulate(&mut totals, values, &grids);
-        (self.signal, self.tensor_noise, self.channel_noise) =
-            (totals.signal, totals.tensor_noise, totals.channel_noise);
+        let near_half = isa.accumulate(&mut self.totals, values, &grids);
         // A NaN or an infinity leaves the signal NaN or infinite for good, so the count is
         // taken only then (an overflow of finite squares counts nothing, as it should).
-        if !self.signal.is_finite() {
+        if !self.totals.signal.is_finite() {
             self.non_finite += values.non_finite();
         }
         if near_half {
-            (self.tensor_noise, self.channel_noise) = before;
+            (self.totals.tensor_noise, self.totals.channel_noise) =
+                (before.tensor_noise, before.channel_noise);
             scratch.clear();
             values.widen_into(scratch);
             self.add_divided(scratch, tensor, channel, false);
@@ -82,11 +73,11 @@ impl Sums {
     fn add_divided(&mut self, values: &[f64], tensor: &Grid, channel: &Grid, signal: bool) {
         for &v in values {
             if signal {
-                self.signal += v * v;
+                self.totals.signal += v * v;
                 self.non_finite += usize::from(!v.is_finite());
             }
-            self.tensor_noise += (v - quantize(v, tensor.step)).powi(2);
-            self.channel_noise += (v - quantize(v, channel.step)).powi(2);
+            self.totals.tensor_noise += (v - quantize(v, tensor.step)).powi(2);
+            self.totals.channel_noise += (v - quantize(v, channel.step)).powi(2);
         }
     }
 }
@@ -187,9 +178,9 @@ mod tests {
                         &mut Vec::new(),
                     );
                     let got = (
-                        sums.signal.to_bits(),
-                        sums.tensor_noise.to_bits(),
-                        sums.channel_noise.to_bits(),
+                        sums.totals.signal.to_bits(),
+                        sums.totals.tensor_noise.to_bits(),
+                        sums.totals.channel_noise.to_bits(),
                     );
                     assert_eq!(got, divided(values, step, channel_step), "step {step}");
                 }
@@ -204,9 +195,9 @@ mod tests {
         let grids = (Grid::new(tensor), Grid::new(channel));
         sums.add_channel_with(isa, values, &grids.0, &grids.1, &mut Vec::new());
         [
-            sums.signal.to_bits(),
-            sums.tensor_noise.to_bits(),
-            sums.channel_noise.to_bits(),
+            sums.totals.signal.to_bits(),
+            sums.totals.tensor_noise.to_bits(),
+            sums.totals.channel_noise.to_bits(),
             sums.non_finite as u64,
         ]
     }
