@@ -260,6 +260,7 @@ fn run(job: Job, store: &ExternalStore, mut buffer: Vec<u8>, measured: &mut Meas
     let result = match source {
         Source::Scaled(value) => {
             buffer.clear();
+            buffer.reserve(value.dims.iter().product::<usize>() * value.dtype.size());
             value
                 .stream(store, &mut |chunk| {
                     buffer.extend_from_slice(chunk);
@@ -307,7 +308,7 @@ fn measure_stored(
     let len = dims.iter().product::<usize>() * dtype.size();
     let raw = t.raw_data.as_ref().filter(|r| !r.is_empty());
     if tensor::is_external(t) {
-        buffer.resize(len, 0);
+        zeroed(buffer, len);
         let (path, offset) = store.locate(t, len)?;
         let (file, _) = crate::source::open_regular(&path)?;
         crate::source::read_exact_at(&file, buffer, offset).map_err(|e| Error::io(&path, e))?;
@@ -316,7 +317,7 @@ fn measure_stored(
             // The decoder's own message names the tensor and both lengths.
             return tensor::decode(t, store).map(|_| ());
         }
-        buffer.resize(len, 0);
+        zeroed(buffer, len);
         store.read_inline(name, raw, 0, buffer)?;
     } else {
         let values = tensor::decode(t, store)?;
@@ -325,4 +326,14 @@ fn measure_stored(
     }
     measure_elements(slots, name, &dims, Elements::Raw(dtype, buffer), out);
     Ok(())
+}
+
+/// Makes `buffer` `len` bytes long, to be overwritten: a buffer that must grow is allocated
+/// anew and zeroed by the allocator (fresh pages come zeroed, and the old bytes are not copied).
+fn zeroed(buffer: &mut Vec<u8>, len: usize) {
+    if buffer.capacity() < len {
+        *buffer = vec![0; len];
+    } else {
+        buffer.resize(len, 0);
+    }
 }
