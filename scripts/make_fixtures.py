@@ -677,11 +677,53 @@ def equalize_fixtures():
         record(name, folds)
 
 
+def equalize_more_fixtures():
+    """Real exports with the pair kinds added after the first equalization fixtures: a
+    transformer-style MLP on a 3-D input, whose Linear layers torch exports as MatMul then a bias
+    Add, and a decoder with a grouped ConvTranspose. Channel gains are made unbalanced so that
+    equalization has something to do; each pair sits between two nonlinearities."""
+    import torch
+    import torch.nn as nn
+
+    torch.manual_seed(1)
+
+    def unbalance(model):
+        for m in model.modules():
+            if isinstance(m, nn.Linear):
+                m.weight.data *= torch.empty(m.out_features, 1).uniform_(0.05, 5.0)
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.2, 2.0)
+                m.weight.data.uniform_(0.1, 4.0)
+                m.bias.data.uniform_(-0.5, 0.5)
+        return model.eval()
+
+    cases = [
+        (nn.Sequential(nn.Tanh(), nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU(),
+                       nn.Linear(8, 4), nn.Sigmoid()),
+         torch.randn(2, 5, 12), "torch_mlp3d_matmul_relu_op13.onnx", 0, True),
+        (nn.Sequential(nn.Tanh(), nn.Conv2d(4, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                       nn.ConvTranspose2d(8, 6, 4, stride=2, padding=1, groups=2),
+                       nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 4, 3, padding=1),
+                       nn.Sigmoid()),
+         torch.randn(1, 4, 8, 8), "torch_decoder_grouped_convtranspose_bn_op13.onnx", 2, False),
+    ]
+    # The MLP as users export it (constant folding on: the weights' Transpose is folded away).
+    for model, x, name, folds, folding in cases:
+        path = os.path.join(OUT, name)
+        torch.onnx.export(unbalance(model), x, path, opset_version=13, dynamo=False,
+                          training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=folding,
+                          input_names=["input"], output_names=["output"])
+        onnx.checker.check_model(onnx.load(path))
+        record(name, folds)
+
+
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
     # One group added to the manifest without touching the other fixtures.
     for flag, group in (("--forward-only", forward_fixtures), ("--forms-only", affine_fixtures),
-                        ("--equalize-only", equalize_fixtures)):
+                        ("--equalize-only", equalize_fixtures),
+                        ("--equalize-more-only", equalize_more_fixtures)):
         if flag in sys.argv:
             with open(os.path.join(OUT, "manifest.json")) as f:
                 manifest.update(json.load(f))
@@ -695,6 +737,7 @@ if __name__ == "__main__":
         forward_fixtures()
         affine_fixtures()
         equalize_fixtures()
+        equalize_more_fixtures()
     hand_fixtures()
     with open(os.path.join(OUT, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1, sort_keys=True)

@@ -6,43 +6,11 @@
 mod common;
 
 use bnfold::external::ExternalStore;
-use bnfold::proto::ModelProto;
 use bnfold::verify::Status;
-use bnfold::{fold, verify, FoldOptions, Model, Report, VerifyOptions};
+use bnfold::{verify, Model, VerifyOptions};
 use common::build::Graph;
 use common::edited;
-
-fn equalized(model: ModelProto) -> (Model, Model, Report) {
-    equalized_model(Model::from_proto(model, ExternalStore::none()).unwrap())
-}
-
-/// A fixture, loaded.
-fn fixture_model(name: &str) -> Model {
-    Model::load(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("fixtures")
-            .join(name),
-    )
-    .unwrap()
-}
-
-/// `original` folded with `--equalize`, the fused model read back from its bytes.
-fn equalized_model(original: Model) -> (Model, Model, Report) {
-    let mut fused = original.clone();
-    let options = FoldOptions {
-        equalize: true,
-        ..FoldOptions::default()
-    };
-    let report = fold(&mut fused, &options).unwrap();
-    let fused = Model::from_bytes(fused.to_bytes().unwrap()).unwrap();
-    (original, fused, report)
-}
-
-fn passes(original: &Model, fused: &Model) {
-    let v = verify(original, fused, &[], &VerifyOptions::default()).unwrap();
-    assert_eq!(v.status, Status::Passed, "{v:?}");
-    assert!(v.proven_locally, "{v:?}");
-}
+use common::equalizing::{equalized, equalized_model, fixture_model, passes};
 
 /// `x → Conv(a: 4 channels, ranges 1, 50, 0.02, 3) → act → Conv(b) → y`, 3 × 3 kernels, padded.
 fn pair(activation: &str) -> Graph {
@@ -445,43 +413,6 @@ fn conv_transpose_pairs_either_way_equalize_and_are_proven() {
         }
         passes(&original, &fused);
     }
-}
-
-#[test]
-fn a_grouped_conv_transpose_ends_no_pair() {
-    let mut model = convolution_pair("ConvTranspose", "Conv").model();
-    let graph = model.graph.as_mut().unwrap();
-    let first = graph
-        .node
-        .iter_mut()
-        .find(|n| n.op_type() == "ConvTranspose")
-        .unwrap();
-    first.attribute.push(bnfold::proto::AttributeProto {
-        name: Some("group".into()),
-        i: Some(2),
-        r#type: Some(bnfold::proto::attribute_proto::AttributeType::Int as i32),
-        ..Default::default()
-    });
-    // A valid grouped layer: 2 groups of 1 input and 2 outputs each, weight [2, 2, 3, 3].
-    let wa = graph
-        .initializer
-        .iter_mut()
-        .find(|t| t.name() == "wa")
-        .unwrap();
-    wa.dims = vec![2, 2, 3, 3];
-    wa.float_data.truncate(36);
-    if let Some(raw) = wa.raw_data.as_mut() {
-        raw.truncate(36 * 4);
-    }
-    let (original, fused, report) = equalized(model);
-    assert!(
-        report.equalizations.is_empty(),
-        "{:?}",
-        report.equalizations
-    );
-    // The model is valid as built: verification runs it and passes.
-    let v = verify(&original, &fused, &[], &VerifyOptions::default()).unwrap();
-    assert_eq!(v.status, Status::Passed, "{v:?}");
 }
 
 #[test]

@@ -124,8 +124,8 @@ pub(crate) struct FoldArgs {
     #[arg(long)]
     pub(crate) keep_constant_nodes: bool,
     /// Cross-layer equalization: balance the channel ranges of each Conv → (Relu | LeakyRelu |
-    /// PRelu | Identity)? → Conv pair (ConvTranspose on either side, and Gemm → … → Gemm) for
-    /// per-tensor INT8, exactly (the float model is unchanged up to rounding; Clip, Relu6 and
+    /// PRelu | Identity)? → Conv pair (ConvTranspose on either side), and of Gemm or MatMul
+    /// pairs (a MatMul's bias Add included), for per-tensor INT8, exactly (the float model is unchanged up to rounding; Clip, Relu6 and
     /// HardSwish end no pair). The report gives each pair's per-tensor SQNR before and after.
     #[arg(long)]
     pub(crate) equalize: bool,

@@ -11,6 +11,7 @@ use prost::Message;
 
 pub mod build;
 pub mod chains;
+pub mod equalizing;
 
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

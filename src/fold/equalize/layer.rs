@@ -1,8 +1,8 @@
-//! One Conv, ConvTranspose or Gemm as equalization reads it: its weight's block ranges and the
-//! factors on its output and input channels, the ranges they give, and whether the scaled weight
-//! still fits. Every weight is read output channels first (`[O, I, taps…]`, as a Conv's); a
-//! ConvTranspose's `[I, O, taps…]` and a `transB = 0` Gemm's `[K, N]` are stored with the first
-//! two axes swapped and scaled in that layout.
+//! One Conv, ConvTranspose, Gemm or MatMul as equalization reads it: its weight's block ranges
+//! and the factors on its output and input channels, the ranges they give, and whether the
+//! scaled weight still fits. Every weight is read output channels first (`[O, I / group,
+//! taps…]`, as a Conv's); a ConvTranspose's `[I, O / group, taps…]` and a MatMul's or a
+//! `transB = 0` Gemm's `[K, N]` are stored input channels first and scaled in that layout.
 
 use crate::attr;
 use crate::consts::{transpose, ConstEval};
@@ -20,12 +20,15 @@ use super::super::rules::round_into;
 pub(super) struct Layer {
     pub(super) node: usize,
     pub(super) weight_name: String,
+    /// Where its bias is read, per output channel: a node and its input (a Conv's or Gemm's
+    /// own third input, or the constant of the `Add` after a MatMul).
+    pub(super) bias: Option<(usize, usize)>,
     /// The weight as stored.
     pub(super) weight: ScaledTensor,
     /// Its values with output channels first: `[O, C / group, taps…]`.
     pub(super) values: Tensor,
-    /// Whether the weight is stored input channels first (a ConvTranspose, a Gemm with
-    /// `transB = 0`): `values` has its first two axes swapped.
+    /// Whether the weight is stored input channels first (a ConvTranspose, a MatMul, a Gemm
+    /// with `transB = 0`): `values` has its output and input channels swapped, group by group.
     pub(super) stored_transposed: bool,
     pub(super) group: usize,
     /// `max |W[o, j, taps]|` per output channel `o` and weight column `j`.
@@ -106,12 +109,21 @@ pub(super) fn scaled_bias(layer: &Layer, bias: &Tensor) -> Option<Tensor> {
 /// input channel (up), in the layout it is stored in.
 pub(super) fn scaled_weight(layer: &Layer) -> ScaledTensor {
     if layer.stored_transposed {
-        // Element (i, o, tap) of `[I, O, taps…]` takes `input[i] / output[o]`.
-        let (outputs, taps) = (layer.outputs(), layer.taps());
-        let down = layer.output.iter().map(|s| 1.0 / s).collect();
+        // Element (i, j, tap) of `[I, O / group, taps…]` takes `input[i] / output[o]`, with `o`
+        // output `j` of the group that reads input `i`.
+        let (per_group, taps) = (layer.outputs() / layer.group, layer.taps());
+        let down: Vec<f64> = match layer.group {
+            1 => layer.output.iter().map(|s| 1.0 / s).collect(),
+            _ => (0..layer.input.len() * per_group)
+                .map(|r| {
+                    let (i, j) = (r / per_group, r % per_group);
+                    1.0 / layer.output[(i / layer.columns()) * per_group + j]
+                })
+                .collect(),
+        };
         return layer
             .weight
-            .then(Scaling::new(outputs * taps, layer.input.clone()))
+            .then(Scaling::new(per_group * taps, layer.input.clone()))
             .then(Scaling::new(taps, down));
     }
     layer
@@ -119,26 +131,26 @@ pub(super) fn scaled_weight(layer: &Layer) -> ScaledTensor {
         .then(Scaling::new(layer.taps(), weight_factors(layer)))
 }
 
-/// Whether node `n` is a layer equalization reads: a Conv, an ungrouped ConvTranspose, or a
-/// Gemm; `as_second` asks that its data input carry the channels on axis 1 (a Gemm without
-/// `transA`).
+/// Whether node `n` is a layer equalization reads: a Conv, a ConvTranspose, a Gemm or a MatMul
+/// (its weight the second input); `as_second` asks that its data input carry the channels
+/// where the first layer writes them (a Gemm without `transA`).
 pub(super) fn is_layer(node: &NodeProto, as_second: bool) -> Result<bool> {
     if !matches!(node.domain(), "" | "ai.onnx") || node.input.len() < 2 {
         return Ok(false);
     }
     Ok(match node.op_type() {
-        "Conv" => true,
-        "ConvTranspose" => attr::int(node, "group")?.unwrap_or(1) == 1,
+        "Conv" | "ConvTranspose" | "MatMul" => true,
         "Gemm" => !as_second || attr::int(node, "transA")?.unwrap_or(0) == 0,
         _ => false,
     })
 }
 
 /// Whether layers of these op types can be a pair: convolutions (either kind) read and write
-/// channels on axis 1 of an `[N, C, …]` tensor, a Gemm on axis 1 of `[M, N]`.
+/// channels on axis 1 of an `[N, C, …]` tensor, matrix products (Gemm, MatMul) on the last axis.
 pub(super) fn pair_kinds(first: &str, second: &str) -> bool {
     let convolution = |op: &str| matches!(op, "Conv" | "ConvTranspose");
-    (convolution(first) && convolution(second)) || (first == "Gemm" && second == "Gemm")
+    let product = |op: &str| matches!(op, "Gemm" | "MatMul");
+    (convolution(first) && convolution(second)) || (product(first) && product(second))
 }
 
 /// The layer `n`'s weight, when it is a float constant (and its bias, if any, one too, per
@@ -158,8 +170,8 @@ pub(super) fn read(
         (None, Some(t)) if !index.is_graph_input(name) => ScaledTensor::stored(t)?,
         _ => return Ok(None),
     };
-    let gemm = node.op_type() == "Gemm";
-    let rank_fits = match gemm {
+    let product = matches!(node.op_type(), "Gemm" | "MatMul");
+    let rank_fits = match product {
         true => weight.dims.len() == 2,
         false => weight.dims.len() >= 3,
     };
@@ -167,31 +179,25 @@ pub(super) fn read(
         return Ok(None);
     }
     let stored_transposed = match node.op_type() {
-        "ConvTranspose" => true,
-        _ => gemm && attr::int(node, "transB")?.unwrap_or(0) == 0,
+        "ConvTranspose" | "MatMul" => true,
+        _ => product && attr::int(node, "transB")?.unwrap_or(0) == 0,
     };
-    let outputs = weight.dims[usize::from(stored_transposed)];
-    if let Some(bias) = node.input.get(2).filter(|b| !b.is_empty()) {
-        // A Gemm's C must be one value per output channel (`[N]` or `[1, N]`), not per sample.
-        let per_channel = |b: &Tensor| match gemm {
-            true => b.dims.last() == Some(&outputs) && b.len() == outputs,
-            false => b.len() == outputs,
-        };
-        match eval.value(bias)? {
-            Ok(b) if b.dtype.is_float() && per_channel(&b) => {}
-            _ => return Ok(None),
+    let group = attr::int(node, "group")?.unwrap_or(1).max(1) as usize;
+    let outputs = match stored_transposed {
+        true => weight.dims[1] * group,
+        false => weight.dims[0],
+    };
+    let bias = node.input.get(2).filter(|b| !b.is_empty());
+    if let Some(bias) = bias {
+        if !per_output_channel(eval, bias, outputs)? {
+            return Ok(None);
         }
     }
-    let group = attr::int(node, "group")?.unwrap_or(1).max(1) as usize;
-    if outputs % group != 0 {
+    if outputs % group != 0 || weight.dims[0] % group != 0 {
         return Ok(None);
     }
-    let swap_first_two: Vec<i64> = [1, 0]
-        .into_iter()
-        .chain(2..weight.dims.len() as i64)
-        .collect();
     let values = match stored_transposed {
-        true => match transpose(&weight.exact(ctx.store)?, Some(&swap_first_two)) {
+        true => match output_first(&weight.exact(ctx.store)?, group) {
             Some(t) => t,
             None => return Ok(None),
         },
@@ -207,6 +213,7 @@ pub(super) fn read(
     Ok(Some(Layer {
         node: n,
         weight_name: name.clone(),
+        bias: bias.map(|_| (n, 2)),
         weight,
         values,
         stored_transposed,
@@ -215,6 +222,31 @@ pub(super) fn read(
         output: vec![1.0; outputs],
         input: vec![1.0; columns * group],
     }))
+}
+
+/// Whether `bias` is a float constant of one value per output channel, laid on the last axis
+/// (`[N]`, `[1, N]`: a Gemm's C, or the constant added after a MatMul; a Conv's `[C]`), not one
+/// per sample.
+pub(super) fn per_output_channel(eval: &ConstEval, bias: &str, outputs: usize) -> Result<bool> {
+    Ok(match eval.value(bias)? {
+        Ok(b) => b.dtype.is_float() && b.dims.last() == Some(&outputs) && b.len() == outputs,
+        Err(_) => false,
+    })
+}
+
+/// A weight stored input channels first (`[I, O / group, taps…]`) with its output channels
+/// first: `[O, I / group, taps…]`, group by group.
+fn output_first(stored: &Tensor, group: usize) -> Option<Tensor> {
+    let (inputs, per_group) = (stored.dims[0], stored.dims[1]);
+    let taps: usize = stored.dims[2..].iter().product();
+    let dims = vec![group, inputs / group, per_group, taps];
+    let blocks = Tensor::new(stored.dtype, dims, stored.data.clone());
+    let swapped = transpose(&blocks, Some(&[0, 2, 1, 3]))?;
+    let dims = [per_group * group, inputs / group]
+        .into_iter()
+        .chain(stored.dims[2..].iter().copied())
+        .collect();
+    Some(Tensor::new(stored.dtype, dims, swapped.data))
 }
 
 /// The weight's per-tensor SQNR, and its worst output channel's under the same grid.

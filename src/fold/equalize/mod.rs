@@ -2,10 +2,11 @@
 //!
 //! - **Pattern**: `Conv A → (Relu | LeakyRelu | PRelu | Identity)? → Conv B`, any `group` on
 //!   either side (depthwise included, so `A → depthwise → C` equalizes as two pairs), either
-//!   or both an ungrouped ConvTranspose instead, or the same between two Gemms (any `transB`;
-//!   B without `transA`), in the main graph.
-//! - **Preconditions**: A's output and the activation's feed only the next node and are no graph
-//!   outputs; B reads the activation on its data input; both weights (and A's bias, per output
+//!   or both a ConvTranspose instead; or the same between two matrix products, Gemm or MatMul
+//!   (a Gemm of any `transB`, B without `transA`; a MatMul's rank-2 weight on its right, its
+//!   bias an `Add` of a per-channel constant right after it), in the main graph.
+//! - **Preconditions**: A's output, the bias Add's and the activation's feed only the next node
+//!   and are no graph outputs; B reads the activation on its data input; both weights (and A's bias, per output
 //!   channel) are float constants of one dtype; B's weight reads A's channels. Activations that
 //!   are not positively homogeneous (`Clip`, Relu6, HardSwish, Sigmoid) end no pair: no
 //!   approximation is made.
@@ -13,8 +14,8 @@
 //!   `W_B[:, i] ← W_B[:, i] · s_i`, with `s_i = √(r_A,i / r_B,i)`: `r_A,i` the range of A's output
 //!   channel `i`, `r_B,i` the range of B's weights reading it. Pairs are visited until no factor
 //!   moves by more than 1e-6 (a layer between two pairs settles between both), then each weight
-//!   is written once, rounded once from the weight as it would run. The tensors between A and B
-//!   get new names: they hold `x / s`, not what they held.
+//!   is written once, rounded once from the weight as it would run (a MatMul's bias in its Add).
+//!   The tensors between A and B get new names: they hold `x / s`, not what they held.
 //! - **Math**: `f(x / s) = f(x) / s` for `s > 0` and `f` ∈ {Relu, LeakyRelu, PRelu, Identity}, and
 //!   a convolution or a matrix product is linear in its input (zero padding included), so
 //!   `B(f(A(x)))` is unchanged up to the rounding of the new weights. After it,
@@ -44,11 +45,20 @@ const MAX_ROUNDS: usize = 200;
 /// A round whose largest factor is within this of 1 ends the iteration.
 const SETTLED: f64 = 1e-6;
 
-/// A pair: layer `a` (index into the layers), the activation between, layer `b`.
+/// A pair: layer `a` (index into the layers), the nodes between (a MatMul's bias `Add`, then
+/// the activation, each optional), layer `b`.
 struct Pair {
     a: usize,
+    bias_add: Option<usize>,
     activation: Option<usize>,
     b: usize,
+}
+
+impl Pair {
+    /// The nodes between the two layers, in order.
+    fn between(&self) -> impl Iterator<Item = usize> {
+        self.bias_add.into_iter().chain(self.activation)
+    }
 }
 
 /// Equalizes every pair of `graph`; returns what it did.
@@ -173,12 +183,13 @@ fn biases(
     let eval = evaluator(&index, ctx, folded);
     layers
         .iter()
-        .map(
-            |l| match graph.node[l.node].input.get(2).filter(|b| !b.is_empty()) {
-                Some(b) => Ok(eval.value(b)?.ok().map(|t| Tensor::clone(&t))),
-                None => Ok(None),
-            },
-        )
+        .map(|l| match l.bias {
+            Some((n, k)) => Ok(eval
+                .value(&graph.node[n].input[k])?
+                .ok()
+                .map(|t| Tensor::clone(&t))),
+            None => Ok(None),
+        })
         .collect()
 }
 
@@ -204,6 +215,20 @@ fn find_pairs(
         let Some(mut next) = sole(&node.output[0]) else {
             continue;
         };
+        // A MatMul's bias is an `Add` of a constant (checked once the layer is read).
+        let mut bias_add = None;
+        if node.op_type() == "MatMul" && graph.node[next].op_type() == "Add" {
+            let add = &graph.node[next];
+            let data = add.input.iter().position(|i| *i == node.output[0]);
+            let (Some(data), 2) = (data, add.input.len()) else {
+                continue;
+            };
+            bias_add = Some((next, 1 - data));
+            match sole(&add.output[0]) {
+                Some(after) => next = after,
+                None => continue,
+            }
+        }
         let mut activation = None;
         if matches!(
             graph.node[next].op_type(),
@@ -215,7 +240,8 @@ fn find_pairs(
                 None => continue,
             }
         }
-        let reads = activation.map_or(&node.output[0], |n| &graph.node[n].output[0]);
+        let last = activation.or(bias_add.map(|(n, _)| n));
+        let reads = last.map_or(&node.output[0], |n| &graph.node[n].output[0]);
         let b = next;
         if !pair_kinds(node.op_type(), graph.node[b].op_type())
             || !is_layer(&graph.node[b], true)?
@@ -242,8 +268,16 @@ fn find_pairs(
         if wa.values.dtype != wb.values.dtype || wb.columns() * wb.group != wa.outputs() {
             continue;
         }
+        if let Some((add, k)) = bias_add {
+            let constant = &graph.node[add].input[k];
+            if !layer::per_output_channel(eval, constant, layers[la].outputs())? {
+                continue;
+            }
+            layers[la].bias = Some((add, k));
+        }
         pairs.push(Pair {
             a: la,
+            bias_add: bias_add.map(|(n, _)| n),
             activation,
             b: lb,
         });
@@ -302,8 +336,11 @@ fn rewrite(
             replaced.push(layer.weight_name.clone());
         }
         graph.node[layer.node].input[1] = weight;
-        if let Some(bias) = bias.filter(|_| layer.output.iter().any(|&s| s != 1.0)) {
-            let name = graph.node[layer.node].input[2].clone();
+        let at = layer
+            .bias
+            .filter(|_| layer.output.iter().any(|&s| s != 1.0));
+        if let (Some(bias), Some((n, k))) = (bias, at) {
+            let name = graph.node[n].input[k].clone();
             // Checked to fit before anything was written.
             let Some(rounded) = scaled_bias(layer, &bias) else {
                 continue;
@@ -316,20 +353,24 @@ fn rewrite(
                 NewTensor::Values(rounded),
                 None,
             )?;
-            graph.node[layer.node].input[2] = new;
+            graph.node[n].input[k] = new;
             replaced.push(name);
         }
     }
     for p in pairs {
-        let a = layers[p.a].node;
-        let renamed = names.unique(&format!("{}_equalized", graph.node[a].output[0]));
-        let reader = p.activation.unwrap_or(layers[p.b].node);
-        graph.node[a].output[0] = renamed.clone();
-        graph.node[reader].input[0] = renamed;
-        if let Some(act) = p.activation {
-            let renamed = names.unique(&format!("{}_equalized", graph.node[act].output[0]));
-            graph.node[act].output[0] = renamed.clone();
-            graph.node[layers[p.b].node].input[0] = renamed;
+        // Each tensor from A to B, renamed where it is written and where it is read.
+        let chain: Vec<usize> = std::iter::once(layers[p.a].node)
+            .chain(p.between())
+            .chain([layers[p.b].node])
+            .collect();
+        for step in chain.windows(2) {
+            let (writer, reader) = (step[0], step[1]);
+            let old = graph.node[writer].output[0].clone();
+            let renamed = names.unique(&format!("{old}_equalized"));
+            graph.node[writer].output[0] = renamed.clone();
+            for input in graph.node[reader].input.iter_mut().filter(|i| **i == old) {
+                *input = renamed.clone();
+            }
         }
     }
     drop(names);
