@@ -16,7 +16,10 @@ Needs onnx, onnxruntime and numpy (pip). The models come from the `rapidocr-onnx
 (PaddleOCR's detector, recognizer and direction classifier, paddle2onnx exports: every weight a
 Constant node), downloaded once into ~/.cache/bnfold-quant-bench. Inputs are synthesized: text
 lines of random strokes, dark on light, normalized as PaddleOCR does ((x/255 - 0.5)/0.5);
-calibration and evaluation inputs are disjoint. (The wheel's detector is left out: its
+calibration and evaluation inputs are disjoint. onnxruntime quantizes a weight stored as a Constant
+node as an activation (one asymmetric grid per tensor, even per channel) and an initializer as a
+weight (symmetric), so bnfold's output (initializers) and AIMET's (Constant nodes, as Paddle
+exports them) are each measured in the other's storage too, like for like. (The wheel's detector is left out: its
 probability map is all zeros on these inputs, so no SQNR is defined.) Per-channel QDQ needs opset 13 (DequantizeLinear
 has no axis before it), so every model is converted to opset 13 before quantizing, each
 pipeline alike. AIMET (aimet-onnx, which pulls torch) is installed by this script into its own
@@ -108,6 +111,38 @@ def with_logits(path, out):
     return out
 
 
+def weights_to_initializers(src, dst):
+    """The model at `src` with every Constant node that a Conv, ConvTranspose, Gemm or MatMul
+    reads as its weight stored as an initializer instead (what bnfold writes), to `dst`."""
+    model = onnx.load(src)
+    weights = {n.input[1] for n in model.graph.node
+               if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(n.input) > 1}
+    kept = []
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output[0] in weights:
+            value = next(a.t for a in node.attribute if a.name == "value")
+            value.name = node.output[0]
+            model.graph.initializer.append(value)
+        else:
+            kept.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    onnx.save(model, dst)
+
+
+def initializers_to_constants(src, dst):
+    """The model at `src` with every initializer stored as a Constant node instead (what AIMET
+    leaves of a Paddle export), to `dst`."""
+    model = onnx.load(src)
+    constants = [onnx.helper.make_node("Constant", [], [t.name], value=t)
+                 for t in model.graph.initializer]
+    nodes = constants + list(model.graph.node)
+    del model.graph.initializer[:]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.save(model, dst)
+
+
 def float_change(reference, candidate):
     """max |candidate - reference| / max |reference| over every output of every input."""
     diff = max(float(np.max(np.abs(c.astype(np.float64) - r.astype(np.float64))))
@@ -183,10 +218,19 @@ def main():
                 out = os.path.join(tmp, f"{file}.{len(pipelines)}.onnx")
                 subprocess.run([args.bnfold, src, "-o", out, "-q", "--no-readiness", "--no-verify"] + flags, check=True)
                 pipelines[label] = out
+            # onnxruntime quantizes a weight stored as a Constant node as an activation (one
+            # asymmetric grid per tensor, even when per-channel is asked) and an initializer as a
+            # weight (symmetric): each storage is measured for both tools, like for like.
+            constants = os.path.join(tmp, f"{file}.equalize.constants.onnx")
+            initializers_to_constants(pipelines["bnfold --equalize"], constants)
+            pipelines["bnfold --equalize, weights as Constant nodes"] = constants
             if aimet:
                 out = os.path.join(tmp, f"{file}.aimet.onnx")
                 subprocess.run([aimet, "-c", AIMET_EQUALIZE, src, out], check=True)
                 pipelines["AIMET equalize_model"] = out
+                stored = os.path.join(tmp, f"{file}.aimet.initializers.onnx")
+                weights_to_initializers(out, stored)
+                pipelines["AIMET equalize_model, weights as initializers"] = stored
             # Every pipeline measured with the last Softmax's input as an extra output.
             for label, path in list(pipelines.items()):
                 pipelines[label] = with_logits(path, path + ".logits.onnx") or path
@@ -215,7 +259,7 @@ def main():
                     figures.append(np.mean([sqnr(r[:-1], g[:-1]) for r, g in zip(reference, got)]))
                     figures.append(np.mean([sqnr(r[-1:], g[-1:]) for r, g in zip(reference, got)]))
                 rows.append((name, label, *figures, change))
-                print(f"{name:14} {label:30} outputs {figures[0]:6.2f} / {figures[2]:6.2f} dB  logits"
+                print(f"{name:14} {label:46} outputs {figures[0]:6.2f} / {figures[2]:6.2f} dB  logits"
                       f" {figures[1]:6.2f} / {figures[3]:6.2f} dB (per tensor / per channel)"
                       f"  float change {change:.1e}", flush=True)
     print("\n| model | pipeline | outputs, per tensor | outputs, per channel | logits, per tensor "
