@@ -32,6 +32,7 @@ pub mod external;
 pub mod fold;
 pub mod folded;
 
+pub mod absorption;
 pub mod graph;
 pub mod model;
 pub mod npy;
@@ -63,6 +64,7 @@ pub mod proto {
 
 use std::collections::BTreeMap;
 
+pub use absorption::absorb;
 pub use error::{Error, Result};
 pub use fold::rules::{FoldKind, SkipReason};
 pub use fold::FoldOptions;
@@ -82,11 +84,22 @@ pub fn fold(model: &mut Model, options: &FoldOptions) -> Result<Report> {
     let store = model.store.clone();
     let graph = model.proto.graph.as_mut().ok_or(Error::MissingGraph)?;
     let ops_before = op_counts(graph);
+    // High-bias absorption reads the statistics of the BatchNormalizations the fold removes.
+    let statistics = match options.equalize && options.absorb_high_bias {
+        true => Some(fold::BatchNormStatistics::of(
+            graph,
+            &store,
+            opset,
+            options.inputs_are_constants,
+        )?),
+        false => None,
+    };
     let ctx = PassContext {
         store: &store,
         opset,
         ir_version,
         options,
+        statistics: statistics.as_ref(),
     };
     let mut outcome = PassOutcome::default();
     fold::fold_graph(
@@ -118,6 +131,8 @@ pub fn fold(model: &mut Model, options: &FoldOptions) -> Result<Report> {
         merges: outcome.merges,
         initializers_from_constants: outcome.initializers,
         equalizations: outcome.equalizations,
+        absorption: outcome.absorption,
+        absorption_check: None,
         verification: None,
         readiness: None,
     })

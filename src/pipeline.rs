@@ -70,16 +70,29 @@ pub fn run(model: Model, options: &RunOptions) -> Result<(Model, Report)> {
     };
     let mut fused = model;
     let mut report = crate::fold(&mut fused, &options.fold)?;
+    // High-bias absorption on a copy: the exact model is proven, the absorbed one measured.
+    let exact = match report.absorption.is_empty() {
+        true => None,
+        false => {
+            let exact = fused.clone();
+            crate::absorb(&mut fused, &mut report, None)?;
+            Some(exact)
+        }
+    };
     if let Some(batch_norms) = batch_norms {
         report.readiness = Some(readiness::measure(&fused, batch_norms)?);
     }
     if let (Some(plan), Some(verify_options)) = (plan, &options.verify) {
+        let proven = exact.as_ref().unwrap_or(&fused);
         report.verification = Some(match &original {
             Some(original) => {
-                crate::verify(original, &fused, &compared_tensors(&report), verify_options)?
+                crate::verify(original, proven, &compared_tensors(&report), verify_options)?
             }
             None => Verification::not_run(plan.too_large.unwrap_or_default(), verify_options.seed),
         });
+        if let (Some(exact), Some(_)) = (&exact, &original) {
+            crate::absorption::check(exact, &fused, &mut report, verify_options)?;
+        }
     }
     Ok((fused, report))
 }

@@ -74,7 +74,7 @@ def fold(
     decompose_standalone: bool = False,
     merge_branches: bool = False,
     keep_constant_nodes: bool = False,
-    equalize: bool = False,
+    equalize: Union[bool, str] = False,
     readiness: bool = True,
     seed: Optional[int] = None,
     samples: int = 3,
@@ -97,7 +97,9 @@ def fold(
     BatchNormalization nodes (or their outputs) to leave, ``inputs_are_constants``,
     ``decompose_standalone``, ``merge_branches``, ``keep_constant_nodes`` (by default a weight
     stored as a ``Constant`` node becomes an initializer), ``equalize`` (cross-layer
-    equalization of Conv, ConvTranspose and Gemm pairs, exact), ``readiness=False`` is ``--no-readiness``;
+    equalization of Conv, ConvTranspose, Gemm and MatMul pairs: ``True`` or ``"exact"``, or
+    ``"absorb"`` for high-bias absorption too, an approximation whose change the report
+    measures), ``readiness=False`` is ``--no-readiness``;
     verification's ``seed``, ``samples``, ``dims`` (symbolic dimension values),
     ``input_shapes``, ``inputs`` (real input data) and ``atol``/``rtol``.
 

@@ -168,6 +168,9 @@ def test_reports_validate_against_the_schema():
     _, equalized = bnfold.fold(fixture("torch_preact_block_op13.onnx"), equalize=True)
     assert equalized["equalizations"]
     validator.validate(equalized)
+    _, absorbed = bnfold.fold(fixture("paddle/ppocr_mobile_v2_cls_op11.onnx"), equalize="absorb")
+    assert absorbed["high_bias_absorption"]["status"] == "passed"
+    validator.validate(absorbed)
     validator.validate(bnfold.inspect(fixture("torch_conv_bn_bn_op13.onnx")))
     validator.validate(bnfold.verify(fixture("conv_bn.onnx"), fixture("conv_bn.onnx")))
 
@@ -280,3 +283,14 @@ def test_the_gil_is_released_while_a_model_folds():
     assert result["r"][1]["folds"]
     # Held GIL: this thread would wake once, when the fold returns.
     assert elapsed < 0.05 or ticks > 10, (ticks, elapsed)
+
+
+def test_equalize_takes_a_bool_or_a_mode():
+    path = fixture("paddle/ppocr_mobile_v2_cls_op11.onnx")
+    _, exact = bnfold.fold(path, equalize="exact", verify=False, readiness=False)
+    assert exact["equalizations"] and "high_bias_absorption" not in exact
+    fused, absorbed = bnfold.fold(path, equalize="absorb", verify=False, readiness=False)
+    assert absorbed["high_bias_absorption"]["pairs"] == 2
+    assert absorbed["high_bias_absorption"]["status"] == "not_verified"
+    with pytest.raises(ValueError, match="equalize"):
+        bnfold.fold(path, equalize="approximate")

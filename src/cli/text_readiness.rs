@@ -140,7 +140,35 @@ pub fn equalizations(pairs: &[bnfold::report::EqualizationRecord], s: &mut Strin
             e.worst_channel_before_db,
             e.worst_channel_after_db
         );
+        if let Some(a) = &e.absorption {
+            let change = a
+                .float_change
+                .map_or("not measured".into(), |c| format!("float change {c:.1e}"));
+            let _ = writeln!(
+                s,
+                "    high bias absorbed from {} channels (largest shift {:.3}): {change} at {}",
+                a.channels,
+                a.largest_shift,
+                Shown(&e.second)
+            );
+        }
     }
+}
+
+/// High-bias absorption: the pairs, the change at the outputs, and whether nothing else changed.
+pub fn absorption(check: &bnfold::report::AbsorptionCheck, s: &mut String) {
+    let change = check
+        .output_change
+        .map_or("not measured".into(), |c| format!("{c:.1e}"));
+    let title = paint(BOLD, format!("high bias absorbed ({} pairs):", check.pairs));
+    let _ = writeln!(
+        s,
+        "\n{title}\n  float change at the outputs {change}, against the exact model ({})",
+        check.reason.as_deref().map_or_else(
+            || format!("{:?}", check.status).to_lowercase(),
+            |r| format!("{:?}: {}", check.status, Shown(r)).to_lowercase()
+        )
+    );
 }
 
 /// The weights stored as initializers instead of `Constant` nodes: how many, and the first.

@@ -73,6 +73,7 @@ mod plan;
 mod rounds;
 pub mod rules;
 
+pub use equalize::{apply_absorption, AbsorptionPlan, BatchNormStatistics};
 pub use options::{FoldOptions, PassContext, PassOutcome};
 
 use rounds::rounds;
@@ -128,9 +129,10 @@ fn last_phases(
 ) -> Result<()> {
     weights_as_initializers(graph, ctx, path, outer, out)?;
     if ctx.options.equalize && path == "main" {
-        let equalized = equalize::equalize(graph, ctx, folded)?;
+        let (equalized, absorption) = equalize::equalize(graph, ctx, folded)?;
         let changed = !equalized.is_empty();
         out.equalizations.extend(equalized);
+        out.absorption = absorption;
         check_phase(graph, path, "equalization", changed)?;
     }
     drop_stale_value_info(graph);

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 
+use super::equalize::{AbsorptionPlan, BatchNormStatistics};
 use super::rules::FoldKind;
 use crate::external::ExternalStore;
 use crate::report::{
@@ -29,6 +30,9 @@ pub struct FoldOptions {
     /// Equalize the channel ranges of consecutive Convs (`--equalize`, exact: only positively
     /// homogeneous activations between them).
     pub equalize: bool,
+    /// With `equalize`, also plan high-bias absorption (`--equalize=absorb`): an approximation,
+    /// returned as [`Report::absorption`](crate::Report) for [`crate::absorb`] to apply.
+    pub absorb_high_bias: bool,
 }
 
 /// The model-wide facts the pass needs.
@@ -41,6 +45,9 @@ pub struct PassContext<'a> {
     pub ir_version: i64,
     /// The user's options.
     pub options: &'a FoldOptions,
+    /// The main graph's BatchNormalization statistics, taken before folding, when high-bias
+    /// absorption is planned.
+    pub statistics: Option<&'a BatchNormStatistics>,
 }
 
 /// Everything the pass found.
@@ -60,4 +67,6 @@ pub struct PassOutcome {
     pub initializers: Vec<InitializerRecord>,
     /// Pairs of Convs equalized.
     pub equalizations: Vec<EqualizationRecord>,
+    /// High-bias absorption planned with them.
+    pub absorption: AbsorptionPlan,
 }

@@ -93,7 +93,12 @@ fn fold(
                 .map_err(|e| Failure::Argument(crate::cli::one_line(&e)))?;
             let (fused, report) = pipeline::run(model, &run)?;
             let status = report.verification.as_ref().map(|v| &v.status);
+            let stray = report
+                .absorption_check
+                .as_ref()
+                .is_some_and(|c| c.status == Status::Failed);
             let failed = status == Some(&Status::Failed)
+                || stray
                 || (status == Some(&Status::NotVerified) && require_verify);
             let written = output.as_ref().filter(|_| !failed);
             let bytes = match (&output, written) {

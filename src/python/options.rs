@@ -38,6 +38,7 @@ pub(super) fn fold_options(options: &Bound<'_, PyDict>) -> PyResult<FoldOptions>
         ),
         None => None,
     };
+    let equalize = equalize_mode(options)?;
     Ok(FoldOptions {
         only,
         skip_nodes: item::<Vec<String>>(options, "skip_nodes")?
@@ -47,8 +48,37 @@ pub(super) fn fold_options(options: &Bound<'_, PyDict>) -> PyResult<FoldOptions>
         decompose_standalone: item(options, "decompose_standalone")?,
         merge_branches: item(options, "merge_branches")?,
         keep_constant_nodes: item(options, "keep_constant_nodes")?,
-        equalize: item(options, "equalize")?,
+        equalize: equalize != Equalize::Off,
+        absorb_high_bias: equalize == Equalize::Absorb,
     })
+}
+
+/// What `equalize` asks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Equalize {
+    Off,
+    Exact,
+    Absorb,
+}
+
+/// `equalize`: a bool (`True` is `"exact"`), `"exact"` or `"absorb"`.
+fn equalize_mode(options: &Bound<'_, PyDict>) -> PyResult<Equalize> {
+    let Some(value) = options.get_item("equalize")? else {
+        return Err(PyTypeError::new_err("missing option equalize"));
+    };
+    if let Ok(on) = value.extract::<bool>() {
+        return Ok(if on { Equalize::Exact } else { Equalize::Off });
+    }
+    match value.extract::<String>().as_deref() {
+        Ok("exact") => Ok(Equalize::Exact),
+        Ok("absorb") => Ok(Equalize::Absorb),
+        Ok(other) => Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "equalize: {other:?} is not one of True, False, \"exact\", \"absorb\""
+        ))),
+        Err(_) => Err(PyTypeError::new_err(
+            "equalize: expected a bool, \"exact\" or \"absorb\"",
+        )),
+    }
 }
 
 /// A layer kind as `--only` names it (`conv`, `convtranspose`, `gemm`, `matmul`; `_` allowed).

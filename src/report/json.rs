@@ -14,8 +14,8 @@ use serde_json::Value;
 use crate::fold::rules::SkipReason;
 use crate::readiness::Readiness;
 use crate::report::{
-    DecompositionRecord, Direction, EqualizationRecord, FoldRecord, InitializerRecord, MergeRecord,
-    NormalizationRecord, Report, SCHEMA_VERSION,
+    AbsorptionCheck, DecompositionRecord, Direction, EqualizationRecord, FoldRecord,
+    InitializerRecord, MergeRecord, NormalizationRecord, Report, SCHEMA_VERSION,
 };
 use crate::verify::Verification;
 
@@ -134,6 +134,10 @@ pub struct FoldDocument {
     /// Pairs of Convs equalized (`--equalize`); present only when there was one.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub equalizations: Vec<EqualizationRecord>,
+    /// High-bias absorption (`--equalize=absorb`) measured against the exactly equalized model;
+    /// present only when something was absorbed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub high_bias_absorption: Option<AbsorptionCheck>,
 }
 
 impl FoldDocument {
@@ -168,6 +172,7 @@ impl FoldDocument {
             merges: report.merges.clone(),
             initializers_from_constants: report.initializers_from_constants.clone(),
             equalizations: report.equalizations.clone(),
+            high_bias_absorption: report.absorption_check.clone(),
         }
     }
 }

@@ -153,6 +153,41 @@ pub struct EqualizationRecord {
     pub first_ranges_before: Vec<f64>,
     /// And after: the ranges the per-tensor grid is set by.
     pub first_ranges_after: Vec<f64>,
+    /// High-bias absorption into this pair (`--equalize=absorb`), when it absorbed anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub absorption: Option<AbsorptionRecord>,
+}
+
+/// High-bias absorption into one equalized pair (`--equalize=absorb`): a constant taken out of
+/// the first layer's output channels and added back through the second layer's bias.
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+pub struct AbsorptionRecord {
+    /// Channels shifted (`c > 0`).
+    pub channels: usize,
+    /// The largest shift `c`, in the first layer's equalized output.
+    pub largest_shift: f64,
+    /// The float model's change at the second layer's output, measured against the exactly
+    /// equalized model on the verification's inputs: largest difference over the output's
+    /// largest magnitude (`null`: not measured).
+    pub float_change: Option<f64>,
+}
+
+/// High-bias absorption applied (`--equalize=absorb`), measured against the exactly equalized
+/// model (which the verification proves equivalent to the original) on the verification's
+/// inputs.
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+pub struct AbsorptionCheck {
+    /// Pairs absorbed into.
+    pub pairs: usize,
+    /// The float model's change at the outputs: largest difference over the output's largest
+    /// magnitude, the largest over the outputs (`null`: not measured).
+    pub output_change: Option<f64>,
+    /// `passed` when nothing but the absorbed layers differs from the exactly equalized model
+    /// (each other region of the absorbed model matches it), `failed` otherwise,
+    /// `not_verified` when it could not be run.
+    pub status: crate::verify::Status,
+    /// Why it failed or did not run.
+    pub reason: Option<String>,
 }
 
 /// An `Add` of parallel branches merged into one Conv (`--merge-branches`).
@@ -200,6 +235,12 @@ pub struct Report {
     pub initializers_from_constants: Vec<InitializerRecord>,
     /// Pairs of layers equalized (`--equalize`).
     pub equalizations: Vec<EqualizationRecord>,
+    /// High-bias absorption planned with them (`--equalize=absorb`), for [`crate::absorb`]:
+    /// the model [`crate::fold`] leaves is the exactly equalized one.
+    #[serde(skip)]
+    pub absorption: crate::fold::AbsorptionPlan,
+    /// What high-bias absorption changed, measured, once applied.
+    pub absorption_check: Option<AbsorptionCheck>,
     /// The equivalence check, when it ran.
     pub verification: Option<Verification>,
     /// Quantization readiness of the folded weights, when it was asked for.

@@ -10,7 +10,7 @@ use crate::cli::{load, text, ExitStatus};
 
 use anyhow::{bail, Context};
 
-use crate::cli::args::{verify_options, FoldArgs};
+use crate::cli::args::{verify_options, EqualizeMode, FoldArgs};
 use crate::cli::report::{claim_report, commit_report, json_report, print, stage_report};
 use bnfold::output::WritePlan;
 use bnfold::printable::Shown;
@@ -33,7 +33,8 @@ pub(crate) fn run_fold(args: FoldArgs) -> anyhow::Result<ExitStatus> {
         decompose_standalone: args.decompose_standalone,
         merge_branches: args.merge_branches,
         keep_constant_nodes: args.keep_constant_nodes,
-        equalize: args.equalize,
+        equalize: args.equalize.is_some(),
+        absorb_high_bias: args.equalize == Some(EqualizeMode::Absorb),
     };
     let mut verify_opts = verify_options(&args.check_args)?;
     if writes {
@@ -89,6 +90,17 @@ pub(crate) fn run_fold(args: FoldArgs) -> anyhow::Result<ExitStatus> {
         (None, loaded)
     };
     let mut report = fold(&mut fused, &options).with_context(|| format!("{}", input.display()))?;
+    // High-bias absorption is applied to a copy: the exact model is what verification proves,
+    // and what the absorbed one is measured against.
+    let exact = match report.absorption.is_empty() {
+        true => None,
+        false => {
+            let exact = fused.clone();
+            bnfold::absorb(&mut fused, &mut report, None)
+                .with_context(|| format!("{}", input.display()))?;
+            Some(exact)
+        }
+    };
     let fold_seconds = started.elapsed().as_secs_f64();
 
     if args.check {
@@ -162,17 +174,27 @@ pub(crate) fn run_fold(args: FoldArgs) -> anyhow::Result<ExitStatus> {
             }
             None => fused,
         };
-        let v = verify(original, &candidate, &intermediates, &verify_opts)
+        let proven = exact.as_ref().unwrap_or(&candidate);
+        let v = verify(original, proven, &intermediates, &verify_opts)
             .with_context(|| format!("verifying {}", input.display()))?;
         report.verification = Some(v);
+        if let Some(exact) = &exact {
+            bnfold::absorption::check(exact, &candidate, &mut report, &verify_opts)
+                .with_context(|| format!("measuring the absorption in {}", input.display()))?;
+        }
         candidate
     } else {
         fused
     };
-    std::mem::forget((original, live));
+    std::mem::forget((original, live, exact));
     let verify_seconds = (!args.no_verify).then(|| verify_started.elapsed().as_secs_f64());
     let status = report.verification.as_ref().map(|v| v.status.clone());
+    let stray = report
+        .absorption_check
+        .as_ref()
+        .is_some_and(|c| c.status == Status::Failed);
     let failed = status == Some(Status::Failed)
+        || stray
         || (status == Some(Status::NotVerified) && args.require_verify);
     if status == Some(Status::NotVerified) && !args.output_args.quiet {
         let reason = report
@@ -181,6 +203,13 @@ pub(crate) fn run_fold(args: FoldArgs) -> anyhow::Result<ExitStatus> {
             .and_then(|v| v.reason.clone())
             .unwrap_or_default();
         eprintln!("bnfold: warning: not verified: {}", Shown(&reason));
+    }
+    if let Some(check) = report.absorption_check.as_ref().filter(|_| stray) {
+        eprintln!(
+            "bnfold: error: the absorbed model differs beyond its absorbed biases ({}); no model \
+             written",
+            Shown(check.reason.as_deref().unwrap_or_default())
+        );
     }
     if status == Some(Status::Failed) {
         let reason = report

@@ -31,42 +31,29 @@ use crate::error::Result;
 use crate::folded::FoldedWeights;
 use crate::graph::{node_label, GraphIndex, OuterScope};
 use crate::proto::GraphProto;
-use crate::report::EqualizationRecord;
+use crate::report::{AbsorptionRecord, EqualizationRecord};
 use crate::tensor::Tensor;
 
+mod absorb;
 mod layer;
+mod pairs;
 
-use layer::{
-    fits, is_layer, pair_kinds, read, scaled_bias, scaled_weight, sqnr, weight_factors, Layer,
-};
+pub use absorb::{apply as apply_absorption, AbsorptionPlan, BatchNormStatistics};
+
+use layer::{fits, scaled_bias, scaled_weight, sqnr, weight_factors, Layer};
+use pairs::{find_pairs, Pair};
 
 /// Rounds of visiting every pair, at most.
 const MAX_ROUNDS: usize = 200;
 /// A round whose largest factor is within this of 1 ends the iteration.
 const SETTLED: f64 = 1e-6;
 
-/// A pair: layer `a` (index into the layers), the nodes between (a MatMul's bias `Add`, then
-/// the activation, each optional), layer `b`.
-struct Pair {
-    a: usize,
-    bias_add: Option<usize>,
-    activation: Option<usize>,
-    b: usize,
-}
-
-impl Pair {
-    /// The nodes between the two layers, in order.
-    fn between(&self) -> impl Iterator<Item = usize> {
-        self.bias_add.into_iter().chain(self.activation)
-    }
-}
-
 /// Equalizes every pair of `graph`; returns what it did.
 pub(super) fn equalize(
     graph: &mut GraphProto,
     ctx: &PassContext,
     folded: &mut FoldedWeights,
-) -> Result<Vec<EqualizationRecord>> {
+) -> Result<(Vec<EqualizationRecord>, AbsorptionPlan)> {
     let (mut layers, mut pairs) = {
         let index = GraphIndex::new(graph, OuterScope::default());
         let eval = evaluator(&index, ctx, folded);
@@ -77,7 +64,7 @@ pub(super) fn equalize(
     // left out, and the others settle again without it.
     loop {
         if pairs.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Default::default());
         }
         settle(&mut layers, &pairs);
         let mut overflowing = Vec::new();
@@ -104,11 +91,40 @@ pub(super) fn equalize(
     for (layer, (output, input)) in layers.iter_mut().zip(settled) {
         (layer.output, layer.input) = (output, input);
     }
+    // High-bias absorption, planned from the settled factors (applied later, on a copy).
+    let (shifts, mut plan) = match ctx.statistics {
+        Some(statistics) => {
+            let has_bias: Vec<bool> = biases.iter().map(Option::is_some).collect();
+            let (shifts, deltas) = absorb::shifts(graph, &layers, &pairs, &has_bias, statistics);
+            let slots: Vec<absorb::BiasSlot> = layers
+                .iter()
+                .zip(&biases)
+                .map(|(l, b)| absorb::BiasSlot {
+                    at: l.bias.map_or((l.node, 2, false), |(n, k)| (n, k, true)),
+                    value: b.as_ref(),
+                })
+                .collect();
+            match absorb::plan(graph, &layers, &slots, &deltas) {
+                Some(plan) => (shifts, plan),
+                None => (Vec::new(), AbsorptionPlan::default()),
+            }
+        }
+        None => (Vec::new(), AbsorptionPlan::default()),
+    };
     let records = pairs
         .iter()
+        .enumerate()
         .zip(before.into_iter().zip(ranges_before))
-        .map(|(p, (before, first_ranges_before))| {
+        .map(|((k, p), (before, first_ranges_before))| {
             let after = figures(&layers, p);
+            let absorption = shifts
+                .get(k)
+                .and_then(Option::as_ref)
+                .map(|s| AbsorptionRecord {
+                    channels: s.channels,
+                    largest_shift: s.largest,
+                    float_change: None,
+                });
             EqualizationRecord {
                 graph: "main".into(),
                 first: node_label(&graph.node[layers[p.a].node]),
@@ -125,11 +141,17 @@ pub(super) fn equalize(
                 worst_channel_after_db: after.2,
                 first_ranges_before,
                 first_ranges_after: ranges(&layers[p.a]),
+                absorption,
             }
         })
         .collect();
-    rewrite(graph, ctx, folded, &layers, biases, &pairs)?;
-    Ok(records)
+    let seconds: Vec<(usize, usize)> = (0..pairs.len())
+        .filter(|&k| shifts.get(k).is_some_and(Option::is_some))
+        .map(|k| (k, layers[pairs[k].b].node))
+        .collect();
+    let outputs = rewrite(graph, ctx, folded, &layers, biases, &pairs)?;
+    plan.name_nodes(&outputs, &seconds);
+    Ok((records, plan))
 }
 
 fn evaluator<'a>(
@@ -193,98 +215,6 @@ fn biases(
         .collect()
 }
 
-/// The pairs of `graph` and the layers they join.
-fn find_pairs(
-    graph: &GraphProto,
-    index: &GraphIndex,
-    eval: &ConstEval,
-    ctx: &PassContext,
-    folded: &FoldedWeights,
-) -> Result<(Vec<Layer>, Vec<Pair>)> {
-    let mut layers: Vec<Layer> = Vec::new();
-    let mut by_node: HashMap<usize, usize> = HashMap::default();
-    let mut pairs = Vec::new();
-    let sole = |name: &str| {
-        let consumers = index.consumers(name);
-        (consumers.len() == 1 && !index.is_graph_output(name)).then(|| consumers[0])
-    };
-    for (a, node) in graph.node.iter().enumerate() {
-        if !is_layer(node, false)? {
-            continue;
-        }
-        let Some(mut next) = sole(&node.output[0]) else {
-            continue;
-        };
-        // A MatMul's bias is an `Add` of a constant (checked once the layer is read).
-        let mut bias_add = None;
-        if node.op_type() == "MatMul" && graph.node[next].op_type() == "Add" {
-            let add = &graph.node[next];
-            let data = add.input.iter().position(|i| *i == node.output[0]);
-            let (Some(data), 2) = (data, add.input.len()) else {
-                continue;
-            };
-            bias_add = Some((next, 1 - data));
-            match sole(&add.output[0]) {
-                Some(after) => next = after,
-                None => continue,
-            }
-        }
-        let mut activation = None;
-        if matches!(
-            graph.node[next].op_type(),
-            "Relu" | "LeakyRelu" | "PRelu" | "Identity"
-        ) {
-            activation = Some(next);
-            match sole(&graph.node[next].output[0]) {
-                Some(b) => next = b,
-                None => continue,
-            }
-        }
-        let last = activation.or(bias_add.map(|(n, _)| n));
-        let reads = last.map_or(&node.output[0], |n| &graph.node[n].output[0]);
-        let b = next;
-        if !pair_kinds(node.op_type(), graph.node[b].op_type())
-            || !is_layer(&graph.node[b], true)?
-            || graph.node[b].input.first() != Some(reads)
-            || a == b
-        {
-            continue;
-        }
-        let mut slot = |n: usize| -> Result<Option<usize>> {
-            if let Some(&k) = by_node.get(&n) {
-                return Ok(Some(k));
-            }
-            let Some(layer) = read(graph, index, eval, ctx, folded, n)? else {
-                return Ok(None);
-            };
-            layers.push(layer);
-            by_node.insert(n, layers.len() - 1);
-            Ok(Some(layers.len() - 1))
-        };
-        let (Some(la), Some(lb)) = (slot(a)?, slot(b)?) else {
-            continue;
-        };
-        let (wa, wb) = (&layers[la], &layers[lb]);
-        if wa.values.dtype != wb.values.dtype || wb.columns() * wb.group != wa.outputs() {
-            continue;
-        }
-        if let Some((add, k)) = bias_add {
-            let constant = &graph.node[add].input[k];
-            if !layer::per_output_channel(eval, constant, layers[la].outputs())? {
-                continue;
-            }
-            layers[la].bias = Some((add, k));
-        }
-        pairs.push(Pair {
-            a: la,
-            bias_add: bias_add.map(|(n, _)| n),
-            activation,
-            b: lb,
-        });
-    }
-    Ok((layers, pairs))
-}
-
 /// Per-tensor symmetric INT8 SQNR of the two weights of a pair as they stand, and of the first
 /// weight's worst output channel under that grid.
 fn figures(layers: &[Layer], p: &Pair) -> (f64, f64, f64) {
@@ -299,7 +229,8 @@ fn ranges(layer: &Layer) -> Vec<f64> {
         .collect()
 }
 
-/// Writes each equalized weight (and A's bias) once, and renames the tensors between A and B.
+/// Writes each equalized weight (and A's bias) once, and renames the tensors between A and B;
+/// returns each node's first output as renamed (by node index before the clean-up).
 fn rewrite(
     graph: &mut GraphProto,
     ctx: &PassContext,
@@ -307,7 +238,7 @@ fn rewrite(
     layers: &[Layer],
     biases: Vec<Option<Tensor>>,
     pairs: &[Pair],
-) -> Result<()> {
+) -> Result<Vec<String>> {
     let consumers: HashMap<String, usize> = {
         let index = GraphIndex::new(graph, OuterScope::default());
         layers
@@ -374,7 +305,12 @@ fn rewrite(
         }
     }
     drop(names);
+    let outputs = graph
+        .node
+        .iter()
+        .map(|n| n.output.first().cloned().unwrap_or_default())
+        .collect();
     remove_dead(graph, replaced, ctx);
     folded.retain_initializers_of(graph);
-    Ok(())
+    Ok(outputs)
 }

@@ -36,7 +36,7 @@ pub fn fold(report: &Report, input: &str, output: Option<&str>) -> String {
         page.readiness(r);
     }
     if !report.equalizations.is_empty() {
-        page.equalizations(&report.equalizations);
+        page.equalizations(&report.equalizations, report.absorption_check.as_ref());
     }
     page.section(&format!("Folded ({})", report.folds.len()));
     let folds: Vec<Vec<String>> = report

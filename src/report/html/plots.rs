@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use super::{escape, truncate, Page, EQUALIZATION_PLOTS};
 use crate::readiness::LayerReadiness;
-use crate::report::EqualizationRecord;
+use crate::report::{AbsorptionCheck, EqualizationRecord};
 
 impl Page {
     /// One row per layer, in graph order: per-tensor bar, per-channel mark, 0 to 60 dB.
@@ -96,12 +96,28 @@ impl Page {
 
     /// The pairs `--equalize` balanced: a table, then the first weight's channel ranges before
     /// and after for the pairs whose worst channel gained most.
-    pub(super) fn equalizations(&mut self, pairs: &[EqualizationRecord]) {
+    pub(super) fn equalizations(
+        &mut self,
+        pairs: &[EqualizationRecord],
+        absorption: Option<&AbsorptionCheck>,
+    ) {
         self.section(&format!("Equalized ({})", pairs.len()));
         self.para(
             "Per-tensor symmetric INT8 SQNR of each weight, and of the first weight's worst \
              output channel on that grid, before → after.",
         );
+        if let Some(check) = absorption {
+            let change = check
+                .output_change
+                .map_or("not measured".into(), |c| format!("{c:.1e}"));
+            let status = format!("{:?}", check.status).to_lowercase();
+            self.para(&escape(&format!(
+                "High bias absorbed into {} pairs (an approximation): the float model changes by \
+                 {change} at the outputs against the exact model, which the verification proves \
+                 (nothing else differs: {status}).",
+                check.pairs
+            )));
+        }
         let change = |before: f64, after: f64| format!("{before:.1} → {after:.1} dB");
         let rows: Vec<Vec<String>> = pairs
             .iter()
@@ -115,6 +131,9 @@ impl Page {
                     change(e.sqnr_second_before_db, e.sqnr_second_after_db),
                     change(e.worst_channel_before_db, e.worst_channel_after_db),
                 ]
+                .into_iter()
+                .chain(absorption.map(|_| absorbed(e)))
+                .collect()
             })
             .collect();
         let header = [
@@ -125,8 +144,12 @@ impl Page {
             "first",
             "second",
             "worst channel",
+            "high bias absorbed",
         ];
-        self.table(&header, &rows);
+        self.table(
+            &header[..header.len() - usize::from(absorption.is_none())],
+            &rows,
+        );
         let mut by_gain: Vec<&EqualizationRecord> = pairs.iter().collect();
         let gain = |e: &EqualizationRecord| e.worst_channel_after_db - e.worst_channel_before_db;
         by_gain.sort_by(|a, b| {
@@ -223,4 +246,17 @@ struct Bars {
     width: f64,
     fill: &'static str,
     when: &'static str,
+}
+
+/// A pair's absorption: channels, and the change at its second layer.
+fn absorbed(e: &EqualizationRecord) -> String {
+    match &e.absorption {
+        Some(a) => {
+            let change = a
+                .float_change
+                .map_or("not measured".into(), |c| format!("change {c:.1e}"));
+            escape(&format!("{} channels, {change}", a.channels))
+        }
+        None => String::new(),
+    }
 }
