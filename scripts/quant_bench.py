@@ -12,15 +12,16 @@ largest magnitude.
     python3 scripts/quant_bench.py [--bnfold target/release/bnfold] [--samples 16]
                                    [--aimet-python PATH | --no-aimet]
 
-Needs onnx, onnxruntime and numpy (pip). The models come from the `rapidocr-onnxruntime` wheel
+Needs onnx, onnxruntime, numpy and Pillow (pip). The models come from the `rapidocr-onnxruntime` wheel
 (PaddleOCR's detector, recognizer and direction classifier, paddle2onnx exports: every weight a
 Constant node), downloaded once into ~/.cache/bnfold-quant-bench. Inputs are synthesized: text
 lines of random strokes, dark on light, normalized as PaddleOCR does ((x/255 - 0.5)/0.5);
 calibration and evaluation inputs are disjoint. onnxruntime quantizes a weight stored as a Constant
 node as an activation (one asymmetric grid per tensor, even per channel) and an initializer as a
 weight (symmetric), so bnfold's output (initializers) and AIMET's (Constant nodes, as Paddle
-exports them) are each measured in the other's storage too, like for like. (The wheel's detector is left out: its
-probability map is all zeros on these inputs, so no SQNR is defined.) Per-channel QDQ needs opset 13 (DequantizeLinear
+exports them) are each measured in the other's storage too, like for like. The detector gets pages of rendered words instead
+(Pillow, its own font), normalized as PaddleOCR's detector expects; its "logits" are the input
+of its last Sigmoid (the probability map before it). Per-channel QDQ needs opset 13 (DequantizeLinear
 has no axis before it), so every model is converted to opset 13 before quantizing, each
 pipeline alike. AIMET (aimet-onnx, which pulls torch) is installed by this script into its own
 virtual environment under the cache on first use (several GB), unless --aimet-python names a
@@ -55,10 +56,13 @@ model = onnx.load(sys.argv[1])
 equalize_model(model)
 onnx.save(model, sys.argv[2])
 """
+#: the pipeline quantized with onnxruntime's asymmetric weight grid
+ASYMMETRIC = "bnfold --equalize, asymmetric weight grid"
 #: model file in the wheel -> (name, input shape)
 MODELS = {
     "ch_ppocr_mobile_v2.0_cls_infer.onnx": ("ppocr cls v2", [1, 3, 48, 192]),
     "ch_PP-OCRv4_rec_infer.onnx": ("ppocr rec v4", [1, 3, 48, 320]),
+    "ch_PP-OCRv4_det_infer.onnx": ("ppocr det v4", [1, 3, 320, 320]),
 }
 
 ort.set_default_logger_severity(3)
@@ -99,12 +103,14 @@ def aimet_python(requested):
 
 def with_logits(path, out):
     """The model at `path` with the input of its last Softmax as one more output ("logits"),
-    written to `out`; None when it has no Softmax."""
+    or, without one, the input of the last Sigmoid (a detector's probability map), written to
+    `out`; None when it has neither."""
     model = onnx.load(path)
-    softmax = [n for n in model.graph.node if n.op_type == "Softmax"]
-    if not softmax:
+    last = ([n for n in model.graph.node if n.op_type == "Softmax"]
+            or [n for n in model.graph.node if n.op_type == "Sigmoid"])
+    if not last:
         return None
-    logits = softmax[-1].input[0]
+    logits = last[-1].input[0]
     if logits not in [o.name for o in model.graph.output]:
         model.graph.output.append(onnx.helper.make_empty_tensor_value_info(logits))
     onnx.save(model, out)
@@ -177,6 +183,36 @@ def text_lines(shape, count, seed):
     return out
 
 
+def text_pages(shape, count, seed):
+    """Synthetic pages for a text detector: lines of words in Pillow's own font at random
+    places and sizes, dark on light, normalized with ImageNet's mean and deviation as
+    PaddleOCR's detector expects."""
+    from PIL import Image, ImageDraw, ImageFont
+    rng = np.random.default_rng(seed)
+    _, c, h, w = shape
+    words = ["invoice", "TOTAL", "2026-12-06", "quantize", "receipt", "No. 4417", "ONNX",
+             "batch", "norm", "fold", "layer", "channel", "Hello", "world", "12.50", "EUR"]
+    mean = np.array([0.485, 0.456, 0.406], np.float32)[:c, None, None]
+    std = np.array([0.229, 0.224, 0.225], np.float32)[:c, None, None]
+    out = []
+    for _ in range(count):
+        shade = int(rng.integers(215, 250))
+        page = Image.new("RGB", (w, h), (shade, shade, shade - 5))
+        draw = ImageDraw.Draw(page)
+        y = int(rng.integers(2, 12))
+        while y < h - 12:
+            size = int(rng.integers(10, 24))
+            font = ImageFont.load_default(size=size)
+            text = " ".join(rng.choice(words, int(rng.integers(1, 4))))
+            ink = int(rng.integers(0, 70))
+            draw.text((int(rng.integers(0, w // 2)), y), text, fill=(ink, ink, ink), font=font)
+            y += size + int(rng.integers(4, 20))
+        x = np.asarray(page, np.float32).transpose(2, 0, 1)[:c] / 255.0
+        x += rng.normal(0, 0.01, x.shape).astype(np.float32)
+        out.append(((x - mean) / std)[None].astype(np.float32))
+    return out
+
+
 class Reader(CalibrationDataReader):
     def __init__(self, name, inputs):
         self.items = iter([{name: x} for x in inputs])
@@ -214,6 +250,7 @@ def main():
             pipelines = {"as exported": src}
             for label, flags in [("bnfold", []), ("bnfold --keep-constant-nodes", ["--keep-constant-nodes"]),
                                  ("bnfold --equalize", ["--equalize"]),
+                                 ("bnfold --equalize=absorb", ["--equalize=absorb"]),
                                  ("bnfold --equalize --keep-constant-nodes", ["--equalize", "--keep-constant-nodes"])]:
                 out = os.path.join(tmp, f"{file}.{len(pipelines)}.onnx")
                 subprocess.run([args.bnfold, src, "-o", out, "-q", "--no-readiness", "--no-verify"] + flags, check=True)
@@ -224,6 +261,9 @@ def main():
             constants = os.path.join(tmp, f"{file}.equalize.constants.onnx")
             initializers_to_constants(pipelines["bnfold --equalize"], constants)
             pipelines["bnfold --equalize, weights as Constant nodes"] = constants
+            # The same model quantized with an asymmetric weight grid (onnxruntime's
+            # WeightSymmetric=False): what a Constant node's weight gets, kept as a weight.
+            pipelines[ASYMMETRIC] = pipelines["bnfold --equalize"]
             if aimet:
                 out = os.path.join(tmp, f"{file}.aimet.onnx")
                 subprocess.run([aimet, "-c", AIMET_EQUALIZE, src, out], check=True)
@@ -235,8 +275,9 @@ def main():
             for label, path in list(pipelines.items()):
                 pipelines[label] = with_logits(path, path + ".logits.onnx") or path
             input_name = session(src).get_inputs()[0].name
-            calibration = text_lines(shape, args.samples, seed=1)
-            evaluation = text_lines(shape, args.samples, seed=2)
+            inputs = text_pages if "det" in file else text_lines
+            calibration = inputs(shape, args.samples, seed=1)
+            evaluation = inputs(shape, args.samples, seed=2)
             float_session = session(pipelines["as exported"])
             reference = [float_session.run(None, {input_name: x}) for x in evaluation]
             for label, path in pipelines.items():
@@ -248,11 +289,13 @@ def main():
                 at13 = os.path.join(tmp, "at13.onnx")
                 onnx.save(model, at13)
                 figures = []
+                extra = {"WeightSymmetric": False} if label == ASYMMETRIC else {}
                 for per_channel in (False, True):
                     q = os.path.join(tmp, "q.onnx")
                     quantize_static(at13, q, Reader(input_name, calibration), quant_format=QuantFormat.QDQ,
                                     per_channel=per_channel, activation_type=QuantType.QInt8,
-                                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+                                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                                    extra_options=extra)
                     qs = session(q)
                     got = [qs.run(None, {input_name: x}) for x in evaluation]
                     # The model's own outputs, then the logits (the last output).

@@ -80,7 +80,9 @@ pub fn run(model: Model, options: &RunOptions) -> Result<(Model, Report)> {
         }
     };
     if let Some(batch_norms) = batch_norms {
-        report.readiness = Some(readiness::measure(&fused, batch_norms)?);
+        let mut measured = readiness::measure(&fused, batch_norms)?;
+        measured.after_equalization(&report.equalizations);
+        report.readiness = Some(measured);
     }
     if let (Some(plan), Some(verify_options)) = (plan, &options.verify) {
         let proven = exact.as_ref().unwrap_or(&fused);

@@ -73,6 +73,37 @@ fn a_layer_far_better_per_channel_is_named_as_a_candidate() {
 }
 
 #[test]
+fn after_equalize_the_loss_warning_says_what_equalization_did() {
+    // Paddle's classifier: its two losing layers are in no exact pair (hard-swish beside them).
+    let model = common::equalizing::fixture_model("paddle/ppocr_mobile_v2_cls_op11.onnx");
+    let run_with = |equalize: bool| {
+        let fold = FoldOptions {
+            equalize,
+            ..FoldOptions::default()
+        };
+        let options = RunOptions {
+            fold,
+            readiness: true,
+            verify: None,
+        };
+        let (_, report) = run(model.clone(), &options).unwrap();
+        let warnings = report.readiness.unwrap().warnings;
+        let loss = warnings
+            .into_iter()
+            .find(|w| w.code.to_string() == "per_tensor_far_below_per_channel");
+        loss.unwrap().message
+    };
+    let plain = run_with(false);
+    assert!(plain.contains("cross-layer equalization balances"), "{plain}");
+    let equalized = run_with(true);
+    assert!(!equalized.contains("cross-layer equalization balances"), "{equalized}");
+    assert!(
+        equalized.contains("--equalize found no exact rescaling for them"),
+        "{equalized}"
+    );
+}
+
+#[test]
 fn weights_kept_as_constant_nodes_are_named() {
     let model = Graph::new(13)
         .input("x", &[1, 2, 3, 3])

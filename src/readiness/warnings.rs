@@ -2,6 +2,8 @@
 //! quantizer takes for activations, an opset too old for per-channel INT8, layers that lose
 //! much more per tensor than per channel, dead channels, and variances below ε.
 
+use std::collections::BTreeSet;
+
 use schemars::JsonSchema;
 use serde::Serialize;
 
@@ -115,6 +117,39 @@ fn constant_node_weights(model: &Model) -> Vec<String> {
         .collect()
 }
 
+/// The per-tensor loss warning's advice for a per-tensor target, before any equalization.
+const EQUALIZATION_HINT: &str =
+    "for a per-tensor target, cross-layer equalization balances the channel ranges";
+
+/// The warnings of a run that equalized (`equalized`: the labels of every layer in a pair):
+/// the per-tensor loss warning no longer advises equalization, it says how many of its layers
+/// were in a pair and why the others cannot be.
+pub fn after_equalization(warnings: &mut [ReadinessWarning], equalized: &BTreeSet<&str>) {
+    for w in warnings
+        .iter_mut()
+        .filter(|w| w.code == WarningCode::PerTensorFarBelowPerChannel)
+    {
+        let paired = w
+            .nodes
+            .iter()
+            .filter(|n| equalized.contains(n.as_str()))
+            .count();
+        let why = "the layer beside each is joined to it through an activation that is not \
+                   positively homogeneous, such as Clip or HardSwish, or through more than one path";
+        let advice = match (paired, w.nodes.len() - paired) {
+            (0, _) => format!("--equalize found no exact rescaling for them ({why})"),
+            (_, 0) => "--equalize balanced each with a neighbour as far as an exact rescaling \
+                       goes"
+                .to_string(),
+            (paired, rest) => format!(
+                "--equalize balanced {paired} of them with a neighbour and found no exact \
+                 rescaling for the other {rest} ({why})"
+            ),
+        };
+        w.message = w.message.replace(EQUALIZATION_HINT, &advice);
+    }
+}
+
 fn per_tensor_losses(layers: &[LayerReadiness]) -> Option<ReadinessWarning> {
     let gain = |l: &LayerReadiness| match (l.sqnr_per_tensor_db, l.sqnr_per_channel_db) {
         (Some(t), Some(c)) if l.non_finite_elements == 0 => Some(c - t),
@@ -130,8 +165,7 @@ fn per_tensor_losses(layers: &[LayerReadiness]) -> Option<ReadinessWarning> {
     let message = format!(
         "{} layer{} lose {PER_CHANNEL_GAIN_DB:.0} dB or more per tensor against per channel \
          (worst: {}, {:.1} dB per tensor, {:.1} dB per channel, channel ranges spread {:.1}×): \
-         quantize them per channel; for a per-tensor target, cross-layer equalization balances \
-         the channel ranges",
+         quantize them per channel; {EQUALIZATION_HINT}",
         losing.len(),
         plural(losing.len()),
         worst.node,

@@ -156,7 +156,9 @@ pub(crate) fn run_fold(args: FoldArgs) -> anyhow::Result<ExitStatus> {
         let layers = figures
             .finish()
             .with_context(|| format!("{}", input.display()))?;
-        report.readiness = Some(Readiness::new(&fused, layers, batch_norms));
+        let mut readiness = Readiness::new(&fused, layers, batch_norms);
+        readiness.after_equalization(&report.equalizations);
+        report.readiness = Some(readiness);
     }
     let verify_started = Instant::now();
     if let Some(reason) = too_large.filter(|_| !runs_verification) {
