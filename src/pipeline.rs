@@ -81,7 +81,7 @@ pub fn run(model: Model, options: &RunOptions) -> Result<(Model, Report)> {
     };
     if let Some(batch_norms) = batch_norms {
         let mut measured = readiness::measure(&fused, batch_norms)?;
-        measured.after_equalization(&report.equalizations);
+        measured.after_equalization(&report.equalized_layers());
         report.readiness = Some(measured);
     }
     if let (Some(plan), Some(verify_options)) = (plan, &options.verify) {

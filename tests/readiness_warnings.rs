@@ -94,9 +94,15 @@ fn after_equalize_the_loss_warning_says_what_equalization_did() {
         loss.unwrap().message
     };
     let plain = run_with(false);
-    assert!(plain.contains("cross-layer equalization balances"), "{plain}");
+    assert!(
+        plain.contains("cross-layer equalization balances"),
+        "{plain}"
+    );
     let equalized = run_with(true);
-    assert!(!equalized.contains("cross-layer equalization balances"), "{equalized}");
+    assert!(
+        !equalized.contains("cross-layer equalization balances"),
+        "{equalized}"
+    );
     assert!(
         equalized.contains("--equalize found no exact rescaling for them"),
         "{equalized}"

@@ -141,10 +141,8 @@ pub fn fold_report(report: &Report, input: &Path, output: Option<&Path>) -> Stri
         }
     }
     if !report.equalizations.is_empty() {
-        crate::cli::text_readiness::equalizations(&report.equalizations, &mut s);
-    }
-    if let Some(check) = &report.absorption_check {
-        crate::cli::text_readiness::absorption(check, &mut s);
+        let absorption = report.absorption_check.as_ref();
+        crate::cli::text_readiness::equalizations(&report.equalizations, absorption, &mut s);
     }
     crate::cli::text_readiness::initializers(&report.initializers_from_constants, &mut s);
     if !report.non_foldable_normalizations.is_empty() {

@@ -120,8 +120,13 @@ pub fn inspect(path: &Path, normalizations: &[NormalizationEntry], r: &Readiness
     s
 }
 
-/// The pairs `--equalize` balanced, with the first weight's worst channel before and after.
-pub fn equalizations(pairs: &[bnfold::report::EqualizationRecord], s: &mut String) {
+/// The pairs `--equalize` balanced, with the first weight's worst channel before and after, and
+/// what high-bias absorption changed, if it ran.
+pub fn equalizations(
+    pairs: &[bnfold::report::EqualizationRecord],
+    absorption: Option<&bnfold::report::AbsorptionCheck>,
+    s: &mut String,
+) {
     let title = format!("equalized ({}):", pairs.len());
     let _ = writeln!(s, "\n{}", paint(BOLD, title));
     for e in pairs {
@@ -153,10 +158,13 @@ pub fn equalizations(pairs: &[bnfold::report::EqualizationRecord], s: &mut Strin
             );
         }
     }
+    if let Some(check) = absorption {
+        self::absorption(check, s);
+    }
 }
 
 /// High-bias absorption: the pairs, the change at the outputs, and whether nothing else changed.
-pub fn absorption(check: &bnfold::report::AbsorptionCheck, s: &mut String) {
+fn absorption(check: &bnfold::report::AbsorptionCheck, s: &mut String) {
     let change = check
         .output_change
         .map_or("not measured".into(), |c| format!("{c:.1e}"));

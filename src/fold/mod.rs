@@ -73,7 +73,7 @@ mod plan;
 mod rounds;
 pub mod rules;
 
-pub use equalize::{apply_absorption, AbsorptionPlan, BatchNormStatistics};
+pub use equalize::{apply_absorption, BatchNormStatistics};
 pub use options::{FoldOptions, PassContext, PassOutcome};
 
 use rounds::rounds;

@@ -2,9 +2,10 @@
 
 use std::collections::BTreeSet;
 
-use super::equalize::{AbsorptionPlan, BatchNormStatistics};
+use super::equalize::statistics::BatchNormStatistics;
 use super::rules::FoldKind;
 use crate::external::ExternalStore;
+use crate::report::AbsorptionPlan;
 use crate::report::{
     DecompositionRecord, EqualizationRecord, FoldRecord, InitializerRecord, MergeRecord,
     NormalizationRecord, SkipRecord,

@@ -89,17 +89,12 @@ pub struct Readiness {
 }
 
 impl Readiness {
-    /// Of a run that equalized these pairs: the warnings say what equalization did instead of
-    /// advising it.
-    pub fn after_equalization(&mut self, pairs: &[crate::report::EqualizationRecord]) {
-        if pairs.is_empty() {
-            return;
+    /// Of a run that equalized the layers `equalized` (by label; none: no equalization): the
+    /// warnings say what equalization did instead of advising it.
+    pub fn after_equalization(&mut self, equalized: &std::collections::BTreeSet<&str>) {
+        if !equalized.is_empty() {
+            warnings::after_equalization(&mut self.warnings, equalized);
         }
-        let equalized = pairs
-            .iter()
-            .flat_map(|p| [p.first.as_str(), p.second.as_str()])
-            .collect();
-        warnings::after_equalization(&mut self.warnings, &equalized);
     }
 
     /// The report of `model` (as it will run) from its layers' and BatchNormalizations' figures,

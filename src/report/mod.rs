@@ -5,9 +5,13 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::Serialize;
 
+mod absorption;
 pub mod html;
 pub mod json;
 pub mod schema;
+
+pub use absorption::AbsorptionPlan;
+pub(crate) use absorption::PlannedBias;
 
 use crate::fold::rules::{FoldKind, SkipReason};
 use crate::verify::Verification;
@@ -172,6 +176,16 @@ pub struct AbsorptionRecord {
     pub float_change: Option<f64>,
 }
 
+impl Report {
+    /// The layers in an equalized pair, by label.
+    pub fn equalized_layers(&self) -> std::collections::BTreeSet<&str> {
+        self.equalizations
+            .iter()
+            .flat_map(|p| [p.first.as_str(), p.second.as_str()])
+            .collect()
+    }
+}
+
 /// High-bias absorption applied (`--equalize=absorb`), measured against the exactly equalized
 /// model (which the verification proves equivalent to the original) on the verification's
 /// inputs.
@@ -238,7 +252,7 @@ pub struct Report {
     /// High-bias absorption planned with them (`--equalize=absorb`), for [`crate::absorb`]:
     /// the model [`crate::fold`] leaves is the exactly equalized one.
     #[serde(skip)]
-    pub absorption: crate::fold::AbsorptionPlan,
+    pub absorption: AbsorptionPlan,
     /// What high-bias absorption changed, measured, once applied.
     pub absorption_check: Option<AbsorptionCheck>,
     /// The equivalence check, when it ran.

@@ -157,7 +157,7 @@ pub(crate) fn run_fold(args: FoldArgs) -> anyhow::Result<ExitStatus> {
             .finish()
             .with_context(|| format!("{}", input.display()))?;
         let mut readiness = Readiness::new(&fused, layers, batch_norms);
-        readiness.after_equalization(&report.equalizations);
+        readiness.after_equalization(&report.equalized_layers());
         report.readiness = Some(readiness);
     }
     let verify_started = Instant::now();

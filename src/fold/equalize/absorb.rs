@@ -16,12 +16,7 @@
 //!   B's zero padding meets the constant. The float model changes: the change is measured, not
 //!   proven.
 
-use foldhash::HashMap;
-
-use crate::consts::ConstEval;
 use crate::error::Result;
-use crate::external::ExternalStore;
-use crate::graph::{GraphIndex, OuterScope};
 use crate::model::Model;
 use crate::proto::GraphProto;
 use crate::tensor::Tensor;
@@ -29,97 +24,12 @@ use crate::tensor::Tensor;
 use super::super::edits::{write_tensor, GraphNames, NewTensor};
 use super::super::rules::round_into;
 use super::layer::Layer;
+use super::statistics::BatchNormStatistics;
 use super::Pair;
+use crate::report::{AbsorptionPlan, PlannedBias};
 
 /// How many standard deviations below its mean a channel's shift stops.
 const DEVIATIONS: f64 = 3.0;
-
-/// Per BatchNormalization output (by tensor name), the mean β and standard deviation |γ| of
-/// each channel: what the normalization makes of its input.
-#[derive(Clone, Debug, Default)]
-pub struct BatchNormStatistics(HashMap<String, (Vec<f64>, Vec<f64>)>);
-
-impl BatchNormStatistics {
-    /// The statistics of every BatchNormalization of `graph` whose scale and bias are constants.
-    pub fn of(
-        graph: &GraphProto,
-        store: &ExternalStore,
-        opset: i64,
-        inputs_are_constants: bool,
-    ) -> Result<BatchNormStatistics> {
-        let mut out = HashMap::default();
-        let index = GraphIndex::new(graph, OuterScope::default());
-        let eval = ConstEval::new(&index, store, opset, inputs_are_constants);
-        for node in graph
-            .node
-            .iter()
-            .filter(|n| n.op_type() == "BatchNormalization" && matches!(n.domain(), "" | "ai.onnx"))
-        {
-            let (Some(scale), Some(shift), Some(output)) =
-                (node.input.get(1), node.input.get(2), node.output.first())
-            else {
-                continue;
-            };
-            if let (Ok(scale), Ok(shift)) = (eval.value(scale)?, eval.value(shift)?) {
-                if scale.len() == shift.len() {
-                    let deviation = scale.data.iter().map(|g| g.abs()).collect();
-                    out.insert(output.clone(), (shift.data.clone(), deviation));
-                }
-            }
-        }
-        Ok(BatchNormStatistics(out))
-    }
-}
-
-/// A bias to write: on the node that writes `node_output` (node `node` when planned), its input
-/// `input` (added when the node has none there), the value `value`.
-#[derive(Clone, Debug)]
-struct PlannedBias {
-    node: usize,
-    node_output: String,
-    input: usize,
-    base_name: String,
-    value: Tensor,
-}
-
-/// What `--equalize=absorb` plans: the biases to write, by [`apply`].
-#[derive(Clone, Debug, Default)]
-pub struct AbsorptionPlan {
-    biases: Vec<PlannedBias>,
-    /// Per absorbed pair: its index among the equalization records, and the second layer's
-    /// output, where the change is measured.
-    measured_at: Vec<(usize, String)>,
-}
-
-impl AbsorptionPlan {
-    /// Whether there is nothing to absorb.
-    pub fn is_empty(&self) -> bool {
-        self.biases.is_empty()
-    }
-
-    /// Names each bias's node by its first output once the graph's tensors are renamed
-    /// (`outputs` per node index).
-    pub(super) fn name_nodes(&mut self, outputs: &[String], seconds: &[(usize, usize)]) {
-        for bias in &mut self.biases {
-            bias.node_output = outputs[bias.node].clone();
-        }
-        self.measured_at = seconds
-            .iter()
-            .map(|&(record, node)| (record, outputs[node].clone()))
-            .collect();
-    }
-
-    /// The first output of each node whose bias is planned.
-    pub fn node_outputs(&self) -> impl Iterator<Item = &str> {
-        self.biases.iter().map(|b| b.node_output.as_str())
-    }
-
-    /// Per absorbed pair: its index among the equalization records, and the tensor its change
-    /// is measured at.
-    pub fn measured_at(&self) -> &[(usize, String)] {
-        &self.measured_at
-    }
-}
 
 /// One pair's shifts: the channels absorbed and the largest `c_i`.
 pub(super) struct PairShift {

@@ -31,14 +31,16 @@ use crate::error::Result;
 use crate::folded::FoldedWeights;
 use crate::graph::{node_label, GraphIndex, OuterScope};
 use crate::proto::GraphProto;
-use crate::report::{AbsorptionRecord, EqualizationRecord};
+use crate::report::{AbsorptionPlan, AbsorptionRecord, EqualizationRecord};
 use crate::tensor::Tensor;
 
 mod absorb;
 mod layer;
 mod pairs;
+pub(super) mod statistics;
 
-pub use absorb::{apply as apply_absorption, AbsorptionPlan, BatchNormStatistics};
+pub use absorb::apply as apply_absorption;
+pub use statistics::BatchNormStatistics;
 
 use layer::{fits, scaled_bias, scaled_weight, sqnr, weight_factors, Layer};
 use pairs::{find_pairs, Pair};
