@@ -135,7 +135,7 @@ pub fn after_equalization(warnings: &mut [ReadinessWarning], equalized: &BTreeSe
             .filter(|n| equalized.contains(n.as_str()))
             .count();
         let why = "the layer beside each is joined to it through an activation that is not \
-                   positively homogeneous, such as Clip or HardSwish, or through more than one path";
+                   positively homogeneous (Clip, HardSwish, Sigmoid, SiLU…), or through more than one path";
         let advice = match (paired, w.nodes.len() - paired) {
             (0, _) => format!("--equalize found no exact rescaling for them ({why})"),
             (_, 0) => "--equalize balanced each with a neighbour as far as an exact rescaling \
