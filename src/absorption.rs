@@ -3,8 +3,12 @@
 //! ([`Report::absorption`]); [`absorb`] writes the planned biases into it and runs it against
 //! the exact model, each absorbed pair's second layer and the outputs compared.
 
+use std::collections::{HashMap, HashSet};
+
+use crate::graph::node_label;
 use crate::model::Model;
-use crate::report::{AbsorptionCheck, Report};
+use crate::proto::TensorProto;
+use crate::report::{AbsorptionCheck, AbsorptionPlan, Report};
 use crate::verify::{Status, VerifyOptions};
 use crate::Result;
 
@@ -60,42 +64,71 @@ pub fn check(
         .filter(|o| o.graph_output)
         .map(|o| o.normalized_error)
         .reduce(f64::max);
-    // What differs besides the absorbed layers: a region of the absorbed model that does not
-    // match the exact one and holds no absorbed layer's bias.
-    let outputs: Vec<&str> = report.absorption.node_outputs().collect();
-    let absorbed_layers: Vec<String> = absorbed
-        .proto
-        .graph
-        .iter()
-        .flat_map(|g| &g.node)
-        .filter(|n| {
-            n.output
-                .first()
-                .is_some_and(|o| outputs.contains(&o.as_str()))
-        })
-        .map(crate::graph::node_label)
-        .collect();
-    let stray = v
-        .divergences
-        .iter()
-        .find(|d| d.status == Status::Failed && !absorbed_layers.contains(&d.first_node));
+    let stray = beyond_biases(exact, absorbed, &report.absorption)?;
     let ran = !v.outputs.is_empty();
     report.absorption_check = Some(AbsorptionCheck {
         pairs: measured_at.len(),
         output_change,
-        status: match (ran, stray) {
-            (false, _) => Status::NotVerified,
-            (true, None) => Status::Passed,
-            (true, Some(_)) => Status::Failed,
+        status: match (&stray, ran) {
+            (Some(_), _) => Status::Failed,
+            (None, false) => Status::NotVerified,
+            (None, true) => Status::Passed,
         },
-        reason: match (ran, stray) {
-            (false, _) => v.reason.clone(),
-            (true, Some(d)) => Some(format!(
-                "{} differs beyond the absorbed biases",
-                d.first_node
-            )),
-            (true, None) => None,
+        reason: match (stray, ran) {
+            (Some(what), _) => Some(format!("{what} differs, beyond the absorbed biases")),
+            (None, false) => v.reason.clone(),
+            (None, true) => None,
         },
     });
     Ok(())
+}
+
+/// What differs between `exact` and `absorbed` beyond the planned biases, if anything: a node
+/// other than in an absorbed bias input, a new initializer other than an absorbed bias, or an
+/// initializer's value (compared element by element).
+fn beyond_biases(exact: &Model, absorbed: &Model, plan: &AbsorptionPlan) -> Result<Option<String>> {
+    // Folded weights are computed, so values compare as written.
+    let (exact, absorbed) = (exact.with_folded_inline()?, absorbed.with_folded_inline()?);
+    let (exact, absorbed) = (exact.as_ref(), absorbed.as_ref());
+    let (Some(a), Some(b)) = (&exact.proto.graph, &absorbed.proto.graph) else {
+        return Ok(None);
+    };
+    if a.node.len() != b.node.len() {
+        return Ok(Some(format!(
+            "{} nodes instead of {}",
+            b.node.len(),
+            a.node.len()
+        )));
+    }
+    let bias_inputs: HashMap<&str, usize> = plan.bias_inputs().collect();
+    let mut biases = HashSet::new();
+    for (x, y) in a.node.iter().zip(&b.node) {
+        let (mut x, mut y) = (x.clone(), y.clone());
+        if let Some(&k) = y.output.first().and_then(|o| bias_inputs.get(o.as_str())) {
+            for node in [&mut x, &mut y] {
+                node.input
+                    .resize(node.input.len().max(k + 1), String::new());
+            }
+            biases.insert(std::mem::take(&mut y.input[k]));
+            x.input[k].clear();
+        }
+        if x != y {
+            return Ok(Some(format!("node {}", node_label(&y))));
+        }
+    }
+    let before: HashMap<&str, &TensorProto> = a.initializer.iter().map(|t| (t.name(), t)).collect();
+    for t in b.initializer.iter().filter(|t| !biases.contains(t.name())) {
+        let same = match before.get(t.name()) {
+            Some(u) => {
+                u.data_type() == t.data_type()
+                    && u.dims == t.dims
+                    && crate::structure::same_values(u, t, exact, absorbed)?
+            }
+            None => false,
+        };
+        if !same {
+            return Ok(Some(format!("initializer '{}'", t.name())));
+        }
+    }
+    Ok(None)
 }

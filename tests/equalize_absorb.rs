@@ -198,9 +198,25 @@ fn a_change_beyond_the_absorbed_biases_fails_the_check() {
         data[0] *= 1.01
     });
     bnfold::absorption::check(&exact, &tampered, &mut report, &VerifyOptions::default()).unwrap();
-    let check = report.absorption_check.unwrap();
+    let check = report.absorption_check.clone().unwrap();
     assert_eq!(check.status, Status::Failed, "{check:?}");
     assert!(check.reason.unwrap().contains("beyond the absorbed biases"));
+    // The weight of a layer whose bias was absorbed into: its node differs from the exact one
+    // anyway (its bias), and the weight is still held to the exact model's.
+    let second = &report.equalizations.iter().find(|e| e.absorption.is_some());
+    let second = &second.unwrap().second;
+    let node = graph
+        .node
+        .iter()
+        .find(|n| &bnfold::graph::node_label(n) == second)
+        .unwrap();
+    let tampered = edited(&absorbed, &node.input[1].clone(), |data, _, _| {
+        data[0] *= 1.0001
+    });
+    bnfold::absorption::check(&exact, &tampered, &mut report, &VerifyOptions::default()).unwrap();
+    let check = report.absorption_check.unwrap();
+    assert_eq!(check.status, Status::Failed, "{check:?}");
+    assert!(check.reason.unwrap().starts_with("initializer"));
 }
 
 #[test]

@@ -41,6 +41,13 @@ impl AbsorptionPlan {
             .collect();
     }
 
+    /// Each planned bias: the first output of the node that reads it, and which input.
+    pub(crate) fn bias_inputs(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.biases
+            .iter()
+            .map(|b| (b.node_output.as_str(), b.input))
+    }
+
     /// The first output of each node whose bias is planned.
     pub fn node_outputs(&self) -> impl Iterator<Item = &str> {
         self.biases.iter().map(|b| b.node_output.as_str())

@@ -196,9 +196,9 @@ pub struct AbsorptionCheck {
     /// The float model's change at the outputs: largest difference over the output's largest
     /// magnitude, the largest over the outputs (`null`: not measured).
     pub output_change: Option<f64>,
-    /// `passed` when nothing but the absorbed layers differs from the exactly equalized model
-    /// (each other region of the absorbed model matches it), `failed` otherwise,
-    /// `not_verified` when it could not be run.
+    /// `failed` when anything but the absorbed biases differs from the exactly equalized model
+    /// (node by node, initializer by initializer, value by value), `passed` when nothing does
+    /// and the change was measured, `not_verified` when it could not be run.
     pub status: crate::verify::Status,
     /// Why it failed or did not run.
     pub reason: Option<String>,

@@ -39,8 +39,8 @@ pub(super) struct PairShift {
 
 /// Where a layer's bias is and what it holds before absorption.
 pub(super) struct BiasSlot<'a> {
-    /// The node holding it and its input, and whether that input is there.
-    pub(super) at: (usize, usize, bool),
+    /// The node holding it (or to hold it) and its input.
+    pub(super) at: (usize, usize),
     /// Its value before equalization, if any.
     pub(super) value: Option<&'a Tensor>,
 }
@@ -73,9 +73,8 @@ pub(super) fn shifts(
         }
         let c: Vec<f64> = (0..a.outputs())
             .map(|i| ((mean[i] - DEVIATIONS * deviation[i]) / a.output[i]).max(0.0))
-            .filter(|c| c.is_finite())
             .collect();
-        if c.len() != a.outputs() || c.iter().all(|&c| c == 0.0) {
+        if c.iter().any(|c| !c.is_finite()) || c.iter().all(|&c| c == 0.0) {
             out.push(None);
             continue;
         }
@@ -113,7 +112,7 @@ pub(super) fn plan(
     for (k, delta) in deltas.iter().enumerate() {
         let Some(delta) = delta else { continue };
         let layer = &layers[k];
-        let (node, input, _) = slots[k].at;
+        let (node, input) = slots[k].at;
         let (dtype, dims, base) = match slots[k].value {
             Some(b) => (
                 b.dtype,
@@ -159,7 +158,11 @@ pub fn apply(model: &mut Model, plan: &AbsorptionPlan) -> Result<()> {
             .iter()
             .position(|n| n.output.first() == Some(&bias.node_output))
         else {
-            continue;
+            let missing = format!(
+                "high-bias absorption: no node writes '{}'",
+                bias.node_output
+            );
+            return Err(crate::error::Error::InvalidGraph(missing));
         };
         let value = NewTensor::Values(bias.value.clone());
         let name = write_tensor(graph, &mut names, &bias.base_name, false, value, None)?;

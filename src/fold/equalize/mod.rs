@@ -102,7 +102,7 @@ pub(super) fn equalize(
                 .iter()
                 .zip(&biases)
                 .map(|(l, b)| absorb::BiasSlot {
-                    at: l.bias.map_or((l.node, 2, false), |(n, k)| (n, k, true)),
+                    at: l.bias.unwrap_or((l.node, 2)),
                     value: b.as_ref(),
                 })
                 .collect();
