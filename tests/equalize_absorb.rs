@@ -239,6 +239,22 @@ fn the_command_line_writes_the_absorbed_model_and_reports_the_change() {
     };
     let report = run("--equalize=absorb");
     assert_eq!(report["verification"]["status"], "passed");
+    // The page says it too: the summary, and a column of what each pair absorbed.
+    let page = dir.path().join("report.html");
+    let o = bnfold(&[
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--force",
+        "--equalize=absorb",
+        "--report-html",
+        page.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains("High bias absorbed into 2 pairs"), "{html}");
+    assert!(html.contains("<th>high bias absorbed</th>"));
+    assert!(html.contains("3 channels, change"));
     let check = &report["high_bias_absorption"];
     assert_eq!(
         (check["pairs"].as_u64(), check["status"].as_str()),
