@@ -669,12 +669,18 @@ def equalize_fixtures():
          torch.randn(1, 3, 8, 8), "torch_decoder_convtranspose_bn_op13.onnx", 2),
     ]
     for model, x, name, folds in cases:
-        path = os.path.join(OUT, name)
-        torch.onnx.export(randomize(model), x, path, opset_version=13, dynamo=False,
-                          training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False,
-                          input_names=["input"], output_names=["output"])
-        onnx.checker.check_model(onnx.load(path))
-        record(name, folds)
+        export_pair_fixture(randomize(model), x, name, folds, folding=False)
+
+
+def export_pair_fixture(model, x, name, folds, folding):
+    """`model` exported at opset 13 as an equalization fixture, checked and recorded."""
+    import torch
+    path = os.path.join(OUT, name)
+    torch.onnx.export(model, x, path, opset_version=13, dynamo=False,
+                      training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=folding,
+                      input_names=["input"], output_names=["output"])
+    onnx.checker.check_model(onnx.load(path))
+    record(name, folds)
 
 
 def equalize_more_fixtures():
@@ -710,12 +716,7 @@ def equalize_more_fixtures():
     ]
     # The MLP as users export it (constant folding on: the weights' Transpose is folded away).
     for model, x, name, folds, folding in cases:
-        path = os.path.join(OUT, name)
-        torch.onnx.export(unbalance(model), x, path, opset_version=13, dynamo=False,
-                          training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=folding,
-                          input_names=["input"], output_names=["output"])
-        onnx.checker.check_model(onnx.load(path))
-        record(name, folds)
+        export_pair_fixture(unbalance(model), x, name, folds, folding)
 
 
 if __name__ == "__main__":

@@ -119,11 +119,7 @@ fn beyond_biases(exact: &Model, absorbed: &Model, plan: &AbsorptionPlan) -> Resu
     let before: HashMap<&str, &TensorProto> = a.initializer.iter().map(|t| (t.name(), t)).collect();
     for t in b.initializer.iter().filter(|t| !biases.contains(t.name())) {
         let same = match before.get(t.name()) {
-            Some(u) => {
-                u.data_type() == t.data_type()
-                    && u.dims == t.dims
-                    && crate::structure::same_values(u, t, exact, absorbed)?
-            }
+            Some(u) => crate::structure::same_tensor(u, t, exact, absorbed)?,
             None => false,
         };
         if !same {

@@ -164,6 +164,16 @@ fn without_subgraphs(node: &NodeProto) -> std::borrow::Cow<'_, NodeProto> {
     std::borrow::Cow::Owned(node)
 }
 
+/// Whether two tensors have the same dtype and shape and hold the same values, bit for bit.
+pub(crate) fn same_tensor(
+    a: &crate::proto::TensorProto,
+    b: &crate::proto::TensorProto,
+    original: &Model,
+    fused: &Model,
+) -> Result<bool> {
+    Ok(a.data_type() == b.data_type() && a.dims == b.dims && same_values(a, b, original, fused)?)
+}
+
 /// Whether two tensors hold the same values, bit for bit (compared decoded where bnfold
 /// decodes the dtype, else by their stored bytes).
 pub(crate) fn same_values(

@@ -224,37 +224,25 @@ fn the_command_line_writes_the_absorbed_model_and_reports_the_change() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("absorbed.onnx");
     let input = fixture("paddle/ppocr_mobile_v2_cls_op11.onnx");
-    let run = |mode: &str| {
-        let o = bnfold(&[
+    // The fixture folded into `out` with `extra` flags; the run succeeds.
+    let fold_with = |extra: &[&str]| {
+        let mut args = vec![
             input.to_str().unwrap(),
             "-o",
             out.to_str().unwrap(),
             "--force",
-            mode,
-            "--report",
-            "json",
-        ]);
-        assert!(o.status.success(), "{mode}: {}", common::stderr(&o));
+        ];
+        args.extend(extra);
+        let o = bnfold(&args);
+        assert!(o.status.success(), "{extra:?}: {}", common::stderr(&o));
+        o
+    };
+    let json = |mode: &str| {
+        let o = fold_with(&[mode, "--report", "json"]);
         serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
     };
-    let report = run("--equalize=absorb");
+    let report = json("--equalize=absorb");
     assert_eq!(report["verification"]["status"], "passed");
-    // The page says it too: the summary, and a column of what each pair absorbed.
-    let page = dir.path().join("report.html");
-    let o = bnfold(&[
-        input.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--force",
-        "--equalize=absorb",
-        "--report-html",
-        page.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", common::stderr(&o));
-    let html = std::fs::read_to_string(&page).unwrap();
-    assert!(html.contains("High bias absorbed into 2 pairs"), "{html}");
-    assert!(html.contains("<th>high bias absorbed</th>"));
-    assert!(html.contains("3 channels, change"));
     let check = &report["high_bias_absorption"];
     assert_eq!(
         (check["pairs"].as_u64(), check["status"].as_str()),
@@ -270,8 +258,25 @@ fn the_command_line_writes_the_absorbed_model_and_reports_the_change() {
         Status::Failed,
         "an approximation, not an equivalent model"
     );
+    // The page says it too: the summary, and a column of what each pair absorbed.
+    let page = dir.path().join("report.html");
+    fold_with(&["--equalize=absorb", "--report-html", page.to_str().unwrap()]);
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains("High bias absorbed into 2 pairs"), "{html}");
+    assert!(html.contains("<th>high bias absorbed</th>"));
+    assert!(html.contains("3 channels, change"));
+    // Without verification nothing is measured, and the text says so.
+    let o = fold_with(&["--equalize=absorb", "--no-verify"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains(
+            "float change at the outputs not measured, against the exact model \
+             (not verified: not measured (verification off))"
+        ),
+        "{text}"
+    );
     // `--equalize` alone is exact: no absorption.
-    let report = run("--equalize");
+    let report = json("--equalize");
     assert!(report.get("high_bias_absorption").is_none());
     assert!(report["equalizations"][0].get("absorption").is_none());
 }

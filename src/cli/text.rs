@@ -202,11 +202,12 @@ fn op_table(report: &Report, s: &mut String) {
 
 /// The verification section: status, then per graph output the figures and the tolerance.
 pub fn verification(v: &Verification, s: &mut String) {
-    let status = match v.status {
-        Status::Passed => paint(GREEN, "passed"),
-        Status::Failed => paint(RED, "FAILED"),
-        Status::NotVerified => paint(YELLOW, "not verified"),
+    let colour = match v.status {
+        Status::Passed => GREEN,
+        Status::Failed => RED,
+        Status::NotVerified => YELLOW,
     };
+    let status = paint(colour, v.status.words());
     let plural = if v.samples == 1 { "" } else { "s" };
     let _ = writeln!(
         s,

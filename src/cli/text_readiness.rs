@@ -173,8 +173,8 @@ fn absorption(check: &bnfold::report::AbsorptionCheck, s: &mut String) {
         s,
         "\n{title}\n  float change at the outputs {change}, against the exact model ({})",
         check.reason.as_deref().map_or_else(
-            || format!("{:?}", check.status).to_lowercase(),
-            |r| format!("{:?}: {}", check.status, Shown(r)).to_lowercase()
+            || check.status.words().to_string(),
+            |r| format!("{}: {}", check.status.words(), Shown(r))
         )
     );
 }

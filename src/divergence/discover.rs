@@ -29,11 +29,7 @@ pub(super) fn changed_initializers(
     let mut changed = BTreeSet::new();
     for t in &b.initializer {
         let same = match a.initializer.iter().find(|u| u.name() == t.name()) {
-            Some(u) => {
-                u.data_type() == t.data_type()
-                    && u.dims == t.dims
-                    && crate::structure::same_values(u, t, original, candidate)?
-            }
+            Some(u) => crate::structure::same_tensor(u, t, original, candidate)?,
             None => false,
         };
         if !same {

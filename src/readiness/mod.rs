@@ -93,7 +93,7 @@ impl Readiness {
     /// warnings say what equalization did instead of advising it.
     pub fn after_equalization(&mut self, equalized: &std::collections::BTreeSet<&str>) {
         if !equalized.is_empty() {
-            warnings::after_equalization(&mut self.warnings, equalized);
+            warnings::after_equalization(&mut self.warnings, &self.layers, equalized);
         }
     }
 

@@ -93,7 +93,7 @@ pub fn warnings(
             ),
         });
     }
-    found.extend(per_tensor_losses(layers));
+    found.extend(per_tensor_losses(layers, None));
     found.extend(batch_norm_warnings(batch_norms));
     found
 }
@@ -117,40 +117,56 @@ fn constant_node_weights(model: &Model) -> Vec<String> {
         .collect()
 }
 
-/// The per-tensor loss warning's advice for a per-tensor target, before any equalization.
-const EQUALIZATION_HINT: &str =
-    "for a per-tensor target, cross-layer equalization balances the channel ranges";
-
-/// The warnings of a run that equalized (`equalized`: the labels of every layer in a pair):
-/// the per-tensor loss warning no longer advises equalization, it says how many of its layers
-/// were in a pair and why the others cannot be.
-pub fn after_equalization(warnings: &mut [ReadinessWarning], equalized: &BTreeSet<&str>) {
+/// The warnings of a run that equalized (`equalized`: the labels of every layer in a pair),
+/// with `layers` the figures they came from: the per-tensor loss warning, built again, says how
+/// many of its layers were in a pair and why the others cannot be, instead of advising
+/// equalization.
+pub fn after_equalization(
+    warnings: &mut [ReadinessWarning],
+    layers: &[LayerReadiness],
+    equalized: &BTreeSet<&str>,
+) {
     for w in warnings
         .iter_mut()
         .filter(|w| w.code == WarningCode::PerTensorFarBelowPerChannel)
     {
-        let paired = w
-            .nodes
-            .iter()
-            .filter(|n| equalized.contains(n.as_str()))
-            .count();
-        let why = "the layer beside each is joined to it through an activation that is not \
-                   positively homogeneous (Clip, HardSwish, Sigmoid, SiLU…), or through more than one path";
-        let advice = match (paired, w.nodes.len() - paired) {
-            (0, _) => format!("--equalize found no exact rescaling for them ({why})"),
-            (_, 0) => "--equalize balanced each with a neighbour as far as an exact rescaling \
-                       goes"
-                .to_string(),
-            (paired, rest) => format!(
-                "--equalize balanced {paired} of them with a neighbour and found no exact \
-                 rescaling for the other {rest} ({why})"
-            ),
-        };
-        w.message = w.message.replace(EQUALIZATION_HINT, &advice);
+        if let Some(again) = per_tensor_losses(layers, Some(equalized)) {
+            *w = again;
+        }
     }
 }
 
-fn per_tensor_losses(layers: &[LayerReadiness]) -> Option<ReadinessWarning> {
+/// What the per-tensor loss warning advises for a per-tensor target about the layers `losing`:
+/// equalization, or (`equalized`: the layers in a pair, after `--equalize`) what it did.
+fn equalization_advice(
+    losing: &[(&LayerReadiness, f64)],
+    equalized: Option<&BTreeSet<&str>>,
+) -> String {
+    let Some(equalized) = equalized else {
+        return "for a per-tensor target, cross-layer equalization balances the channel ranges"
+            .into();
+    };
+    let paired = losing
+        .iter()
+        .filter(|(l, _)| equalized.contains(l.node.as_str()))
+        .count();
+    let why = "the layer beside each is joined to it through an activation that is not \
+               positively homogeneous (Clip, HardSwish, Sigmoid, SiLU…), or through more than one path";
+    match (paired, losing.len() - paired) {
+        (0, _) => format!("--equalize found no exact rescaling for them ({why})"),
+        (_, 0) => "--equalize balanced each with a neighbour as far as an exact rescaling goes"
+            .to_string(),
+        (paired, rest) => format!(
+            "--equalize balanced {paired} of them with a neighbour and found no exact \
+             rescaling for the other {rest} ({why})"
+        ),
+    }
+}
+
+fn per_tensor_losses(
+    layers: &[LayerReadiness],
+    equalized: Option<&BTreeSet<&str>>,
+) -> Option<ReadinessWarning> {
     let gain = |l: &LayerReadiness| match (l.sqnr_per_tensor_db, l.sqnr_per_channel_db) {
         (Some(t), Some(c)) if l.non_finite_elements == 0 => Some(c - t),
         _ => None,
@@ -165,13 +181,14 @@ fn per_tensor_losses(layers: &[LayerReadiness]) -> Option<ReadinessWarning> {
     let message = format!(
         "{} layer{} lose {PER_CHANNEL_GAIN_DB:.0} dB or more per tensor against per channel \
          (worst: {}, {:.1} dB per tensor, {:.1} dB per channel, channel ranges spread {:.1}×): \
-         quantize them per channel; {EQUALIZATION_HINT}",
+         quantize them per channel; {}",
         losing.len(),
         plural(losing.len()),
         worst.node,
         worst.sqnr_per_tensor_db.unwrap_or_default(),
         worst.sqnr_per_channel_db.unwrap_or_default(),
         worst.range_spread,
+        equalization_advice(&losing, equalized),
     );
     Some(ReadinessWarning {
         code: WarningCode::PerTensorFarBelowPerChannel,

@@ -48,11 +48,6 @@ impl AbsorptionPlan {
             .map(|b| (b.node_output.as_str(), b.input))
     }
 
-    /// The first output of each node whose bias is planned.
-    pub fn node_outputs(&self) -> impl Iterator<Item = &str> {
-        self.biases.iter().map(|b| b.node_output.as_str())
-    }
-
     /// Per absorbed pair: its index among the equalization records, and the tensor its change
     /// is measured at.
     pub fn measured_at(&self) -> &[(usize, String)] {

@@ -19,6 +19,17 @@ pub enum Status {
     NotVerified,
 }
 
+impl Status {
+    /// The status in words, as the text and HTML reports print it.
+    pub fn words(&self) -> &'static str {
+        match self {
+            Status::Passed => "passed",
+            Status::Failed => "FAILED",
+            Status::NotVerified => "not verified",
+        }
+    }
+}
+
 /// The comparison of one tensor present in both models.
 #[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
 pub struct OutputCheck {

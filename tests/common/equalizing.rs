@@ -39,3 +39,21 @@ pub fn passes(original: &Model, fused: &Model) {
 pub fn range<'v>(values: impl IntoIterator<Item = &'v f64>) -> f64 {
     values.into_iter().fold(0.0, |m: f64, v| m.max(v.abs()))
 }
+
+/// The op types of each equalized pair, first and second.
+pub fn pair_kinds(report: &Report) -> Vec<(&str, &str)> {
+    report
+        .equalizations
+        .iter()
+        .map(|e| (e.first_op_type.as_str(), e.second_op_type.as_str()))
+        .collect()
+}
+
+/// The fixture `name` equalized: its pairs are `kinds`, and the verification proves it; the
+/// report, for what else the caller checks.
+pub fn exported_pairs(name: &str, kinds: &[(&str, &str)]) -> Report {
+    let (original, fused, report) = equalized_model(fixture_model(name));
+    assert_eq!(pair_kinds(&report), kinds, "{name}");
+    passes(&original, &fused);
+    report
+}

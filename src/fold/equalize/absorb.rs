@@ -45,13 +45,13 @@ pub(super) struct BiasSlot<'a> {
     pub(super) value: Option<&'a Tensor>,
 }
 
-/// The shift of each pair that absorbs (`None` for the others), and per layer the change of its
-/// equalized bias, with the factors `layers` settled on.
+/// The shift of each pair that absorbs (`None` for the others: one needs A's bias in `slots`),
+/// and per layer the change of its equalized bias, with the factors `layers` settled on.
 pub(super) fn shifts(
     graph: &GraphProto,
     layers: &[Layer],
     pairs: &[Pair],
-    has_bias: &[bool],
+    slots: &[BiasSlot],
     statistics: &BatchNormStatistics,
 ) -> (Vec<Option<PairShift>>, Vec<Option<Vec<f64>>>) {
     let mut deltas: Vec<Option<Vec<f64>>> = vec![None; layers.len()];
@@ -63,7 +63,9 @@ pub(super) fn shifts(
             .is_some_and(|n| graph.node[n].op_type() == "Relu");
         let second = matches!(graph.node[b.node].op_type(), "Conv" | "Gemm");
         let stats = statistics.0.get(&graph.node[a.node].output[0]);
-        let Some((mean, deviation)) = stats.filter(|_| relu && second && has_bias[p.a]) else {
+        let Some((mean, deviation)) =
+            stats.filter(|_| relu && second && slots[p.a].value.is_some())
+        else {
             out.push(None);
             continue;
         };

@@ -96,8 +96,6 @@ pub(super) fn equalize(
     // High-bias absorption, planned from the settled factors (applied later, on a copy).
     let (shifts, mut plan) = match ctx.statistics {
         Some(statistics) => {
-            let has_bias: Vec<bool> = biases.iter().map(Option::is_some).collect();
-            let (shifts, deltas) = absorb::shifts(graph, &layers, &pairs, &has_bias, statistics);
             let slots: Vec<absorb::BiasSlot> = layers
                 .iter()
                 .zip(&biases)
@@ -106,6 +104,7 @@ pub(super) fn equalize(
                     value: b.as_ref(),
                 })
                 .collect();
+            let (shifts, deltas) = absorb::shifts(graph, &layers, &pairs, &slots, statistics);
             match absorb::plan(graph, &layers, &slots, &deltas) {
                 Some(plan) => (shifts, plan),
                 None => (Vec::new(), AbsorptionPlan::default()),

@@ -243,11 +243,12 @@ impl Page {
 
     fn verification(&mut self, v: &Verification) {
         self.section("Verification");
-        let (class, status) = match v.status {
-            crate::verify::Status::Passed => ("pass", "passed"),
-            crate::verify::Status::Failed => ("fail", "FAILED"),
-            crate::verify::Status::NotVerified => ("warn", "not verified"),
+        let class = match v.status {
+            crate::verify::Status::Passed => "pass",
+            crate::verify::Status::Failed => "fail",
+            crate::verify::Status::NotVerified => "warn",
         };
+        let status = v.status.words();
         let reason = v.reason.as_deref().map(escape).unwrap_or_default();
         let _ = writeln!(
             self.html,

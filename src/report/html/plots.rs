@@ -110,7 +110,7 @@ impl Page {
             let change = check
                 .output_change
                 .map_or("not measured".into(), |c| format!("{c:.1e}"));
-            let status = format!("{:?}", check.status).to_lowercase();
+            let status = check.status.words();
             self.para(&escape(&format!(
                 "High bias absorbed into {} pairs (an approximation): the float model changes by \
                  {change} at the outputs against the exact model, which the verification proves \
