@@ -77,6 +77,19 @@ pub enum Error {
         /// Why it was refused.
         problem: String,
     },
+    /// A folded weight has an element that is NaN or infinite once scaled: its source holds one
+    /// (when the fold was planned with
+    /// [`FoldOptions::defer_weight_check`](crate::FoldOptions::defer_weight_check)), or the
+    /// factors scaled it past its dtype's range.
+    #[error("tensor '{tensor}': folded element {element} is not finite in {dtype} (scaled past its range)")]
+    FoldedNotFinite {
+        /// The weight's name.
+        tensor: String,
+        /// The row-major index of the element.
+        element: usize,
+        /// Its dtype's name.
+        dtype: String,
+    },
     /// A node is malformed (missing inputs, attribute of the wrong type, ...).
     #[error("node '{node}' ({op_type}): {problem}")]
     BadNode {
@@ -127,6 +140,18 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// Whether this is [`Error::FoldedNotFinite`], or the failure of a write it stopped.
+    pub fn is_folded_not_finite(&self) -> bool {
+        match self {
+            Error::FoldedNotFinite { .. } => true,
+            Error::Io { source, .. } => source
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<Error>())
+                .is_some_and(Error::is_folded_not_finite),
+            _ => false,
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),

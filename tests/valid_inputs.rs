@@ -55,7 +55,76 @@ fn a_non_finite_weight_bias_or_bn_parameter_is_a_skip_naming_the_tensor() {
         assert_eq!(skip["details"]["value"], shown);
         let (code, _, err) = json(&["inspect", s(&input)]);
         assert_eq!(code, Some(0), "inspect {tensor}: {err}");
+        // Written, the weights are read only as they are written: a NaN there stops the write
+        // before anything is committed, and the fold runs again reading them first.
+        let out = dir.path().join(format!("{tensor}.fused.onnx"));
+        let (code, written, err) = json(&[s(&input), "-o", s(&out)]);
+        assert_eq!(code, Some(0), "{tensor}: {err}");
+        assert_eq!(written["skips"], report["skips"], "{tensor}");
+        assert_eq!(written["ops_after"]["BatchNormalization"], 1, "{tensor}");
+        assert_eq!(written["verification"]["status"], "passed", "{tensor}");
+        assert!(out.exists(), "{tensor}");
     }
+    let left: Vec<_> = files(dir.path()).into_keys().collect();
+    assert_eq!(
+        left.len(),
+        8,
+        "nothing but the inputs and outputs: {left:?}"
+    );
+}
+
+#[test]
+fn a_fold_planned_without_reading_the_weights_fails_its_write_on_a_nan_weight() {
+    // The library option behind the command line's single read of each weight: the NaN weight
+    // is folded unread, and writing it fails with the error the command line retries on.
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = conv_bn();
+    set_value(&mut model, "w", 31, f32::NAN);
+    let input = dir.path().join("nan.onnx");
+    write(&input, &model);
+    let options = bnfold::FoldOptions {
+        defer_weight_check: true,
+        ..bnfold::FoldOptions::default()
+    };
+    let mut m = bnfold::Model::load(&input).unwrap();
+    assert_eq!(bnfold::fold(&mut m, &options).unwrap().folds.len(), 1);
+    let err = m
+        .save(dir.path().join("out.onnx"), bnfold::SaveOptions::default())
+        .unwrap_err();
+    assert!(err.is_folded_not_finite(), "{err}");
+    assert!(
+        err.to_string()
+            .contains("folded element 31 is not finite in float32"),
+        "{err}"
+    );
+    assert!(!dir.path().join("out.onnx").exists());
+}
+
+#[test]
+fn a_weight_scaled_past_its_range_fails_the_write_naming_it_and_writes_nothing() {
+    // Finite, but 3e38 times a BN scale of about 10 overflows float32: read again after the
+    // first attempt, it still fails, with the element named, and leaves no file behind.
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = conv_bn();
+    set_value(&mut model, "w", 0, 3e38);
+    set_value(&mut model, "bn.gamma", 0, 10.0);
+    let input = dir.path().join("overflow.onnx");
+    write(&input, &model);
+    let out = dir.path().join("fused.onnx");
+    let o = bnfold(&[s(&input), "-o", s(&out)]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(
+            "tensor 'w': folded element 0 is not finite in float32 (scaled past its range)"
+        ),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(
+        files(dir.path()).into_keys().collect::<Vec<_>>(),
+        vec![input]
+    );
 }
 
 #[test]

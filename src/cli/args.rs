@@ -73,7 +73,7 @@ pub(crate) enum Command {
     },
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Clone, Debug)]
 pub(crate) struct FoldArgs {
     /// The ONNX model to fold.
     pub(crate) input: Option<PathBuf>,
@@ -148,7 +148,7 @@ pub(crate) struct FoldArgs {
     pub(crate) output_args: OutputArgs,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Clone, Debug)]
 pub(crate) struct VerifyArgs {
     /// Seed of the random inputs.
     #[arg(long, default_value_t = VerifyOptions::default().seed)]
@@ -173,7 +173,7 @@ pub(crate) struct VerifyArgs {
     pub(crate) rtol: Option<f64>,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Clone, Debug)]
 pub(crate) struct OutputArgs {
     /// Report format on stdout.
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]

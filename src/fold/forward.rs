@@ -103,7 +103,8 @@ pub(super) fn plan_forward(
     }
     let bn_maps = or_skip!(batch_norm_maps(index, eval, &steps)?);
     let weight_name = node.input[1].clone();
-    let weight = or_skip!(layer_weight(index, eval, &weight_name)?);
+    let checked = !ctx.options.defer_weight_check;
+    let weight = or_skip!(layer_weight(index, eval, &weight_name, checked)?);
     let group = attr::int(node, "group")?.unwrap_or(1).max(1) as usize;
     // The chain's channels: what its constants show, else the consumer's input channels (a
     // chain of scalars before a Flatten is one map for every channel).

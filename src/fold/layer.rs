@@ -85,7 +85,8 @@ pub(super) fn read_layer(
         _ => 1,
     };
     let weight_name = prod.input[weight_slot].clone();
-    let weight = or_skip!(layer_weight(index, eval, &weight_name)?);
+    let checked = !ctx.options.defer_weight_check;
+    let weight = or_skip!(layer_weight(index, eval, &weight_name, checked)?);
     let bias_name = match kind {
         FoldKind::MatMul => None,
         _ => prod.input.get(2).filter(|b| !b.is_empty()).cloned(),

@@ -34,6 +34,12 @@ pub struct FoldOptions {
     /// With `equalize`, also plan high-bias absorption (`--equalize=absorb`): an approximation,
     /// returned as [`Report::absorption`](crate::Report) for [`crate::absorb`] to apply.
     pub absorb_high_bias: bool,
+    /// Plan without reading the layer weights for NaN or an infinity (which would leave their
+    /// BatchNormalization in place with the reason `not_finite`): such a weight is folded, and
+    /// writing the model fails with [`Error::FoldedNotFinite`](crate::Error::FoldedNotFinite).
+    /// Saves a read of every weight before the first byte is written; a caller that writes
+    /// folds again without it on that error, as the command line does.
+    pub defer_weight_check: bool,
 }
 
 /// The model-wide facts the pass needs.

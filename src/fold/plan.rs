@@ -162,11 +162,13 @@ pub(super) fn bn_affine(
 }
 
 /// A layer's weight: a floating-point constant that does not come out of `DequantizeLinear`.
-/// A stored one is not decoded: folds only need its dtype and shape.
+/// A stored one is not decoded: folds only need its dtype and shape, and whether its values are
+/// finite, read here when `checked` (else when it is written).
 pub(super) fn layer_weight(
     index: &GraphIndex,
     eval: &ConstEval,
     name: &str,
+    checked: bool,
 ) -> Result<std::result::Result<ScaledTensor, SkipReason>> {
     if let Some(q) = index.producer(name) {
         skip_if!(
@@ -196,6 +198,9 @@ pub(super) fn layer_weight(
             dtype: weight.dtype.name().into()
         }
     );
+    if !checked {
+        return Ok(Ok(weight));
+    }
     if let Some((element, value)) = weight.first_not_finite(eval.store())? {
         return Ok(Err(SkipReason::NotFinite {
             tensor: name.to_string(),

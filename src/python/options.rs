@@ -50,6 +50,7 @@ pub(super) fn fold_options(options: &Bound<'_, PyDict>) -> PyResult<FoldOptions>
         keep_constant_nodes: item(options, "keep_constant_nodes")?,
         equalize: equalize != Equalize::Off,
         absorb_high_bias: equalize == Equalize::Absorb,
+        defer_weight_check: false,
     })
 }
 

@@ -233,13 +233,11 @@ impl ScaledTensor {
     ) -> Result<()> {
         match self.encode(store, sink)? {
             None => Ok(()),
-            Some(element) => Err(Error::tensor(
-                &self.name,
-                format!(
-                    "folded element {element} is not finite in {} (scaled past its range)",
-                    self.dtype.name()
-                ),
-            )),
+            Some(element) => Err(Error::FoldedNotFinite {
+                tensor: self.name.clone(),
+                element,
+                dtype: self.dtype.name().to_string(),
+            }),
         }
     }
 

@@ -19,6 +19,27 @@ use bnfold::verify::{SampleHook, Status, Verification};
 use bnfold::{fold, verify, FoldOptions, Model, SaveOptions};
 
 pub(crate) fn run_fold(args: FoldArgs) -> anyhow::Result<ExitStatus> {
+    // A fold that writes reads each weight once, as it writes it: should one hold NaN or an
+    // infinity, the write fails before anything is committed and the fold runs again, reading
+    // the weights first (their BatchNormalization then stays, with the reason `not_finite`).
+    // Merged branches and equalization compute from the weights while planning.
+    let writes = !args.check && !args.dry_run;
+    let defer = writes && !args.merge_branches && args.equalize.is_none();
+    match fold_once(args.clone(), defer) {
+        Err(e) if defer && weight_not_finite(&e) => fold_once(args, false),
+        result => result,
+    }
+}
+
+/// Whether the run failed on a folded weight that is not finite.
+fn weight_not_finite(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|cause| cause.downcast_ref::<bnfold::Error>())
+        .any(bnfold::Error::is_folded_not_finite)
+}
+
+/// One run: the weights are read for NaN and infinities while planning unless `defer`.
+fn fold_once(args: FoldArgs, defer: bool) -> anyhow::Result<ExitStatus> {
     let Some(input) = args.input.clone() else {
         bail!("no input model given (see bnfold --help)");
     };
@@ -35,6 +56,7 @@ pub(crate) fn run_fold(args: FoldArgs) -> anyhow::Result<ExitStatus> {
         keep_constant_nodes: args.keep_constant_nodes,
         equalize: args.equalize.is_some(),
         absorb_high_bias: args.equalize == Some(EqualizeMode::Absorb),
+        defer_weight_check: defer,
     };
     let mut verify_opts = verify_options(&args.check_args)?;
     if writes {

@@ -116,7 +116,8 @@ pub(super) fn plan_merge(
         if conv.input[0] != data || conv.input.len() < 2 {
             return not_mergeable("Convs that read different tensors");
         }
-        let Ok(weight) = layer_weight(index, eval, &conv.input[1])? else {
+        // Merged weights are computed now, so their values are read now.
+        let Ok(weight) = layer_weight(index, eval, &conv.input[1], true)? else {
             return not_mergeable("a Conv weight that is not a float constant");
         };
         let Some(g) = geometry(conv, &weight.dims)? else {
