@@ -2,7 +2,7 @@
 """Benchmark, run on demand (not a test): bnfold fold-only and fold+verify, side by side with
 `cp` of the same files and with the Python tools a user would pick instead, on the same models.
 
-    python3 scripts/bench.py [MODEL.onnx ...] [--runs 5] [--large] [--out bench/RESULTS.md]
+    python3 scripts/bench.py [MODEL.onnx ...] [--runs 5] [--large] [--out FILE]
 
 Defaults to ../shared/models/*.onnx; --large also generates a >2 GB external-data model with
 scripts/make_large_model.py (in a temporary folder) and runs bnfold and cp on it. The peers are
@@ -13,7 +13,9 @@ the process) and the peak RSS (from /usr/bin/time), then each model's figures ag
 targets of issue 6: fold-only at most 2x `cp`, at least 10x faster than the fastest peer, peak
 RSS at most 1.25x the model (inline) or 2x its largest tensor + 64 MiB (external data); and of
 issue 13: the default fold (readiness on, verification off) at most 1.5x `cp` (2x on a model with
-nothing to fold), the same RSS bound on external data."""
+nothing to fold), the same RSS bound on external data. The table is printed; --out also writes
+it to FILE (bench/RESULTS.md is the hand-kept record of every session's figures: a run never
+overwrites it unasked)."""
 import argparse
 import datetime
 import glob
@@ -178,7 +180,7 @@ def main():
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--scaling", action="store_true", help="also time fold-only on chains of 1000, 4000 and 16000 Conv-BN-ReLU blocks")
     ap.add_argument("--nothing-to-fold", action="store_true", help="also each model once folded (a model with no BatchNormalization left), for the default fold's 2x target")
-    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "RESULTS.md"))
+    ap.add_argument("--out", help="also write the table to this file")
     args = ap.parse_args()
     models = args.models or sorted(glob.glob(os.path.join(ROOT, "..", "shared", "models", "*.onnx")))
     sh(["cargo", "build", "--release", "--quiet"], cwd=ROOT)
@@ -280,9 +282,10 @@ def main():
         lines += scaling(bnfold, py or ensure_peers(), work, args.runs)
     text = "\n".join(lines)
     print(text)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            f.write(text)
     shutil.rmtree(work, ignore_errors=True)
 
 
