@@ -74,6 +74,24 @@ fn a_non_finite_weight_bias_or_bn_parameter_is_a_skip_naming_the_tensor() {
 }
 
 #[test]
+fn a_nan_weight_is_the_reason_given_before_a_nan_bias_also_when_written() {
+    // The weight is read before the bias while planning: its reason comes first whether the
+    // model is written (weights read as they are written) or not.
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = conv_bn();
+    set_value(&mut model, "w", 5, f32::NAN);
+    set_value(&mut model, "b", 1, f32::INFINITY);
+    let input = dir.path().join("both.onnx");
+    write(&input, &model);
+    let (_, dry, _) = json(&[s(&input), "--dry-run", "--no-verify"]);
+    let out = dir.path().join("fused.onnx");
+    let (code, written, err) = json(&[s(&input), "-o", s(&out), "--no-verify"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(dry["skips"][0]["details"]["tensor"], "w", "{dry}");
+    assert_eq!(written["skips"], dry["skips"]);
+}
+
+#[test]
 fn a_fold_planned_without_reading_the_weights_fails_its_write_on_a_nan_weight() {
     // The library option behind the command line's single read of each weight: the NaN weight
     // is folded unread, and writing it fails with the error the command line retries on.

@@ -22,14 +22,28 @@ pub(crate) fn run_fold(args: FoldArgs) -> anyhow::Result<ExitStatus> {
     // A fold that writes reads each weight once, as it writes it: should one hold NaN or an
     // infinity, the write fails before anything is committed and the fold runs again, reading
     // the weights first (their BatchNormalization then stays, with the reason `not_finite`).
-    // Merged branches and equalization compute from the weights while planning.
+    // So does a fold that skips anything, whose reason an unread weight could have preceded.
+    // Merged branches, equalization and decomposition compute from the weights or the skips.
     let writes = !args.check && !args.dry_run;
-    let defer = writes && !args.merge_branches && args.equalize.is_none();
+    let defer =
+        writes && !args.merge_branches && !args.decompose_standalone && args.equalize.is_none();
     match fold_once(args.clone(), defer) {
-        Err(e) if defer && weight_not_finite(&e) => fold_once(args, false),
+        Err(e) if defer && (weight_not_finite(&e) || e.is::<Recheck>()) => fold_once(args, false),
         result => result,
     }
 }
+
+/// A deferred fold skipped something: it runs again with the weights read first.
+#[derive(Debug)]
+struct Recheck;
+
+impl std::fmt::Display for Recheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a fold was skipped before the weights were read")
+    }
+}
+
+impl std::error::Error for Recheck {}
 
 /// Whether the run failed on a folded weight that is not finite.
 fn weight_not_finite(e: &anyhow::Error) -> bool {
@@ -112,6 +126,9 @@ fn fold_once(args: FoldArgs, defer: bool) -> anyhow::Result<ExitStatus> {
         (None, loaded)
     };
     let mut report = fold(&mut fused, &options).with_context(|| format!("{}", input.display()))?;
+    if defer && !report.skips.is_empty() {
+        return Err(Recheck.into());
+    }
     // High-bias absorption is applied to a copy: the exact model is what verification proves,
     // and what the absorbed one is measured against.
     let exact = match report.absorption.is_empty() {
