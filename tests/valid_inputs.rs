@@ -85,10 +85,21 @@ fn a_nan_weight_is_the_reason_given_before_a_nan_bias_also_when_written() {
     write(&input, &model);
     let (_, dry, _) = json(&[s(&input), "--dry-run", "--no-verify"]);
     let out = dir.path().join("fused.onnx");
-    let (code, written, err) = json(&[s(&input), "-o", s(&out), "--no-verify"]);
+    let report_file = dir.path().join("report.json");
+    let (code, written, err) = json(&[
+        s(&input),
+        "-o",
+        s(&out),
+        "--no-verify",
+        "--report-file",
+        s(&report_file),
+    ]);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(dry["skips"][0]["details"]["tensor"], "w", "{dry}");
     assert_eq!(written["skips"], dry["skips"]);
+    let filed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report_file).unwrap()).unwrap();
+    assert_eq!(filed["skips"], dry["skips"]);
 }
 
 #[test]
