@@ -137,23 +137,22 @@ fn a_weight_scaled_past_its_range_fails_the_write_naming_it_and_writes_nothing()
     let mut model = conv_bn();
     set_value(&mut model, "w", 0, 3e38);
     set_value(&mut model, "bn.gamma", 0, 10.0);
-    let input = dir.path().join("overflow.onnx");
-    write(&input, &model);
-    let out = dir.path().join("fused.onnx");
+    let message = "tensor 'w': folded element 0 is not finite in float32 (scaled past its range)";
+    assert_refused(dir.path(), &model, message);
+}
+
+/// Folding `model` with an output is refused with exit 2 and one line holding `message`, and
+/// nothing but the input is left in `dir`.
+fn assert_refused(dir: &std::path::Path, model: &bnfold::proto::ModelProto, message: &str) {
+    let input = dir.join("model.onnx");
+    write(&input, model);
+    let out = dir.join("fused.onnx");
     let o = bnfold(&[s(&input), "-o", s(&out)]);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(
-        err.contains(
-            "tensor 'w': folded element 0 is not finite in float32 (scaled past its range)"
-        ),
-        "{err}"
-    );
+    assert!(err.contains(message), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert_eq!(
-        files(dir.path()).into_keys().collect::<Vec<_>>(),
-        vec![input]
-    );
+    assert_eq!(files(dir).into_keys().collect::<Vec<_>>(), vec![input]);
 }
 
 #[test]
@@ -193,18 +192,8 @@ fn a_conv_whose_group_does_not_divide_its_channels_is_refused_naming_it() {
             ..Default::default()
         },
     );
-    let input = dir.path().join("group3.onnx");
-    write(&input, &model);
-    let out = dir.path().join("fused.onnx");
-    let o = bnfold(&[s(&input), "-o", s(&out)]);
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(
-        err.contains("node 'conv' (Conv): group 3 does not divide the 4 output channels"),
-        "{err}"
-    );
-    assert_eq!(err.lines().count(), 1);
-    assert!(!out.exists());
+    let message = "node 'conv' (Conv): group 3 does not divide the 4 output channels";
+    assert_refused(dir.path(), &model, message);
 }
 
 #[test]

@@ -27,23 +27,31 @@ pub(crate) fn run_fold(args: FoldArgs) -> anyhow::Result<ExitStatus> {
     let writes = !args.check && !args.dry_run;
     let defer =
         writes && !args.merge_branches && !args.decompose_standalone && args.equalize.is_none();
-    match fold_once(args.clone(), defer) {
-        Err(e) if defer && (weight_not_finite(&e) || e.is::<Recheck>()) => fold_once(args, false),
-        result => result,
+    let first = fold_once(args.clone(), defer);
+    let read_first = match &first {
+        Ok(Attempt::Done(_)) => false,
+        Ok(Attempt::ReadWeightsFirst) => true,
+        Err(e) => defer && weight_not_finite(e),
+    };
+    let attempt = match read_first {
+        true => fold_once(args, false),
+        false => first,
+    };
+    match attempt? {
+        Attempt::Done(status) => Ok(status),
+        // A run that reads the weights first always runs to the end.
+        Attempt::ReadWeightsFirst => bail!("the fold stopped before its end"),
     }
 }
 
-/// A deferred fold skipped something: it runs again with the weights read first.
-#[derive(Debug)]
-struct Recheck;
-
-impl std::fmt::Display for Recheck {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a fold was skipped before the weights were read")
-    }
+/// How one run ended.
+enum Attempt {
+    /// It ran to the end.
+    Done(ExitStatus),
+    /// A run that deferred the weights' check skipped something: it is run again, reading them
+    /// first.
+    ReadWeightsFirst,
 }
-
-impl std::error::Error for Recheck {}
 
 /// Whether the run failed on a folded weight that is not finite.
 fn weight_not_finite(e: &anyhow::Error) -> bool {
@@ -53,7 +61,7 @@ fn weight_not_finite(e: &anyhow::Error) -> bool {
 }
 
 /// One run: the weights are read for NaN and infinities while planning unless `defer`.
-fn fold_once(args: FoldArgs, defer: bool) -> anyhow::Result<ExitStatus> {
+fn fold_once(args: FoldArgs, defer: bool) -> anyhow::Result<Attempt> {
     let Some(input) = args.input.clone() else {
         bail!("no input model given (see bnfold --help)");
     };
@@ -127,7 +135,7 @@ fn fold_once(args: FoldArgs, defer: bool) -> anyhow::Result<ExitStatus> {
     };
     let mut report = fold(&mut fused, &options).with_context(|| format!("{}", input.display()))?;
     if defer && !report.skips.is_empty() {
-        return Err(Recheck.into());
+        return Ok(Attempt::ReadWeightsFirst);
     }
     // High-bias absorption is applied to a copy: the exact model is what verification proves,
     // and what the absorbed one is measured against.
@@ -161,10 +169,10 @@ fn fold_once(args: FoldArgs, defer: bool) -> anyhow::Result<ExitStatus> {
             }
             s
         })?;
-        return Ok(match report.folds.is_empty() {
+        return Ok(Attempt::Done(match report.folds.is_empty() {
             true => ExitStatus::Success,
             false => ExitStatus::Failure,
-        });
+        }));
     }
 
     let save_options = SaveOptions {
@@ -294,10 +302,10 @@ fn fold_once(args: FoldArgs, defer: bool) -> anyhow::Result<ExitStatus> {
         }
         s
     })?;
-    Ok(match failed {
+    Ok(Attempt::Done(match failed {
         true => ExitStatus::Failure,
         false => ExitStatus::Success,
-    })
+    }))
 }
 
 pub(crate) fn check_skip_nodes(model: &Model, names: &BTreeSet<String>) -> anyhow::Result<()> {
