@@ -65,6 +65,14 @@ impl ExternalStore {
         Some((source.file(), source.offset_of(raw)?))
     }
 
+    /// Drops the pages of `raw`, an inline payload read in place, from memory (see
+    /// [`MappedSource::release`]); nothing for a payload outside the mapped input.
+    pub fn release(&self, raw: &[u8]) {
+        if let Some(source) = self.source.as_deref() {
+            source.release(raw);
+        }
+    }
+
     /// The bytes of tensor `name`'s inline payload; a large one in the mapped input is read with
     /// `pread`.
     pub fn inline_bytes<'r>(&self, name: &str, raw: &'r Bytes) -> Result<Cow<'r, [u8]>> {

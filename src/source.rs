@@ -2,11 +2,15 @@
 //! protobuf structure, and large tensor payloads are read with `pread` (or copied file to file
 //! by the kernel) when they are needed, so they never become resident in bnfold's memory.
 //!
+//! The readiness figures read payloads in place, each released once read
+//! ([`MappedSource::release`]), so at most one weight's pages are resident at a time.
+//!
 //! One of the crate's two `unsafe` places (the other calls the readiness loop compiled for the
 //! vector instructions the processor was found to have): mapping a file is sound as long as no
 //! other process truncates or rewrites it while bnfold runs, the same contract as every
-//! mmap-based reader (ripgrep, tract's own loaders). bnfold writes its outputs through a
-//! temporary file and a rename, so it never modifies a file it has mapped.
+//! mmap-based reader (ripgrep, tract's own loaders), and so is dropping pages of a mapping
+//! nothing writes. bnfold writes its outputs through a temporary file and a rename, so it
+//! never modifies a file it has mapped.
 
 use std::fs::File;
 use std::path::Path;
@@ -49,6 +53,25 @@ impl MappedSource {
         let start = self.whole.as_ptr() as usize;
         let at = slice.as_ptr() as usize;
         (at >= start && at + slice.len() <= start + self.whole.len()).then(|| (at - start) as u64)
+    }
+
+    /// Drops the pages that hold `slice` (a slice of the mapping, already read) from this
+    /// process's memory: a payload read in place then does not stay resident, and a later read
+    /// maps its pages again from the page cache, with the same bytes.
+    pub fn release(&self, slice: &[u8]) {
+        let Some(offset) = self.offset_of(slice) else {
+            return;
+        };
+        let page = rustix::param::page_size();
+        let start = offset as usize / page * page;
+        let len = offset as usize + slice.len() - start;
+        // SAFETY: the range lies inside the read-only file mapping `whole` owns, which nothing
+        // ever writes; dropping its pages only makes the next read fetch them from the file.
+        #[allow(unsafe_code)]
+        unsafe {
+            let at = self.whole.as_ptr().add(start) as *mut std::ffi::c_void;
+            let _ = rustix::mm::madvise(at, len, rustix::mm::Advice::LinuxDontNeed);
+        }
     }
 
     /// The open file (for `pread` and kernel copies).

@@ -120,6 +120,7 @@ impl DataFiles {
         t: &mut TensorProto,
         store: &ExternalStore,
         folded: Option<&FoldedTensor>,
+        watcher: &mut dyn super::FoldedWatcher,
     ) -> Result<()> {
         let len = tensor::stored_len(t)?;
         let (input_location, pending, stored) = match folded {
@@ -157,7 +158,11 @@ impl DataFiles {
         let target_path = self.dir.join(&location);
         writer.preallocate(*offset, len as u64);
         match (pending, stored) {
-            (Some(p), _) => p.stream(store, &mut |chunk| writer.write_all(chunk))?,
+            (Some(p), _) => p.stream(store, &mut |chunk| {
+                writer.write_all(chunk)?;
+                watcher.written(t.name(), chunk);
+                Ok(())
+            })?,
             (None, Some((source_path, source_offset))) => {
                 let (source, _) = crate::source::open_regular(&source_path)?;
                 writer

@@ -10,6 +10,8 @@ use crate::external::ExternalStore;
 use crate::folded::FoldedWeights;
 use crate::proto::{GraphProto, ModelProto, TensorProto};
 use crate::writer::BufferedWriter;
+
+use super::FoldedWatcher;
 /// Where [`write_streaming`] writes: a file, whose unchanged payloads the kernel copies from the
 /// input file, or memory.
 pub(super) enum Output<'a> {
@@ -58,7 +60,8 @@ impl Output<'_> {
     }
 }
 
-/// Writes `proto` without first encoding it whole: the model's other fields, then the graph's,
+/// Writes `proto` without first encoding it whole (each folded weight's bytes shown to
+/// `watcher` as they are written): the model's other fields, then the graph's,
 /// then each initializer with its payload (stored bytes, or a folded tensor computed a chunk at
 /// a time). The fields come in a different order than `encode_to_vec` gives (protobuf allows
 /// any order), always the same.
@@ -67,6 +70,7 @@ pub(super) fn write_streaming(
     store: &ExternalStore,
     folded: &FoldedWeights,
     out: &mut Output,
+    watcher: &mut dyn FoldedWatcher,
 ) -> std::io::Result<()> {
     use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
     let mut model_head = Vec::new();
@@ -122,7 +126,11 @@ pub(super) fn write_streaming(
         out.write_all(&header)?;
         match pending {
             Some(p) => p
-                .stream(store, &mut |chunk| out.write_all(chunk))
+                .stream(store, &mut |chunk| {
+                    out.write_all(chunk)?;
+                    watcher.written(t.name(), chunk);
+                    Ok(())
+                })
                 .map_err(std::io::Error::other)?,
             None => {
                 if let Some(raw) = &t.raw_data {
@@ -305,6 +313,7 @@ mod tests {
             &ExternalStore::none(),
             &FoldedWeights::default(),
             &mut Output::Memory(&mut bytes),
+            &mut (),
         )
         .unwrap();
         assert_eq!(ModelProto::decode(bytes.as_slice()).unwrap(), model);

@@ -50,6 +50,18 @@ pub struct Model {
     pub input_files: Vec<InputFile>,
 }
 
+/// Sees each folded weight's bytes as the model is written: in order, a chunk of whole elements
+/// at a time (what the readiness figures are measured on, so that no weight is scaled twice).
+pub trait FoldedWatcher {
+    /// The next bytes of the folded initializer `tensor`, as written.
+    fn written(&mut self, tensor: &str, bytes: &[u8]);
+}
+
+/// Watching nothing.
+impl FoldedWatcher for () {
+    fn written(&mut self, _: &str, _: &[u8]) {}
+}
+
 /// How [`Model::save`] treats existing files.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SaveOptions {
@@ -184,7 +196,7 @@ impl Model {
         }
         let mut bytes = Vec::new();
         let mut out = Output::Memory(&mut bytes);
-        write_streaming(&self.proto, &self.store, &self.folded, &mut out)
+        write_streaming(&self.proto, &self.store, &self.folded, &mut out, &mut ())
             .map_err(|e| Error::InvalidGraph(format!("encoding the model: {e}")))?;
         Ok(bytes)
     }

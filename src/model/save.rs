@@ -43,6 +43,18 @@ impl Model {
         options: SaveOptions,
         plan: &mut WritePlan,
     ) -> Result<StagedModel> {
+        self.stage_watched(path, options, plan, &mut ())
+    }
+
+    /// [`Model::stage_planned`], showing `watcher` each folded weight's bytes as they are
+    /// written.
+    pub fn stage_watched(
+        &self,
+        path: &Path,
+        options: SaveOptions,
+        plan: &mut WritePlan,
+        watcher: &mut dyn super::FoldedWatcher,
+    ) -> Result<StagedModel> {
         plan.protect(&self.input_files);
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -76,13 +88,13 @@ impl Model {
                 for t in &mut g.initializer {
                     let folded = self.folded.of(t).filter(|f| f.location.is_some());
                     if folded.is_some() || tensor::is_external(t) {
-                        data_files.stream(t, &self.store, folded)?;
+                        data_files.stream(t, &self.store, folded, watcher)?;
                     }
                 }
                 let mut failure = Ok(());
                 visit_tensors_but_initializers_mut(g, &mut |t| {
                     if failure.is_ok() && tensor::is_external(t) {
-                        failure = data_files.stream(t, &self.store, None);
+                        failure = data_files.stream(t, &self.store, None, &mut ());
                     }
                 });
                 failure?;
@@ -117,7 +129,7 @@ impl Model {
         }
         .map_err(|e| Error::io(path, e))?;
         let mut output = Output::File(writer);
-        write_streaming(proto, &self.store, &self.folded, &mut output)
+        write_streaming(proto, &self.store, &self.folded, &mut output, watcher)
             .map_err(|e| Error::io(path, e))?;
         if let Output::File(writer) = output {
             writer.finish().map_err(|e| Error::io(path, e))?;

@@ -12,10 +12,13 @@
 //! and the channels whose running variance is below ε.
 
 mod background;
+mod jobs;
 mod lanes;
 mod stats;
+mod streamed;
 mod sums;
 mod warnings;
+mod written;
 
 use schemars::JsonSchema;
 use serde::Serialize;

@@ -68,6 +68,12 @@ impl ChannelLayout {
         }
     }
 
+    /// The elements of each output channel when every channel is one run of them in memory
+    /// (channels on the first axis), in which case the channels come in memory order.
+    pub fn channel_run(&self) -> Option<usize> {
+        (self.outer == 1 && self.block_rows.is_none()).then_some(self.inner)
+    }
+
     /// The stored bytes of output channel `k` when they are one run of f32 values.
     fn f32_run<'e>(&self, elements: Elements<'e>, k: usize) -> Option<&'e [u8]> {
         match elements {
@@ -121,8 +127,7 @@ pub fn layer(
             }
         })
         .collect();
-    let max_range = ranges.iter().copied().fold(0.0, f64::max);
-    let tensor_grid = Grid::new(max_range / 127.0);
+    let tensor_grid = tensor_grid(&ranges);
     let mut sums = Sums::default();
     let mut scratch = Vec::new();
     for (k, &range) in ranges.iter().enumerate() {
@@ -136,6 +141,24 @@ pub fn layer(
         };
         sums.add_channel(channel_values, &tensor_grid, &channel_grid, &mut scratch);
     }
+    figures(node, name, ranges, &sums)
+}
+
+/// The per-tensor INT8 grid of a weight whose channel ranges are `ranges`.
+pub(super) fn tensor_grid(ranges: &[f64]) -> Grid {
+    Grid::new(ranges.iter().copied().fold(0.0, f64::max) / 127.0)
+}
+
+/// The figures of the weight `name` of `node` from its channel ranges and its sums, taken
+/// over its channels in order on the grids of [`tensor_grid`] and of each channel's range.
+pub(super) fn figures(
+    node: &NodeProto,
+    name: &str,
+    ranges: Vec<f64>,
+    sums: &Sums,
+) -> LayerReadiness {
+    let max_range = ranges.iter().copied().fold(0.0, f64::max);
+    let tensor_grid = tensor_grid(&ranges);
     let Sums {
         totals:
             Totals {
@@ -144,7 +167,7 @@ pub fn layer(
                 channel_noise,
             },
         non_finite,
-    } = sums;
+    } = *sums;
     let mut sorted = ranges.clone();
     sorted.sort_by(f64::total_cmp);
     let median = if sorted.len() % 2 == 1 {
@@ -161,7 +184,7 @@ pub fn layer(
         node: node_label(node),
         op_type: node.op_type().to_string(),
         weight: name.to_string(),
-        channels,
+        channels: ranges.len(),
         range_spread: if median > 0.0 {
             max_range / median
         } else if max_range > 0.0 {

@@ -9,7 +9,7 @@
 use super::lanes::{ChannelValues, Grids, Isa, Totals, ROUND};
 
 /// The running sums of a weight's figures, over its channels in order.
-#[derive(Default)]
+#[derive(Clone, Copy, Default)]
 pub(super) struct Sums {
     /// `ΣW²` and the noise on the per-tensor grid and on each channel's.
     pub totals: Totals,

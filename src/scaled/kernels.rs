@@ -132,7 +132,7 @@ pub(super) fn scale_f32(
 
 /// The product of the factors at element `at`, and for how many elements (at most `remaining`)
 /// it stays the same.
-fn segment_at(scalings: &[Scaling], at: usize, remaining: usize) -> (f64, usize) {
+pub(super) fn segment_at(scalings: &[Scaling], at: usize, remaining: usize) -> (f64, usize) {
     let mut factor = 1.0;
     let mut segment = remaining;
     for s in scalings {

@@ -16,7 +16,9 @@ use crate::proto::TensorProto;
 use crate::tensor::{self, Dtype, Tensor};
 
 mod kernels;
+mod maxima;
 use kernels::{apply_scalings, for_each_slice, max_magnitude, scale_f32, scratch, Chunk};
+pub use maxima::MIN_SHARED_FACTOR;
 
 /// The largest product of factor magnitudes for which an f32 or f64 fold is not checked before
 /// it is written (see [`ScaledTensor::fits`]).

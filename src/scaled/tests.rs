@@ -106,3 +106,96 @@ fn a_large_stored_source_is_checked_in_two_halves_and_the_first_bad_element_wins
         Some((numel - 1, f64::INFINITY))
     );
 }
+
+/// A deterministic spread of values over many binades, both signs, exact zeros among them.
+fn spread(len: usize, seed: u64) -> Vec<f64> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|i| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let unit = (state >> 11) as f64 / (1u64 << 53) as f64;
+            match i % 11 {
+                0 => 0.0,
+                _ => (unit - 0.5) * 2f64.powi((state % 17) as i32 - 8),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn run_maxima_are_the_largest_written_magnitudes() {
+    // Against the written bytes themselves, run by run: every dtype, factors of both signs
+    // and many magnitudes (products that round up, to even, to a subnormal), one scaling or
+    // two (a per-channel factor and a forward fold's per-9-element factor, which cycles), and
+    // a tensor longer than a read chunk so runs cross chunk boundaries.
+    let store = ExternalStore::none();
+    let factors: Vec<f64> = spread(64, 7).iter().map(|f| f * 0.05 + 1e-3).collect();
+    let cases: Vec<(Vec<usize>, Vec<Scaling>)> = vec![
+        (vec![64, 3, 3, 3], vec![Scaling::new(27, factors.clone())]),
+        (
+            vec![8, 4, 3, 3],
+            vec![
+                Scaling::new(36, factors[..8].to_vec()),
+                Scaling::new(9, factors[8..12].to_vec()),
+            ],
+        ),
+        (
+            vec![3, CHUNK / 2 + 5],
+            vec![Scaling::new(CHUNK / 2 + 5, vec![-0.7, 1.3e-3, 2.5])],
+        ),
+        (vec![5, 7], vec![]),
+    ];
+    for dtype in [Dtype::F32, Dtype::F16, Dtype::Bf16, Dtype::F64] {
+        for (dims, scalings) in &cases {
+            let numel: usize = dims.iter().product();
+            let data: Vec<f64> = spread(numel, numel as u64)
+                .into_iter()
+                .map(|v| dtype.round(v).unwrap())
+                .collect();
+            // The same tensor as values and as stored bytes (read chunk by chunk).
+            let mut raw = Vec::new();
+            let _ = tensor::encode_le_into(dtype, &data, &mut raw);
+            let proto = TensorProto {
+                name: Some("w".into()),
+                dims: dims.iter().map(|&d| d as i64).collect(),
+                data_type: Some(dtype.code()),
+                raw_data: Some(raw.into()),
+                ..Default::default()
+            };
+            let mut stored = ScaledTensor::stored(&proto).unwrap();
+            stored.scalings = scalings.clone();
+            let t = scaled(dtype, dims.clone(), data, scalings.clone());
+            let run = numel / dims[0];
+            for t in [t, stored] {
+                assert!(t.has_run_maxima(run), "{dtype:?} {dims:?}");
+                let written = t.decode(&store).unwrap().data;
+                let want: Vec<f64> = written
+                    .chunks(run)
+                    .map(|r| r.iter().fold(0.0, |m: f64, v| m.max(v.abs())))
+                    .collect();
+                let got = t.run_maxima(&store, run).unwrap();
+                let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{dtype:?} {dims:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn run_maxima_decline_factors_that_change_every_few_elements() {
+    // A forward fold into a 1×1 convolution changes the factor at every element: reading the
+    // maxima would cost what scaling does. A run that does not divide the tensor is refused.
+    let t = scaled(
+        Dtype::F32,
+        vec![4, 6, 1, 1],
+        vec![1.0; 24],
+        vec![Scaling::new(1, vec![2.0; 6])],
+    );
+    assert!(!t.has_run_maxima(6));
+    let t = scaled(Dtype::F32, vec![4, 6], vec![1.0; 24], vec![]);
+    assert!(t.has_run_maxima(6));
+    assert!(!t.has_run_maxima(5));
+    assert!(!t.has_run_maxima(0));
+}

@@ -12,6 +12,7 @@ use anyhow::{bail, Context};
 
 use crate::cli::args::{verify_options, EqualizeMode, FoldArgs};
 use crate::cli::report::{claim_report, commit_report, json_report, print, stage_report};
+use bnfold::model::FoldedWatcher;
 use bnfold::output::WritePlan;
 use bnfold::printable::Shown;
 use bnfold::readiness::{LayerFigures, Readiness};
@@ -185,19 +186,27 @@ fn fold_once(args: FoldArgs, defer: bool) -> anyhow::Result<Attempt> {
     // place only if verification does not fail.
     // The layers' readiness figures are computed on a thread of their own while the model is
     // written (or while nothing is, with no output).
-    let figures = match readiness {
-        true => Some(LayerFigures::start(&fused).with_context(|| format!("{}", input.display()))?),
-        false => None,
-    };
-    let staged = match (&args.output, writes) {
-        (Some(out), true) => {
+    let written = args.output.as_ref().filter(|_| writes);
+    let mut figures = match (readiness, written) {
+        (true, Some(_)) => Some(LayerFigures::start_for_write(&fused)),
+        (true, None) => Some(LayerFigures::start(&fused)),
+        (false, _) => None,
+    }
+    .transpose()
+    .with_context(|| format!("{}", input.display()))?;
+    let staged = match written {
+        Some(out) => {
             progress.stage("writing");
+            let watcher: &mut dyn FoldedWatcher = match figures.as_mut() {
+                Some(figures) => figures,
+                None => &mut (),
+            };
             let staged = fused
-                .stage_planned(out, save_options, &mut plan)
+                .stage_watched(out, save_options, &mut plan, watcher)
                 .with_context(|| format!("{}", out.display()))?;
             Some((out.clone(), staged))
         }
-        _ => None,
+        None => None,
     };
     if let (Some(figures), Some(batch_norms)) = (figures, batch_norms) {
         let layers = figures
