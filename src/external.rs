@@ -65,8 +65,9 @@ impl ExternalStore {
         Some((source.file(), source.offset_of(raw)?))
     }
 
-    /// Drops the pages of `raw`, an inline payload read in place, from memory (see
-    /// [`MappedSource::release`]); nothing for a payload outside the mapped input.
+    /// Counts `raw`, an inline payload, as read in place: the mapped input's pages are dropped
+    /// from memory every so often (see [`MappedSource::release`]); nothing for a payload outside
+    /// the mapped input.
     pub fn release(&self, raw: &[u8]) {
         if let Some(source) = self.source.as_deref() {
             source.release(raw);

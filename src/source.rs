@@ -2,8 +2,8 @@
 //! protobuf structure, and large tensor payloads are read with `pread` (or copied file to file
 //! by the kernel) when they are needed, so they never become resident in bnfold's memory.
 //!
-//! The readiness figures read payloads in place, each released once read
-//! ([`MappedSource::release`]), so at most one weight's pages are resident at a time.
+//! The readiness figures read payloads in place, and the pages they made resident are dropped
+//! every [`RELEASE_EVERY`] bytes ([`MappedSource::release`]).
 //!
 //! One of the crate's two `unsafe` places (the other calls the readiness loop compiled for the
 //! vector instructions the processor was found to have): mapping a file is sound as long as no
@@ -14,6 +14,7 @@
 
 use std::fs::File;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 
@@ -24,7 +25,12 @@ use crate::error::{Error, Result};
 pub struct MappedSource {
     file: File,
     whole: Bytes,
+    /// Bytes read in place since the mapping's pages were last dropped.
+    read_in_place: AtomicUsize,
 }
+
+/// Payload bytes read in place after which the mapping's pages are dropped from memory.
+pub const RELEASE_EVERY: usize = 64 << 20;
 
 impl MappedSource {
     /// Maps `path` and returns its bytes with the handle that locates slices of them in the
@@ -38,6 +44,7 @@ impl MappedSource {
                 let source = MappedSource {
                     file,
                     whole: whole.clone(),
+                    read_in_place: AtomicUsize::new(0),
                 };
                 return Ok((whole, Some(source)));
             }
@@ -55,22 +62,26 @@ impl MappedSource {
         (at >= start && at + slice.len() <= start + self.whole.len()).then(|| (at - start) as u64)
     }
 
-    /// Drops the pages that hold `slice` (a slice of the mapping, already read) from this
-    /// process's memory: a payload read in place then does not stay resident, and a later read
-    /// maps its pages again from the page cache, with the same bytes.
+    /// Counts `slice` (a slice of the mapping) as read in place; once [`RELEASE_EVERY`] bytes
+    /// have been, drops every page of the mapping from this process's memory, so payloads read
+    /// in place never stay resident beyond that (a later read maps its pages again from the
+    /// page cache, with the same bytes). Not per payload: each drop interrupts the other cores
+    /// running bnfold to flush their address translations, which slowed a fold by a third.
     pub fn release(&self, slice: &[u8]) {
-        let Some(offset) = self.offset_of(slice) else {
+        if self.offset_of(slice).is_none() {
             return;
-        };
-        let page = rustix::param::page_size();
-        let start = offset as usize / page * page;
-        let len = offset as usize + slice.len() - start;
-        // SAFETY: the range lies inside the read-only file mapping `whole` owns, which nothing
-        // ever writes; dropping its pages only makes the next read fetch them from the file.
+        }
+        let read = self.read_in_place.fetch_add(slice.len(), Ordering::Relaxed) + slice.len();
+        if read < RELEASE_EVERY {
+            return;
+        }
+        self.read_in_place.store(0, Ordering::Relaxed);
+        // SAFETY: the range is the read-only file mapping `whole` owns, which nothing ever
+        // writes; dropping its pages only makes the next read fetch them from the file.
         #[allow(unsafe_code)]
         unsafe {
-            let at = self.whole.as_ptr().add(start) as *mut std::ffi::c_void;
-            let _ = rustix::mm::madvise(at, len, rustix::mm::Advice::LinuxDontNeed);
+            let at = self.whole.as_ptr() as *mut std::ffi::c_void;
+            let _ = rustix::mm::madvise(at, self.whole.len(), rustix::mm::Advice::LinuxDontNeed);
         }
     }
 

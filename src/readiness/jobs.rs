@@ -149,7 +149,7 @@ fn measure_stored(
             // The decoder's own message names the tensor and both lengths.
             return tensor::decode(t, store).map(|_| ());
         }
-        // Read in place, then released: no copy, and only this weight's pages resident.
+        // Read in place (no copy), then counted towards dropping the mapping's pages.
         measure_elements(slots, name, &dims, Elements::Raw(dtype, raw), out);
         store.release(raw);
         return Ok(());

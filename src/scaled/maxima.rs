@@ -73,7 +73,8 @@ impl ScaledTensor {
 
 impl ScaledTensor {
     /// [`ScaledTensor::for_each_source_chunk`], an inline payload read in place (through the
-    /// mapping of the input, without a copy) and then released from memory.
+    /// mapping of the input, without a copy) and counted towards dropping the mapping's pages
+    /// from memory.
     fn for_each_mapped_chunk(
         &self,
         store: &ExternalStore,
