@@ -158,7 +158,7 @@ impl DataFiles {
         let target_path = self.dir.join(&location);
         writer.preallocate(*offset, len as u64);
         match (pending, stored) {
-            (Some(p), _) => p.stream(store, &mut |chunk| {
+            (Some(p), _) => p.stream_chunks(store, &mut |chunk| {
                 writer.write_all(chunk)?;
                 watcher.written(t.name(), chunk);
                 Ok(())

@@ -53,13 +53,14 @@ pub struct Model {
 /// Sees each folded weight's bytes as the model is written: in order, a chunk of whole elements
 /// at a time (what the readiness figures are measured on, so that no weight is scaled twice).
 pub trait FoldedWatcher {
-    /// The next bytes of the folded initializer `tensor`, as written.
-    fn written(&mut self, tensor: &str, bytes: &[u8]);
+    /// The next bytes of the folded initializer `tensor`, as written, in a buffer the watcher
+    /// may keep by swapping in one of its own (any length: the writer clears it).
+    fn written(&mut self, tensor: &str, bytes: &mut Vec<u8>);
 }
 
 /// Watching nothing.
 impl FoldedWatcher for () {
-    fn written(&mut self, _: &str, _: &[u8]) {}
+    fn written(&mut self, _: &str, _: &mut Vec<u8>) {}
 }
 
 /// How [`Model::save`] treats existing files.

@@ -152,9 +152,9 @@ impl LayerFigures {
 }
 
 impl FoldedWatcher for LayerFigures {
-    fn written(&mut self, tensor: &str, bytes: &[u8]) {
+    fn written(&mut self, tensor: &str, bytes: &mut Vec<u8>) {
         if let Some(tap) = &mut self.tap {
-            if !tap.send(tensor, bytes) {
+            if !tap.take(tensor, bytes) {
                 // The thread stopped: its failure is reported by `finish`.
                 self.tap = None;
             }

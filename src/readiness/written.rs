@@ -1,7 +1,8 @@
 //! The way written chunks go from the writer to the readiness thread: the writer's end
-//! ([`Tap`]) copies each chunk of a weight measured as written into a buffer of a small pool
-//! and sends it; the thread's end ([`receive`]) adds it to that weight's sums and sends the
-//! buffer back. The writer waits only when every buffer is in flight.
+//! ([`Tap`]) takes each chunk of a weight measured as written (its buffer, swapped for one
+//! from a small pool: no copy) and sends the chunks in batches; the thread's end ([`receive`])
+//! adds them to that weight's sums and sends the buffers back. The writer waits only when
+//! every buffer is in flight.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,21 +13,28 @@ use crate::external::ExternalStore;
 use super::jobs::{self, Measured, Queue};
 use super::streamed::Streamed;
 
-/// Copies of written chunks in flight at most: the writer waits for one to come back beyond.
+/// Chunk buffers in flight at most: the writer waits for one to come back beyond.
 const CHUNKS_IN_FLIGHT: usize = 64;
 
-/// Written bytes of one weight measured as written: its index, and a copy of the bytes.
+/// Bytes of chunks sent together: each send may wake the thread, a system call on the
+/// writer's side, so they are sent a few at a time.
+const BATCH: usize = 1 << 19;
+
+/// Written chunks of one weight measured as written, in order.
 struct Piece {
     weight: usize,
-    bytes: Vec<u8>,
+    chunks: Vec<Vec<u8>>,
 }
 
-/// The writer's end: which initializers are measured as written, and where their chunks go.
+/// The writer's end: which initializers are measured as written (their index and the bytes
+/// still to come), and where their chunks go.
 pub(super) struct Tap {
-    weights: HashMap<String, usize>,
+    weights: HashMap<String, (usize, usize)>,
     pieces: SyncSender<Piece>,
     free: Receiver<Vec<u8>>,
     allocated: usize,
+    batch: Option<Piece>,
+    batched: usize,
 }
 
 impl Tap {
@@ -35,30 +43,59 @@ impl Tap {
         self.weights.len()
     }
 
-    /// Hands a copy of `bytes` of `tensor` to the thread; false once the thread is gone.
-    pub fn send(&mut self, tensor: &str, bytes: &[u8]) -> bool {
-        let Some(&weight) = self.weights.get(tensor) else {
+    /// Takes `bytes` of `tensor` for the thread, leaving a buffer of the pool in their place;
+    /// false once the thread is gone.
+    pub fn take(&mut self, tensor: &str, bytes: &mut Vec<u8>) -> bool {
+        let Some((weight, left)) = self.weights.get_mut(tensor) else {
             return true;
         };
-        let mut copy = match self.free.try_recv() {
-            Ok(copy) => copy,
+        let (weight, complete) = (*weight, *left <= bytes.len());
+        *left = left.saturating_sub(bytes.len());
+        if self.batch.as_ref().is_some_and(|b| b.weight != weight) && !self.flush() {
+            return false;
+        }
+        let replacement = match self.free.try_recv() {
+            Ok(buffer) => buffer,
             Err(_) if self.allocated < CHUNKS_IN_FLIGHT => {
                 self.allocated += 1;
-                Vec::with_capacity(bytes.len())
+                Vec::new()
             }
+            // Every buffer is out: the ones batched here go first, so some come back.
+            Err(_) if !self.flush() => return false,
             Err(_) => match self.free.recv() {
-                Ok(copy) => copy,
+                Ok(buffer) => buffer,
                 Err(_) => return false,
             },
         };
-        copy.clear();
-        copy.extend_from_slice(bytes);
-        self.pieces
-            .send(Piece {
+        let chunk = std::mem::replace(bytes, replacement);
+        self.batched += chunk.len();
+        self.batch
+            .get_or_insert_with(|| Piece {
                 weight,
-                bytes: copy,
+                chunks: Vec::new(),
             })
-            .is_ok()
+            .chunks
+            .push(chunk);
+        match complete || self.batched >= BATCH {
+            true => self.flush(),
+            false => true,
+        }
+    }
+
+    /// Sends the chunks taken and not sent yet; false once the thread is gone.
+    fn flush(&mut self) -> bool {
+        self.batched = 0;
+        match self.batch.take() {
+            Some(piece) => self.pieces.send(piece).is_ok(),
+            None => true,
+        }
+    }
+}
+
+impl Drop for Tap {
+    /// The writer is done: the last chunks go.
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 
@@ -76,13 +113,15 @@ pub(super) fn channel(streamed: Vec<Streamed>) -> (Tap, Inbox) {
     let weights = streamed
         .iter()
         .enumerate()
-        .map(|(i, s)| (s.name.clone(), i))
+        .map(|(i, s)| (s.name.clone(), (i, s.value.len() * s.value.dtype.size())))
         .collect();
     let tap = Tap {
         weights,
         pieces,
         free,
         allocated: 0,
+        batch: None,
+        batched: 0,
     };
     let inbox = Inbox {
         weights: streamed.into_iter().map(Some).collect(),
@@ -137,22 +176,24 @@ pub(super) fn receive(
                 }
             }
         };
-        let entry = weights.get_mut(piece.weight);
-        if let Some(entry) = entry.filter(|_| measured.failure.is_none()) {
-            if let Some(weight) = entry.as_mut() {
-                match weight.add(store, &piece.bytes) {
-                    Err(e) => measured.failure = Some(e),
-                    Ok(()) if weight.is_complete() => {
-                        measured.measured_as_written += 1;
-                        measured
-                            .layers
-                            .extend(entry.take().map(Streamed::figures).unwrap_or_default());
+        for chunk in piece.chunks {
+            let entry = weights.get_mut(piece.weight);
+            if let Some(entry) = entry.filter(|_| measured.failure.is_none()) {
+                if let Some(weight) = entry.as_mut() {
+                    match weight.add(store, &chunk) {
+                        Err(e) => measured.failure = Some(e),
+                        Ok(()) if weight.is_complete() => {
+                            measured.measured_as_written += 1;
+                            measured
+                                .layers
+                                .extend(entry.take().map(Streamed::figures).unwrap_or_default());
+                        }
+                        Ok(()) => {}
                     }
-                    Ok(()) => {}
                 }
             }
+            let _ = recycle.try_send(chunk);
         }
-        let _ = recycle.try_send(piece.bytes);
     }
     for weight in weights.into_iter().flatten() {
         if cancelled.load(Ordering::Relaxed) {

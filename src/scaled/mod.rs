@@ -233,6 +233,16 @@ impl ScaledTensor {
         store: &ExternalStore,
         sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
     ) -> Result<()> {
+        self.stream_chunks(store, &mut |chunk| sink(chunk))
+    }
+
+    /// [`ScaledTensor::stream`], each chunk in a buffer the sink may keep: it can swap in a
+    /// buffer of its own (any length; it is cleared), so a chunk is handed on without a copy.
+    pub fn stream_chunks(
+        &self,
+        store: &ExternalStore,
+        sink: &mut dyn FnMut(&mut Vec<u8>) -> std::io::Result<()>,
+    ) -> Result<()> {
         match self.encode(store, sink)? {
             None => Ok(()),
             Some(element) => Err(Error::FoldedNotFinite {
@@ -281,7 +291,7 @@ impl ScaledTensor {
     fn encode(
         &self,
         store: &ExternalStore,
-        sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+        sink: &mut dyn FnMut(&mut Vec<u8>) -> std::io::Result<()>,
     ) -> Result<Option<usize>> {
         let mut values = scratch(|s| std::mem::take(&mut s.values));
         let mut bytes = scratch(|s| std::mem::take(&mut s.bytes));
@@ -306,7 +316,7 @@ impl ScaledTensor {
                 overflow = Some(start + bad);
                 return Err(Error::tensor(&self.name, "out of range"));
             }
-            sink(&bytes).map_err(|e| Error::tensor(&self.name, format!("writing: {e}")))
+            sink(&mut bytes).map_err(|e| Error::tensor(&self.name, format!("writing: {e}")))
         })
         .or_else(|e| if overflow.is_some() { Ok(()) } else { Err(e) })?;
         scratch(|s| {
