@@ -3,9 +3,9 @@
 //!
 //! A folded weight whose output channels are runs in memory order (a Conv's, a Gemm's with
 //! `transB`) is measured on the bytes the writer writes: the caller shows each chunk to
-//! [`LayerFigures`] as a [`FoldedWatcher`], which hands a copy to the thread, and the thread,
-//! having read the weight's channel ranges ahead from its source, adds the chunk to its sums
-//! ([`streamed`](super::streamed)). Every other weight is measured whole
+//! [`LayerFigures`] as a [`FoldedWatcher`], which hands it to the thread
+//! ([`written`](super::written)), and the thread adds it to the weight's sums once the channel
+//! ranges are known ([`streamed`](super::streamed)). Every other weight is measured whole
 //! ([`jobs`](super::jobs)): read from the model's own sources, a folded one scaled as the
 //! writer scales it; the largest go first, the thread takes them when no chunk is waiting, and
 //! once the caller has written the model it takes the remaining ones too

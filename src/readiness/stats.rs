@@ -144,6 +144,19 @@ pub fn layer(
     figures(node, name, ranges, &sums)
 }
 
+/// The largest magnitude among little-endian elements of `dtype` (NaN ignored), as the ranges
+/// of [`layer`] take it.
+pub(super) fn range_of(dtype: Dtype, raw: &[u8]) -> f64 {
+    match dtype {
+        Dtype::F32 => f32_range(raw),
+        _ => {
+            let mut values = Vec::new();
+            tensor::decode_le_into(dtype, raw, &mut values);
+            values.iter().fold(0.0, |m: f64, v| m.max(v.abs()))
+        }
+    }
+}
+
 /// The per-tensor INT8 grid of a weight whose channel ranges are `ranges`.
 pub(super) fn tensor_grid(ranges: &[f64]) -> Grid {
     Grid::new(ranges.iter().copied().fold(0.0, f64::max) / 127.0)

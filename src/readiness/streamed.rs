@@ -1,6 +1,9 @@
 //! The figures of a folded weight measured on the bytes the writer writes, so that no weight is
-//! scaled twice: its channel ranges are read beforehand from the source's maxima and the factors
-//! ([`ScaledTensor::run_maxima`]), and its sums taken over the written chunks as they come.
+//! scaled twice. Its sums need its channel ranges first: a weight of at most [`HELD_LIMIT`]
+//! bytes has them from the writer, which takes each channel's largest magnitude from the chunks
+//! it has just written (while they are in its cache), and its chunks wait here until the last
+//! one; a larger weight has them read ahead from the source's maxima and the factors
+//! ([`ScaledTensor::run_maxima`]), and its chunks are added as they come.
 //! Only weights whose output channels are runs in memory order are measured so (a Conv's, a
 //! Gemm's with `transB`): their sums then meet the elements in the order [`stats::layer`] does,
 //! channel after channel, and every figure is the same to the last digit.
@@ -15,6 +18,10 @@ use super::stats;
 use super::sums::{Grid, Sums};
 use super::LayerReadiness;
 
+/// The largest weight whose chunks wait for the writer's ranges (memory held: one such weight,
+/// beside the chunks in flight).
+pub const HELD_LIMIT: usize = 16 << 20;
+
 /// A folded weight whose figures are taken from its written bytes.
 pub(super) struct Streamed {
     /// The initializer.
@@ -24,7 +31,11 @@ pub(super) struct Streamed {
     /// Its values: the source and factors (the ranges are read from them).
     pub value: Box<ScaledTensor>,
     /// Elements per output channel.
-    run: usize,
+    pub run: usize,
+    /// Whether the writer takes the ranges (else they are read ahead from the source).
+    pub ranges_from_writer: bool,
+    /// Chunks waiting for the writer's ranges.
+    held: Vec<Vec<u8>>,
     grids: Option<Grids>,
     sums: Sums,
     /// Elements received so far.
@@ -48,12 +59,16 @@ impl Streamed {
         let run_of = |slot: &Slot| slot.layout(&value.dims).channel_run();
         let run = slots.first().and_then(run_of);
         let same = slots.iter().all(|slot| run_of(slot) == run);
-        match run.filter(|&run| same && value.has_run_maxima(run)) {
+        let ranges_from_writer = value.len() * value.dtype.size() <= HELD_LIMIT;
+        let readable = |run| ranges_from_writer || value.has_run_maxima(run);
+        match run.filter(|&run| same && readable(run)) {
             Some(run) => Ok(Streamed {
                 name,
                 slots,
                 value,
                 run,
+                ranges_from_writer,
+                held: Vec::new(),
                 grids: None,
                 sums: Sums::default(),
                 received: 0,
@@ -68,20 +83,56 @@ impl Streamed {
         }
     }
 
-    /// Whether the ranges have been read.
-    pub fn is_prepared(&self) -> bool {
-        self.grids.is_some()
+    /// Whether the ranges are still to be read from the source.
+    pub fn reads_ahead(&self) -> bool {
+        !self.ranges_from_writer && self.grids.is_none()
     }
 
-    /// Reads the ranges, once.
+    /// Reads the ranges from the source, once (nothing when the writer gives them).
     pub fn prepare(&mut self, store: &ExternalStore) -> crate::error::Result<()> {
-        if self.grids.is_none() {
+        if self.reads_ahead() {
             let ranges = self.value.run_maxima(store, self.run)?;
-            self.grids = Some(Grids {
-                tensor: stats::tensor_grid(&ranges),
-                channels: ranges.iter().map(|r| Grid::new(r / 127.0)).collect(),
-                ranges,
-            });
+            self.set_ranges(ranges);
+        }
+        Ok(())
+    }
+
+    fn set_ranges(&mut self, ranges: Vec<f64>) {
+        self.grids = Some(Grids {
+            tensor: stats::tensor_grid(&ranges),
+            channels: ranges.iter().map(|r| Grid::new(r / 127.0)).collect(),
+            ranges,
+        });
+    }
+
+    /// Takes the next written chunk (whole elements): added to the sums, or kept until the
+    /// writer's ranges come. The chunks done with, to reuse.
+    pub fn take(
+        &mut self,
+        store: &ExternalStore,
+        chunk: Vec<u8>,
+        done: &mut Vec<Vec<u8>>,
+    ) -> crate::error::Result<()> {
+        if self.ranges_from_writer && self.grids.is_none() {
+            self.held.push(chunk);
+            return Ok(());
+        }
+        self.add(store, &chunk)?;
+        done.push(chunk);
+        Ok(())
+    }
+
+    /// The writer's ranges (after the weight's last chunk): the chunks kept are added.
+    pub fn ranges_written(
+        &mut self,
+        store: &ExternalStore,
+        ranges: Vec<f64>,
+        done: &mut Vec<Vec<u8>>,
+    ) -> crate::error::Result<()> {
+        self.set_ranges(ranges);
+        for chunk in std::mem::take(&mut self.held) {
+            self.add(store, &chunk)?;
+            done.push(chunk);
         }
         Ok(())
     }
@@ -150,16 +201,15 @@ impl Streamed {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::Arc;
 
     use super::*;
     use crate::proto::NodeProto;
-    use crate::readiness::stats::Elements;
     use crate::scaled::Scaling;
     use crate::tensor::Tensor;
 
-    fn slot(order: usize, op_type: &str, axis: usize, group: usize) -> Slot {
+    pub(crate) fn slot(order: usize, op_type: &str, axis: usize, group: usize) -> Slot {
         Slot {
             order,
             node: NodeProto {
@@ -172,7 +222,11 @@ mod tests {
         }
     }
 
-    fn weight(dtype: Dtype, dims: &[usize], scalings: Vec<Scaling>) -> Box<ScaledTensor> {
+    pub(crate) fn weight(
+        dtype: Dtype,
+        dims: &[usize],
+        scalings: Vec<Scaling>,
+    ) -> Box<ScaledTensor> {
         let numel: usize = dims.iter().product();
         // Values on and between the grids' half steps (a channel reaching 127 has a step of
         // 1), so both ways of quantizing are taken.
@@ -191,57 +245,6 @@ mod tests {
     }
 
     #[test]
-    fn figures_of_written_chunks_are_the_figures_of_the_whole_weight() {
-        // Fed the written bytes in pieces of every size (none, one element, a channel and a
-        // bit, more than a chunk), the figures equal those of the whole written weight, for
-        // each layer that reads it.
-        let store = ExternalStore::none();
-        let factors: Vec<f64> = (0..16).map(|c| 0.3 + c as f64 * 0.17).collect();
-        let cases = [
-            (vec![16, 3, 3, 3], vec![Scaling::new(27, factors.clone())]),
-            (
-                vec![16, 2, 3, 3],
-                vec![
-                    Scaling::new(18, factors.clone()),
-                    Scaling::new(9, vec![-1.5, 0.25]),
-                ],
-            ),
-            (vec![6, 10], vec![Scaling::new(10, factors[..6].to_vec())]),
-            (vec![4, 5000], vec![]),
-        ];
-        for dtype in [Dtype::F32, Dtype::F16, Dtype::F64] {
-            for (dims, scalings) in &cases {
-                let value = weight(dtype, dims, scalings.clone());
-                let written = value.to_bytes(&store).unwrap();
-                let slots = vec![slot(3, "Conv", 0, 1), slot(5, "Gemm", 0, 1)];
-                let want: Vec<(usize, LayerReadiness)> = slots
-                    .iter()
-                    .map(|s| {
-                        let layout = s.layout(dims);
-                        let elements = Elements::Raw(dtype, &written);
-                        (s.order, stats::layer(&s.node, "w", &layout, elements))
-                    })
-                    .collect();
-                for piece in [1, 7, 29, 4099] {
-                    let Ok(mut streamed) = Streamed::new("w".into(), slots.clone(), value.clone())
-                    else {
-                        panic!("{dims:?} is measured as written");
-                    };
-                    let mut rest = written.as_slice();
-                    while !rest.is_empty() {
-                        let (now, after) = rest.split_at((piece * dtype.size()).min(rest.len()));
-                        streamed.add(&store, now).unwrap();
-                        streamed.add(&store, &[]).unwrap();
-                        rest = after;
-                    }
-                    assert!(streamed.is_complete());
-                    assert_eq!(streamed.figures(), want, "{dtype:?} {dims:?} by {piece}");
-                }
-            }
-        }
-    }
-
-    #[test]
     fn weights_whose_channels_are_not_runs_are_measured_whole() {
         // A ConvTranspose's channels (axis 1), a MatMul's columns, two layers that disagree,
         // and a factor changing at every element (a forward fold into a 1×1 convolution).
@@ -256,11 +259,21 @@ mod tests {
             };
             assert!(matches!(job.source, Source::Scaled(_)));
         }
-        let forward = weight(
-            Dtype::F32,
-            &[4, 6, 1, 1],
-            vec![Scaling::new(1, vec![2.0; 6])],
-        );
-        assert!(Streamed::new("w".into(), vec![slot(0, "Conv", 0, 1)], forward).is_err());
+        // A factor changing at every element (a forward fold into a 1×1 convolution): the
+        // writer takes the ranges of a small weight; a larger one would need them read ahead,
+        // which costs what scaling does, so it is measured whole.
+        let forward = |out: usize| {
+            let dims = vec![out, 1 << 12, 1, 1];
+            let data = vec![0.5; out << 12];
+            let tensor = Arc::new(Tensor::new(Dtype::F32, dims, data));
+            let mut value = ScaledTensor::values("w", tensor);
+            value.scalings = vec![Scaling::new(1, vec![2.0; 1 << 12])];
+            Box::new(value)
+        };
+        let conv = vec![slot(0, "Conv", 0, 1)];
+        let small = Streamed::new("w".into(), conv.clone(), forward(4));
+        assert!(small.is_ok_and(|s| s.ranges_from_writer));
+        let large = forward(HELD_LIMIT / (4 << 12) + 1);
+        assert!(Streamed::new("w".into(), conv, large).is_err());
     }
 }

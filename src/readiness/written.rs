@@ -1,8 +1,11 @@
 //! The way written chunks go from the writer to the readiness thread: the writer's end
 //! ([`Tap`]) takes each chunk of a weight measured as written (its buffer, swapped for one
-//! from a small pool: no copy) and sends the chunks in batches; the thread's end ([`receive`])
-//! adds them to that weight's sums and sends the buffers back. The writer waits only when
-//! every buffer is in flight.
+//! from a small pool: no copy), takes each channel's largest magnitude while the chunk is in
+//! its cache (for weights of at most [`HELD_LIMIT`](super::streamed::HELD_LIMIT) bytes), and
+//! sends the chunks in batches, the ranges with the last; the thread's end ([`receive`]) adds
+//! them to that weight's sums (keeping them until the ranges come) and sends the buffers back.
+//! The writer waits only when every buffer is in flight, the pool counting one weight's chunks
+//! on top, since the thread may keep them all.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,7 +13,10 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 
 use crate::external::ExternalStore;
 
+use crate::tensor::Dtype;
+
 use super::jobs::{self, Measured, Queue};
+use super::stats;
 use super::streamed::Streamed;
 
 /// Chunk buffers in flight at most: the writer waits for one to come back beyond.
@@ -20,21 +26,38 @@ const CHUNKS_IN_FLIGHT: usize = 64;
 /// writer's side, so they are sent a few at a time.
 const BATCH: usize = 1 << 19;
 
-/// Written chunks of one weight measured as written, in order.
+/// Written chunks of one weight measured as written, in order; with the last of them, the
+/// weight's channel ranges when the writer takes them.
 struct Piece {
     weight: usize,
     chunks: Vec<Vec<u8>>,
+    ranges: Option<Vec<f64>>,
 }
 
-/// The writer's end: which initializers are measured as written (their index and the bytes
-/// still to come), and where their chunks go.
+/// What the writer's end knows of a weight measured as written.
+struct Watched {
+    index: usize,
+    dtype: Dtype,
+    /// Bytes per output channel.
+    run: usize,
+    /// Bytes written so far, and in all.
+    written: usize,
+    len: usize,
+    /// Each channel's largest magnitude so far, when the writer takes the ranges.
+    ranges: Option<Vec<f64>>,
+}
+
+/// The writer's end: which initializers are measured as written, and where their chunks go.
 pub(super) struct Tap {
-    weights: HashMap<String, (usize, usize)>,
+    weights: HashMap<String, Watched>,
     pieces: SyncSender<Piece>,
     free: Receiver<Vec<u8>>,
     allocated: usize,
     batch: Option<Piece>,
     batched: usize,
+    /// Chunks taken of the weight being written: the thread may keep them all until its last,
+    /// so the pool grows by as many.
+    of_this_weight: usize,
 }
 
 impl Tap {
@@ -46,17 +69,32 @@ impl Tap {
     /// Takes `bytes` of `tensor` for the thread, leaving a buffer of the pool in their place;
     /// false once the thread is gone.
     pub fn take(&mut self, tensor: &str, bytes: &mut Vec<u8>) -> bool {
-        let Some((weight, left)) = self.weights.get_mut(tensor) else {
+        let Some(watched) = self.weights.get_mut(tensor) else {
             return true;
         };
-        let (weight, complete) = (*weight, *left <= bytes.len());
-        *left = left.saturating_sub(bytes.len());
-        if self.batch.as_ref().is_some_and(|b| b.weight != weight) && !self.flush() {
-            return false;
+        if let Some(ranges) = &mut watched.ranges {
+            // The chunk is still in this core's cache: each channel's largest magnitude now.
+            let size = watched.dtype.size();
+            let mut at = watched.written;
+            for part in split_at_runs(bytes, at, watched.run) {
+                let range = &mut ranges[at / watched.run];
+                *range = range.max(stats::range_of(watched.dtype, part));
+                at += part.len() - part.len() % size;
+            }
         }
+        watched.written += bytes.len();
+        let (weight, complete) = (watched.index, watched.written >= watched.len);
+        let ranges = complete.then(|| watched.ranges.take()).flatten();
+        if self.batch.as_ref().is_some_and(|b| b.weight != weight) {
+            self.of_this_weight = 0;
+            if !self.flush() {
+                return false;
+            }
+        }
+        self.of_this_weight += 1;
         let replacement = match self.free.try_recv() {
             Ok(buffer) => buffer,
-            Err(_) if self.allocated < CHUNKS_IN_FLIGHT => {
+            Err(_) if self.allocated < CHUNKS_IN_FLIGHT + self.of_this_weight => {
                 self.allocated += 1;
                 Vec::new()
             }
@@ -69,13 +107,13 @@ impl Tap {
         };
         let chunk = std::mem::replace(bytes, replacement);
         self.batched += chunk.len();
-        self.batch
-            .get_or_insert_with(|| Piece {
-                weight,
-                chunks: Vec::new(),
-            })
-            .chunks
-            .push(chunk);
+        let batch = self.batch.get_or_insert_with(|| Piece {
+            weight,
+            chunks: Vec::new(),
+            ranges: None,
+        });
+        batch.chunks.push(chunk);
+        batch.ranges = ranges;
         match complete || self.batched >= BATCH {
             true => self.flush(),
             false => true,
@@ -90,6 +128,15 @@ impl Tap {
             None => true,
         }
     }
+}
+
+/// `bytes`, which start `at` bytes into their tensor, cut where a run of `run` bytes ends.
+fn split_at_runs(bytes: &[u8], at: usize, run: usize) -> impl Iterator<Item = &[u8]> {
+    let first = (run - at % run).min(bytes.len());
+    let (head, tail) = bytes.split_at(first);
+    std::iter::once(head)
+        .chain(tail.chunks(run))
+        .filter(|part| !part.is_empty())
 }
 
 impl Drop for Tap {
@@ -113,7 +160,18 @@ pub(super) fn channel(streamed: Vec<Streamed>) -> (Tap, Inbox) {
     let weights = streamed
         .iter()
         .enumerate()
-        .map(|(i, s)| (s.name.clone(), (i, s.value.len() * s.value.dtype.size())))
+        .map(|(index, s)| {
+            let (dtype, len) = (s.value.dtype, s.value.len());
+            let watched = Watched {
+                index,
+                dtype,
+                run: s.run * dtype.size(),
+                written: 0,
+                len: len * dtype.size(),
+                ranges: s.ranges_from_writer.then(|| vec![0.0; len / s.run.max(1)]),
+            };
+            (s.name.clone(), watched)
+        })
         .collect();
     let tap = Tap {
         weights,
@@ -122,6 +180,7 @@ pub(super) fn channel(streamed: Vec<Streamed>) -> (Tap, Inbox) {
         allocated: 0,
         batch: None,
         batched: 0,
+        of_this_weight: 0,
     };
     let inbox = Inbox {
         weights: streamed.into_iter().map(Some).collect(),
@@ -155,7 +214,7 @@ pub(super) fn receive(
             Err(TryRecvError::Empty) => {
                 while weights
                     .get(ahead)
-                    .is_some_and(|w| w.as_ref().is_none_or(Streamed::is_prepared))
+                    .is_some_and(|w| w.as_ref().is_none_or(|w| !w.reads_ahead()))
                 {
                     ahead += 1;
                 }
@@ -176,22 +235,34 @@ pub(super) fn receive(
                 }
             }
         };
-        for chunk in piece.chunks {
-            let entry = weights.get_mut(piece.weight);
-            if let Some(entry) = entry.filter(|_| measured.failure.is_none()) {
+        let mut done = Vec::new();
+        let entry = weights.get_mut(piece.weight);
+        match entry.filter(|e| e.is_some() && measured.failure.is_none()) {
+            Some(entry) => {
+                let mut taken = Ok(());
                 if let Some(weight) = entry.as_mut() {
-                    match weight.add(store, &chunk) {
-                        Err(e) => measured.failure = Some(e),
-                        Ok(()) if weight.is_complete() => {
-                            measured.measured_as_written += 1;
-                            measured
-                                .layers
-                                .extend(entry.take().map(Streamed::figures).unwrap_or_default());
-                        }
-                        Ok(()) => {}
+                    for chunk in piece.chunks {
+                        taken = taken.and_then(|()| weight.take(store, chunk, &mut done));
+                    }
+                    if let Some(ranges) = piece.ranges {
+                        taken =
+                            taken.and_then(|()| weight.ranges_written(store, ranges, &mut done));
                     }
                 }
+                match taken {
+                    Err(e) => measured.failure = Some(e),
+                    Ok(()) if entry.as_ref().is_some_and(Streamed::is_complete) => {
+                        measured.measured_as_written += 1;
+                        let figures = entry.take().map(Streamed::figures).unwrap_or_default();
+                        measured.layers.extend(figures);
+                    }
+                    Ok(()) => {}
+                }
             }
+            // Nothing to add them to (or a failure already): the buffers go back.
+            None => done = piece.chunks,
+        }
+        for chunk in done {
             let _ = recycle.try_send(chunk);
         }
     }
@@ -202,4 +273,120 @@ pub(super) fn receive(
         buffer = jobs::run(weight.into_job(), store, buffer, measured);
     }
     buffer
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::readiness::jobs::Slot;
+    use crate::readiness::stats::Elements;
+    use crate::readiness::streamed::tests::{slot, weight};
+    use crate::readiness::LayerReadiness;
+    use crate::scaled::Scaling;
+
+    /// The figures the thread's end gives for `streamed`, whose written bytes the writer's end
+    /// takes in pieces of `piece` elements.
+    fn through_the_tap(streamed: Vec<Streamed>, written: &[Vec<u8>], piece: usize) -> Measured {
+        let names: Vec<(String, usize)> = streamed
+            .iter()
+            .map(|s| (s.name.clone(), s.value.dtype.size()))
+            .collect();
+        let (mut tap, inbox) = channel(streamed);
+        let queue: Queue = Arc::new(Mutex::new(VecDeque::new()));
+        let store = ExternalStore::none();
+        let thread = std::thread::spawn(move || {
+            let mut measured = Measured::default();
+            receive(
+                inbox,
+                &queue,
+                &store,
+                Vec::new(),
+                &mut measured,
+                &AtomicBool::new(false),
+            );
+            measured
+        });
+        for ((name, size), bytes) in names.iter().zip(written) {
+            for part in bytes.chunks(piece * size) {
+                let mut chunk = part.to_vec();
+                assert!(tap.take(name, &mut chunk));
+            }
+        }
+        drop(tap);
+        thread.join().unwrap()
+    }
+
+    #[test]
+    fn figures_of_written_chunks_are_the_figures_of_the_whole_weight() {
+        // Fed the written bytes in pieces of every size (one element, a channel and a bit, more
+        // than a batch), with the ranges taken by the writer or read ahead from the source, the
+        // figures equal those of the whole written weight, for each layer that reads it.
+        let store = ExternalStore::none();
+        let factors: Vec<f64> = (0..16).map(|c| 0.3 + c as f64 * 0.17).collect();
+        let cases = [
+            (vec![16, 3, 3, 3], vec![Scaling::new(27, factors.clone())]),
+            (
+                vec![16, 2, 3, 3],
+                vec![
+                    Scaling::new(18, factors.clone()),
+                    Scaling::new(9, vec![-1.5, 0.25]),
+                ],
+            ),
+            (vec![6, 10], vec![Scaling::new(10, factors[..6].to_vec())]),
+            (vec![4, 50_000], vec![]),
+        ];
+        let slots: Vec<Slot> = vec![slot(3, "Conv", 0, 1), slot(5, "Gemm", 0, 1)];
+        for dtype in [Dtype::F32, Dtype::F16, Dtype::F64] {
+            for ranges_from_writer in [true, false] {
+                let mut streamed = Vec::new();
+                let mut written = Vec::new();
+                let mut want: Vec<(usize, LayerReadiness)> = Vec::new();
+                for (k, (dims, scalings)) in cases.iter().enumerate() {
+                    let value = weight(dtype, dims, scalings.clone());
+                    let bytes = value.to_bytes(&store).unwrap();
+                    let name = format!("w{k}");
+                    let slots: Vec<Slot> = slots
+                        .iter()
+                        .map(|s| Slot {
+                            order: s.order + 10 * k,
+                            ..s.clone()
+                        })
+                        .collect();
+                    for s in &slots {
+                        let elements = Elements::Raw(dtype, &bytes);
+                        let figures = stats::layer(&s.node, &name, &s.layout(dims), elements);
+                        want.push((s.order, figures));
+                    }
+                    let Ok(mut s) = Streamed::new(name, slots, value) else {
+                        panic!("{dims:?} is measured as written");
+                    };
+                    s.ranges_from_writer = ranges_from_writer;
+                    streamed.push(s);
+                    written.push(bytes);
+                }
+                for piece in [1, 29, 4099, 200_000] {
+                    let streamed = streamed
+                        .iter()
+                        .map(|s| {
+                            let mut copy =
+                                Streamed::new(s.name.clone(), s.slots.clone(), s.value.clone())
+                                    .unwrap_or_else(|_| panic!("measured as written"));
+                            copy.ranges_from_writer = ranges_from_writer;
+                            copy
+                        })
+                        .collect();
+                    let measured = through_the_tap(streamed, &written, piece);
+                    assert!(measured.failure.is_none());
+                    assert_eq!(measured.measured_as_written, cases.len());
+                    let mut got = measured.layers;
+                    got.sort_by_key(|(order, _)| *order);
+                    let context = format!("{dtype:?}, writer's ranges {ranges_from_writer}");
+                    assert_eq!(got, want, "{context}, by {piece}");
+                }
+            }
+        }
+    }
 }
