@@ -18,9 +18,10 @@ use super::stats;
 use super::sums::{Grid, Sums};
 use super::LayerReadiness;
 
-/// The largest weight whose chunks wait for the writer's ranges (memory held: one such weight,
-/// beside the chunks in flight).
-pub const HELD_LIMIT: usize = 16 << 20;
+/// The largest weight whose chunks wait for the writer's ranges: the memory held is one such
+/// weight beside the chunks in flight, within the 2 × largest tensor + 64 MiB a fold of
+/// external data may take; a larger weight has its ranges read from its source instead.
+pub const HELD_LIMIT: usize = 256 << 20;
 
 /// A folded weight whose figures are taken from its written bytes.
 pub(super) struct Streamed {
