@@ -8,7 +8,7 @@ use crate::graph::node_label;
 use crate::proto::NodeProto;
 use crate::tensor::{self, Dtype};
 
-use super::lanes::{ChannelValues, Totals};
+use super::lanes::{ChannelValues, Isa, Totals};
 use super::sums::{Grid, Sums};
 use super::{LayerReadiness, MIN_EFFECTIVE_BITS};
 
@@ -214,28 +214,10 @@ pub(super) fn figures(
     }
 }
 
-/// The largest magnitude among little-endian f32 values, NaN ignored (as `f64::max` does):
-/// the maximum of their bit patterns without the sign, which order as the magnitudes do; as
-/// signed integers (never negative once the sign is cleared), in eight independent lanes.
+/// The largest magnitude among little-endian f32 values, NaN ignored (as `f64::max` does),
+/// with the widest vector instructions the processor has.
 fn f32_range(raw: &[u8]) -> f64 {
-    fn magnitude(c: &[u8]) -> i32 {
-        let bits = (u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7fff_ffff) as i32;
-        if bits > 0x7f80_0000 {
-            0
-        } else {
-            bits
-        }
-    }
-    let mut lanes = [0i32; 8];
-    let mut blocks = raw.chunks_exact(32);
-    for block in &mut blocks {
-        for (lane, c) in lanes.iter_mut().zip(block.chunks_exact(4)) {
-            *lane = (*lane).max(magnitude(c));
-        }
-    }
-    let tail = blocks.remainder().chunks_exact(4).map(magnitude).max();
-    let largest = lanes.into_iter().chain(tail).max().unwrap_or(0);
-    f32::from_bits(largest as u32) as f64
+    Isa::widest().f32_range(raw)
 }
 
 #[cfg(test)]
@@ -377,7 +359,10 @@ mod tests {
                     })
                     .collect();
                 let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-                assert_eq!(f32_range(&raw), 7.5, "length {len}, largest at {at}");
+                for isa in Isa::available() {
+                    let got = isa.f32_range(&raw);
+                    assert_eq!(got, 7.5, "{isa:?}, length {len}, largest at {at}");
+                }
             }
         }
     }
