@@ -77,8 +77,9 @@ impl Tap {
             let size = watched.dtype.size();
             let mut at = watched.written;
             for part in split_at_runs(bytes, at, watched.run) {
-                let range = &mut ranges[at / watched.run];
-                *range = range.max(stats::range_of(watched.dtype, part));
+                if let Some(range) = ranges.get_mut(at / watched.run) {
+                    *range = range.max(stats::range_of(watched.dtype, part));
+                }
                 at += part.len() - part.len() % size;
             }
         }
@@ -165,7 +166,7 @@ pub(super) fn channel(streamed: Vec<Streamed>) -> (Tap, Inbox) {
             let watched = Watched {
                 index,
                 dtype,
-                run: s.run * dtype.size(),
+                run: s.run.max(1) * dtype.size(),
                 written: 0,
                 len: len * dtype.size(),
                 ranges: s.ranges_from_writer.then(|| vec![0.0; len / s.run.max(1)]),
