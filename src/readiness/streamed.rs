@@ -54,8 +54,9 @@ struct Grids {
 
 impl Streamed {
     /// The job of measuring `value`, the weight `name` of the layers `slots`, on its written
-    /// bytes, if every layer's output channels are runs in memory order and the ranges can be
-    /// read from the source; else the job of measuring it whole.
+    /// bytes, if every layer's output channels are runs in memory order and its ranges can be
+    /// had (from the writer, or for a weight above [`HELD_LIMIT`] from the source); else the job
+    /// of measuring it whole.
     pub fn new(name: String, slots: Vec<Slot>, value: Box<ScaledTensor>) -> Result<Streamed, Job> {
         let run_of = |slot: &Slot| slot.layout(&value.dims).channel_run();
         let run = slots.first().and_then(run_of);
@@ -131,16 +132,14 @@ impl Streamed {
         done: &mut Vec<Vec<u8>>,
     ) -> crate::error::Result<()> {
         self.set_ranges(ranges);
-        for chunk in std::mem::take(&mut self.held) {
-            self.add(store, &chunk)?;
-            done.push(chunk);
-        }
-        Ok(())
+        std::mem::take(&mut self.held)
+            .into_iter()
+            .try_for_each(|chunk| self.take(store, chunk, done))
     }
 
     /// Adds the next written bytes (whole elements) to the sums, channel by channel; the ranges
     /// are read first if they have not been.
-    pub fn add(&mut self, store: &ExternalStore, bytes: &[u8]) -> crate::error::Result<()> {
+    fn add(&mut self, store: &ExternalStore, bytes: &[u8]) -> crate::error::Result<()> {
         self.prepare(store)?;
         let Some(grids) = &self.grids else {
             return Ok(());

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
+use std::sync::mpsc::{self, sync_channel, Receiver, Sender, SyncSender, TryRecvError};
 
 use crate::external::ExternalStore;
 
@@ -55,8 +55,9 @@ pub(super) struct Tap {
     allocated: usize,
     batch: Option<Piece>,
     batched: usize,
-    /// Chunks taken of the weight being written: the thread may keep them all until its last,
-    /// so the pool grows by as many.
+    /// The weight being written, and its chunks taken so far: the thread may keep them all
+    /// until its last, so the pool grows by as many.
+    current: Option<usize>,
     of_this_weight: usize,
 }
 
@@ -86,8 +87,8 @@ impl Tap {
         watched.written += bytes.len();
         let (weight, complete) = (watched.index, watched.written >= watched.len);
         let ranges = complete.then(|| watched.ranges.take()).flatten();
-        if self.batch.as_ref().is_some_and(|b| b.weight != weight) {
-            self.of_this_weight = 0;
+        if self.current != Some(weight) {
+            (self.current, self.of_this_weight) = (Some(weight), 0);
             if !self.flush() {
                 return false;
             }
@@ -151,13 +152,15 @@ impl Drop for Tap {
 pub(super) struct Inbox {
     weights: Vec<Option<Streamed>>,
     pieces: Receiver<Piece>,
-    recycle: SyncSender<Vec<u8>>,
+    /// Unbounded, so no buffer is ever dropped on its way back: the writer counts every buffer
+    /// it made as in flight until it returns.
+    recycle: Sender<Vec<u8>>,
 }
 
 /// The two ends for the weights `streamed`, in the order they are written.
 pub(super) fn channel(streamed: Vec<Streamed>) -> (Tap, Inbox) {
     let (pieces, inbox) = sync_channel(CHUNKS_IN_FLIGHT);
-    let (recycle, free) = sync_channel(CHUNKS_IN_FLIGHT + 1);
+    let (recycle, free) = mpsc::channel();
     let weights = streamed
         .iter()
         .enumerate()
@@ -181,6 +184,7 @@ pub(super) fn channel(streamed: Vec<Streamed>) -> (Tap, Inbox) {
         allocated: 0,
         batch: None,
         batched: 0,
+        current: None,
         of_this_weight: 0,
     };
     let inbox = Inbox {
@@ -264,7 +268,7 @@ pub(super) fn receive(
             None => done = piece.chunks,
         }
         for chunk in done {
-            let _ = recycle.try_send(chunk);
+            let _ = recycle.send(chunk);
         }
     }
     for weight in weights.into_iter().flatten() {
