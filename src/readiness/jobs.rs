@@ -1,5 +1,6 @@
 //! Measuring one weight whole: a folded one scaled again from its source into a buffer, a
-//! stored one read as stored, then its figures taken from the buffer ([`stats::layer`]).
+//! stored one read in place (inline in the mapped input) or into the buffer (external data),
+//! then its figures taken from those bytes ([`stats::layer`]).
 //! Either side of [`LayerFigures`](super::LayerFigures) takes such jobs from a shared queue.
 
 use std::collections::VecDeque;
