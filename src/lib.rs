@@ -34,6 +34,7 @@ pub mod folded;
 
 pub mod absorption;
 pub mod graph;
+mod isa;
 pub mod model;
 pub mod npy;
 pub mod output;

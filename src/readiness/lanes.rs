@@ -4,13 +4,14 @@
 //! element-by-element loop and every sum takes its terms in the same order, so the figures are
 //! identical to the bit; only the work between the additions runs in vector registers.
 //!
-//! The loop is compiled three times: for the build's baseline, for AVX2 and for AVX-512F, and
-//! the widest the processor has is chosen at run time (the build targets baseline x86-64,
-//! whose two f64 lanes leave the terms slower than the additions they feed). No variant
+//! The loop is compiled three times ([`crate::isa`]): for the build's baseline, for AVX2 and for
+//! AVX-512F, and the widest the processor has is chosen at run time (the build targets baseline
+//! x86-64, whose two f64 lanes leave the terms slower than the additions they feed). No variant
 //! contracts a multiplication and an addition: Rust never fuses them unasked. The channel
 //! ranges' maximum of f32 magnitudes is compiled the same three ways (baseline x86-64 has no
 //! vector maximum of integers; it took 40% of the sums' time).
 
+use crate::isa::dispatch;
 use crate::tensor::{self, Dtype};
 
 /// The three running sums of a weight: `ΣW²` and the noise on the per-tensor and the channel's
@@ -165,83 +166,33 @@ fn accumulate(sums: &mut Totals, values: ChannelValues, grids: &Grids) -> bool {
     near.iter().any(|&n| n)
 }
 
-/// A variant of the loop for one instruction set.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub(super) enum Isa {
-    /// The build's own target.
-    Baseline,
-    /// x86-64 with AVX2.
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    /// x86-64 with AVX-512F.
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
+pub(super) use crate::isa::Isa;
+
+dispatch! {
+    /// [`accumulate`] compiled for the variant given.
+    fn accumulate_with(sums: &mut Totals, values: ChannelValues, grids: &Grids) -> bool = accumulate;
+}
+
+dispatch! {
+    /// [`largest_f32`] compiled for the variant given.
+    fn largest_f32_with(raw: &[u8]) -> f64 = largest_f32;
 }
 
 impl Isa {
-    /// Every variant, widest first.
-    const ALL: &[Isa] = &[
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512,
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2,
-        Isa::Baseline,
-    ];
-
-    /// Whether this processor runs the variant: the one place the instruction sets are asked.
-    fn runs(self) -> bool {
-        match self {
-            Isa::Baseline => true,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
-        }
-    }
-
-    /// The variants this processor runs, widest first.
-    #[cfg(test)]
-    pub fn available() -> Vec<Isa> {
-        Isa::ALL.iter().copied().filter(|isa| isa.runs()).collect()
-    }
-
-    /// The widest variant this processor runs.
-    pub fn widest() -> Isa {
-        Isa::ALL
-            .iter()
-            .copied()
-            .find(|isa| isa.runs())
-            .unwrap_or(Isa::Baseline)
-    }
-
     /// Adds the terms of `values` to `sums` with this variant; whether any element lay near a
-    /// half step. A variant the processor lacks runs the baseline.
-    #[allow(unsafe_code)]
-    pub fn accumulate(self, sums: &mut Totals, values: ChannelValues, grids: &Grids) -> bool {
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: the processor has AVX-512F, checked by `runs`.
-            Isa::Avx512 if self.runs() => unsafe { accumulate_avx512(sums, values, grids) },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: the processor has AVX2, checked by `runs`.
-            Isa::Avx2 if self.runs() => unsafe { accumulate_avx2(sums, values, grids) },
-            _ => accumulate(sums, values, grids),
-        }
+    /// half step.
+    pub(super) fn accumulate(
+        self,
+        sums: &mut Totals,
+        values: ChannelValues,
+        grids: &Grids,
+    ) -> bool {
+        accumulate_with(self, sums, values, grids)
     }
 
-    /// The largest magnitude among little-endian f32 values, NaN ignored, with this variant
-    /// (a variant the processor lacks runs the baseline).
-    #[allow(unsafe_code)]
-    pub fn f32_range(self, raw: &[u8]) -> f64 {
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: the processor has AVX-512F, checked by `runs`.
-            Isa::Avx512 if self.runs() => unsafe { largest_f32_avx512(raw) },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: the processor has AVX2, checked by `runs`.
-            Isa::Avx2 if self.runs() => unsafe { largest_f32_avx2(raw) },
-            _ => largest_f32(raw),
-        }
+    /// The largest magnitude among little-endian f32 values, NaN ignored, with this variant.
+    pub(super) fn f32_range(self, raw: &[u8]) -> f64 {
+        largest_f32_with(self, raw)
     }
 }
 
@@ -268,32 +219,4 @@ fn largest_f32(raw: &[u8]) -> f64 {
     let tail = blocks.remainder().chunks_exact(4).map(magnitude).max();
     let largest = lanes.into_iter().chain(tail).max().unwrap_or(0);
     f32::from_bits(largest as u32) as f64
-}
-
-/// [`largest_f32`] for AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn largest_f32_avx2(raw: &[u8]) -> f64 {
-    largest_f32(raw)
-}
-
-/// [`largest_f32`] for AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn largest_f32_avx512(raw: &[u8]) -> f64 {
-    largest_f32(raw)
-}
-
-/// [`accumulate`] for AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn accumulate_avx2(sums: &mut Totals, values: ChannelValues, grids: &Grids) -> bool {
-    accumulate(sums, values, grids)
-}
-
-/// [`accumulate`] for AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn accumulate_avx512(sums: &mut Totals, values: ChannelValues, grids: &Grids) -> bool {
-    accumulate(sums, values, grids)
 }

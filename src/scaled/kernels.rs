@@ -3,6 +3,7 @@
 
 use super::{Scaling, CHUNK};
 use crate::error::Result;
+use crate::isa::{dispatch, Isa};
 use crate::tensor::{self, Dtype};
 
 /// Buffers reused from one tensor to the next (a fresh large allocation costs page faults).
@@ -42,16 +43,7 @@ pub(super) fn max_magnitude(dtype: Dtype, raw: &[u8]) -> f64 {
             .unwrap_or(0)
     }
     match dtype {
-        Dtype::F32 => {
-            // 31-bit patterns compare as i32: a loop the compiler vectorizes.
-            let widest = raw
-                .chunks_exact(4)
-                .map(|c| {
-                    (u32::from_le_bytes(c.try_into().unwrap_or_default()) & 0x7fff_ffff) as i32
-                })
-                .fold(0, i32::max);
-            f32::from_bits(widest as u32) as f64
-        }
+        Dtype::F32 => largest_f32_bits(Isa::widest(), raw),
         Dtype::F64 => f64::from_bits(widest(raw, u64::MAX >> 1, u64::from_le_bytes)),
         Dtype::F16 => {
             half::f16::from_bits(widest(raw, 0x7fff, |b| u16::from_le_bytes(b) as u64) as u16)
@@ -69,6 +61,40 @@ pub(super) fn max_magnitude(dtype: Dtype, raw: &[u8]) -> f64 {
     }
 }
 
+dispatch! {
+    /// [`largest_f32_bits_loop`] compiled for the variant given.
+    fn largest_f32_bits(raw: &[u8]) -> f64 = largest_f32_bits_loop;
+}
+
+/// The largest magnitude among little-endian f32 values, NaN when there is one: their 31-bit
+/// patterns compared as i32, a loop the compiler vectorizes.
+#[inline(always)]
+fn largest_f32_bits_loop(raw: &[u8]) -> f64 {
+    let widest = raw
+        .chunks_exact(4)
+        .map(|c| (u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7fff_ffff) as i32)
+        .fold(0, i32::max);
+    f32::from_bits(widest as u32) as f64
+}
+
+dispatch! {
+    /// [`scale_f32_run_loop`] compiled for the variant given.
+    fn scale_f32_run(target: &mut [u8], raw: &[u8], factor: f64) -> bool = scale_f32_run_loop;
+}
+
+/// Little-endian f32 elements of `raw`, each widened to f64, multiplied by `factor` and
+/// rounded once back to f32, into `target` (as long); whether every result is finite.
+#[inline(always)]
+fn scale_f32_run_loop(target: &mut [u8], raw: &[u8], factor: f64) -> bool {
+    let mut finite = true;
+    for (o, c) in target.chunks_exact_mut(4).zip(raw.chunks_exact(4)) {
+        let r = (f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64 * factor) as f32;
+        finite &= r.is_finite();
+        o.copy_from_slice(&r.to_le_bytes());
+    }
+    finite
+}
+
 pub(super) fn for_each_slice(
     data: &[f64],
     first: usize,
@@ -81,43 +107,37 @@ pub(super) fn for_each_slice(
 }
 
 /// The common case in one pass: little-endian f32 elements `start..` of a source, each widened
-/// to f64, multiplied by its factor and rounded once back to f32, appended to `out`. The index
-/// (in `raw`) of the first result that is not finite, if any.
+/// to f64, multiplied by its factor and rounded once back to f32, into `target` (as many
+/// bytes). The index (in `raw`) of the first result that is not finite, if any.
 pub(super) fn scale_f32(
     raw: &[u8],
     start: usize,
     scalings: &[Scaling],
-    out: &mut Vec<u8>,
+    target: &mut [u8],
 ) -> Option<usize> {
     let count = raw.len() / 4;
-    let base = out.len();
-    out.resize(base + count * 4, 0);
-    let target = &mut out[base..];
     let mut finite = true;
-    let mut scale = |range: std::ops::Range<usize>, factor: &mut dyn FnMut() -> f64| {
-        let bytes = range.start * 4..range.end * 4;
-        for (o, c) in target[bytes.clone()]
-            .chunks_exact_mut(4)
-            .zip(raw[bytes].chunks_exact(4))
-        {
-            let mut b = [0u8; 4];
-            b.copy_from_slice(c);
-            let r = (f32::from_le_bytes(b) as f64 * factor()) as f32;
-            finite &= r.is_finite();
-            o.copy_from_slice(&r.to_le_bytes());
-        }
-    };
     match scalings {
         [only] if only.run == 1 => {
             let len = only.factors.len();
-            let mut factors = only.factors.iter().cycle().skip(start % len).copied();
-            scale(0..count, &mut || factors.next().unwrap_or(1.0));
+            let factors = only.factors.iter().cycle().skip(start % len);
+            for ((o, c), factor) in target
+                .chunks_exact_mut(4)
+                .zip(raw.chunks_exact(4))
+                .zip(factors)
+            {
+                let r = (f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64 * factor) as f32;
+                finite &= r.is_finite();
+                o.copy_from_slice(&r.to_le_bytes());
+            }
         }
         _ => {
+            let isa = Isa::widest();
             let mut pos = 0;
             while pos < count {
                 let (factor, segment) = segment_at(scalings, start + pos, count - pos);
-                scale(pos..pos + segment, &mut || factor);
+                let bytes = pos * 4..(pos + segment) * 4;
+                finite &= scale_f32_run(isa, &mut target[bytes.clone()], &raw[bytes], factor);
                 pos += segment;
             }
         }
@@ -159,5 +179,97 @@ pub(super) fn apply_scalings(scalings: &[Scaling], start: usize, values: &mut [f
             .iter_mut()
             .for_each(|v| *v *= factor);
         pos += segment;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// f32 bit patterns of every kind: normal values of both signs over many binades,
+    /// subnormals, zeros, the largest finite, infinities and NaNs of both signs.
+    fn patterns(len: usize, seed: u32) -> Vec<u8> {
+        let mut state = seed | 1;
+        (0..len)
+            .flat_map(|i| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                let bits = match i % 13 {
+                    0 => 0x8000_0000,
+                    1 => state & 0x807f_ffff,
+                    2 => 0x7f7f_ffff | (state & 0x8000_0000),
+                    _ => (state & 0x8fff_ffff) | 0x3000_0000,
+                };
+                bits.to_le_bytes()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_instruction_set_finds_the_largest_magnitude_of_the_baseline_loop() {
+        // Every length around a vector's width, then an infinity and a NaN at each position
+        // of 19 elements (a NaN wins, as the bit patterns order it).
+        for len in 0..=41 {
+            let raw = patterns(len, 0x9e37 + len as u32);
+            let want = largest_f32_bits_loop(&raw).to_bits();
+            for isa in Isa::available() {
+                assert_eq!(
+                    largest_f32_bits(isa, &raw).to_bits(),
+                    want,
+                    "{isa:?}, {len}"
+                );
+            }
+        }
+        for at in 0..19 {
+            for special in [f32::INFINITY, f32::NAN] {
+                let mut raw = patterns(19, 7);
+                raw[4 * at..4 * at + 4].copy_from_slice(&(-special).to_le_bytes());
+                for isa in Isa::available() {
+                    let got = largest_f32_bits(isa, &raw);
+                    match special.is_nan() {
+                        true => assert!(got.is_nan(), "{isa:?}, {at}"),
+                        false => assert_eq!(got, f64::INFINITY, "{isa:?}, {at}"),
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_instruction_set_scales_as_the_formula_rounds() {
+        // Each element widened, multiplied in f64 and rounded once to f32, against the
+        // formula element by element; factors that overflow, reach subnormals or flip signs.
+        for len in 0..=41 {
+            let raw = patterns(len, 0x51 + len as u32);
+            for factor in [1.0, -0.3, 1e-40, 3e38, f64::MIN_POSITIVE, 1.0 / 3.0] {
+                let want: Vec<u8> = raw
+                    .chunks_exact(4)
+                    .flat_map(|c| {
+                        let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                        ((v as f64 * factor) as f32).to_le_bytes()
+                    })
+                    .collect();
+                let finite = want
+                    .chunks_exact(4)
+                    .all(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite());
+                for isa in Isa::available() {
+                    let mut got = vec![0xa5; raw.len()];
+                    let all_finite = scale_f32_run(isa, &mut got, &raw, factor);
+                    // NaN payloads may differ; everything else to the bit.
+                    for (g, w) in got.chunks_exact(4).zip(want.chunks_exact(4)) {
+                        let (g, w) = (
+                            f32::from_le_bytes(g.try_into().unwrap()),
+                            f32::from_le_bytes(w.try_into().unwrap()),
+                        );
+                        assert!(
+                            g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                            "{isa:?}, {len}, {factor}"
+                        );
+                    }
+                    assert_eq!(all_finite, finite, "{isa:?}, {len}, {factor}");
+                }
+            }
+        }
     }
 }

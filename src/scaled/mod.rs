@@ -237,7 +237,8 @@ impl ScaledTensor {
     }
 
     /// [`ScaledTensor::stream`], each chunk in a buffer the sink may keep: it can swap in a
-    /// buffer of its own (any length; it is cleared), so a chunk is handed on without a copy.
+    /// buffer of its own (any length and contents: the next chunk is written over it), so a
+    /// chunk is handed on without a copy.
     pub fn stream_chunks(
         &self,
         store: &ExternalStore,
@@ -297,12 +298,14 @@ impl ScaledTensor {
         let mut bytes = scratch(|s| std::mem::take(&mut s.bytes));
         let mut overflow = None;
         self.for_each_source_chunk(store, &mut |start, chunk| {
-            bytes.clear();
             let bad = match chunk {
                 Chunk::Raw(raw) if self.dtype == Dtype::F32 => {
+                    // Every byte is written over: a buffer long enough already is not cleared.
+                    bytes.resize(raw.len() - raw.len() % 4, 0);
                     scale_f32(raw, start, &self.scalings, &mut bytes)
                 }
                 _ => {
+                    bytes.clear();
                     values.clear();
                     match chunk {
                         Chunk::Raw(raw) => tensor::decode_le_into(self.dtype, raw, &mut values),

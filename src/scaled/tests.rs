@@ -199,3 +199,38 @@ fn run_maxima_decline_factors_that_change_every_few_elements() {
     assert!(!t.has_run_maxima(5));
     assert!(!t.has_run_maxima(0));
 }
+
+#[test]
+fn a_chunk_buffer_swapped_by_the_sink_is_written_over_whatever_it_held() {
+    // A sink that keeps each chunk and hands back a buffer of stale bytes, longer or shorter
+    // than a chunk: the chunks are still the scaled values, as `to_bytes` gives them.
+    let numel = 3 * CHUNK + 5;
+    let values: Vec<f32> = spread(numel, 11).iter().map(|&v| v as f32).collect();
+    let stored = TensorProto {
+        name: Some("w".into()),
+        data_type: Some(Dtype::F32.code()),
+        dims: vec![numel as i64],
+        raw_data: Some(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        ..Default::default()
+    };
+    let factors = [0.7, -1.3, 2.9];
+    let t = ScaledTensor::stored(&stored)
+        .unwrap()
+        .then(Scaling::new(CHUNK / 3, factors.to_vec()));
+    let store = ExternalStore::none();
+    // The formula, element by element: widened, scaled in f64, rounded once.
+    let want: Vec<u8> = (0..numel)
+        .flat_map(|i| ((values[i] as f64 * factors[i / (CHUNK / 3) % 3]) as f32).to_le_bytes())
+        .collect();
+    assert_eq!(t.to_bytes(&store).unwrap(), want);
+    for stale in [0, 7, 4 * CHUNK - 4, 4 * CHUNK, 8 * CHUNK + 3] {
+        let mut got = Vec::new();
+        t.stream_chunks(&store, &mut |chunk| {
+            got.extend_from_slice(chunk);
+            *chunk = vec![0xee; stale];
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(got, want, "stale buffers of {stale} bytes");
+    }
+}
