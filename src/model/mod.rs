@@ -54,7 +54,8 @@ pub struct Model {
 /// at a time (what the readiness figures are measured on, so that no weight is scaled twice).
 pub trait FoldedWatcher {
     /// The next bytes of the folded initializer `tensor`, as written, in a buffer the watcher
-    /// may keep by swapping in one of its own (any length: the writer clears it).
+    /// may keep by swapping in one of its own (any length and contents: the writer writes the
+    /// next chunk over it).
     fn written(&mut self, tensor: &str, bytes: &mut Vec<u8>);
 }
 

@@ -7,9 +7,7 @@
 //! The loop is compiled three times ([`crate::isa`]): for the build's baseline, for AVX2 and for
 //! AVX-512F, and the widest the processor has is chosen at run time (the build targets baseline
 //! x86-64, whose two f64 lanes leave the terms slower than the additions they feed). No variant
-//! contracts a multiplication and an addition: Rust never fuses them unasked. The channel
-//! ranges' maximum of f32 magnitudes is compiled the same three ways (baseline x86-64 has no
-//! vector maximum of integers; it took 40% of the sums' time).
+//! contracts a multiplication and an addition: Rust never fuses them unasked.
 
 use crate::isa::dispatch;
 use crate::tensor::{self, Dtype};
@@ -173,11 +171,6 @@ dispatch! {
     fn accumulate_with(sums: &mut Totals, values: ChannelValues, grids: &Grids) -> bool = accumulate;
 }
 
-dispatch! {
-    /// [`largest_f32`] compiled for the variant given.
-    fn largest_f32_with(raw: &[u8]) -> f64 = largest_f32;
-}
-
 impl Isa {
     /// Adds the terms of `values` to `sums` with this variant; whether any element lay near a
     /// half step.
@@ -189,34 +182,4 @@ impl Isa {
     ) -> bool {
         accumulate_with(self, sums, values, grids)
     }
-
-    /// The largest magnitude among little-endian f32 values, NaN ignored, with this variant.
-    pub(super) fn f32_range(self, raw: &[u8]) -> f64 {
-        largest_f32_with(self, raw)
-    }
-}
-
-/// The largest magnitude among little-endian f32 values, NaN ignored (as `f64::max` does):
-/// the maximum of their bit patterns without the sign, which order as the magnitudes do; as
-/// signed integers (never negative once the sign is cleared), in eight independent lanes.
-#[inline(always)]
-fn largest_f32(raw: &[u8]) -> f64 {
-    fn magnitude(c: &[u8]) -> i32 {
-        let bits = (u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7fff_ffff) as i32;
-        if bits > 0x7f80_0000 {
-            0
-        } else {
-            bits
-        }
-    }
-    let mut lanes = [0i32; 8];
-    let mut blocks = raw.chunks_exact(32);
-    for block in &mut blocks {
-        for (lane, c) in lanes.iter_mut().zip(block.chunks_exact(4)) {
-            *lane = (*lane).max(magnitude(c));
-        }
-    }
-    let tail = blocks.remainder().chunks_exact(4).map(magnitude).max();
-    let largest = lanes.into_iter().chain(tail).max().unwrap_or(0);
-    f32::from_bits(largest as u32) as f64
 }

@@ -8,9 +8,11 @@ use crate::graph::node_label;
 use crate::proto::NodeProto;
 use crate::tensor::{self, Dtype};
 
-use super::lanes::{ChannelValues, Isa, Totals};
+use super::lanes::{ChannelValues, Totals};
 use super::sums::{Grid, Sums};
 use super::{LayerReadiness, MIN_EFFECTIVE_BITS};
+use crate::isa::Isa;
+use crate::scaled::largest_f32_ignoring_nan;
 
 /// A weight's elements, as stored or as values.
 #[derive(Clone, Copy)]
@@ -217,7 +219,7 @@ pub(super) fn figures(
 /// The largest magnitude among little-endian f32 values, NaN ignored (as `f64::max` does),
 /// with the widest vector instructions the processor has.
 fn f32_range(raw: &[u8]) -> f64 {
-    Isa::widest().f32_range(raw)
+    largest_f32_ignoring_nan(Isa::widest(), raw)
 }
 
 #[cfg(test)]
@@ -360,7 +362,7 @@ mod tests {
                     .collect();
                 let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
                 for isa in Isa::available() {
-                    let got = isa.f32_range(&raw);
+                    let got = largest_f32_ignoring_nan(isa, &raw);
                     assert_eq!(got, 7.5, "{isa:?}, length {len}, largest at {at}");
                 }
             }

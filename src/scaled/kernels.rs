@@ -62,17 +62,31 @@ pub(super) fn max_magnitude(dtype: Dtype, raw: &[u8]) -> f64 {
 }
 
 dispatch! {
-    /// [`largest_f32_bits_loop`] compiled for the variant given.
-    fn largest_f32_bits(raw: &[u8]) -> f64 = largest_f32_bits_loop;
+    /// [`largest_f32_loop`] compiled for the variant given, a NaN winning.
+    fn largest_f32_bits(raw: &[u8]) -> f64 = largest_f32_loop::<true>;
 }
 
-/// The largest magnitude among little-endian f32 values, NaN when there is one: their 31-bit
-/// patterns compared as i32, a loop the compiler vectorizes.
+dispatch! {
+    /// [`largest_f32_loop`] compiled for the variant given, NaN ignored (as `f64::max` does):
+    /// the channel ranges of the readiness figures.
+    pub(crate) fn largest_f32_ignoring_nan(raw: &[u8]) -> f64 = largest_f32_loop::<false>;
+}
+
+/// The largest magnitude among little-endian f32 values: the maximum of their bit patterns
+/// without the sign, which order as the magnitudes do, compared as i32 (never negative once the
+/// sign is cleared; a loop the compiler vectorizes). A NaN wins when `NAN_WINS`, else counts as
+/// zero.
 #[inline(always)]
-fn largest_f32_bits_loop(raw: &[u8]) -> f64 {
+fn largest_f32_loop<const NAN_WINS: bool>(raw: &[u8]) -> f64 {
     let widest = raw
         .chunks_exact(4)
-        .map(|c| (u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7fff_ffff) as i32)
+        .map(|c| {
+            let bits = (u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7fff_ffff) as i32;
+            match NAN_WINS || bits <= 0x7f80_0000 {
+                true => bits,
+                false => 0,
+            }
+        })
         .fold(0, i32::max);
     f32::from_bits(widest as u32) as f64
 }
@@ -188,13 +202,11 @@ mod tests {
 
     /// f32 bit patterns of every kind: normal values of both signs over many binades,
     /// subnormals, zeros, the largest finite, infinities and NaNs of both signs.
-    fn patterns(len: usize, seed: u32) -> Vec<u8> {
-        let mut state = seed | 1;
+    fn patterns(len: usize, seed: u64) -> Vec<u8> {
+        let mut next = super::super::tests::xorshift(seed);
         (0..len)
             .flat_map(|i| {
-                state ^= state << 13;
-                state ^= state >> 17;
-                state ^= state << 5;
+                let state = (next() >> 32) as u32;
                 let bits = match i % 13 {
                     0 => 0x8000_0000,
                     1 => state & 0x807f_ffff,
@@ -211,8 +223,8 @@ mod tests {
         // Every length around a vector's width, then an infinity and a NaN at each position
         // of 19 elements (a NaN wins, as the bit patterns order it).
         for len in 0..=41 {
-            let raw = patterns(len, 0x9e37 + len as u32);
-            let want = largest_f32_bits_loop(&raw).to_bits();
+            let raw = patterns(len, 0x9e37 + len as u64);
+            let want = largest_f32_loop::<true>(&raw).to_bits();
             for isa in Isa::available() {
                 assert_eq!(
                     largest_f32_bits(isa, &raw).to_bits(),
@@ -241,7 +253,7 @@ mod tests {
         // Each element widened, multiplied in f64 and rounded once to f32, against the
         // formula element by element; factors that overflow, reach subnormals or flip signs.
         for len in 0..=41 {
-            let raw = patterns(len, 0x51 + len as u32);
+            let raw = patterns(len, 0x51 + len as u64);
             for factor in [1.0, -0.3, 1e-40, 3e38, f64::MIN_POSITIVE, 1.0 / 3.0] {
                 let want: Vec<u8> = raw
                     .chunks_exact(4)

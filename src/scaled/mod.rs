@@ -17,6 +17,7 @@ use crate::tensor::{self, Dtype, Tensor};
 
 mod kernels;
 mod maxima;
+pub(crate) use kernels::largest_f32_ignoring_nan;
 use kernels::{apply_scalings, for_each_slice, max_magnitude, scale_f32, scratch, Chunk};
 pub use maxima::MIN_SHARED_FACTOR;
 
@@ -226,8 +227,7 @@ impl ScaledTensor {
         Ok(found)
     }
 
-    /// Calls `sink` with the little-endian bytes of the scaled values, in order, a chunk at a
-    /// time.
+    /// Calls `sink` with the scaled values' little-endian bytes, in order, a chunk at a time.
     pub fn stream(
         &self,
         store: &ExternalStore,
@@ -236,9 +236,8 @@ impl ScaledTensor {
         self.stream_chunks(store, &mut |chunk| sink(chunk))
     }
 
-    /// [`ScaledTensor::stream`], each chunk in a buffer the sink may keep: it can swap in a
-    /// buffer of its own (any length and contents: the next chunk is written over it), so a
-    /// chunk is handed on without a copy.
+    /// [`ScaledTensor::stream`], each chunk in a buffer the sink may keep by swapping in one of
+    /// its own (any length and contents: the next chunk is written over it): no copy.
     pub fn stream_chunks(
         &self,
         store: &ExternalStore,

@@ -107,14 +107,23 @@ fn a_large_stored_source_is_checked_in_two_halves_and_the_first_bad_element_wins
     );
 }
 
+/// A deterministic stream of 64-bit patterns (xorshift) for test data.
+pub(super) fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+    let mut state = seed | 1;
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    }
+}
+
 /// A deterministic spread of values over many binades, both signs, exact zeros among them.
 fn spread(len: usize, seed: u64) -> Vec<f64> {
-    let mut state = seed | 1;
+    let mut next = xorshift(seed);
     (0..len)
         .map(|i| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
+            let state = next();
             let unit = (state >> 11) as f64 / (1u64 << 53) as f64;
             match i % 11 {
                 0 => 0.0,
