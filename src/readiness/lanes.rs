@@ -1,14 +1,16 @@
 //! The element loop of a weight's sums, in lanes: the terms of [`BLOCK`] elements (each one's
-//! square and its two quantization errors squared) side by side, then added to the three sums
-//! one element after the other, in order. Every term is the same IEEE operation as in the
-//! element-by-element loop and every sum takes its terms in the same order, so the figures are
-//! identical to the bit; only the work between the additions runs in vector registers.
+//! square and its two quantization errors squared) side by side, then added to the three sums:
+//! a span of [`SPAN`] terms at once where that gives the bits of the additions one after the
+//! other ([`binade`](super::binade)), otherwise one element after the other, in order. Every
+//! term is the same IEEE operation as in the element-by-element loop and every sum is the one
+//! the terms give in order, so the figures are identical to the bit.
 //!
 //! The loop is compiled three times ([`crate::isa`]): for the build's baseline, for AVX2 and for
 //! AVX-512F, and the widest the processor has is chosen at run time (the build targets baseline
 //! x86-64, whose two f64 lanes leave the terms slower than the additions they feed). No variant
 //! contracts a multiplication and an addition: Rust never fuses them unasked.
 
+use super::binade::{Span, SPAN};
 use crate::isa::dispatch;
 use crate::tensor::{self, Dtype};
 
@@ -25,7 +27,7 @@ pub(super) struct Totals {
 }
 
 /// Elements whose terms are computed side by side.
-const BLOCK: usize = 8;
+pub(super) const BLOCK: usize = 8;
 
 /// How far from an integer a step count may lie before the reciprocal is not trusted:
 /// `v·(1/step)` is within 3.4e-16 relative of `v/step` as rounded (two roundings against one),
@@ -88,31 +90,59 @@ fn nearest_step(steps: f64) -> (f64, f64) {
     (steps, (steps + ROUND) - ROUND)
 }
 
-/// The terms of `v`: its square, its two quantization errors squared, and whether either
-/// step count lies near a half step.
+/// The terms of `v`: its square, its two quantization errors squared, and the larger distance
+/// of its two step counts from their nearest integers.
 #[inline(always)]
-fn terms(v: f64, grids: &Grids) -> (f64, f64, f64, bool) {
+fn terms(v: f64, grids: &Grids) -> (f64, f64, f64, f64) {
     let (t_step, t) = grids.tensor;
     let (c_step, c) = grids.channel;
     let (t_steps, t_nearest) = nearest_step(v * t);
     let (c_steps, c_nearest) = nearest_step(v * c);
-    let near_half =
-        ((t_steps - t_nearest).abs() > NEAR_HALF) | ((c_steps - c_nearest).abs() > NEAR_HALF);
+    let off = larger((t_steps - t_nearest).abs(), (c_steps - c_nearest).abs());
     let t_error = v - t_nearest * t_step;
     let c_error = v - c_nearest * c_step;
-    (v * v, t_error * t_error, c_error * c_error, near_half)
+    (v * v, t_error * t_error, c_error * c_error, off)
+}
+
+/// The larger of `a` and `b`, or `b` when either is NaN (one instruction, where `f64::max`
+/// takes three): a NaN element leaves its sums NaN whatever its distance from a half step.
+#[inline(always)]
+fn larger(a: f64, b: f64) -> f64 {
+    if a > b {
+        a
+    } else {
+        b
+    }
+}
+
+/// The terms of `block` into `span` at `at`, side by side: the squares and the two noises.
+#[inline(always)]
+fn block_terms(
+    block: &[f64; BLOCK],
+    grids: &Grids,
+    off: &mut [f64; BLOCK],
+    span: &mut Span,
+    at: usize,
+) {
+    for i in 0..BLOCK {
+        let (s, t, c, n) = terms(block[i], grids);
+        span.signal[at + i] = s;
+        span.tensor_noise[at + i] = t;
+        span.channel_noise[at + i] = c;
+        off[i] = larger(n, off[i]);
+    }
 }
 
 /// Adds the terms of `block` to `sums`, lanes first, then one element after the other.
 #[inline(always)]
-fn add_block(sums: &mut Totals, block: &[f64; BLOCK], grids: &Grids, near: &mut [bool; BLOCK]) {
+fn add_block(sums: &mut Totals, block: &[f64; BLOCK], grids: &Grids, off: &mut [f64; BLOCK]) {
     let mut signal = [0.0; BLOCK];
     let mut tensor_noise = [0.0; BLOCK];
     let mut channel_noise = [0.0; BLOCK];
     for i in 0..BLOCK {
         let (s, t, c, n) = terms(block[i], grids);
         (signal[i], tensor_noise[i], channel_noise[i]) = (s, t, c);
-        near[i] |= n;
+        off[i] = larger(n, off[i]);
     }
     for i in 0..BLOCK {
         sums.signal += signal[i];
@@ -121,47 +151,81 @@ fn add_block(sums: &mut Totals, block: &[f64; BLOCK], grids: &Grids, near: &mut 
     }
 }
 
+/// Adds the terms of `count` blocks to `sums`: whole spans through
+/// [`binade`](super::binade), the blocks left one element after the other.
+#[inline(always)]
+fn add_blocks(
+    sums: &mut Totals,
+    count: usize,
+    block: impl Fn(usize) -> [f64; BLOCK],
+    grids: &Grids,
+    off: &mut [f64; BLOCK],
+) {
+    const SPAN_BLOCKS: usize = SPAN / BLOCK;
+    let spans = count / SPAN_BLOCKS;
+    if spans > 0 {
+        let mut span = Span::new();
+        for s in 0..spans {
+            for b in 0..SPAN_BLOCKS {
+                block_terms(
+                    &block(s * SPAN_BLOCKS + b),
+                    grids,
+                    off,
+                    &mut span,
+                    b * BLOCK,
+                );
+            }
+            span.add_to(sums);
+        }
+    }
+    for b in spans * SPAN_BLOCKS..count {
+        add_block(sums, &block(b), grids, off);
+    }
+}
+
 /// Adds the terms of one element to `sums`.
 #[inline(always)]
-fn add_one(sums: &mut Totals, v: f64, grids: &Grids, near: &mut bool) {
+fn add_one(sums: &mut Totals, v: f64, grids: &Grids, off: &mut f64) {
     let (s, t, c, n) = terms(v, grids);
     sums.signal += s;
     sums.tensor_noise += t;
     sums.channel_noise += c;
-    *near |= n;
+    *off = larger(n, *off);
 }
 
-/// The loop itself, inlined into each variant; whether any element lay near a half step.
+/// The loop itself, inlined into each variant; whether any element lay near a half step (an
+/// element's distance from its nearest step is kept per lane, the largest).
 #[inline(always)]
 fn accumulate(sums: &mut Totals, values: ChannelValues, grids: &Grids) -> bool {
-    let mut near = [false; BLOCK];
+    let mut off = [0.0; BLOCK];
     match values {
         ChannelValues::Values(v) => {
-            let mut blocks = v.chunks_exact(BLOCK);
-            for b in &mut blocks {
-                let block: [f64; BLOCK] = std::array::from_fn(|i| b[i]);
-                add_block(sums, &block, grids, &mut near);
-            }
-            for &v in blocks.remainder() {
-                add_one(sums, v, grids, &mut near[0]);
+            let blocks = v.len() / BLOCK;
+            let block = |b: usize| -> [f64; BLOCK] {
+                let b = &v[BLOCK * b..][..BLOCK];
+                std::array::from_fn(|i| b[i])
+            };
+            add_blocks(sums, blocks, block, grids, &mut off);
+            for &v in &v[BLOCK * blocks..] {
+                add_one(sums, v, grids, &mut off[0]);
             }
         }
         ChannelValues::F32(raw) => {
-            let mut blocks = raw.chunks_exact(4 * BLOCK);
-            for b in &mut blocks {
+            let blocks = raw.len() / (4 * BLOCK);
+            let block = |b: usize| -> [f64; BLOCK] {
                 // Re-sliced to its known length, so the indexing below is checked once.
-                let b = &b[..4 * BLOCK];
-                let block: [f64; BLOCK] = std::array::from_fn(|i| {
+                let b = &raw[4 * BLOCK * b..][..4 * BLOCK];
+                std::array::from_fn(|i| {
                     f32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]) as f64
-                });
-                add_block(sums, &block, grids, &mut near);
-            }
-            for c in blocks.remainder().chunks_exact(4) {
-                add_one(sums, f32_at(c), grids, &mut near[0]);
+                })
+            };
+            add_blocks(sums, blocks, block, grids, &mut off);
+            for c in raw[4 * BLOCK * blocks..].chunks_exact(4) {
+                add_one(sums, f32_at(c), grids, &mut off[0]);
             }
         }
     }
-    near.iter().any(|&n| n)
+    off.iter().any(|&off| off > NEAR_HALF)
 }
 
 pub(super) use crate::isa::Isa;

@@ -12,6 +12,7 @@
 //! and the channels whose running variance is below ε.
 
 mod background;
+mod binade;
 mod jobs;
 mod lanes;
 mod stats;

@@ -4,7 +4,8 @@
 //!
 //! The order is what makes every figure the same to the last digit whatever the weight's
 //! layout or how it reaches the analysis. It also bounds the speed: three chains of dependent
-//! f64 additions; the work between them runs in vector lanes ([`lanes`](super::lanes)).
+//! f64 additions; the work between them runs in vector lanes ([`lanes`](super::lanes)), and so
+//! do the additions of a span that stays in its sums' binades ([`binade`](super::binade)).
 
 use super::lanes::{ChannelValues, Grids, Isa, Totals, ROUND};
 
@@ -204,9 +205,11 @@ mod tests {
 
     #[test]
     fn every_instruction_set_gives_the_sums_of_the_element_loop() {
-        // Every length around the block of eight, values read as f64 and as f32 bytes, on a
-        // channel's own grid and on grids that clip: each variant this processor runs gives
-        // the sums of the division, one element after the other, to the bit.
+        // Every length around the block of eight, lengths around spans (several spans of
+        // sums that grow through binades and meet f32 squares half-way on their grids), values
+        // read as f64 and as f32 bytes, on a channel's own grid and on grids that clip: each
+        // variant this processor runs gives the sums of the division, one element after the
+        // other, to the bit.
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = move || {
             state ^= state << 13;
@@ -214,7 +217,7 @@ mod tests {
             state ^= state << 17;
             ((state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32 as f64
         };
-        for len in 0..=41 {
+        for len in (0..=41).chain([127, 128, 129, 255, 256, 263, 300, 1000, 5000]) {
             let values: Vec<f64> = (0..len).map(|_| next()).collect();
             let raw: Vec<u8> = values
                 .iter()
