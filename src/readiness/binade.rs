@@ -21,7 +21,17 @@
 //! the sum's grid (an f32 value's square has 48 significant bits, so that is common while a
 //! sum is within some 2¹² of its terms, and rare later).
 
-use super::lanes::Totals;
+/// The three running sums of a weight: `ΣW²` and the noise on the per-tensor and the channel's
+/// grid.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Totals {
+    /// `ΣW²`.
+    pub signal: f64,
+    /// `Σ(W − Q(W))²` on the per-tensor grid.
+    pub tensor_noise: f64,
+    /// `Σ(W − Q(W))²` on the channel's grid.
+    pub channel_noise: f64,
+}
 
 /// Terms in a span: the terms kept to add again one after the other when a span leaves a
 /// binade.

@@ -10,21 +10,9 @@
 //! x86-64, whose two f64 lanes leave the terms slower than the additions they feed). No variant
 //! contracts a multiplication and an addition: Rust never fuses them unasked.
 
-use super::binade::{Span, SPAN};
+use super::binade::{Span, Totals, SPAN};
 use crate::isa::dispatch;
 use crate::tensor::{self, Dtype};
-
-/// The three running sums of a weight: `ΣW²` and the noise on the per-tensor and the channel's
-/// grid.
-#[derive(Clone, Copy, Debug, Default)]
-pub(super) struct Totals {
-    /// `ΣW²`.
-    pub signal: f64,
-    /// `Σ(W − Q(W))²` on the per-tensor grid.
-    pub tensor_noise: f64,
-    /// `Σ(W − Q(W))²` on the channel's grid.
-    pub channel_noise: f64,
-}
 
 /// Elements whose terms are computed side by side.
 pub(super) const BLOCK: usize = 8;

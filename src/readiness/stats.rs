@@ -8,7 +8,8 @@ use crate::graph::node_label;
 use crate::proto::NodeProto;
 use crate::tensor::{self, Dtype};
 
-use super::lanes::{ChannelValues, Totals};
+use super::binade::Totals;
+use super::lanes::ChannelValues;
 use super::sums::{Grid, Sums};
 use super::{LayerReadiness, MIN_EFFECTIVE_BITS};
 use crate::isa::Isa;

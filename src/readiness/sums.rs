@@ -7,7 +7,8 @@
 //! f64 additions; the work between them runs in vector lanes ([`lanes`](super::lanes)), and so
 //! do the additions of a span that stays in its sums' binades ([`binade`](super::binade)).
 
-use super::lanes::{ChannelValues, Grids, Isa, Totals, ROUND};
+use super::binade::Totals;
+use super::lanes::{ChannelValues, Grids, Isa, ROUND};
 
 /// The running sums of a weight's figures, over its channels in order.
 #[derive(Clone, Copy, Default)]
