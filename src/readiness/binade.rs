@@ -81,11 +81,23 @@ impl Span {
             };
             return;
         }
-        for i in 0..SPAN {
-            sums.signal += self.signal[i];
-            sums.tensor_noise += self.tensor_noise[i];
-            sums.channel_noise += self.channel_noise[i];
-        }
+        add_in_order(sums, &self.signal, &self.tensor_noise, &self.channel_noise);
+    }
+}
+
+/// Adds the terms to `sums` one element after the other, in order (the three slices are as
+/// long).
+#[inline(always)]
+pub(super) fn add_in_order(
+    sums: &mut Totals,
+    signal: &[f64],
+    tensor_noise: &[f64],
+    channel_noise: &[f64],
+) {
+    for ((s, t), c) in signal.iter().zip(tensor_noise).zip(channel_noise) {
+        sums.signal += s;
+        sums.tensor_noise += t;
+        sums.channel_noise += c;
     }
 }
 

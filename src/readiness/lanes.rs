@@ -10,7 +10,7 @@
 //! x86-64, whose two f64 lanes leave the terms slower than the additions they feed). No variant
 //! contracts a multiplication and an addition: Rust never fuses them unasked.
 
-use super::binade::{Span, Totals, SPAN};
+use super::binade::{add_in_order, Span, Totals, SPAN};
 use crate::isa::dispatch;
 use crate::tensor::{self, Dtype};
 
@@ -81,7 +81,7 @@ fn nearest_step(steps: f64) -> (f64, f64) {
 /// The terms of `v`: its square, its two quantization errors squared, and the larger distance
 /// of its two step counts from their nearest integers.
 #[inline(always)]
-fn terms(v: f64, grids: &Grids) -> (f64, f64, f64, f64) {
+fn terms_of(v: f64, grids: &Grids) -> (f64, f64, f64, f64) {
     let (t_step, t) = grids.tensor;
     let (c_step, c) = grids.channel;
     let (t_steps, t_nearest) = nearest_step(v * t);
@@ -103,44 +103,21 @@ fn larger(a: f64, b: f64) -> f64 {
     }
 }
 
-/// The terms of `block` into `span` at `at`, side by side: the squares and the two noises.
+/// The terms of `block`, side by side: the squares and the two noises.
 #[inline(always)]
-fn block_terms(
-    block: &[f64; BLOCK],
-    grids: &Grids,
-    off: &mut [f64; BLOCK],
-    span: &mut Span,
-    at: usize,
-) {
+fn block_terms(block: &[f64; BLOCK], grids: &Grids, off: &mut [f64; BLOCK]) -> [[f64; BLOCK]; 3] {
+    let mut terms = [[0.0; BLOCK]; 3];
     for i in 0..BLOCK {
-        let (s, t, c, n) = terms(block[i], grids);
-        span.signal[at + i] = s;
-        span.tensor_noise[at + i] = t;
-        span.channel_noise[at + i] = c;
-        off[i] = larger(n, off[i]);
+        let (s, t, c, o) = terms_of(block[i], grids);
+        (terms[0][i], terms[1][i], terms[2][i]) = (s, t, c);
+        off[i] = larger(o, off[i]);
     }
-}
-
-/// Adds the terms of `block` to `sums`, lanes first, then one element after the other.
-#[inline(always)]
-fn add_block(sums: &mut Totals, block: &[f64; BLOCK], grids: &Grids, off: &mut [f64; BLOCK]) {
-    let mut signal = [0.0; BLOCK];
-    let mut tensor_noise = [0.0; BLOCK];
-    let mut channel_noise = [0.0; BLOCK];
-    for i in 0..BLOCK {
-        let (s, t, c, n) = terms(block[i], grids);
-        (signal[i], tensor_noise[i], channel_noise[i]) = (s, t, c);
-        off[i] = larger(n, off[i]);
-    }
-    for i in 0..BLOCK {
-        sums.signal += signal[i];
-        sums.tensor_noise += tensor_noise[i];
-        sums.channel_noise += channel_noise[i];
-    }
+    terms
 }
 
 /// Adds the terms of `count` blocks to `sums`: whole spans through
-/// [`binade`](super::binade), the blocks left one element after the other.
+/// [`binade`](super::binade), the blocks left one element after the other (their terms side
+/// by side all the same).
 #[inline(always)]
 fn add_blocks(
     sums: &mut Totals,
@@ -155,26 +132,26 @@ fn add_blocks(
         let mut span = Span::new();
         for s in 0..spans {
             for b in 0..SPAN_BLOCKS {
-                block_terms(
-                    &block(s * SPAN_BLOCKS + b),
-                    grids,
-                    off,
-                    &mut span,
-                    b * BLOCK,
-                );
+                let [signal, tensor_noise, channel_noise] =
+                    block_terms(&block(s * SPAN_BLOCKS + b), grids, off);
+                let at = b * BLOCK..(b + 1) * BLOCK;
+                span.signal[at.clone()].copy_from_slice(&signal);
+                span.tensor_noise[at.clone()].copy_from_slice(&tensor_noise);
+                span.channel_noise[at].copy_from_slice(&channel_noise);
             }
             span.add_to(sums);
         }
     }
     for b in spans * SPAN_BLOCKS..count {
-        add_block(sums, &block(b), grids, off);
+        let [signal, tensor_noise, channel_noise] = block_terms(&block(b), grids, off);
+        add_in_order(sums, &signal, &tensor_noise, &channel_noise);
     }
 }
 
 /// Adds the terms of one element to `sums`.
 #[inline(always)]
 fn add_one(sums: &mut Totals, v: f64, grids: &Grids, off: &mut f64) {
-    let (s, t, c, n) = terms(v, grids);
+    let (s, t, c, n) = terms_of(v, grids);
     sums.signal += s;
     sums.tensor_noise += t;
     sums.channel_noise += c;

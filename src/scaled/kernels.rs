@@ -102,11 +102,18 @@ dispatch! {
 fn scale_f32_run_loop(target: &mut [u8], raw: &[u8], factor: f64) -> bool {
     let mut finite = true;
     for (o, c) in target.chunks_exact_mut(4).zip(raw.chunks_exact(4)) {
-        let r = (f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64 * factor) as f32;
-        finite &= r.is_finite();
-        o.copy_from_slice(&r.to_le_bytes());
+        finite &= scale_one(o, c, factor);
     }
     finite
+}
+
+/// The little-endian f32 in `c`, widened, multiplied by `factor` and rounded once back to f32,
+/// into `o`; whether it is finite.
+#[inline(always)]
+fn scale_one(o: &mut [u8], c: &[u8], factor: f64) -> bool {
+    let r = (f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64 * factor) as f32;
+    o.copy_from_slice(&r.to_le_bytes());
+    r.is_finite()
 }
 
 pub(super) fn for_each_slice(
@@ -140,9 +147,7 @@ pub(super) fn scale_f32(
                 .zip(raw.chunks_exact(4))
                 .zip(factors)
             {
-                let r = (f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64 * factor) as f32;
-                finite &= r.is_finite();
-                o.copy_from_slice(&r.to_le_bytes());
+                finite &= scale_one(o, c, *factor);
             }
         }
         _ => {
