@@ -14,6 +14,7 @@ mod text_readiness;
 
 use std::ffi::OsString;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use clap::Parser;
@@ -47,6 +48,10 @@ impl ExitStatus {
     }
 }
 
+/// Set by the signal thread before it removes the staged files, so that the run it interrupts
+/// (which may fail on a file removed under it) reports nothing and leaves the exit to it.
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
+
 /// On SIGINT and SIGTERM, removes the files staged so far and exits 128 + the signal's number
 /// (130, 143), as a shell reports a process the signal ended.
 #[cfg(unix)]
@@ -55,10 +60,19 @@ fn remove_staging_on_signals() {
     if let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
         std::thread::spawn(move || {
             if let Some(signal) = signals.forever().next() {
+                SIGNALLED.store(true, Ordering::SeqCst);
                 bnfold::staging::remove_all();
                 std::process::exit(128 + signal);
             }
         });
+    }
+}
+
+/// Once a signal has come, waits for the signal thread to end the process: the interrupted
+/// run's own outcome is neither printed nor returned.
+fn defer_to_a_signal() {
+    while SIGNALLED.load(Ordering::SeqCst) {
+        std::thread::park();
     }
 }
 
@@ -82,7 +96,9 @@ pub(crate) fn main(args: impl IntoIterator<Item = OsString>) -> ExitStatus {
         Some(Command::Verify { output, .. } | Command::Inspect { output, .. }) => output.verbose,
         None => cli.fold.output_args.verbose,
     };
-    match run(cli) {
+    let outcome = run(cli);
+    defer_to_a_signal();
+    match outcome {
         Ok(status) => status,
         Err(e) if is_broken_pipe(&e) => ExitStatus::Success,
         Err(e) => {
