@@ -140,8 +140,8 @@ impl DataFiles {
                 let parent = staged.parent().unwrap_or(&self.staging).to_path_buf();
                 std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
                 let file = create_output(&staged, &target)?;
-                let writer =
-                    BufferedWriter::background(&file).map_err(|e| Error::io(&target, e))?;
+                let writer = BufferedWriter::with_spare_core(&file, watcher.busy_threads())
+                    .map_err(|e| Error::io(&target, e))?;
                 self.files.push(DataFile {
                     location: location.clone(),
                     writer,

@@ -57,6 +57,12 @@ pub trait FoldedWatcher {
     /// may keep by swapping in one of its own (any length and contents: the writer writes the
     /// next chunk over it).
     fn written(&mut self, tensor: &str, bytes: &mut Vec<u8>);
+
+    /// How many threads of its own the watcher keeps busy while the model is written: the
+    /// writer takes a thread only when a core is left for it beside them and the caller.
+    fn busy_threads(&self) -> usize {
+        0
+    }
 }
 
 /// Watching nothing.

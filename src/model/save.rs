@@ -123,7 +123,7 @@ impl Model {
         };
         let proto = rewritten.as_ref().unwrap_or(&self.proto);
         let writer = if self.folded_bytes() >= BACKGROUND_WRITE_MIN_FOLDED {
-            BufferedWriter::background(&model_file)
+            BufferedWriter::with_spare_core(&model_file, watcher.busy_threads())
         } else {
             BufferedWriter::inline(&model_file)
         }

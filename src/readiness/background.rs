@@ -160,6 +160,11 @@ impl FoldedWatcher for LayerFigures {
             }
         }
     }
+
+    /// The readiness thread, while it runs.
+    fn busy_threads(&self) -> usize {
+        usize::from(self.worker.is_some())
+    }
 }
 
 impl Drop for LayerFigures {
