@@ -3,12 +3,16 @@
 //! fold completely and compute what the original computes (checked by tract, which runs the
 //! original BatchNormalization itself). Seeded, so a failure names a case that can be replayed.
 
+use bnfold::model::FoldedWatcher;
+use bnfold::output::WritePlan;
 use bnfold::proto::attribute_proto::AttributeType;
 use bnfold::proto::tensor_shape_proto::{dimension, Dimension};
 use bnfold::proto::{
     type_proto, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
     TensorShapeProto, TypeProto, ValueInfoProto,
 };
+use bnfold::readiness::LayerFigures;
+use bnfold::scaled::SourceRead;
 use bnfold::tensor::{Dtype, Tensor};
 use bnfold::verify::Status;
 use bnfold::{fold, verify, FoldOptions, Model, VerifyOptions};
@@ -554,6 +558,38 @@ fn large_tensors_fold_the_same_from_a_mapped_file_and_from_memory() {
             "{}: mapped and in-memory folds differ",
             case.description
         );
+
+        // Written beside the readiness figures, a weight whose ranges the readiness thread
+        // reads ahead from the mapping is read in place by the writer too: the same bytes, and
+        // the same figures as the weights read whole.
+        let mut figures = LayerFigures::start_for_write(&mapped).unwrap();
+        let in_place = mapped
+            .proto
+            .graph
+            .iter()
+            .flat_map(|g| &g.initializer)
+            .filter(|t| figures.source_read(t.name()) == SourceRead::InPlace)
+            .count();
+        assert_eq!(
+            in_place,
+            usize::from(case.channels == 512),
+            "{}",
+            case.description
+        );
+        let watched = dir.path().join("watched.onnx");
+        let mut plan = WritePlan::new(false);
+        let staged = mapped
+            .stage_watched(&watched, Default::default(), &mut plan, &mut figures)
+            .unwrap();
+        staged.commit().unwrap();
+        assert!(
+            std::fs::read(&watched).unwrap() == std::fs::read(&out).unwrap(),
+            "{}: written beside the figures, the fold differs",
+            case.description
+        );
+        let whole = LayerFigures::start(&mapped).unwrap().finish().unwrap();
+        let as_written = figures.finish().unwrap();
+        assert_eq!(format!("{as_written:?}"), format!("{whole:?}"));
 
         let written = Model::load(&out).unwrap();
         let check = verify(&original, &written, &[], &VerifyOptions::default()).unwrap();

@@ -158,11 +158,13 @@ impl DataFiles {
         let target_path = self.dir.join(&location);
         writer.preallocate(*offset, len as u64);
         match (pending, stored) {
-            (Some(p), _) => p.stream_chunks(store, &mut |chunk| {
-                writer.write_all(chunk)?;
-                watcher.written(t.name(), chunk);
-                Ok(())
-            })?,
+            (Some(p), _) => {
+                p.stream_chunks(store, watcher.source_read(t.name()), &mut |chunk| {
+                    writer.write_all(chunk)?;
+                    watcher.written(t.name(), chunk);
+                    Ok(())
+                })?
+            }
             (None, Some((source_path, source_offset))) => {
                 let (source, _) = crate::source::open_regular(&source_path)?;
                 writer

@@ -126,7 +126,7 @@ pub(super) fn write_streaming(
         out.write_all(&header)?;
         match pending {
             Some(p) => p
-                .stream_chunks(store, &mut |chunk| {
+                .stream_chunks(store, watcher.source_read(t.name()), &mut |chunk| {
                     out.write_all(chunk)?;
                     watcher.written(t.name(), chunk);
                     Ok(())

@@ -10,6 +10,7 @@ use crate::external::{self, ExternalStore};
 use crate::folded::FoldedWeights;
 use crate::output::{FileId, InputFile};
 use crate::proto::{ModelProto, TensorProto};
+use crate::scaled::SourceRead;
 use crate::source::MappedSource;
 use crate::tensor;
 use crate::walk::visit_tensors;
@@ -62,6 +63,12 @@ pub trait FoldedWatcher {
     /// writer takes a thread only when a core is left for it beside them and the caller.
     fn busy_threads(&self) -> usize {
         0
+    }
+
+    /// How the writer reads the source of the folded initializer `tensor`: in place when the
+    /// watcher reads it in place too (its pages are then mapped once, not also copied).
+    fn source_read(&self, _tensor: &str) -> SourceRead {
+        SourceRead::Copied
     }
 }
 

@@ -23,6 +23,7 @@ use crate::external::ExternalStore;
 use crate::graph::{GraphIndex, OuterScope};
 use crate::model::{FoldedWatcher, Model};
 use crate::proto::{NodeProto, TensorProto};
+use crate::scaled::SourceRead;
 use crate::tensor::{self, Dtype};
 
 use super::jobs::{self, Job, Measured, Queue, Slot, Source};
@@ -164,6 +165,17 @@ impl FoldedWatcher for LayerFigures {
     /// The readiness thread, while it runs.
     fn busy_threads(&self) -> usize {
         usize::from(self.worker.is_some())
+    }
+
+    /// In place for a weight whose ranges the thread reads ahead from the source in place: its
+    /// pages are mapped for the thread anyway (resnet18's default fold, 2 cores: 1.47× `cp`
+    /// copying them, 1.30× reading them in place; with nothing reading them ahead, a copy is
+    /// the faster).
+    fn source_read(&self, tensor: &str) -> SourceRead {
+        match self.tap.as_ref().is_some_and(|tap| tap.reads_ahead(tensor)) {
+            true => SourceRead::InPlace,
+            false => SourceRead::Copied,
+        }
     }
 }
 

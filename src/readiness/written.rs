@@ -46,6 +46,8 @@ struct Watched {
     len: usize,
     /// Each channel's largest magnitude so far, when the writer takes the ranges.
     ranges: Option<Vec<f64>>,
+    /// Whether the thread reads the ranges ahead from the source, in place.
+    read_ahead: bool,
 }
 
 /// The writer's end: which initializers are measured as written, and where their chunks go.
@@ -66,6 +68,12 @@ impl Tap {
     /// How many weights are measured as written.
     pub fn weights(&self) -> usize {
         self.weights.len()
+    }
+
+    /// Whether the thread reads `tensor`'s ranges ahead from its source (in place, through the
+    /// input's mapping where it lies there).
+    pub fn reads_ahead(&self, tensor: &str) -> bool {
+        self.weights.get(tensor).is_some_and(|w| w.read_ahead)
     }
 
     /// Takes `bytes` of `tensor` for the thread, leaving a buffer of the pool in their place;
@@ -174,6 +182,7 @@ pub(super) fn channel(streamed: Vec<Streamed>) -> (Tap, Inbox) {
                 written: 0,
                 len: len * dtype.size(),
                 ranges: s.ranges_from_writer.then(|| vec![0.0; len / s.run.max(1)]),
+                read_ahead: !s.ranges_from_writer,
             };
             (s.name.clone(), watched)
         })

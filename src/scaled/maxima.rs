@@ -71,33 +71,6 @@ impl ScaledTensor {
     }
 }
 
-impl ScaledTensor {
-    /// [`ScaledTensor::for_each_source_chunk`], an inline payload read in place (through the
-    /// mapping of the input, without a copy) and counted towards dropping the mapping's pages
-    /// from memory.
-    fn for_each_mapped_chunk(
-        &self,
-        store: &ExternalStore,
-        f: &mut dyn FnMut(usize, Chunk) -> Result<()>,
-    ) -> Result<()> {
-        let size = self.dtype.size();
-        let inline = match &self.source {
-            super::ScaledSource::Stored(t) if !tensor::is_external(t) => t.raw_data.as_ref(),
-            _ => None,
-        };
-        match inline.filter(|raw| raw.len() == self.len() * size) {
-            Some(raw) => {
-                for (k, chunk) in raw.chunks(super::CHUNK * size).enumerate() {
-                    f(k * super::CHUNK, Chunk::Raw(chunk))?;
-                }
-                store.release(raw);
-                Ok(())
-            }
-            None => self.for_each_source_chunk(store, f),
-        }
-    }
-}
-
 /// The greatest common divisor.
 fn gcd(a: usize, b: usize) -> usize {
     match b {

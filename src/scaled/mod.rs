@@ -17,9 +17,11 @@ use crate::tensor::{self, Dtype, Tensor};
 
 mod kernels;
 mod maxima;
+mod reading;
 pub(crate) use kernels::largest_f32_ignoring_nan;
-use kernels::{apply_scalings, for_each_slice, max_magnitude, scale_f32, scratch, Chunk};
+use kernels::{apply_scalings, max_magnitude, scale_f32, scratch, Chunk};
 pub use maxima::MIN_SHARED_FACTOR;
+pub use reading::SourceRead;
 
 /// The largest product of factor magnitudes for which an f32 or f64 fold is not checked before
 /// it is written (see [`ScaledTensor::fits`]).
@@ -166,7 +168,9 @@ impl ScaledTensor {
         if self.dtype.round(bound).is_some_and(f64::is_finite) {
             return Ok(true);
         }
-        Ok(self.encode(store, &mut |_| Ok(()))?.is_none())
+        Ok(self
+            .encode(store, SourceRead::Copied, &mut |_| Ok(()))?
+            .is_none())
     }
 
     /// The first element of the source (before any scaling) that is NaN or infinite, with its
@@ -233,17 +237,19 @@ impl ScaledTensor {
         store: &ExternalStore,
         sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
     ) -> Result<()> {
-        self.stream_chunks(store, &mut |chunk| sink(chunk))
+        self.stream_chunks(store, SourceRead::Copied, &mut |chunk| sink(chunk))
     }
 
-    /// [`ScaledTensor::stream`], each chunk in a buffer the sink may keep by swapping in one of
-    /// its own (any length and contents: the next chunk is written over it): no copy.
+    /// [`ScaledTensor::stream`], the source read as `read` says, each chunk in a buffer the
+    /// sink may keep by swapping in one of its own (any length and contents: the next chunk is
+    /// written over it): no copy.
     pub fn stream_chunks(
         &self,
         store: &ExternalStore,
+        read: SourceRead,
         sink: &mut dyn FnMut(&mut Vec<u8>) -> std::io::Result<()>,
     ) -> Result<()> {
-        match self.encode(store, sink)? {
+        match self.encode(store, read, sink)? {
             None => Ok(()),
             Some(element) => Err(Error::FoldedNotFinite {
                 tensor: self.name.clone(),
@@ -291,12 +297,13 @@ impl ScaledTensor {
     fn encode(
         &self,
         store: &ExternalStore,
+        read: SourceRead,
         sink: &mut dyn FnMut(&mut Vec<u8>) -> std::io::Result<()>,
     ) -> Result<Option<usize>> {
         let mut values = scratch(|s| std::mem::take(&mut s.values));
         let mut bytes = scratch(|s| std::mem::take(&mut s.bytes));
         let mut overflow = None;
-        self.for_each_source_chunk(store, &mut |start, chunk| {
+        let mut each = |start, chunk: Chunk| {
             let bad = match chunk {
                 Chunk::Raw(raw) if self.dtype == Dtype::F32 => {
                     // Every byte is written over: a buffer long enough already is not cleared.
@@ -319,80 +326,17 @@ impl ScaledTensor {
                 return Err(Error::tensor(&self.name, "out of range"));
             }
             sink(&mut bytes).map_err(|e| Error::tensor(&self.name, format!("writing: {e}")))
-        })
+        };
+        match read {
+            SourceRead::Copied => self.for_each_source_chunk(store, &mut each),
+            SourceRead::InPlace => self.for_each_mapped_chunk(store, &mut each),
+        }
         .or_else(|e| if overflow.is_some() { Ok(()) } else { Err(e) })?;
         scratch(|s| {
             s.values = values;
             s.bytes = bytes;
         });
         Ok(overflow)
-    }
-
-    /// Reads the source a chunk at a time: `f(first element, chunk)`, stored bytes as they are.
-    fn for_each_source_chunk(
-        &self,
-        store: &ExternalStore,
-        f: &mut dyn FnMut(usize, Chunk) -> Result<()>,
-    ) -> Result<()> {
-        self.source_chunks(store, 0..self.len(), f)
-    }
-
-    /// [`ScaledTensor::for_each_source_chunk`] over the elements `range`.
-    fn source_chunks(
-        &self,
-        store: &ExternalStore,
-        range: Range<usize>,
-        f: &mut dyn FnMut(usize, Chunk) -> Result<()>,
-    ) -> Result<()> {
-        let numel = self.len();
-        let size = self.dtype.size();
-        let stored = match &self.source {
-            ScaledSource::Values(v) => {
-                return for_each_slice(&v.data[range.clone()], range.start, f)
-            }
-            ScaledSource::Stored(t) => t,
-        };
-        let mut raw = scratch(|s| std::mem::take(&mut s.raw));
-        let mut read_chunks = |read: &mut dyn FnMut(usize, &mut [u8]) -> Result<()>| {
-            let mut start = range.start;
-            while start < range.end {
-                let end = (start + CHUNK).min(range.end);
-                raw.resize((end - start) * size, 0);
-                read(start * size, &mut raw)?;
-                f(start, Chunk::Raw(&raw))?;
-                start = end;
-            }
-            Ok::<(), Error>(())
-        };
-        if tensor::is_external(stored) {
-            let (path, offset) = store.locate(stored, numel * size)?;
-            let (file, _) = crate::source::open_regular(&path)?;
-            read_chunks(&mut |at, buf| {
-                crate::source::read_exact_at(&file, buf, offset + at as u64)
-                    .map_err(|e| Error::io(&path, e))
-            })?;
-            scratch(|s| s.raw = raw);
-            return Ok(());
-        }
-        match stored.raw_data.as_ref().filter(|r| !r.is_empty()) {
-            Some(data) if data.len() == numel * size => {
-                read_chunks(&mut |at, buf| store.read_inline(stored.name(), data, at, buf))?;
-                scratch(|s| s.raw = raw);
-                Ok(())
-            }
-            Some(data) => Err(Error::tensor(
-                stored.name(),
-                format!(
-                    "raw_data has {} bytes, the shape needs {}",
-                    data.len(),
-                    numel * size
-                ),
-            )),
-            None => {
-                let values = tensor::decode(stored, store)?;
-                for_each_slice(&values.data[range.clone()], range.start, f)
-            }
-        }
     }
 }
 

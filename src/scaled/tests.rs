@@ -232,14 +232,16 @@ fn a_chunk_buffer_swapped_by_the_sink_is_written_over_whatever_it_held() {
         .flat_map(|i| ((values[i] as f64 * factors[i / (CHUNK / 3) % 3]) as f32).to_le_bytes())
         .collect();
     assert_eq!(t.to_bytes(&store).unwrap(), want);
-    for stale in [0, 7, 4 * CHUNK - 4, 4 * CHUNK, 8 * CHUNK + 3] {
-        let mut got = Vec::new();
-        t.stream_chunks(&store, &mut |chunk| {
-            got.extend_from_slice(chunk);
-            *chunk = vec![0xee; stale];
-            Ok(())
-        })
-        .unwrap();
-        assert_eq!(got, want, "stale buffers of {stale} bytes");
+    for read in [SourceRead::Copied, SourceRead::InPlace] {
+        for stale in [0, 7, 4 * CHUNK - 4, 4 * CHUNK, 8 * CHUNK + 3] {
+            let mut got = Vec::new();
+            t.stream_chunks(&store, read, &mut |chunk| {
+                got.extend_from_slice(chunk);
+                *chunk = vec![0xee; stale];
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(got, want, "{read:?}, stale buffers of {stale} bytes");
+        }
     }
 }
