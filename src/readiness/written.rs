@@ -1,19 +1,17 @@
 //! The way written chunks go from the writer to the readiness thread: the writer's end
 //! ([`Tap`]) takes each chunk of a weight measured as written (its buffer, swapped for one
 //! from a small pool: no copy), takes each channel's largest magnitude while the chunk is in
-//! its cache (for weights of at most
-//! [`READ_AHEAD_ABOVE`](super::streamed::READ_AHEAD_ABOVE) bytes, mostly), and
-//! sends the chunks in batches, the ranges with the last; the thread's end ([`receive`]) adds
-//! them to that weight's sums (keeping them until the ranges come) and sends the buffers back.
-//! The writer waits only when every buffer is in flight, the pool counting one weight's chunks
-//! on top, since the thread may keep them all.
+//! its cache (for weights of at most [`READ_AHEAD_ABOVE`](super::streamed::READ_AHEAD_ABOVE)
+//! bytes, mostly), and sends the chunks in batches, the ranges with the last; the thread's end
+//! ([`receive`]) adds them to that weight's sums (keeping them until the ranges come) and sends
+//! the buffers back. The writer waits only when every buffer is in flight, the pool counting
+//! one weight's chunks on top, since the thread may keep them all.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, sync_channel, Receiver, Sender, SyncSender, TryRecvError};
 
 use crate::external::ExternalStore;
-
 use crate::tensor::Dtype;
 
 use super::jobs::{self, Measured, Queue};
@@ -44,9 +42,9 @@ struct Watched {
     /// Bytes written so far, and in all.
     written: usize,
     len: usize,
-    /// Each channel's largest magnitude so far, when the writer takes the ranges.
+    /// Each channel's largest magnitude so far, when the writer takes the ranges; else the
+    /// thread reads them ahead from the source.
     ranges: Option<Vec<f64>>,
-    /// Whether the thread reads the ranges ahead from the source, in place.
     read_ahead: bool,
 }
 
@@ -70,8 +68,7 @@ impl Tap {
         self.weights.len()
     }
 
-    /// Whether the thread reads `tensor`'s ranges ahead from its source (in place, through the
-    /// input's mapping where it lies there).
+    /// Whether the thread reads `tensor`'s ranges ahead from its source (in place, if inline).
     pub fn reads_ahead(&self, tensor: &str) -> bool {
         self.weights.get(tensor).is_some_and(|w| w.read_ahead)
     }
@@ -313,15 +310,8 @@ mod tests {
         let queue: Queue = Arc::new(Mutex::new(VecDeque::new()));
         let store = ExternalStore::none();
         let thread = std::thread::spawn(move || {
-            let mut measured = Measured::default();
-            receive(
-                inbox,
-                &queue,
-                &store,
-                Vec::new(),
-                &mut measured,
-                &AtomicBool::new(false),
-            );
+            let (mut measured, cancelled) = (Measured::default(), AtomicBool::new(false));
+            receive(inbox, &queue, &store, Vec::new(), &mut measured, &cancelled);
             measured
         });
         for ((name, size), bytes) in names.iter().zip(written) {
