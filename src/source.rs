@@ -1,6 +1,6 @@
 //! The input model file, mapped read-only: decoding touches only the pages that hold the
-//! protobuf structure, and large tensor payloads are read with `pread` (or copied file to file
-//! by the kernel) when they are needed, so they never become resident in bnfold's memory.
+//! protobuf structure, and large tensor payloads are read with `pread` when they are needed, so
+//! they never become resident in bnfold's memory.
 //!
 //! The readiness figures read payloads in place, and the pages they made resident are dropped
 //! every [`RELEASE_EVERY`] bytes ([`MappedSource::release`]).
@@ -85,7 +85,7 @@ impl MappedSource {
         }
     }
 
-    /// The open file (for `pread` and kernel copies).
+    /// The open file (for `pread`).
     pub fn file(&self) -> &File {
         &self.file
     }

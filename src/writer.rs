@@ -6,7 +6,7 @@
 //! readiness thread, on 2 cores).
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
@@ -17,6 +17,10 @@ const INLINE_BUFFER: usize = 1 << 17;
 const BACKGROUND_BUFFER: usize = 1 << 19;
 /// Buffers in flight: bounds the memory the pipeline holds to `BUFFERS × BACKGROUND_BUFFER`.
 const BUFFERS: usize = 3;
+/// Bytes read and written at a time by a copy from another file: `pread` and `write` through a
+/// buffer this size copied efficientnet_b0's 21 MB 8% faster than `copy_file_range`, and a
+/// 1.2 GB data file 13% faster (ext4, Linux 6.18), the buffer staying in the cache.
+const COPY_BUFFER: usize = 1 << 17;
 
 enum Job {
     Bytes(Vec<u8>),
@@ -34,6 +38,8 @@ pub struct BufferedWriter {
     /// A handle to the file: written through on the calling thread, preallocated through always.
     file: File,
     current: Vec<u8>,
+    /// Where copies from another file pass on the calling thread.
+    spare: Vec<u8>,
     pipeline: Option<Pipeline>,
 }
 
@@ -50,6 +56,7 @@ impl BufferedWriter {
         Ok(BufferedWriter {
             file: file.try_clone()?,
             current: Vec::new(),
+            spare: Vec::new(),
             pipeline: None,
         })
     }
@@ -77,6 +84,7 @@ impl BufferedWriter {
         let thread = std::thread::Builder::new()
             .name("bnfold-writer".into())
             .spawn(move || -> std::io::Result<()> {
+                let mut spare = Vec::new();
                 for job in inbox {
                     match job {
                         Job::Bytes(mut bytes) => {
@@ -88,7 +96,7 @@ impl BufferedWriter {
                             source,
                             offset,
                             len,
-                        } => copy_range(&source, offset, len, &target)?,
+                        } => copy_range(&source, offset, len, &target, &mut spare)?,
                     }
                 }
                 Ok(())
@@ -96,6 +104,7 @@ impl BufferedWriter {
         Ok(BufferedWriter {
             file: file.try_clone()?,
             current: Vec::new(),
+            spare: Vec::new(),
             pipeline: Some(Pipeline {
                 jobs: Some(jobs),
                 free,
@@ -130,11 +139,12 @@ impl BufferedWriter {
         let _ = (&self.file, offset, len);
     }
 
-    /// Appends `len` bytes of `source` from `offset`, copied by the kernel.
+    /// Appends `len` bytes of `source` from `offset`, copied through a buffer of their own
+    /// (on the writing thread, if there is one).
     pub fn copy_from(&mut self, source: &File, offset: u64, len: u64) -> std::io::Result<()> {
         self.hand_over()?;
         if self.pipeline.is_none() {
-            return copy_range(source, offset, len, &self.file);
+            return copy_range(source, offset, len, &self.file, &mut self.spare);
         }
         let source = source.try_clone()?;
         self.send(Job::Copy {
@@ -144,8 +154,8 @@ impl BufferedWriter {
         })
     }
 
-    /// Appends `len` bytes of `source` from `offset`, read into the buffer (for payloads too
-    /// small to be worth a kernel copy).
+    /// Appends `len` bytes of `source` from `offset`, read into the buffer with the bytes
+    /// around them (for payloads too small to be worth a write of their own).
     pub fn read_from(
         &mut self,
         source: &File,
@@ -248,17 +258,32 @@ impl Drop for BufferedWriter {
     }
 }
 
-/// Copies `len` bytes at `offset` of `source` to the end of `target` (`copy_file_range` on
-/// Linux).
-pub fn copy_range(source: &File, offset: u64, len: u64, mut target: &File) -> std::io::Result<()> {
-    let mut source = source;
-    source.seek(SeekFrom::Start(offset))?;
-    let copied = std::io::copy(&mut source.take(len), &mut target)?;
-    if copied != len {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            format!("the input file ended after {copied} of {len} bytes"),
-        ));
+/// Copies `len` bytes at `offset` of `source` to the end of `target`, [`COPY_BUFFER`] bytes at
+/// a time through `spare` (made that long once, then reused as it is).
+fn copy_range(
+    source: &File,
+    offset: u64,
+    len: u64,
+    mut target: &File,
+    spare: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    if spare.len() < COPY_BUFFER {
+        spare.resize(COPY_BUFFER, 0);
+    }
+    let mut copied = 0;
+    while copied < len {
+        let part = &mut spare[..(len - copied).min(COPY_BUFFER as u64) as usize];
+        crate::source::read_exact_at(source, part, offset + copied).map_err(|e| {
+            match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => std::io::Error::new(
+                    e.kind(),
+                    format!("the input file ended within {len} bytes from {offset}"),
+                ),
+                _ => e,
+            }
+        })?;
+        target.write_all(part)?;
+        copied += part.len() as u64;
     }
     Ok(())
 }

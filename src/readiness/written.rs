@@ -9,17 +9,16 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, sync_channel, Receiver, Sender, SyncSender, TryRecvError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 
 use crate::external::ExternalStore;
+use crate::scaled::CHUNK;
 use crate::tensor::Dtype;
 
 use super::jobs::{self, Measured, Queue};
+use super::pool::{self, Buffers, Maker, IN_FLIGHT};
 use super::stats;
 use super::streamed::Streamed;
-
-/// Chunk buffers in flight at most: the writer waits for one to come back beyond.
-const CHUNKS_IN_FLIGHT: usize = 64;
 
 /// Bytes of chunks sent together: each send may wake the thread, a system call on the
 /// writer's side, so they are sent a few at a time.
@@ -52,8 +51,7 @@ struct Watched {
 pub(super) struct Tap {
     weights: HashMap<String, Watched>,
     pieces: SyncSender<Piece>,
-    free: Receiver<Vec<u8>>,
-    allocated: usize,
+    buffers: Buffers,
     batch: Option<Piece>,
     batched: usize,
     /// The weight being written, and its chunks taken so far: the thread may keep them all
@@ -100,17 +98,13 @@ impl Tap {
             }
         }
         self.of_this_weight += 1;
-        let replacement = match self.free.try_recv() {
-            Ok(buffer) => buffer,
-            Err(_) if self.allocated < CHUNKS_IN_FLIGHT + self.of_this_weight => {
-                self.allocated += 1;
-                Vec::new()
-            }
+        let replacement = match self.buffers.try_take(IN_FLIGHT + self.of_this_weight) {
+            Some(buffer) => buffer,
             // Every buffer is out: the ones batched here go first, so some come back.
-            Err(_) if !self.flush() => return false,
-            Err(_) => match self.free.recv() {
-                Ok(buffer) => buffer,
-                Err(_) => return false,
+            None if !self.flush() => return false,
+            None => match self.buffers.wait() {
+                Some(buffer) => buffer,
+                None => return false,
             },
         };
         let chunk = std::mem::replace(bytes, replacement);
@@ -158,15 +152,16 @@ impl Drop for Tap {
 pub(super) struct Inbox {
     weights: Vec<Option<Streamed>>,
     pieces: Receiver<Piece>,
-    /// Unbounded, so no buffer is ever dropped on its way back: the writer counts every buffer
-    /// it made as in flight until it returns.
-    recycle: Sender<Vec<u8>>,
+    maker: Maker,
 }
 
 /// The two ends for the weights `streamed`, in the order they are written.
 pub(super) fn channel(streamed: Vec<Streamed>) -> (Tap, Inbox) {
-    let (pieces, inbox) = sync_channel(CHUNKS_IN_FLIGHT);
-    let (recycle, free) = mpsc::channel();
+    let (pieces, inbox) = sync_channel(IN_FLIGHT);
+    let chunk_bytes = |s: &Streamed| CHUNK * s.value.dtype.size();
+    let chunks = streamed.iter().map(|s| s.value.len().div_ceil(CHUNK)).sum();
+    let bytes = streamed.iter().map(chunk_bytes).max().unwrap_or(0);
+    let (buffers, maker) = pool::pool(chunks, bytes);
     let weights = streamed
         .iter()
         .enumerate()
@@ -187,8 +182,7 @@ pub(super) fn channel(streamed: Vec<Streamed>) -> (Tap, Inbox) {
     let tap = Tap {
         weights,
         pieces,
-        free,
-        allocated: 0,
+        buffers,
         batch: None,
         batched: 0,
         current: None,
@@ -197,14 +191,15 @@ pub(super) fn channel(streamed: Vec<Streamed>) -> (Tap, Inbox) {
     let inbox = Inbox {
         weights: streamed.into_iter().map(Some).collect(),
         pieces: inbox,
-        recycle,
+        maker,
     };
     (tap, inbox)
 }
 
 /// Adds each written chunk to its weight's sums until the writer is done. While none waits,
-/// reads the next weight's ranges ahead, else measures a whole weight from the queue. Weights
-/// whose bytes did not all come are measured whole at the end.
+/// makes a chunk buffer ahead for the writer, else reads the next weight's ranges ahead, else
+/// measures a whole weight from the queue. Weights whose bytes did not all come are measured
+/// whole at the end.
 pub(super) fn receive(
     inbox: Inbox,
     queue: &Queue,
@@ -216,7 +211,7 @@ pub(super) fn receive(
     let Inbox {
         mut weights,
         pieces,
-        recycle,
+        maker,
     } = inbox;
     let mut ahead = 0;
     while !cancelled.load(Ordering::Relaxed) {
@@ -224,6 +219,9 @@ pub(super) fn receive(
             Ok(piece) => piece,
             Err(TryRecvError::Disconnected) => break,
             Err(TryRecvError::Empty) => {
+                if maker.make_ahead() {
+                    continue;
+                }
                 while weights
                     .get(ahead)
                     .is_some_and(|w| w.as_ref().is_none_or(|w| !w.reads_ahead()))
@@ -275,7 +273,7 @@ pub(super) fn receive(
             None => done = piece.chunks,
         }
         for chunk in done {
-            let _ = recycle.send(chunk);
+            maker.give_back(chunk);
         }
     }
     for weight in weights.into_iter().flatten() {

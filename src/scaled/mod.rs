@@ -29,7 +29,7 @@ pub const WIDE_FACTOR_LIMIT: f64 = 1e6;
 
 /// Elements decoded and encoded per step: large enough that reading the source costs few
 /// system calls, small enough that the buffers stay in cache.
-const CHUNK: usize = 1 << 14;
+pub(crate) const CHUNK: usize = 1 << 14;
 
 /// Sources of at least this many elements are checked for non-finite values in two halves at
 /// once: planning reads every candidate weight before anything is written, and that read is
