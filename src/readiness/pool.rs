@@ -86,8 +86,9 @@ impl Maker {
         if !count_one_more(&self.made, self.ahead) {
             return false;
         }
-        let mut buffer = Vec::with_capacity(self.bytes);
-        buffer.resize(self.bytes, 0);
+        // Not zeros: the allocator may answer those with pages not mapped yet, which the writer
+        // would then fault in. Any other byte is written, and maps every page here.
+        let buffer = vec![1; self.bytes];
         self.give_back(buffer);
         true
     }
