@@ -1,11 +1,12 @@
 //! The way written chunks go from the writer to the readiness thread: the writer's end
 //! ([`Tap`]) takes each chunk of a weight measured as written (its buffer, swapped for one
-//! from a small pool: no copy), takes each channel's largest magnitude while the chunk is in
-//! its cache (for weights of at most [`READ_AHEAD_ABOVE`](super::streamed::READ_AHEAD_ABOVE)
-//! bytes, mostly), and sends the chunks in batches, the ranges with the last; the thread's end
-//! ([`receive`]) adds them to that weight's sums (keeping them until the ranges come) and sends
-//! the buffers back. The writer waits only when every buffer is in flight, the pool counting
-//! one weight's chunks on top, since the thread may keep them all.
+//! from a small [`pool`](super::pool): no copy), takes each channel's largest magnitude while
+//! the chunk is in its cache (for weights of at most
+//! [`READ_AHEAD_ABOVE`](super::streamed::READ_AHEAD_ABOVE) bytes, mostly), and sends the
+//! chunks in batches, the ranges with the last; the thread's end ([`receive`]) adds them to
+//! that weight's sums (keeping them until the ranges come) and sends the buffers back. The
+//! writer waits only when every buffer is in flight, the pool counting one weight's chunks on
+//! top, since the thread may keep them all.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
