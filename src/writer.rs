@@ -308,6 +308,42 @@ mod tests {
         assert_eq!(none_taken.pipeline.is_some(), cores() > 1);
     }
 
+    #[test]
+    fn copies_longer_than_the_copy_buffer_arrive_whole_and_a_short_source_fails() {
+        for background in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let source_path = dir.path().join("source");
+            let bytes: Vec<u8> = (0..3 * COPY_BUFFER + 11).map(|i| (i % 251) as u8).collect();
+            std::fs::write(&source_path, &bytes).unwrap();
+            let source = File::open(&source_path).unwrap();
+            let target_path = dir.path().join("target");
+            let target = File::create(&target_path).unwrap();
+            let mut writer = match background {
+                true => BufferedWriter::background(&target).unwrap(),
+                false => BufferedWriter::inline(&target).unwrap(),
+            };
+            writer.write_all(b"head").unwrap();
+            let len = 2 * COPY_BUFFER + 5;
+            writer.copy_from(&source, 7, len as u64).unwrap();
+            writer.finish().unwrap();
+            let written = std::fs::read(&target_path).unwrap();
+            assert_eq!(&written[..4], b"head");
+            assert_eq!(
+                &written[4..],
+                &bytes[7..7 + len],
+                "background: {background}"
+            );
+
+            // A source shorter than the copy asks fails, naming the range.
+            let mut writer = BufferedWriter::inline(&target).unwrap();
+            let past_the_end =
+                writer.copy_from(&source, COPY_BUFFER as u64, 3 * COPY_BUFFER as u64);
+            let e = past_the_end.unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+            assert!(e.to_string().contains("the input file ended within"), "{e}");
+        }
+    }
+
     fn bytes_and_copies_arrive_in_order_when(background: bool) {
         let dir = tempfile::tempdir().unwrap();
         let source_path = dir.path().join("source");
