@@ -27,7 +27,8 @@ use crate::scaled::SourceRead;
 use crate::tensor::{self, Dtype};
 
 use super::jobs::{self, Job, Measured, Queue, Slot, Source};
-use super::stats::{self, ChannelLayout, Elements};
+use super::layout::{ChannelLayout, Elements};
+use super::stats;
 use super::streamed::Streamed;
 use super::written::{self, Inbox, Tap};
 use super::{output_axis, LayerReadiness};

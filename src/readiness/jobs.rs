@@ -12,7 +12,8 @@ use crate::proto::{NodeProto, TensorProto};
 use crate::scaled::ScaledTensor;
 use crate::tensor;
 
-use super::stats::{self, ChannelLayout, Elements};
+use super::layout::{ChannelLayout, Elements};
+use super::stats;
 use super::LayerReadiness;
 
 /// Figures measured by one side, and its first failure.

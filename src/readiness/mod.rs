@@ -15,6 +15,7 @@ mod background;
 mod binade;
 mod jobs;
 mod lanes;
+mod layout;
 mod pool;
 mod stats;
 mod streamed;

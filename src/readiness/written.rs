@@ -293,7 +293,7 @@ mod tests {
 
     use super::*;
     use crate::readiness::jobs::Slot;
-    use crate::readiness::stats::Elements;
+    use crate::readiness::layout::Elements;
     use crate::readiness::streamed::tests::{slot, weight};
     use crate::readiness::LayerReadiness;
     use crate::scaled::Scaling;
