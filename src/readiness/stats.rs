@@ -8,10 +8,9 @@ use crate::graph::node_label;
 use crate::proto::NodeProto;
 use crate::tensor::{self, Dtype};
 
-use super::layout::{ChannelLayout, Elements};
-
 use super::binade::Totals;
 use super::lanes::ChannelValues;
+use super::layout::{ChannelLayout, Elements};
 use super::sums::{Grid, Sums};
 use super::{LayerReadiness, MIN_EFFECTIVE_BITS};
 use crate::isa::Isa;
