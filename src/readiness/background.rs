@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -22,12 +23,13 @@ use crate::error::{Error, Result};
 use crate::external::ExternalStore;
 use crate::graph::{GraphIndex, OuterScope};
 use crate::model::{FoldedWatcher, Model};
-use crate::proto::{NodeProto, TensorProto};
+use crate::proto::{GraphProto, NodeProto, TensorProto};
 use crate::scaled::SourceRead;
 use crate::tensor::{self, Dtype};
 
+use super::early::{Adoption, Running};
 use super::jobs::{self, Job, Measured, Queue, Slot, Source};
-use super::layout::{ChannelLayout, Elements};
+use super::layout::Elements;
 use super::stats;
 use super::streamed::Streamed;
 use super::written::{self, Inbox, Tap};
@@ -43,25 +45,52 @@ pub struct LayerFigures {
     tap: Option<Tap>,
     /// Set when the figures are given up: the thread stops at the next weight or chunk.
     cancelled: Arc<AtomicBool>,
-    worker: Option<JoinHandle<Measured>>,
+    worker: Option<JoinHandle<Outcome>>,
+    /// The figures measured before the model folded that this plan takes over.
+    adoption: Adoption,
+}
+
+/// What the thread is given once the model it measures is final.
+pub(super) struct Plan {
+    first: Option<Job>,
+    inbox: Option<Inbox>,
+    queue: Queue,
+    store: ExternalStore,
+}
+
+/// What the thread measured: before the model folded, and after.
+#[derive(Default)]
+pub(super) struct Outcome {
+    early: Measured,
+    planned: Measured,
 }
 
 impl LayerFigures {
     /// Plans the figures of `model`'s weights (the model as it will run) and starts the thread
     /// that computes them, every weight read from the model's sources.
     pub fn start(model: &Model) -> Result<LayerFigures> {
-        LayerFigures::start_with(model, false)
+        LayerFigures::start_with(model, false, None)
     }
 
     /// [`LayerFigures::start`] for a model about to be written with this as its
     /// [`FoldedWatcher`]: folded weights whose channels are runs in memory order are measured
     /// on the written bytes (any whose bytes do not all come, measured whole at the end).
     pub fn start_for_write(model: &Model) -> Result<LayerFigures> {
-        LayerFigures::start_with(model, true)
+        LayerFigures::start_with(model, true, None)
     }
 
-    fn start_with(model: &Model, watched: bool) -> Result<LayerFigures> {
+    /// The figures of `model`; `early`, the thread already measuring the model's weights as
+    /// loaded, continues with them.
+    pub(super) fn start_with(
+        model: &Model,
+        watched: bool,
+        early: Option<Running>,
+    ) -> Result<LayerFigures> {
         let (computed, jobs) = plan(model)?;
+        let (jobs, adoption) = match &early {
+            Some(running) => running.adopt(jobs),
+            None => (jobs, Adoption::default()),
+        };
         let mut queued = Vec::new();
         let mut streamed = Vec::new();
         for (bytes, job) in jobs {
@@ -85,26 +114,35 @@ impl LayerFigures {
                 (Some(tap), Some(inbox))
             }
         };
-        let cancelled = Arc::new(AtomicBool::new(false));
-        // Without a weight to measure there is no thread; with only whole ones, it starts on
-        // the largest.
+        let cancelled = early
+            .as_ref()
+            .map_or_else(Arc::default, |r| r.cancelled.clone());
+        // Without a weight to measure there is no thread (unless one runs already); with only
+        // whole ones, it starts on the largest.
         let first = match inbox {
             Some(_) => None,
             None => jobs::take(&queue),
         };
-        let worker = match (first.is_some() || inbox.is_some()).then(|| {
-            let (queue, store, cancelled) = (queue.clone(), model.store.clone(), cancelled.clone());
-            std::thread::Builder::new()
-                .name("bnfold-readiness".into())
-                .spawn(move || work(first, inbox, &queue, &store, &cancelled))
-        }) {
-            None => None,
-            Some(spawned) => {
-                Some(spawned.map_err(|e| {
-                    Error::InvalidGraph(format!("starting the readiness thread: {e}"))
-                })?)
-            }
+        let plan = Plan {
+            first,
+            inbox,
+            queue: queue.clone(),
+            store: model.store.clone(),
         };
+        let thread = match early {
+            Some(running) => Some((running.plans, running.worker)),
+            None if plan.first.is_none() && plan.inbox.is_none() => None,
+            None => Some(spawn(
+                Arc::default(),
+                model.store.clone(),
+                cancelled.clone(),
+            )?),
+        };
+        let worker = thread.map(|(plans, worker)| {
+            // A thread that is gone has failed: `finish` reports it.
+            let _ = plans.send(plan);
+            worker
+        });
         Ok(LayerFigures {
             computed,
             queue,
@@ -112,7 +150,19 @@ impl LayerFigures {
             tap,
             cancelled,
             worker,
+            adoption,
         })
+    }
+
+    /// How many weights measured before the model folded keep those figures.
+    pub fn adopted_early(&self) -> usize {
+        self.adoption.adopted
+    }
+
+    /// How many weights measured before the model folded are measured again (changed, or
+    /// laid out otherwise).
+    pub fn rejected_early(&self) -> usize {
+        self.adoption.rejected
     }
 
     /// How many weights are to be measured on their written bytes.
@@ -136,20 +186,24 @@ impl LayerFigures {
             buffer = jobs::run(job, &self.store, buffer, &mut mine);
         }
         drop(buffer);
-        let theirs = match self.worker.take().map(JoinHandle::join) {
-            Some(Ok(measured)) => measured,
+        let Outcome { mut early, planned } = match self.worker.take().map(JoinHandle::join) {
+            Some(Ok(outcome)) => outcome,
             Some(Err(_)) => return Err(Error::InvalidGraph("the readiness thread failed".into())),
-            None => Measured::default(),
+            None => Outcome::default(),
         };
-        if let Some(e) = mine.failure.take().or(theirs.failure) {
+        // An early failure counts only if some early figures are taken over (any may be
+        // missing then).
+        let early_failure = early.failure.take().filter(|_| self.adoption.adopted > 0);
+        if let Some(e) = mine.failure.take().or(planned.failure).or(early_failure) {
             return Err(e);
         }
         let mut layers = std::mem::take(&mut self.computed);
         layers.append(&mut mine.layers);
-        layers.extend(theirs.layers);
+        layers.extend(planned.layers);
+        self.adoption.take_over(early, &mut layers);
         layers.sort_by_key(|(order, _)| *order);
         let layers = layers.into_iter().map(|(_, l)| l).collect();
-        Ok((layers, theirs.measured_as_written))
+        Ok((layers, planned.measured_as_written))
     }
 }
 
@@ -201,13 +255,7 @@ fn plan(model: &Model) -> Result<(Vec<(usize, LayerReadiness)>, Vec<(usize, Job)
     let Some(graph) = &model.proto.graph else {
         return Ok((computed, jobs));
     };
-    let layers: Vec<(usize, &NodeProto, usize)> = graph
-        .node
-        .iter()
-        .filter_map(|n| output_axis(n).map(|axis| (n, axis)))
-        .enumerate()
-        .map(|(order, (n, axis))| (order, n, axis))
-        .collect();
+    let layers = layers(graph);
     let initializers: HashMap<&str, &TensorProto> = match layers.is_empty() {
         true => HashMap::new(),
         false => graph.initializer.iter().map(|t| (t.name(), t)).collect(),
@@ -216,13 +264,7 @@ fn plan(model: &Model) -> Result<(Vec<(usize, LayerReadiness)>, Vec<(usize, Job)
     let eval = std::cell::OnceCell::new();
     for (order, node, axis) in layers {
         let name = &node.input[1];
-        let group = crate::attr::int(node, "group")?.unwrap_or(1).max(1) as usize;
-        let slot = Slot {
-            order,
-            node: node_head(node),
-            axis,
-            group,
-        };
+        let slot = slot(order, node, axis)?;
         match initializers.get(name.as_str()) {
             Some(t) if Dtype::from_code(t.data_type()).is_some() => {
                 let (dtype, dims) = (tensor::proto_dtype(t)?, tensor::proto_dims(t)?);
@@ -240,7 +282,7 @@ fn plan(model: &Model) -> Result<(Vec<(usize, LayerReadiness)>, Vec<(usize, Job)
                 });
                 if let Ok(w) = eval.value(name)? {
                     if measurable(w.dtype, &w.dims) {
-                        let layout = ChannelLayout::new(&w.dims, axis, group);
+                        let layout = slot.layout(&w.dims);
                         let values = Elements::Values(&w.data);
                         computed.push((order, stats::layer(node, name, &layout, values)));
                     }
@@ -269,6 +311,28 @@ fn plan(model: &Model) -> Result<(Vec<(usize, LayerReadiness)>, Vec<(usize, Job)
     Ok((computed, jobs))
 }
 
+/// Each layer of `graph` (a node whose weight has an axis of output channels): its place among
+/// the layers, the node, and that axis.
+pub(super) fn layers(graph: &GraphProto) -> Vec<(usize, &NodeProto, usize)> {
+    graph
+        .node
+        .iter()
+        .filter_map(|n| output_axis(n).map(|axis| (n, axis)))
+        .enumerate()
+        .map(|(order, (n, axis))| (order, n, axis))
+        .collect()
+}
+
+/// The layer `node`, the `order`-th, whose weight's output channels lie on `axis`.
+pub(super) fn slot(order: usize, node: &NodeProto, axis: usize) -> Result<Slot> {
+    Ok(Slot {
+        order,
+        node: node_head(node),
+        axis,
+        group: crate::attr::int(node, "group")?.unwrap_or(1).max(1) as usize,
+    })
+}
+
 /// A float weight with at least one element and one axis.
 fn measurable(dtype: Dtype, dims: &[usize]) -> bool {
     dtype.is_float() && !dims.is_empty() && dims.iter().product::<usize>() > 0
@@ -285,31 +349,68 @@ fn node_head(node: &NodeProto) -> NodeProto {
     }
 }
 
-/// The thread: the written chunks while they come (if any weight is measured as written), then
-/// whole weights until none is left. A panic becomes the analysis's failure (the caller then
-/// reports it instead of waiting forever or unwinding through `join`).
+/// Starts the thread on the weights in `early` (read through `store`): it measures them until
+/// a [`Plan`] comes, then works on that.
+pub(super) fn spawn(
+    early: Queue,
+    store: ExternalStore,
+    cancelled: Arc<AtomicBool>,
+) -> Result<(SyncSender<Plan>, JoinHandle<Outcome>)> {
+    let (plans, plan) = sync_channel(1);
+    let worker = std::thread::Builder::new()
+        .name("bnfold-readiness".into())
+        .spawn(move || work(&early, &store, &plan, &cancelled))
+        .map_err(|e| Error::InvalidGraph(format!("starting the readiness thread: {e}")))?;
+    Ok((plans, worker))
+}
+
+/// The thread: the early weights until the plan comes (or none is left), then the plan's
+/// written chunks while they come (if any weight is measured as written), then its whole
+/// weights until none is left. A panic becomes the analysis's failure (the caller then reports
+/// it instead of waiting forever or unwinding through `join`).
 fn work(
-    first: Option<Job>,
-    inbox: Option<Inbox>,
-    queue: &Queue,
-    store: &ExternalStore,
+    early: &Queue,
+    early_store: &ExternalStore,
+    plans: &Receiver<Plan>,
     cancelled: &AtomicBool,
-) -> Measured {
-    let mut measured = Measured::default();
+) -> Outcome {
+    let mut outcome = Outcome::default();
     let working = std::panic::AssertUnwindSafe(|| {
         let mut buffer = Vec::new();
+        let plan = loop {
+            match plans.try_recv() {
+                Ok(plan) => break Some(plan),
+                Err(TryRecvError::Disconnected) => break None,
+                Err(TryRecvError::Empty) => {}
+            }
+            match jobs::take(early) {
+                Some(job) => buffer = jobs::run(job, early_store, buffer, &mut outcome.early),
+                None => break plans.recv().ok(),
+            }
+        };
+        // No plan: the figures were given up.
+        let Some(Plan {
+            first,
+            inbox,
+            queue,
+            store,
+        }) = plan
+        else {
+            return;
+        };
+        let measured = &mut outcome.planned;
         if let Some(inbox) = inbox {
-            buffer = written::receive(inbox, queue, store, buffer, &mut measured, cancelled);
+            buffer = written::receive(inbox, &queue, &store, buffer, measured, cancelled);
         }
-        let mut next = first.or_else(|| jobs::take(queue));
+        let mut next = first.or_else(|| jobs::take(&queue));
         while let Some(job) = next.filter(|_| !cancelled.load(Ordering::Relaxed)) {
-            buffer = jobs::run(job, store, buffer, &mut measured);
-            next = jobs::take(queue);
+            buffer = jobs::run(job, &store, buffer, measured);
+            next = jobs::take(&queue);
         }
     });
     if std::panic::catch_unwind(working).is_err() {
         let failed = "the readiness analysis failed on a weight";
-        measured.failure = Some(Error::InvalidGraph(failed.into()));
+        outcome.planned.failure = Some(Error::InvalidGraph(failed.into()));
     }
-    measured
+    outcome
 }

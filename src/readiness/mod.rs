@@ -13,6 +13,7 @@
 
 mod background;
 mod binade;
+mod early;
 mod jobs;
 mod lanes;
 mod layout;
@@ -32,6 +33,7 @@ use crate::graph::{node_label, GraphIndex, OuterScope};
 use crate::model::Model;
 
 pub use background::LayerFigures;
+pub use early::EarlyFigures;
 pub use warnings::{ReadinessWarning, PER_CHANNEL_GAIN_DB};
 
 /// Below this output standard deviation a BatchNormalization channel counts as dead.

@@ -15,7 +15,7 @@ use crate::cli::report::{claim_report, commit_report, json_report, print, stage_
 use bnfold::model::FoldedWatcher;
 use bnfold::output::WritePlan;
 use bnfold::printable::Shown;
-use bnfold::readiness::{LayerFigures, Readiness};
+use bnfold::readiness::{EarlyFigures, LayerFigures, Readiness};
 use bnfold::verify::{SampleHook, Status, Verification};
 use bnfold::{fold, verify, FoldOptions, Model, SaveOptions};
 
@@ -112,6 +112,13 @@ fn fold_once(args: FoldArgs, defer: bool) -> anyhow::Result<Attempt> {
     claim_report(&mut plan, &args.output_args)?;
     progress.stage("folding");
     let readiness = !args.no_readiness && !args.check;
+    let written = args.output.as_ref().filter(|_| writes);
+    // Weights that folding will most likely leave unchanged are measured while it folds.
+    let early = match (readiness, written) {
+        (true, Some(_)) => EarlyFigures::start(&loaded),
+        _ => Ok(EarlyFigures::none()),
+    }
+    .with_context(|| format!("{}", input.display()))?;
     // Of the original, readiness needs only the BatchNormalization statistics, taken now; the
     // layers' figures are computed from the folded weights as they are written.
     let batch_norms = match readiness {
@@ -186,9 +193,8 @@ fn fold_once(args: FoldArgs, defer: bool) -> anyhow::Result<Attempt> {
     // place only if verification does not fail.
     // The layers' readiness figures are computed on a thread of their own while the model is
     // written (or while nothing is, with no output).
-    let written = args.output.as_ref().filter(|_| writes);
     let mut figures = match (readiness, written) {
-        (true, Some(_)) => Some(LayerFigures::start_for_write(&fused)),
+        (true, Some(_)) => Some(early.start_for_write(&fused)),
         (true, None) => Some(LayerFigures::start(&fused)),
         (false, _) => None,
     }
