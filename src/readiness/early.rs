@@ -6,14 +6,14 @@
 //! (through Identity, Flatten, Reshape, Squeeze, Unsqueeze, Concat and constant `Add`/`Sub`) or
 //! before their data input (through the same, Concat aside). Largest first.
 //!
-//! Adoption, once the model has folded ([`EarlyFigures::adopt`]): a weight the thread has not
+//! Adoption, once the model has folded ([`EarlyFigures::start_for_write`]): a weight the thread has not
 //! taken yet goes back to the ordinary plan. One it has taken is adopted only if the folded
 //! model still stores the same bytes under its name (the same place in the input, the same
 //! type and shape, not folded) for layers whose channels lie the same way (axis, group); its
 //! figures are then relabelled with the folded model's nodes. Otherwise they are dropped and
 //! the weight is measured again, so a guess that proves wrong costs time, never a digit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
@@ -26,8 +26,9 @@ use crate::model::Model;
 use crate::proto::{GraphProto, NodeProto, TensorProto};
 use crate::tensor::{self, Dtype};
 
-use super::background::{self, layers, slot, Outcome, Plan};
+use super::background::{self, Outcome, Plan};
 use super::jobs::{Job, Measured, Queue, Source};
+use super::layers::{layers, slot};
 use super::{LayerFigures, LayerReadiness};
 
 /// The readiness thread started on a model's stored weights before the model folds (no thread
@@ -177,7 +178,7 @@ impl Running {
     /// The plan `jobs` of the folded model less the weights whose early figures it takes over;
     /// the thread takes no early weight after this.
     pub fn adopt(&self, jobs: Vec<(usize, Job)>) -> (Vec<(usize, Job)>, Adoption) {
-        let untaken: Vec<String> = std::mem::take(
+        let untaken: HashSet<String> = std::mem::take(
             &mut *self
                 .queue
                 .lock()
@@ -270,7 +271,7 @@ fn stored_whole(t: &TensorProto) -> bool {
 struct Neighbours<'g> {
     producer: HashMap<&'g str, &'g NodeProto>,
     readers: HashMap<&'g str, Vec<&'g NodeProto>>,
-    constants: std::collections::HashSet<&'g str>,
+    constants: HashSet<&'g str>,
 }
 
 /// Ops a fold looks through, from a layer to a BatchNormalization or scale.

@@ -16,6 +16,7 @@ mod binade;
 mod early;
 mod jobs;
 mod lanes;
+mod layers;
 mod layout;
 mod pool;
 mod stats;
