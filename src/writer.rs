@@ -10,6 +10,8 @@ use std::io::Write;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
+use bytes::Bytes;
+
 /// Bytes gathered before a `write` on the calling thread.
 const INLINE_BUFFER: usize = 1 << 17;
 /// Bytes gathered before a buffer is handed to the writing thread: large enough that the
@@ -24,7 +26,13 @@ const COPY_BUFFER: usize = 1 << 17;
 
 enum Job {
     Bytes(Vec<u8>),
-    Copy { source: File, offset: u64, len: u64 },
+    Copy {
+        source: File,
+        offset: u64,
+        len: u64,
+    },
+    /// Bytes of the mapped input, written straight from the mapping.
+    Mapped(Bytes),
 }
 
 /// The cores this process may run on (its affinity and CPU quota counted), asked once.
@@ -97,6 +105,7 @@ impl BufferedWriter {
                             offset,
                             len,
                         } => copy_range(&source, offset, len, &target, &mut spare)?,
+                        Job::Mapped(bytes) => target.write_all(&bytes)?,
                     }
                 }
                 Ok(())
@@ -152,6 +161,17 @@ impl BufferedWriter {
             offset,
             len,
         })
+    }
+
+    /// Appends `bytes`, a payload of the mapped input whose pages another reader maps anyway,
+    /// written straight from the mapping (on the writing thread, if there is one): one copy
+    /// where [`BufferedWriter::copy_from`] makes two.
+    pub fn write_mapped(&mut self, bytes: &Bytes) -> std::io::Result<()> {
+        self.hand_over()?;
+        if self.pipeline.is_none() {
+            return (&self.file).write_all(bytes);
+        }
+        self.send(Job::Mapped(bytes.clone()))
     }
 
     /// Appends `len` bytes of `source` from `offset`, read into the buffer with the bytes
@@ -360,11 +380,13 @@ mod tests {
         let big = vec![b'x'; BACKGROUND_BUFFER * 2 + 5];
         writer.write_all(&big).unwrap();
         writer.write_all(b"yz").unwrap();
+        writer.write_mapped(&Bytes::from_static(b"mapped")).unwrap();
+        writer.write_all(b"!").unwrap();
         writer.finish().unwrap();
         let written = std::fs::read(dir.path().join("target")).unwrap();
         let mut expected = b"ab3456".to_vec();
         expected.extend_from_slice(&big);
-        expected.extend_from_slice(b"yz");
+        expected.extend_from_slice(b"yzmapped!");
         assert_eq!(written, expected);
     }
 }

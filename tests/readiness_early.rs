@@ -6,9 +6,11 @@
 mod common;
 
 use bnfold::external::ExternalStore;
+use bnfold::model::FoldedWatcher;
 use bnfold::output::WritePlan;
 use bnfold::proto::ModelProto;
 use bnfold::readiness::{EarlyFigures, LayerFigures, LayerReadiness};
+use bnfold::scaled::SourceRead;
 use bnfold::{fold, FoldOptions, Model, SaveOptions};
 use common::build::Graph;
 
@@ -55,9 +57,23 @@ fn measured(loaded: &Model, options: &FoldOptions, wait: bool) -> Option<Measure
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("fused.onnx");
     let mut plan = WritePlan::new(false);
-    model
+    let staged = model
         .stage_watched(&target, SaveOptions::default(), &mut plan, &mut figures)
         .ok()?;
+    // Stored weights the figures read in place are written from the input's mapping, the others
+    // copied with `pread`: the same bytes as a write that copies every one.
+    let other = tempfile::tempdir().unwrap();
+    let copied = other.path().join("fused.onnx");
+    let copied = model
+        .stage_watched(
+            &copied,
+            SaveOptions::default(),
+            &mut WritePlan::new(false),
+            &mut (),
+        )
+        .unwrap();
+    let read = |path: &std::path::Path| std::fs::read(path).unwrap();
+    assert_eq!(read(staged.path()), read(copied.path()));
     Some((figures.finish().unwrap(), whole, adopted, rejected))
 }
 
@@ -216,4 +232,29 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+#[test]
+fn a_large_stored_weight_measured_in_place_is_written_from_the_mapping() {
+    // A Gemm weight of 300 KiB, past the size below which payloads are read into the write
+    // buffer; the model loaded from a file, so its payloads lie in the input's mapping.
+    let values: Vec<f32> = (0..256 * 300)
+        .map(|k| (k % 97) as f32 / 50.0 - 1.0)
+        .collect();
+    let proto = Graph::new(13)
+        .input("x", &[1, 300])
+        .init("w", &[256, 300], &values)
+        .node_with("Gemm", &["x", "w"], &["y"], &[("transB", 1)])
+        .output("y")
+        .model();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gemm.onnx");
+    common::write(&path, &raw(proto).proto);
+    let loaded = Model::load(&path).unwrap();
+    let (early, whole, adopted, _) = measured(&loaded, &FoldOptions::default(), true).unwrap();
+    assert_eq!(adopted, 1);
+    assert_eq!(format!("{early:?}"), format!("{whole:?}"));
+    let figures = EarlyFigures::start(&loaded).unwrap();
+    let figures = figures.start_for_write(&loaded).unwrap();
+    assert_eq!(figures.source_read("w"), SourceRead::InPlace);
 }

@@ -9,11 +9,12 @@ use prost::Message;
 use crate::external::ExternalStore;
 use crate::folded::FoldedWeights;
 use crate::proto::{GraphProto, ModelProto, TensorProto};
+use crate::scaled::SourceRead;
 use crate::writer::BufferedWriter;
 
 use super::FoldedWatcher;
 /// Where [`write_streaming`] writes: a file, whose unchanged payloads are read from the input
-/// file with `pread` (never through its mapping), or memory.
+/// file with `pread` (through its mapping only where the watcher maps them anyway), or memory.
 pub(super) enum Output<'a> {
     File(BufferedWriter),
     Memory(&'a mut Vec<u8>),
@@ -49,9 +50,21 @@ impl Output<'_> {
         }
     }
 
-    /// Writes a stored payload: large ones in the mapped input are copied from the file.
-    fn write_payload(&mut self, raw: &Bytes, store: &ExternalStore) -> std::io::Result<()> {
+    /// Writes a stored payload: large ones in the mapped input are copied from the file, or
+    /// written from the mapping when `read` is [`SourceRead::InPlace`] (another reader maps
+    /// their pages anyway).
+    fn write_payload(
+        &mut self,
+        raw: &Bytes,
+        store: &ExternalStore,
+        read: SourceRead,
+    ) -> std::io::Result<()> {
         match (&mut *self, store.mapped(raw)) {
+            (Output::File(w), Some(_))
+                if raw.len() >= COPY_THRESHOLD && read == SourceRead::InPlace =>
+            {
+                w.write_mapped(raw)
+            }
             (Output::File(w), Some((source, offset))) if raw.len() >= COPY_THRESHOLD => {
                 w.copy_from(source, offset, raw.len() as u64)
             }
@@ -135,7 +148,7 @@ pub(super) fn write_streaming(
                 .map_err(std::io::Error::other)?,
             None => {
                 if let Some(raw) = &t.raw_data {
-                    out.write_payload(raw, store)?;
+                    out.write_payload(raw, store, watcher.source_read(t.name()))?;
                 }
             }
         }

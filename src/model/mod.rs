@@ -65,8 +65,9 @@ pub trait FoldedWatcher {
         0
     }
 
-    /// How the writer reads the source of the folded initializer `tensor`: in place when the
-    /// watcher reads it in place too (its pages are then mapped once, not also copied).
+    /// How the writer reads the source of the initializer `tensor` (a folded one's source, or
+    /// a stored one's payload): in place when the watcher reads it in place too (its pages are
+    /// then mapped once, not also copied).
     fn source_read(&self, _tensor: &str) -> SourceRead {
         SourceRead::Copied
     }

@@ -16,6 +16,7 @@
 //! stored weights no fold is expected to reach; it takes the plan of the folded model
 //! ([`layers`](super::layers)) when that is ready.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
@@ -25,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::external::ExternalStore;
 use crate::model::{FoldedWatcher, Model};
 use crate::scaled::SourceRead;
+use crate::tensor;
 
 use super::early::{Adoption, Running};
 use super::jobs::{self, Job, Measured, Queue, Source};
@@ -46,6 +48,8 @@ pub struct LayerFigures {
     worker: Option<JoinHandle<Outcome>>,
     /// The figures measured before the model folded that this plan takes over.
     adoption: Adoption,
+    /// Stored weights read through the input's mapping (the writer writes them from there).
+    read_in_place: HashSet<String>,
 }
 
 /// What the thread is given once the model it measures is final.
@@ -85,10 +89,11 @@ impl LayerFigures {
         early: Option<Running>,
     ) -> Result<LayerFigures> {
         let (computed, jobs) = plan(model)?;
-        let (jobs, adoption) = match &early {
+        let (jobs, mut adoption) = match &early {
             Some(running) => running.adopt(jobs),
             None => (jobs, Adoption::default()),
         };
+        let mut read_in_place = std::mem::take(&mut adoption.names);
         let mut queued = Vec::new();
         let mut streamed = Vec::new();
         for (bytes, job) in jobs {
@@ -98,6 +103,16 @@ impl LayerFigures {
                         Ok(s) => streamed.push(s),
                         Err(job) => queued.push((bytes, job)),
                     }
+                }
+                Source::Stored(t) if !tensor::is_external(&t) && !t.raw_data().is_empty() => {
+                    read_in_place.insert(job.name.clone());
+                    queued.push((
+                        bytes,
+                        Job {
+                            source: Source::Stored(t),
+                            ..job
+                        },
+                    ));
                 }
                 source => queued.push((bytes, Job { source, ..job })),
             }
@@ -149,6 +164,7 @@ impl LayerFigures {
             cancelled,
             worker,
             adoption,
+            read_in_place,
         })
     }
 
@@ -220,12 +236,13 @@ impl FoldedWatcher for LayerFigures {
         usize::from(self.worker.is_some())
     }
 
-    /// In place for a weight whose ranges the thread reads ahead from the source in place: its
-    /// pages are mapped for the thread anyway (resnet18's default fold, 2 cores: 1.47× `cp`
-    /// copying them, 1.30× reading them in place; with nothing reading them ahead, a copy is
-    /// the faster).
+    /// In place for a folded weight whose ranges the thread reads ahead from the source in
+    /// place, and for a stored weight measured in place: their pages are mapped for the figures
+    /// anyway (resnet18's default fold, 2 cores: 1.47× `cp` copying them, 1.30× reading them in
+    /// place; with nothing reading them ahead, a copy is the faster).
     fn source_read(&self, tensor: &str) -> SourceRead {
-        match self.tap.as_ref().is_some_and(|tap| tap.reads_ahead(tensor)) {
+        let reads_ahead = self.tap.as_ref().is_some_and(|tap| tap.reads_ahead(tensor));
+        match reads_ahead || self.read_in_place.contains(tensor) {
             true => SourceRead::InPlace,
             false => SourceRead::Copied,
         }

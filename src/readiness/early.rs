@@ -97,6 +97,8 @@ impl Claim {
 #[derive(Default)]
 pub(super) struct Adoption {
     relabel: HashMap<usize, (usize, NodeProto)>,
+    /// The weights whose early figures are taken over (read through the input's mapping).
+    pub names: HashSet<String>,
     /// Weights whose early figures are taken over, and weights measured again.
     pub adopted: usize,
     pub rejected: usize,
@@ -204,6 +206,7 @@ impl Running {
                     for (s, &(early, ..)) in job.slots.iter().zip(&claim.slots) {
                         adoption.relabel.insert(early, (s.order, s.node.clone()));
                     }
+                    adoption.names.insert(claim.name.clone());
                     adoption.adopted += 1;
                     adoption.rejected -= 1;
                 }
