@@ -16,11 +16,12 @@
 //! stored weights no fold is expected to reach; it takes the plan of the folded model
 //! ([`layers`](super::layers)) when that is ready.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+
+use foldhash::HashSet;
 
 use crate::error::{Error, Result};
 use crate::external::ExternalStore;

@@ -13,11 +13,12 @@
 //! figures are then relabelled with the folded model's nodes. Otherwise they are dropped and
 //! the weight is measured again, so a guess that proves wrong costs time, never a digit.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+
+use foldhash::{HashMap, HashMapExt, HashSet};
 
 use crate::error::Result;
 use crate::external::ExternalStore;

@@ -25,11 +25,17 @@ mod sums;
 mod warnings;
 mod written;
 
+use std::cell::OnceCell;
+use std::rc::Rc;
+
+use foldhash::HashMap;
 use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::consts::ConstEval;
 use crate::error::Result;
+use crate::proto::TensorProto;
+use crate::tensor::{self, Tensor};
 use crate::graph::{node_label, GraphIndex, OuterScope};
 use crate::model::Model;
 
@@ -153,24 +159,39 @@ pub fn measure(folded: &Model, batch_norms: Vec<BatchNormReadiness>) -> Result<R
 }
 
 /// The statistics of every BatchNormalization in the main graph of `model` (before folding).
+/// A parameter stored as an initializer is decoded as the evaluator decodes it; the evaluator
+/// (and the graph index it needs) is built only for a parameter that is not.
 pub fn batch_norms(model: &Model) -> Result<Vec<BatchNormReadiness>> {
     let mut out = Vec::new();
-    if let Some(graph) = model
+    let Some(graph) = model
         .proto
         .graph
         .as_ref()
         .filter(|g| g.node.iter().any(|n| n.op_type() == "BatchNormalization"))
+    else {
+        return Ok(out);
+    };
+    let initializers: HashMap<&str, &TensorProto> =
+        graph.initializer.iter().map(|t| (t.name(), t)).collect();
+    let index = OnceCell::new();
+    let eval = OnceCell::new();
+    let param = |name: &str| -> Result<Option<Rc<Tensor>>> {
+        if let Some(t) = initializers.get(name) {
+            return Ok(Some(Rc::new(tensor::decode(t, &model.store)?)));
+        }
+        let eval = eval.get_or_init(|| {
+            let index = index.get_or_init(|| GraphIndex::new(graph, OuterScope::default()));
+            ConstEval::new(index, &model.store, model.opset(), true)
+        });
+        Ok(eval.value(name)?.ok())
+    };
+    for node in graph
+        .node
+        .iter()
+        .filter(|n| n.op_type() == "BatchNormalization")
     {
-        let index = GraphIndex::new(graph, OuterScope::default());
-        let eval = ConstEval::new(&index, &model.store, model.opset(), true);
-        for node in graph
-            .node
-            .iter()
-            .filter(|n| n.op_type() == "BatchNormalization")
-        {
-            if let Some(bn) = batch_norm(node, &eval)? {
-                out.push(bn);
-            }
+        if let Some(bn) = batch_norm(node, &param)? {
+            out.push(bn);
         }
     }
     Ok(out)
@@ -194,18 +215,20 @@ pub(crate) fn output_axis(node: &crate::proto::NodeProto) -> Option<usize> {
     }
 }
 
+/// The statistics of the BatchNormalization `node`, its parameters' values given by `param`
+/// (`None` when one is not a constant).
 fn batch_norm(
     node: &crate::proto::NodeProto,
-    eval: &ConstEval,
+    param: &dyn Fn(&str) -> Result<Option<Rc<Tensor>>>,
 ) -> Result<Option<BatchNormReadiness>> {
     if node.input.len() < 5 {
         return Ok(None);
     }
     let mut params = Vec::new();
     for name in &node.input[1..5] {
-        match eval.value(name)? {
-            Ok(v) => params.push(v),
-            Err(_) => return Ok(None),
+        match param(name)? {
+            Some(v) => params.push(v),
+            None => return Ok(None),
         }
     }
     let channels = params[0].len();
