@@ -12,12 +12,12 @@
 //! ([`LayerFigures::finish`]), so both end together. The figures are put back in graph order,
 //! so who measured what, and when, never shows.
 //!
-//! The thread may start before the model folds ([`EarlyFigures`](super::EarlyFigures)), on the
-//! stored weights no fold is expected to reach; it takes the plan of the folded model
-//! ([`layers`](super::layers)) when that is ready.
+//! The thread ([`thread`](super::thread)) may start before the model folds
+//! ([`EarlyFigures`](super::EarlyFigures)), on the stored weights no fold is expected to reach;
+//! it takes the plan of the folded model ([`layers`](super::layers)) when that is ready, and
+//! [`EarlyFigures::start_for_write`] hands it over here.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -29,11 +29,12 @@ use crate::model::{FoldedWatcher, Model};
 use crate::scaled::SourceRead;
 use crate::tensor;
 
-use super::early::{Adoption, Running};
+use super::early::{Adoption, EarlyFigures, Running};
 use super::jobs::{self, Job, Measured, Queue, Source};
 use super::layers::plan;
 use super::streamed::Streamed;
-use super::written::{self, Inbox, Tap};
+use super::thread::{spawn, Outcome, Plan};
+use super::written::{self, Tap};
 use super::LayerReadiness;
 
 /// The per-layer figures of a model's weights, being computed.
@@ -51,21 +52,6 @@ pub struct LayerFigures {
     adoption: Adoption,
     /// Stored weights read through the input's mapping (the writer writes them from there).
     read_in_place: HashSet<String>,
-}
-
-/// What the thread is given once the model it measures is final.
-pub(super) struct Plan {
-    first: Option<Job>,
-    inbox: Option<Inbox>,
-    queue: Queue,
-    store: ExternalStore,
-}
-
-/// What the thread measured: before the model folded, and after.
-#[derive(Default)]
-pub(super) struct Outcome {
-    early: Measured,
-    planned: Measured,
 }
 
 impl LayerFigures {
@@ -261,68 +247,13 @@ impl Drop for LayerFigures {
     }
 }
 
-/// Starts the thread on the weights in `early` (read through `store`): it measures them until
-/// a [`Plan`] comes, then works on that.
-pub(super) fn spawn(
-    early: Queue,
-    store: ExternalStore,
-    cancelled: Arc<AtomicBool>,
-) -> Result<(SyncSender<Plan>, JoinHandle<Outcome>)> {
-    let (plans, plan) = sync_channel(1);
-    let worker = std::thread::Builder::new()
-        .name("bnfold-readiness".into())
-        .spawn(move || work(&early, &store, &plan, &cancelled))
-        .map_err(|e| Error::InvalidGraph(format!("starting the readiness thread: {e}")))?;
-    Ok((plans, worker))
-}
-
-/// The thread: the early weights until the plan comes (or none is left), then the plan's
-/// written chunks while they come (if any weight is measured as written), then its whole
-/// weights until none is left. A panic becomes the analysis's failure (the caller then reports
-/// it instead of waiting forever or unwinding through `join`).
-fn work(
-    early: &Queue,
-    early_store: &ExternalStore,
-    plans: &Receiver<Plan>,
-    cancelled: &AtomicBool,
-) -> Outcome {
-    let mut outcome = Outcome::default();
-    let working = std::panic::AssertUnwindSafe(|| {
-        let mut buffer = Vec::new();
-        let plan = loop {
-            match plans.try_recv() {
-                Ok(plan) => break Some(plan),
-                Err(TryRecvError::Disconnected) => break None,
-                Err(TryRecvError::Empty) => {}
-            }
-            match jobs::take(early) {
-                Some(job) => buffer = jobs::run(job, early_store, buffer, &mut outcome.early),
-                None => break plans.recv().ok(),
-            }
-        };
-        // No plan: the figures were given up.
-        let Some(Plan {
-            first,
-            inbox,
-            queue,
-            store,
-        }) = plan
-        else {
-            return;
-        };
-        let measured = &mut outcome.planned;
-        if let Some(inbox) = inbox {
-            buffer = written::receive(inbox, &queue, &store, buffer, measured, cancelled);
-        }
-        let mut next = first.or_else(|| jobs::take(&queue));
-        while let Some(job) = next.filter(|_| !cancelled.load(Ordering::Relaxed)) {
-            buffer = jobs::run(job, &store, buffer, measured);
-            next = jobs::take(&queue);
-        }
-    });
-    if std::panic::catch_unwind(working).is_err() {
-        let failed = "the readiness analysis failed on a weight";
-        outcome.planned.failure = Some(Error::InvalidGraph(failed.into()));
+/// The hand-over from the early thread to the plan of the folded model.
+impl EarlyFigures {
+    /// Continues with the figures of `model`, the loaded model folded, about to be written with
+    /// the result as its [`FoldedWatcher`](crate::model::FoldedWatcher): early figures of
+    /// weights it stores as they were are taken over, the rest are measured as
+    /// [`LayerFigures::start_for_write`] measures them.
+    pub fn start_for_write(self, model: &Model) -> Result<LayerFigures> {
+        LayerFigures::start_with(model, true, self.running)
     }
-    outcome
 }

@@ -27,10 +27,10 @@ use crate::model::Model;
 use crate::proto::{GraphProto, NodeProto, TensorProto};
 use crate::tensor::{self, Dtype};
 
-use super::background::{self, Outcome, Plan};
 use super::jobs::{Job, Measured, Queue, Source};
 use super::layers::{layers, slot};
-use super::{LayerFigures, LayerReadiness};
+use super::thread::{self, Outcome, Plan};
+use super::LayerReadiness;
 
 /// The readiness thread started on a model's stored weights before the model folds (no thread
 /// when none is expected to stay as it is); continued by [`EarlyFigures::start_for_write`].
@@ -128,7 +128,7 @@ impl EarlyFigures {
         }
         let queue: Queue = Arc::new(Mutex::new(jobs.into()));
         let cancelled = Arc::new(AtomicBool::new(false));
-        let (plans, worker) = background::spawn(queue.clone(), store, cancelled.clone())?;
+        let (plans, worker) = thread::spawn(queue.clone(), store, cancelled.clone())?;
         let running = Running {
             queue,
             claims,
@@ -142,17 +142,9 @@ impl EarlyFigures {
     }
 
     /// No early thread: [`EarlyFigures::start_for_write`] is then
-    /// [`LayerFigures::start_for_write`].
+    /// [`LayerFigures::start_for_write`](super::LayerFigures::start_for_write).
     pub fn none() -> EarlyFigures {
         EarlyFigures { running: None }
-    }
-
-    /// Continues with the figures of `model`, the loaded model folded, about to be written with
-    /// the result as its [`FoldedWatcher`](crate::model::FoldedWatcher): early figures of
-    /// weights it stores as they were are taken over, the rest are measured as
-    /// [`LayerFigures::start_for_write`] measures them.
-    pub fn start_for_write(self, model: &Model) -> Result<LayerFigures> {
-        LayerFigures::start_with(model, true, self.running)
     }
 
     /// Blocks until the thread has taken every early weight (every early figure is then

@@ -22,6 +22,7 @@ mod pool;
 mod stats;
 mod streamed;
 mod sums;
+mod thread;
 mod warnings;
 mod written;
 
@@ -34,10 +35,10 @@ use serde::Serialize;
 
 use crate::consts::ConstEval;
 use crate::error::Result;
-use crate::proto::TensorProto;
-use crate::tensor::{self, Tensor};
 use crate::graph::{node_label, GraphIndex, OuterScope};
 use crate::model::Model;
+use crate::proto::TensorProto;
+use crate::tensor::{self, Tensor};
 
 pub use background::LayerFigures;
 pub use early::EarlyFigures;
