@@ -27,7 +27,7 @@ use crate::model::Model;
 use crate::proto::{GraphProto, NodeProto, TensorProto};
 use crate::tensor::{self, Dtype};
 
-use super::jobs::{Job, Measured, Queue, Source};
+use super::jobs::{Job, Measured, Queue, Slot, Source};
 use super::layers::{layers, slot};
 use super::thread::{self, Outcome, Plan};
 use super::LayerReadiness;
@@ -100,8 +100,10 @@ pub(super) struct Adoption {
     relabel: HashMap<usize, (usize, NodeProto)>,
     /// The weights whose early figures are taken over (read through the input's mapping).
     pub names: HashSet<String>,
-    /// Weights whose early figures are taken over, and weights measured again.
+    /// Weights whose early figures are taken over.
     pub adopted: usize,
+    /// Weights the thread measured early that are measured again (changed, or laid out
+    /// otherwise).
     pub rejected: usize,
 }
 
@@ -220,7 +222,7 @@ fn plan(model: &Model) -> (Vec<Job>, Vec<Claim>, ExternalStore) {
     let near = Neighbours::of(graph);
     let initializers: HashMap<&str, &TensorProto> =
         graph.initializer.iter().map(|t| (t.name(), t)).collect();
-    let mut wanted: HashMap<&str, (bool, Vec<super::jobs::Slot>)> = HashMap::new();
+    let mut wanted: HashMap<&str, (bool, Vec<Slot>)> = HashMap::new();
     for (order, node, axis) in layers(graph) {
         let Some(t) = initializers.get(node.input[1].as_str()) else {
             continue;
