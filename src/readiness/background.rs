@@ -84,22 +84,17 @@ impl LayerFigures {
         let mut queued = Vec::new();
         let mut streamed = Vec::new();
         for (bytes, job) in jobs {
+            if let Source::Stored(t) = &job.source {
+                if !tensor::is_external(t) && !t.raw_data().is_empty() {
+                    read_in_place.insert(job.name.clone());
+                }
+            }
             match job.source {
                 Source::Scaled(value) if watched => {
                     match Streamed::new(job.name, job.slots, value) {
                         Ok(s) => streamed.push(s),
                         Err(job) => queued.push((bytes, job)),
                     }
-                }
-                Source::Stored(t) if !tensor::is_external(&t) && !t.raw_data().is_empty() => {
-                    read_in_place.insert(job.name.clone());
-                    queued.push((
-                        bytes,
-                        Job {
-                            source: Source::Stored(t),
-                            ..job
-                        },
-                    ));
                 }
                 source => queued.push((bytes, Job { source, ..job })),
             }
