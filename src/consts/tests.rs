@@ -95,3 +95,41 @@ fn concat_rejects_parts_that_disagree_off_its_axis() {
     let joined = concat(&[Rc::new(a.clone()), Rc::new(a)], -2);
     assert_eq!(joined, Some(t(&[4, 2], &[1., 2., 3., 4., 1., 2., 3., 4.])));
 }
+
+#[test]
+fn a_value_read_once_is_the_value_and_is_not_kept() {
+    use super::{ConstEval, NotConstant};
+    use crate::external::ExternalStore;
+    use crate::graph::{GraphIndex, OuterScope};
+    use crate::proto::{GraphProto, ValueInfoProto};
+
+    let gamma = t(&[3], &[0.5, -2., 4.]);
+    let graph = GraphProto {
+        initializer: vec![gamma.to_proto("gamma"), gamma.to_proto("overridable")],
+        input: vec![ValueInfoProto {
+            name: Some("overridable".into()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let index = GraphIndex::new(&graph, OuterScope::default());
+    let store = ExternalStore::none();
+    let eval = ConstEval::new(&index, &store, 17, false);
+    let once = eval.value_once("gamma").unwrap().unwrap();
+    assert_eq!(*once, gamma);
+    assert!(!eval.cache.borrow().contains_key("gamma"));
+    // Looked up before: the kept value is the one given.
+    let kept = eval.value("gamma").unwrap().unwrap();
+    assert!(Rc::ptr_eq(
+        &kept,
+        &eval.value_once("gamma").unwrap().unwrap()
+    ));
+    // Why a value is not constant is the same either way.
+    let not = Err(NotConstant::OverridableInput("overridable".into()));
+    assert_eq!(eval.value_once("overridable").unwrap(), not);
+    assert_eq!(eval.value("overridable").unwrap(), not);
+    assert_eq!(
+        eval.value_once("computed").unwrap(),
+        Err(NotConstant::Runtime("computed".into()))
+    );
+}

@@ -118,7 +118,10 @@ pub(super) fn bn_affine(
 ) -> Result<std::result::Result<Affine, SkipReason>> {
     let mut params = Vec::with_capacity(4);
     for name in &bn.input[1..5] {
-        params.push(or_skip!(float_constant(eval, name)?));
+        let value = eval
+            .value_once(name)?
+            .map_err(|not| not_constant(name, not));
+        params.push(or_skip!(finite_float(name, or_skip!(value))?));
     }
     let channels = params[0].len();
     for (name, p) in bn.input[1..5].iter().zip(&params) {
@@ -217,6 +220,14 @@ pub(super) fn float_constant(
     name: &str,
 ) -> Result<std::result::Result<std::rc::Rc<Tensor>, SkipReason>> {
     let value = or_skip!(constant(eval, name)?);
+    finite_float(name, value)
+}
+
+/// `value`, the constant `name`, when it is floating-point and finite; else why not.
+fn finite_float(
+    name: &str,
+    value: std::rc::Rc<Tensor>,
+) -> Result<std::result::Result<std::rc::Rc<Tensor>, SkipReason>> {
     skip_if!(
         !value.dtype.is_float(),
         SkipReason::UnsupportedDtype {
