@@ -2,13 +2,13 @@
 //! quantizer takes for activations, an opset too old for per-channel INT8, layers that lose
 //! much more per tensor than per channel, dead channels, and variances below ε.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use schemars::JsonSchema;
 use serde::Serialize;
 
 use super::{BatchNormReadiness, LayerReadiness};
-use crate::graph::{node_label, GraphIndex, OuterScope};
+use crate::graph::node_label;
 use crate::model::Model;
 
 /// A layer whose per-channel SQNR is this much above its per-tensor SQNR (two bits) is worth
@@ -103,16 +103,20 @@ fn constant_node_weights(model: &Model) -> Vec<String> {
     let Some(graph) = model.proto.graph.as_ref() else {
         return Vec::new();
     };
-    let index = GraphIndex::new(graph, OuterScope::default());
+    // The outputs of the few `Constant` nodes, not an index of the whole graph (which took
+    // 0.09 ms of efficientnet_b0's serial end).
+    let constants: HashSet<&str> = graph
+        .node
+        .iter()
+        .filter(|n| n.op_type() == "Constant")
+        .flat_map(|n| n.output.iter().map(String::as_str))
+        .filter(|o| !o.is_empty())
+        .collect();
     graph
         .node
         .iter()
         .filter(|n| super::output_axis(n).is_some())
-        .filter(|n| {
-            index
-                .producer(&n.input[1])
-                .is_some_and(|p| index.node(p).op_type() == "Constant")
-        })
+        .filter(|n| constants.contains(n.input[1].as_str()))
         .map(node_label)
         .collect()
 }
