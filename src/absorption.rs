@@ -1,5 +1,5 @@
 //! High-bias absorption (`--equalize=absorb`) applied to a fused model, and its change
-//! measured: [`crate::fold`] leaves the exactly equalized model and plans the absorption
+//! measured: [`crate::fold()`] leaves the exactly equalized model and plans the absorption
 //! ([`Report::absorption`]); [`absorb`] writes the planned biases into it and runs it against
 //! the exact model, each absorbed pair's second layer and the outputs compared.
 
@@ -12,7 +12,7 @@ use crate::report::{AbsorptionCheck, AbsorptionPlan, Report};
 use crate::verify::{Status, VerifyOptions};
 use crate::Result;
 
-/// Writes the absorption `report` plans into `model` (the model [`crate::fold`] returned), and,
+/// Writes the absorption `report` plans into `model` (the model [`crate::fold()`] returned), and,
 /// given `measure`, measures the change against `exact` (that model before, which the
 /// verification proves) into `report`: each pair's `float_change`, and `absorption_check`. A
 /// plan with nothing to absorb leaves both as they are.

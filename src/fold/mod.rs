@@ -1,27 +1,27 @@
 //! The fold pass, phase by phase, each graph on its own (subgraphs first, then the graph that
 //! holds them):
 //!
-//! 1. **Subgraphs** ([`fold_subgraphs`]): the graphs of `If`, `Loop` and `Scan` bodies, with
+//! 1. **Subgraphs** (`fold_subgraphs`): the graphs of `If`, `Loop` and `Scan` bodies, with
 //!    the enclosing graphs' initializers in scope.
-//! 2. **Backward rounds** ([`backward`]): every BatchNormalization whose input comes from a
+//! 2. **Backward rounds** (`backward.rs`): every BatchNormalization whose input comes from a
 //!    foldable producer is planned against one index; the plans that share no node are applied
-//!    ([`apply`], through [`edits`]) and the graph is cleaned ([`cleanup`]); again until a round
+//!    (`apply.rs`, through `edits.rs`) and the graph is cleaned (`cleanup.rs`); again until a round
 //!    plans nothing (a fold can make the next BN foldable: BN → BN).
-//! 3. **Forward rounds** ([`forward`]): the BatchNormalizations that fold nowhere backward, into
+//! 3. **Forward rounds** (`forward.rs`): the BatchNormalizations that fold nowhere backward, into
 //!    the one layer they feed, in rounds the same way.
-//! 4. **Merge branches** (`--merge-branches`, [`merge`]): each `Add` of parallel Conv, BN and
+//! 4. **Merge branches** (`--merge-branches`, `merge/`): each `Add` of parallel Conv, BN and
 //!    identity branches of one tensor becomes one Conv.
 //! 5. **Decompose** (`--decompose-standalone`): each BatchNormalization left becomes a `Mul` and
 //!    an `Add`.
 //! 6. **The skip report**: why each one left did not fold, backward and forward.
-//! 7. **Weights as initializers** ([`initializers`]): a layer weight or BN parameter still
+//! 7. **Weights as initializers** (`initializers.rs`): a layer weight or BN parameter still
 //!    computed by a `Constant` node is stored as an initializer (unless
 //!    `--keep-constant-nodes`).
-//! 8. **Equalize** (`--equalize`, [`equalize`], main graph): consecutive Convs' channel ranges
+//! 8. **Equalize** (`--equalize`, `equalize/`, main graph): consecutive Convs' channel ranges
 //!    balanced, exactly.
 //!
 //! Matching is read-only and returns a plan or a named [`SkipReason`]; the rules of each layer
-//! kind live in [`rules`]; [`apply`] is the one place that mutates a graph.
+//! kind live in [`rules`]; `apply.rs` is the one place that mutates a graph.
 
 use foldhash::HashMap;
 

@@ -31,7 +31,7 @@ pub const SUPPORTED_IR_VERSION: i64 = crate::proto::Version::IrVersion as i64;
 /// An ONNX model and where its tensor data lives.
 ///
 /// A model loaded from a file maps it: payloads are read when needed, not copied at load. After
-/// [`crate::fold`], a folded weight of the main graph is held in `folded`, as its source and
+/// [`crate::fold()`], a folded weight of the main graph is held in `folded`, as its source and
 /// per-channel factors, and its values are computed when the model is written; its initializer
 /// in `proto` holds only its name, dtype and shape. [`Model::initializer_value`] reads any
 /// initializer, folded or not, and [`Model::materialized`] gives a protobuf with every folded

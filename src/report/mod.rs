@@ -250,7 +250,7 @@ pub struct Report {
     /// Pairs of layers equalized (`--equalize`).
     pub equalizations: Vec<EqualizationRecord>,
     /// High-bias absorption planned with them (`--equalize=absorb`), for [`crate::absorb`]:
-    /// the model [`crate::fold`] leaves is the exactly equalized one.
+    /// the model [`crate::fold()`] leaves is the exactly equalized one.
     #[serde(skip)]
     pub absorption: AbsorptionPlan,
     /// What high-bias absorption changed, measured, once applied.

@@ -175,7 +175,7 @@ impl ScaledTensor {
 
     /// The first element of the source (before any scaling) that is NaN or infinite, with its
     /// value. Reads the source once, comparing bit patterns; only a chunk that holds such a
-    /// value is decoded. A stored source of at least [`SPLIT_CHECK`] elements is read in two
+    /// value is decoded. A stored source of at least `SPLIT_CHECK` elements is read in two
     /// halves at once, the second on a thread of its own.
     pub fn first_not_finite(&self, store: &ExternalStore) -> Result<Option<(usize, f64)>> {
         let numel = self.len();

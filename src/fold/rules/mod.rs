@@ -15,7 +15,7 @@
 //! and, on request, a BN that folds nowhere is rewritten as `Mul` and `Add` ([`decompose`]).
 //!
 //! Each fold is a pure `plan` that returns the rewritten weight and bias or a [`SkipReason`];
-//! [`crate::fold`] finds the chains and is the one place that mutates the model.
+//! [`mod@crate::fold`] finds the chains and is the one place that mutates the model.
 
 pub mod conv;
 pub mod conv_transpose;
