@@ -6,12 +6,13 @@
 //! (through Identity, Flatten, Reshape, Squeeze, Unsqueeze, Concat and constant `Add`/`Sub`) or
 //! before their data input (through the same, Concat aside). Largest first.
 //!
-//! Adoption, once the model has folded ([`EarlyFigures::start_for_write`]): a weight the thread has not
-//! taken yet goes back to the ordinary plan. One it has taken is adopted only if the folded
-//! model still stores the same bytes under its name (the same place in the input, the same
-//! type and shape, not folded) for layers whose channels lie the same way (axis, group); its
-//! figures are then relabelled with the folded model's nodes. Otherwise they are dropped and
-//! the weight is measured again, so a guess that proves wrong costs time, never a digit.
+//! Adoption, once the model has folded ([`EarlyFigures::start_for_write`]): a weight the
+//! thread has not taken yet goes back to the ordinary plan. One it has taken is adopted only if
+//! the folded model still stores the same bytes under its name (the same place in the input,
+//! the same type and shape, not folded) for layers whose channels lie the same way (axis,
+//! group); its figures are then relabelled with the folded model's nodes. Otherwise they are
+//! dropped and the weight is measured again, so a guess that proves wrong costs time, never a
+//! digit.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::SyncSender;
