@@ -3,9 +3,11 @@
 //! elements in order, channel after channel.
 //!
 //! The order is what makes every figure the same to the last digit whatever the weight's
-//! layout or how it reaches the analysis. It also bounds the speed: three chains of dependent
-//! f64 additions; the work between them runs in vector lanes ([`lanes`](super::lanes)), and so
-//! do the additions of a span that stays in its sums' binades ([`binade`](super::binade)).
+//! layout or how it reaches the analysis. The terms run in vector lanes
+//! ([`lanes`](super::lanes)), and so do the additions of a span that stays in its sums'
+//! binades ([`binade`](super::binade)); the spans added in order run under the next span's
+//! vector work, so the loop is bound by its vector instructions, not by the three chains of
+//! additions (bench/RESULTS.md, session 22).
 
 use super::binade::Totals;
 use super::lanes::{ChannelValues, Grids, Isa, ROUND};
