@@ -136,6 +136,18 @@ def machine():
     return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {platform.system()} {platform.release()}"
 
 
+def revision():
+    """The commit the measured binary was built from, marked `-dirty` when the working tree had
+    changes (bench.py builds the tree as it is), or why it is not known."""
+    try:
+        r = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"], capture_output=True, text=True)
+    except OSError as e:
+        return f"unknown ({e.strerror})"
+    if r.returncode != 0:
+        return f"unknown ({(r.stderr.strip().splitlines() or ['git failed'])[0]})"
+    return r.stdout.strip()
+
+
 def folder_size(model):
     d = os.path.dirname(os.path.abspath(model))
     data = [os.path.join(d, f) for f in os.listdir(d) if f.startswith(os.path.basename(model).split(".")[0] + ".data")]
@@ -236,7 +248,7 @@ def main():
     lines = [
         f"# bnfold benchmark, {datetime.date.today().isoformat()}",
         "",
-        f"Machine: {machine()}. Median of {args.runs} runs after a warm-up run (fold+verify: {max(1, args.runs // 2 + 1)}, once on external-data models), `cp` and bnfold fold-only taking turns; "
+        f"bnfold built from {revision()}. Machine: {machine()}. Median of {args.runs} runs after a warm-up run (fold+verify: {max(1, args.runs // 2 + 1)}, once on external-data models), `cp` and bnfold fold-only taking turns; "
         "peak RSS from /usr/bin/time. bnfold fold-only is `bnfold M -o OUT --no-verify --no-readiness`; "
         "bnfold default is `bnfold M -o OUT --no-verify` (the readiness report on, computed while the model is written). "
         "Peers run as a user would: a Python process that loads, optimizes and saves. `cp` "
