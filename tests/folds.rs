@@ -98,7 +98,10 @@ fn every_fixture_folds_and_skips_as_expected_and_verifies_with_tract() {
 }
 
 /// The verification figures with errors as decades and magnitudes to three significant
-/// digits, so that the snapshot does not move with the last bits of tract's kernels.
+/// digits, so that the snapshot does not move with the last bits of tract's kernels. The
+/// largest relative error is left out: it is taken over elements near the absolute tolerance,
+/// whose last bits tract's kernels set differently from one processor to another (a decade
+/// apart on timm_mixnet_s between two x86-64 machines with AVX-512).
 fn rounded_figures(v: &bnfold::Verification) -> serde_json::Value {
     let decade = |x: f64| {
         if x == 0.0 {
@@ -117,7 +120,6 @@ fn rounded_figures(v: &bnfold::Verification) -> serde_json::Value {
                 "graph_output": o.graph_output,
                 "passed": o.passed,
                 "normalized_error": decade(o.normalized_error),
-                "max_rel_error": decade(o.max_rel_error),
                 "max_magnitude": sig3(o.max_magnitude),
                 "atol": sig3(o.atol),
                 "rtol": sig3(o.rtol),
