@@ -128,3 +128,38 @@ impl SplitMix {
         (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The check of `candidate` against `reference` (f32 tolerances), with `atol` if given.
+    fn checked(reference: &[f64], candidate: &[f64], atol: Option<f64>) -> OutputCheck {
+        let mut errors = Accumulator::new(default_tolerance(Some(Dtype::F32)));
+        errors.add(reference, candidate);
+        let options = VerifyOptions {
+            atol,
+            ..VerifyOptions::default()
+        };
+        errors.check("y", true, Some(Dtype::F32), &options)
+    }
+
+    #[test]
+    fn the_largest_relative_error_is_over_elements_at_least_the_absolute_tolerance() {
+        // Errors of 1e-3, 5e-4 and 1e-4 on references 100, 0.5 and 0.004: relative 1e-5, 1e-3
+        // and 0.025. The default absolute tolerance, 1e-4 of the largest magnitude (0.01),
+        // leaves out 0.004 (in the binade of 2⁻⁸, below 0.01); an absolute tolerance of 1e-3
+        // takes it in.
+        let (reference, candidate) = ([100.0, 0.5, 0.004], [100.001, 0.5005, 0.0041]);
+        let near = |got: f64, want: f64| (got - want).abs() <= want * 1e-9;
+        let by_default = checked(&reference, &candidate, None);
+        assert!(near(by_default.atol, 0.01), "{}", by_default.atol);
+        let relative = by_default.max_rel_error;
+        assert!(near(relative, 1e-3), "{relative}");
+        assert!(near(by_default.max_abs_error, 1e-3));
+        assert!(near(by_default.normalized_error, 1e-5));
+        let with_atol = checked(&reference, &candidate, Some(1e-3));
+        let relative = with_atol.max_rel_error;
+        assert!(near(relative, 0.025), "{relative}");
+    }
+}
