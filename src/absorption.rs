@@ -5,12 +5,12 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crate::error::Result;
 use crate::graph::node_label;
 use crate::model::Model;
 use crate::proto::TensorProto;
 use crate::report::{AbsorptionCheck, AbsorptionPlan, Report};
 use crate::verify::{Status, VerifyOptions};
-use crate::Result;
 
 /// Writes the absorption `report` plans into `model` (the model [`crate::fold()`] returned), and,
 /// given `measure`, measures the change against `exact` (that model before, which the
@@ -47,7 +47,7 @@ pub fn check(
 ) -> Result<()> {
     let measured_at = report.absorption.measured_at().to_vec();
     let tensors: Vec<String> = measured_at.iter().map(|(_, t)| t.clone()).collect();
-    let v = crate::verify(exact, absorbed, &tensors, options)?;
+    let v = crate::proof::verify(exact, absorbed, &tensors, options)?;
     for (record, tensor) in &measured_at {
         let change = v.outputs.iter().find(|o| &o.name == tensor);
         if let Some(absorption) = report

@@ -42,6 +42,7 @@ pub mod pairs;
 pub mod pipeline;
 pub mod printable;
 pub mod proof;
+pub mod proto;
 pub mod readiness;
 pub mod reference;
 pub mod regions;
@@ -57,21 +58,15 @@ pub mod verify;
 pub mod walk;
 pub mod writer;
 
-pub mod proto {
-    //! The ONNX protobuf types, generated from the vendored `proto/onnx.proto`.
-    #![allow(missing_docs, clippy::all, clippy::pedantic)]
-    include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
-}
-
 use std::collections::BTreeMap;
 
 pub use absorption::absorb;
 pub use error::{Error, Result};
-pub use fold::rules::{FoldKind, SkipReason};
 pub use fold::FoldOptions;
 pub use model::{Model, SaveOptions};
 pub use proof::verify;
 pub use report::Report;
+pub use report::{FoldKind, SkipReason};
 pub use verify::{Verification, VerifyOptions};
 
 use fold::{PassContext, PassOutcome};

@@ -160,7 +160,7 @@ fn check_phase(graph: &GraphProto, path: &str, phase: &str, changed: bool) -> Re
         return Ok(());
     }
     crate::validate::graph_structure(graph, &Default::default()).map_err(|e| {
-        crate::Error::InvalidGraph(format!(
+        crate::error::Error::InvalidGraph(format!(
             "bnfold left an invalid graph after its {phase} (a bug of bnfold's; please report \
              it): {e}"
         ))

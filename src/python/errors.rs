@@ -9,7 +9,7 @@ use pyo3::exceptions::{
 use pyo3::prelude::*;
 use pyo3::types::PyType;
 
-use crate::Error;
+use crate::error::Error;
 
 /// Why a call failed: the library's error, or an argument that does not fit the model (a
 /// `skip_nodes` name no node has), told apart without the GIL.
@@ -33,7 +33,7 @@ pub(super) trait PyResultExt<T> {
     fn or_raise(self, py: Python<'_>, label: &str) -> PyResult<T>;
 }
 
-impl<T> PyResultExt<T> for crate::Result<T> {
+impl<T> PyResultExt<T> for crate::error::Result<T> {
     fn or_raise(self, py: Python<'_>, label: &str) -> PyResult<T> {
         self.map_err(|e| exception(py, &e, label))
     }

@@ -42,7 +42,7 @@ impl Source {
         }
     }
 
-    fn load(self) -> crate::Result<Model> {
+    fn load(self) -> crate::error::Result<Model> {
         match self {
             Source::Bytes(bytes) => Model::from_bytes(bytes),
             Source::Path(path) => Model::load(path),
@@ -156,7 +156,7 @@ fn inspect(
         inputs_are_constants,
         ..crate::FoldOptions::default()
     };
-    py.detach(|| -> crate::Result<String> {
+    py.detach(|| -> crate::error::Result<String> {
         let (report, readiness) = pipeline::inspect(source.load()?, &fold)?;
         let normalizations = crate::report::json::NormalizationEntry::all(&report);
         Ok(crate::report::json::inspect(&label, &normalizations, &readiness).to_string())

@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::fold::rules::SkipReason;
+use super::SkipReason;
 use crate::readiness::Readiness;
 use crate::report::{
     AbsorptionCheck, DecompositionRecord, Direction, EqualizationRecord, FoldRecord,

@@ -9,11 +9,12 @@ mod absorption;
 pub mod html;
 pub mod json;
 pub mod schema;
+mod vocab;
 
 pub use absorption::AbsorptionPlan;
 pub(crate) use absorption::PlannedBias;
+pub use vocab::{FoldKind, SkipReason};
 
-use crate::fold::rules::{FoldKind, SkipReason};
 use crate::verify::Verification;
 
 /// The version of the JSON report's schema.

@@ -29,11 +29,10 @@ pub mod merge_branches;
 
 mod affine;
 mod steps;
-mod vocab;
 
+pub use crate::report::{FoldKind, SkipReason};
 pub use affine::{bias_values, round_into, Affine};
 pub use steps::{per_channel_values, Arithmetic, ChannelAxis};
-pub use vocab::{FoldKind, SkipReason};
 
 use crate::scaled::{ScaledTensor, Scaling};
 use crate::tensor::{Dtype, Tensor};
@@ -131,4 +130,4 @@ pub struct FoldInput<'a> {
 }
 
 /// The result of a fold's plan: a hard error, a skip, or the rewrite.
-pub type Planned = crate::Result<Result<ProducerRewrite, SkipReason>>;
+pub type Planned = crate::error::Result<Result<ProducerRewrite, SkipReason>>;
