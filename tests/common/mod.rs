@@ -10,6 +10,7 @@ use bnfold::proto::{ModelProto, StringStringEntryProto, TensorProto};
 use prost::Message;
 
 pub mod build;
+pub mod certifying;
 pub mod chains;
 pub mod equalizing;
 
