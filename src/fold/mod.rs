@@ -72,6 +72,8 @@ mod options;
 mod plan;
 mod rounds;
 pub mod rules;
+#[cfg(test)]
+mod tests;
 
 pub use equalize::{apply_absorption, BatchNormStatistics};
 pub use options::{FoldOptions, PassContext, PassOutcome};
