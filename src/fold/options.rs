@@ -36,10 +36,11 @@ pub struct FoldOptions {
     pub absorb_high_bias: bool,
     /// Plan without reading the layer weights for NaN or an infinity (which would leave their
     /// BatchNormalization in place with the reason `not_finite`): such a weight is folded, and
-    /// writing the model fails with [`Error::FoldedNotFinite`](crate::error::Error::FoldedNotFinite).
-    /// Saves a read of every weight before the first byte is written. A caller folds again
-    /// without it on that error, and after a plan that skipped anything (a non-finite weight's
-    /// reason would have come first), as the command line does.
+    /// writing the model fails with
+    /// [`Error::FoldedNotFinite`](crate::error::Error::FoldedNotFinite). Saves a read of every
+    /// weight before the first byte is written. A caller folds again without it on that error,
+    /// and after a plan that skipped anything (a non-finite weight's reason would have come
+    /// first), as the command line does.
     pub defer_weight_check: bool,
 }
 
