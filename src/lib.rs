@@ -65,8 +65,7 @@ pub use error::{Error, Result};
 pub use fold::FoldOptions;
 pub use model::{Model, SaveOptions};
 pub use proof::verify;
-pub use report::Report;
-pub use report::{FoldKind, SkipReason};
+pub use report::{FoldKind, Report, SkipReason};
 pub use verify::{Verification, VerifyOptions};
 
 use fold::{PassContext, PassOutcome};

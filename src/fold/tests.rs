@@ -22,8 +22,8 @@ fn constant(name: &str, dims: &[usize], value: f64) -> crate::proto::TensorProto
     Tensor::new(Dtype::F32, dims.to_vec(), vec![value; len]).to_proto(name)
 }
 
-/// An f32 graph input `name` of `dims`.
-fn input(name: &str, dims: &[i64]) -> ValueInfoProto {
+/// An f32 graph input or output `name` of `dims`.
+fn value_info(name: &str, dims: &[i64]) -> ValueInfoProto {
     let dim = dims
         .iter()
         .map(|&d| Dimension {
@@ -82,8 +82,8 @@ fn a_matmul_bias_add_at_an_opset_without_gemm_keeps_its_add() {
             node("Add", &["p", "bias"], "y"),
         ],
         initializer: vec![constant("w", &[3, 2], 0.5), constant("bias", &[2], 0.25)],
-        input: vec![input("x", &[4, 3])],
-        output: vec![input("y", &[4, 2])],
+        input: vec![value_info("x", &[4, 3])],
+        output: vec![value_info("y", &[4, 2])],
         ..Default::default()
     };
     let (backward, _) = plans(&graph, 6, 1);
@@ -110,8 +110,8 @@ fn a_shift_before_a_padded_conv_stays_an_add() {
                 constant("shift", &[1, 2, 1, 1], 0.5),
                 constant("w", &[3, 2, 3, 3], 0.1),
             ],
-            input: vec![input("x", &[1, 2, 4, 4])],
-            output: vec![input("y", &[1, 3, 4, 4])],
+            input: vec![value_info("x", &[1, 2, 4, 4])],
+            output: vec![value_info("y", &[1, 3, 4, 4])],
             ..Default::default()
         }
     };

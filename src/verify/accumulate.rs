@@ -148,8 +148,7 @@ mod tests {
     fn the_largest_relative_error_is_over_elements_at_least_the_absolute_tolerance() {
         // Errors of 1e-3, 5e-4 and 1e-4 on references 100, 0.5 and 0.004: relative 1e-5, 1e-3
         // and 0.025. The default absolute tolerance, 1e-4 of the largest magnitude (0.01),
-        // leaves out 0.004 (in the binade of 2⁻⁸, below 0.01); an absolute tolerance of 1e-3
-        // takes it in.
+        // leaves out 0.004 (below 0.01); an absolute tolerance of 1e-3 takes it in.
         let (reference, candidate) = ([100.0, 0.5, 0.004], [100.001, 0.5005, 0.0041]);
         let near = |got: f64, want: f64| (got - want).abs() <= want * 1e-9;
         let by_default = checked(&reference, &candidate, None);
