@@ -176,7 +176,8 @@ def scaling(bnfold, py, work, runs):
     for count in (100_000, 300_000, 1_000_000):
         model = os.path.join(work, f"identity{count}.onnx")
         sh([py, os.path.join(HERE, "make_chain_model.py"), str(count), model, "--identity"])
-        cmd = [bnfold, model, "-o", os.path.join(out_dir, "out.onnx"), "--no-verify", "-q"]
+        # Without -q: a quiet run, showing no report, skips the readiness figures.
+        cmd = [bnfold, model, "-o", os.path.join(out_dir, "out.onnx"), "--no-verify"]
         wall, rss, err = measure({"fold": cmd}, runs, cleanup)["fold"]
         row = f"{wall:.3f} | {rss:.1f}" if wall else f"failed: {err} |"
         lines.append(f"| {count} Identity | {count} | none (default run) | {row} |")
@@ -233,7 +234,8 @@ def main():
             {
                 "cp": ["cp", model] + data_files + [out_dir],
                 "bnfold fold-only": [bnfold, model, "-o", out, "--no-verify", "--no-readiness", "-q"],
-                "bnfold default": [bnfold, model, "-o", out, "--no-verify", "-q"],
+                # Without -q (stdout goes nowhere): a quiet run skips the readiness figures.
+                "bnfold default": [bnfold, model, "-o", out, "--no-verify"],
             },
             args.runs,
             cleanup,

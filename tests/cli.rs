@@ -209,3 +209,41 @@ fn an_f32_fold_whose_scale_could_overflow_is_checked_before_and_skipped() {
     );
     assert_eq!(report["skips"][0]["details"]["tensor"], "w", "{report}");
 }
+
+#[test]
+fn quiet_alone_skips_the_readiness_figures_and_any_report_keeps_them() {
+    // `-q` shows no report, so the figures are not computed: the same model is written. Any
+    // report asked for alongside `-q` has them, as it has without `-q`.
+    let dir = tempfile::tempdir().unwrap();
+    let input = fixture("torch_conv_bn_bn_op13.onnx");
+    let written = |name: &str, flags: &[&str]| {
+        let out = dir.path().join(name);
+        let mut args = vec![
+            input.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--no-verify",
+        ];
+        args.extend(flags);
+        let o = bnfold(&args);
+        assert_eq!(o.status.code(), Some(0), "{flags:?}: {}", stderr(&o));
+        (std::fs::read(&out).unwrap(), o)
+    };
+    let (shown, o) = written("shown.onnx", &[]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("INT8 readiness"));
+    let (quiet, o) = written("quiet.onnx", &["-q"]);
+    assert!(o.stdout.is_empty() && o.stderr.is_empty());
+    assert_eq!(quiet, shown);
+    let file = dir.path().join("report.json");
+    let (_, o) = written(
+        "file.onnx",
+        &["-q", "--report-file", file.to_str().unwrap()],
+    );
+    assert!(o.stdout.is_empty());
+    let (_, o) = written("stdout.onnx", &["-q", "--report", "json"]);
+    for report in [std::fs::read(&file).unwrap(), o.stdout] {
+        let report: serde_json::Value = serde_json::from_slice(&report).unwrap();
+        let layers = &report["quantization_readiness"]["layers"];
+        assert_eq!(layers.as_array().map(Vec::len), Some(1), "{report}");
+    }
+}

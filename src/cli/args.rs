@@ -188,12 +188,24 @@ pub(crate) struct OutputArgs {
     /// reads are never replaced.
     #[arg(long)]
     pub(crate) force: bool,
-    /// Print only errors.
+    /// Print only errors. Analyses that only the report shows (the quantization readiness) are
+    /// then skipped, unless a report is asked for (`--report json`, `--report-file`,
+    /// `--report-html`)
     #[arg(short, long)]
     pub(crate) quiet: bool,
     /// Print more, and the chain of causes of an error.
     #[arg(short, long)]
     pub(crate) verbose: bool,
+}
+
+impl OutputArgs {
+    /// Whether anything shows the report: the text on stdout, or a JSON or HTML report.
+    pub(crate) fn shows_report(&self) -> bool {
+        !self.quiet
+            || self.report == ReportFormat::Json
+            || self.report_file.is_some()
+            || self.report_html.is_some()
+    }
 }
 
 /// How `--equalize` may change the float model.
@@ -267,4 +279,31 @@ pub(crate) fn verify_options(args: &VerifyArgs) -> anyhow::Result<VerifyOptions>
         options.input_data.insert(name.to_string(), data);
     }
     Ok(options)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output_args(flags: &[&str]) -> OutputArgs {
+        let argv = ["bnfold", "m.onnx", "-o", "f.onnx"].iter().chain(flags);
+        Cli::try_parse_from(argv).unwrap().fold.output_args
+    }
+
+    #[test]
+    fn quiet_alone_shows_no_report_and_any_report_flag_shows_one() {
+        assert!(output_args(&[]).shows_report());
+        assert!(output_args(&["-v"]).shows_report());
+        assert!(!output_args(&["-q"]).shows_report());
+        assert!(!output_args(&["--quiet", "--force"]).shows_report());
+        for report in [
+            &["--report", "json"][..],
+            &["--report-file", "r.json"],
+            &["--report-html", "r.html"],
+            &["--html", "r.html"],
+        ] {
+            let flags: Vec<&str> = ["-q"].iter().chain(report).copied().collect();
+            assert!(output_args(&flags).shows_report(), "{flags:?}");
+        }
+    }
 }

@@ -111,7 +111,8 @@ fn fold_once(args: FoldArgs, defer: bool) -> anyhow::Result<Attempt> {
     }
     claim_report(&mut plan, &args.output_args)?;
     progress.stage("folding");
-    let readiness = !args.no_readiness && !args.check;
+    // The figures are computed only for a report someone reads (`-q` alone shows none).
+    let readiness = !args.no_readiness && !args.check && args.output_args.shows_report();
     let written = args.output.as_ref().filter(|_| writes);
     // Weights that folding will most likely leave unchanged are measured while it folds.
     let early = match (readiness, written) {
