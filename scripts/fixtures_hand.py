@@ -253,6 +253,11 @@ def hand_fixtures():
     fill_output_types(m)
     ext_dir = os.path.join(OUT, "external")
     os.makedirs(ext_dir, exist_ok=True)
+    # onnx appends to a data file that exists: the old one goes first, or the weights would
+    # land after the previous run's.
+    data = os.path.join(ext_dir, "conv_bn_external.data")
+    if os.path.exists(data):
+        os.remove(data)
     onnx.save_model(m, os.path.join(ext_dir, "conv_bn_external.onnx"), save_as_external_data=True,
                     all_tensors_to_one_file=True, location="conv_bn_external.data",
                     size_threshold=0)
