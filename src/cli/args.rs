@@ -188,8 +188,8 @@ pub(crate) struct OutputArgs {
     /// reads are never replaced.
     #[arg(long)]
     pub(crate) force: bool,
-    /// Print only errors. Analyses that only the report shows (the quantization readiness) are
-    /// then skipped, unless a report is asked for (`--report json`, `--report-file`,
+    /// Print only errors. A fold then skips the quantization-readiness figures, which only its
+    /// report shows, unless a report is written (`--report json`, `--report-file`,
     /// `--report-html`)
     #[arg(short, long)]
     pub(crate) quiet: bool,
