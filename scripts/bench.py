@@ -72,20 +72,28 @@ def ensure_peers():
 
 
 def run_once(cmd, cleanup):
-    """Wall seconds and peak RSS (MiB) of one run of `cmd`, or the error it printed. The wall time
-    is taken around the process; the RSS from /usr/bin/time (a small C parent: ru_maxrss seen
-    from Python would count the forked Python image before exec)."""
+    """Wall seconds, peak RSS (MiB) and CPU seconds (user + system, every thread) of one run of
+    `cmd`, or the error it printed. The wall time is taken around the process; the RSS from
+    /usr/bin/time (a small C parent: ru_maxrss seen from Python would count the forked Python
+    image before exec); the CPU time from the rusage of that parent, which has waited for `cmd`
+    (its own share is a fraction of a millisecond)."""
     cleanup()
     start = time.perf_counter()
-    r = subprocess.run(["/usr/bin/time", "-f", "%M"] + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(["/usr/bin/time", "-f", "%M"] + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stderr = p.stderr.read()
+    _, status, usage = os.wait4(p.pid, 0)
     wall = time.perf_counter() - start
-    if r.returncode != 0:
-        return None, (r.stderr.strip().splitlines() or ["failed"])[-2:]
-    return (wall, int(r.stderr.strip().splitlines()[-1]) / 1024), None
+    p.returncode = os.waitstatus_to_exitcode(status)
+    p.stderr.close()
+    if p.returncode != 0:
+        return None, (stderr.strip().splitlines() or ["failed"])[-2:]
+    cpu = usage.ru_utime + usage.ru_stime
+    return (wall, int(stderr.strip().splitlines()[-1]) / 1024, cpu), None
 
 
 def measure(cmds, runs, cleanup):
-    """For each named command, the median wall seconds and max peak RSS over `runs` runs. The
+    """For each named command, the median wall seconds, max peak RSS and median CPU seconds over
+    `runs` runs. The
     commands take turns, one run each per round after an untimed warm-up round, so that a drift
     of the machine (page cache, writeback, a noisy neighbour) affects them alike."""
     samples = {name: [] for name in cmds}
@@ -102,10 +110,12 @@ def measure(cmds, runs, cleanup):
     results = {}
     for name in cmds:
         if name in errors:
-            results[name] = (None, None, errors[name])
+            results[name] = (None, None, errors[name], None)
         else:
-            walls = [w for w, _ in samples[name]]
-            results[name] = (statistics.median(walls), max(r for _, r in samples[name]), None)
+            walls = [w for w, _, _ in samples[name]]
+            rss = max(r for _, r, _ in samples[name])
+            cpu = statistics.median(c for _, _, c in samples[name])
+            results[name] = (statistics.median(walls), rss, None, cpu)
     return results
 
 
@@ -169,7 +179,7 @@ def scaling(bnfold, py, work, runs):
             model = os.path.join(work, f"chain{blocks}{direction}.onnx")
             sh([py, os.path.join(HERE, "make_chain_model.py"), str(blocks), model] + flag)
             cmd = [bnfold, model, "-o", os.path.join(out_dir, "out.onnx"), "--no-verify", "--no-readiness", "-q"]
-            wall, rss, err = measure({"fold-only": cmd}, runs, cleanup)["fold-only"]
+            wall, rss, err, _ = measure({"fold-only": cmd}, runs, cleanup)["fold-only"]
             row = f"{wall:.3f} | {rss:.1f}" if wall else f"failed: {err} |"
             lines.append(f"| {blocks} | {3 * blocks} | {direction} | {row} |")
     # A structure-only graph, folded with the defaults (readiness on, verification off).
@@ -178,7 +188,7 @@ def scaling(bnfold, py, work, runs):
         sh([py, os.path.join(HERE, "make_chain_model.py"), str(count), model, "--identity"])
         # Without -q: a quiet run, showing no report, skips the readiness figures.
         cmd = [bnfold, model, "-o", os.path.join(out_dir, "out.onnx"), "--no-verify"]
-        wall, rss, err = measure({"fold": cmd}, runs, cleanup)["fold"]
+        wall, rss, err, _ = measure({"fold": cmd}, runs, cleanup)["fold"]
         row = f"{wall:.3f} | {rss:.1f}" if wall else f"failed: {err} |"
         lines.append(f"| {count} Identity | {count} | none (default run) | {row} |")
     return lines + [""]
@@ -251,22 +261,22 @@ def main():
         f"# bnfold benchmark, {datetime.date.today().isoformat()}",
         "",
         f"bnfold built from {revision()}. Machine: {machine()}. Median of {args.runs} runs after a warm-up run (fold+verify: {max(1, args.runs // 2 + 1)}, once on external-data models), `cp` and bnfold fold-only taking turns; "
-        "peak RSS from /usr/bin/time. bnfold fold-only is `bnfold M -o OUT --no-verify --no-readiness`; "
+        "peak RSS from /usr/bin/time; CPU s is user + system time over every thread (median). bnfold fold-only is `bnfold M -o OUT --no-verify --no-readiness`; "
         "bnfold default is `bnfold M -o OUT --no-verify` (the readiness report on, computed while the model is written). "
         "Peers run as a user would: a Python process that loads, optimizes and saves. `cp` "
         "copies the model and its data files.",
         "",
-        "| model | size MiB | tool | wall s | peak RSS MiB | RSS / size |",
-        "|---|---:|---|---:|---:|---:|",
+        "| model | size MiB | tool | wall s | CPU s | peak RSS MiB | RSS / size |",
+        "|---|---:|---|---:|---:|---:|---:|",
     ]
     summary = []
     for name, size, external, results, largest in rows:
-        for tool, (wall, rss, err) in results.items():
+        for tool, (wall, rss, err, cpu) in results.items():
             if wall is None:
-                lines.append(f"| {name} | {size / 2**20:.1f} | {tool} | failed: {' '.join(err)[:80]} | | |")
+                lines.append(f"| {name} | {size / 2**20:.1f} | {tool} | failed: {' '.join(err)[:80]} | | | |")
                 continue
-            lines.append(f"| {name} | {size / 2**20:.1f} | {tool} | {wall:.4f} | {rss:.1f} | {rss * 2**20 / size:.2f} |")
-        fold, fold_rss, _ = results["bnfold fold-only"]
+            lines.append(f"| {name} | {size / 2**20:.1f} | {tool} | {wall:.4f} | {cpu:.4f} | {rss:.1f} | {rss * 2**20 / size:.2f} |")
+        fold, fold_rss, _, _ = results["bnfold fold-only"]
         cp = results["cp"][0]
         peers = [(results[p][0], p) for p in PEER_CODE if p in results and results[p][0] is not None]
         if fold is None:
@@ -282,11 +292,15 @@ def main():
         elif not external:
             limit = 1.25 * size / 2**20
             line += f"; peak RSS {fold_rss:.1f} MiB, target 1.25 x size = {limit:.1f} MiB ({mark(fold_rss <= limit)})"
-        default, default_rss, _ = results["bnfold default"]
+        default, default_rss, _, default_cpu = results["bnfold default"]
         if default is not None:
             # A model once folded (--nothing-to-fold) has no BatchNormalization left: 2x allowed.
             bound = 2.0 if name.endswith(".fused.onnx") else 1.5
             line += f"; default (readiness on) {default * 1000:.1f} ms = {default / cp:.2f}x cp (target {bound}x: {mark(default <= bound * cp)})"
+            # No sharing of the work between threads can beat its CPU time over the cores.
+            cores = len(os.sched_getaffinity(0))
+            floor = default_cpu / cores
+            line += f", CPU {default_cpu * 1000:.1f} ms: at least {floor * 1000:.1f} ms = {floor / cp:.2f}x cp on {cores} cores"
             if external and largest:
                 limit = 2 * largest / 2**20 + 64
                 line += f", peak RSS {default_rss:.1f} MiB against {limit:.0f} ({mark(default_rss <= limit)})"
