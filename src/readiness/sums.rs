@@ -259,4 +259,37 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn a_value_the_reciprocal_rounds_the_other_way_is_quantized_by_the_division() {
+        // Grids on which the reciprocal and the division round an f32 value to different
+        // integers whose errors squared differ (found by search). The value comes first, where
+        // the sum is its term, and last, after a block of eight: both noises are the division's.
+        let grids: [(f64, f64); 6] = [
+            (0.0020023735623862877, 0.1992361694574356),
+            (0.021281156046637176, -0.925730288028717),
+            (0.0010637647575802273, -0.11967353522777557),
+            (0.005724633441251867, 0.1459781527519226),
+            (0.010235176669607918, 0.7113447785377502),
+            (0.0021706338411842294, -0.16605348885059357),
+        ];
+        for (step, v) in grids {
+            assert_ne!(
+                (v * (1.0 / step)).round_ties_even(),
+                (v / step).round_ties_even()
+            );
+            let q = (0.25 * step) as f32 as f64;
+            let values = [v, q, q, q, q, q, q, q, v];
+            let raw: Vec<u8> = values
+                .iter()
+                .flat_map(|&v| (v as f32).to_le_bytes())
+                .collect();
+            let (s, t, c) = divided(&values, step, step);
+            for isa in Isa::available() {
+                for source in [ChannelValues::Values(&values), ChannelValues::F32(&raw)] {
+                    assert_eq!(sums_with(isa, source, step, step), [s, t, c, 0], "{isa:?}");
+                }
+            }
+        }
+    }
 }
