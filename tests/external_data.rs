@@ -7,14 +7,7 @@ mod common;
 use bnfold::tensor::decode;
 use bnfold::verify::Status;
 use bnfold::{fold, verify, FoldOptions, Model, SaveOptions, VerifyOptions};
-use common::fixture;
-
-fn bn_count(model: &Model) -> usize {
-    bnfold::op_counts(model.proto.graph.as_ref().unwrap())
-        .get("BatchNormalization")
-        .copied()
-        .unwrap_or(0)
-}
+use common::{bn_count, fixture};
 
 #[test]
 fn external_data_is_read_folded_and_written_beside_the_output() {

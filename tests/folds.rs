@@ -2,12 +2,15 @@
 //! original computes, checked by tract (an engine independent of the fold) and, for the values
 //! themselves, by the BatchNormalization formula written out here.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use bnfold::tensor::{decode, Dtype};
 use bnfold::verify::Status;
 use bnfold::{fold, verify, FoldOptions, Model, VerifyOptions};
+use common::bn_count;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
@@ -23,13 +26,6 @@ struct Expectation {
 fn manifest() -> BTreeMap<String, Expectation> {
     let text = std::fs::read_to_string(fixtures().join("manifest.json")).unwrap();
     serde_json::from_str(&text).unwrap()
-}
-
-fn bn_count(model: &Model) -> usize {
-    bnfold::op_counts(model.proto.graph.as_ref().unwrap())
-        .get("BatchNormalization")
-        .copied()
-        .unwrap_or(0)
 }
 
 /// The labels (name, or first output) of every BatchNormalization in `graph` and its subgraphs.

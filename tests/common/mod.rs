@@ -28,6 +28,14 @@ pub fn bnfold(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// How many BatchNormalization nodes the main graph of `model` holds.
+pub fn bn_count(model: &bnfold::Model) -> usize {
+    bnfold::op_counts(model.proto.graph.as_ref().unwrap())
+        .get("BatchNormalization")
+        .copied()
+        .unwrap_or(0)
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
