@@ -29,3 +29,23 @@ def save(model, name, folds, skips=(), verify=True, check=True):
         onnx.checker.check_model(model)
     onnx.save(model, os.path.join(OUT, name))
     record(name, folds, skips, verify, check)
+
+
+def randomize_batch_norms(model, gains=(0.5, 1.5), tiny_first_variance=False,
+                          negative_even_gains=False):
+    """Random running statistics and affine parameters for every BatchNorm of a torch `model`,
+    so that folding is not trivial; the model in eval mode. `tiny_first_variance` makes epsilon
+    matter in channel 0; `negative_even_gains` keeps a ReLU before the BN from commuting."""
+    import torch.nn as nn
+
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.2, 2.0)
+            if tiny_first_variance:
+                m.running_var[0] = 1e-3
+            m.weight.data.uniform_(*gains)
+            if negative_even_gains:
+                m.weight.data[::2] *= -1
+            m.bias.data.uniform_(-0.5, 0.5)
+    return model.eval()

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from fixtures_common import OUT, record, save
+from fixtures_common import OUT, randomize_batch_norms, record, save
 
 
 # ---------------------------------------------------------------- forward folds (torch exports)
@@ -18,15 +18,7 @@ def forward_fixtures():
     torch.manual_seed(1)
 
     def randomize(model):
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                c = m.num_features
-                m.running_mean.uniform_(-1, 1)
-                m.running_var.uniform_(0.2, 2.0)
-                m.weight.data.uniform_(0.5, 1.5)
-                m.weight.data[::2] *= -1  # negative scales: a ReLU before the BN does not commute
-                m.bias.data.uniform_(-0.5, 0.5)
-        return model.eval()
+        return randomize_batch_norms(model, negative_even_gains=True)
 
     def legacy(model, x, name, folds, skips=(), opset=13):
         path = os.path.join(OUT, name)
@@ -129,13 +121,7 @@ def equalize_fixtures():
     torch.manual_seed(0)
 
     def randomize(model):
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.uniform_(-1, 1)
-                m.running_var.uniform_(0.2, 2.0)
-                m.weight.data.uniform_(0.1, 4.0)  # unbalanced channel gains
-                m.bias.data.uniform_(-0.5, 0.5)
-        return model.eval()
+        return randomize_batch_norms(model, gains=(0.1, 4.0))  # unbalanced channel gains
 
     cases = [
         (nn.Sequential(nn.Tanh(), nn.Linear(12, 16), nn.BatchNorm1d(16), nn.ReLU(),

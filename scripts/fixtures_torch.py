@@ -5,7 +5,7 @@ import os
 
 import onnx
 
-from fixtures_common import OUT, record
+from fixtures_common import OUT, randomize_batch_norms, record
 
 
 # ---------------------------------------------------------------- torch exports
@@ -16,15 +16,7 @@ def torch_fixtures():
     torch.manual_seed(0)
 
     def randomize(model):
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                c = m.num_features
-                m.running_mean.uniform_(-1, 1)
-                m.running_var.uniform_(0.2, 2.0)
-                m.running_var[0] = 1e-3  # tiny variance: epsilon matters
-                m.weight.data.uniform_(0.5, 1.5)
-                m.bias.data.uniform_(-0.5, 0.5)
-        return model.eval()
+        return randomize_batch_norms(model, tiny_first_variance=True)
 
     def legacy(model, x, name, opset, folds, skips=()):
         path = os.path.join(OUT, name)
