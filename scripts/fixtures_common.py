@@ -1,5 +1,6 @@
-"""What every fixture group shares: the fixtures folder, the manifest being written, and the
-save that checks a model, writes it and records what bnfold must do with it."""
+"""What every fixture group shares: the fixtures folder, the manifest being written, the save
+that checks a model, writes it and records what bnfold must do with it, and for the torch groups
+the BatchNorm statistics made random and the legacy export."""
 import os
 
 import onnx
@@ -49,3 +50,19 @@ def randomize_batch_norms(model, gains=(0.5, 1.5), tiny_first_variance=False,
                 m.weight.data[::2] *= -1
             m.bias.data.uniform_(-0.5, 0.5)
     return model.eval()
+
+
+def export_legacy(model, x, name, opset, folds, skips=()):
+    """`model` exported by the legacy TorchScript exporter as a training-mode graph (BN kept,
+    nothing constant-folded), checked and recorded."""
+    import torch
+
+    path = os.path.join(OUT, name)
+    torch.onnx.export(
+        model, x, path, opset_version=opset, dynamo=False,
+        training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False,
+        input_names=["input"], output_names=["output"],
+    )
+    onnx.checker.check_model(onnx.load(path))
+    record(name, folds, skips)
+

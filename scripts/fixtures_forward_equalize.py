@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from fixtures_common import OUT, randomize_batch_norms, record, save
+from fixtures_common import OUT, export_legacy, randomize_batch_norms, record, save
 
 
 # ---------------------------------------------------------------- forward folds (torch exports)
@@ -21,14 +21,7 @@ def forward_fixtures():
         return randomize_batch_norms(model, negative_even_gains=True)
 
     def legacy(model, x, name, folds, skips=(), opset=13):
-        path = os.path.join(OUT, name)
-        torch.onnx.export(
-            randomize(model), x, path, opset_version=opset, dynamo=False,
-            training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False,
-            input_names=["input"], output_names=["output"],
-        )
-        onnx.checker.check_model(onnx.load(path))
-        record(name, folds, skips)
+        export_legacy(randomize(model), x, name, opset, folds, skips)
 
     class PreActBlock(nn.Module):
         """He et al. 2016 pre-activation: BN -> ReLU -> Conv, twice, plus the identity."""

@@ -5,7 +5,7 @@ import os
 
 import onnx
 
-from fixtures_common import OUT, randomize_batch_norms, record
+from fixtures_common import OUT, export_legacy, randomize_batch_norms, record
 
 
 # ---------------------------------------------------------------- torch exports
@@ -19,14 +19,7 @@ def torch_fixtures():
         return randomize_batch_norms(model, tiny_first_variance=True)
 
     def legacy(model, x, name, opset, folds, skips=()):
-        path = os.path.join(OUT, name)
-        torch.onnx.export(
-            randomize(model), x, path, opset_version=opset, dynamo=False,
-            training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False,
-            input_names=["input"], output_names=["output"],
-        )
-        onnx.checker.check_model(onnx.load(path))
-        record(name, folds, skips)
+        export_legacy(randomize(model), x, name, opset, folds, skips)
 
     def dynamo(model, x, name, opset, folds, skips=()):
         path = os.path.join(OUT, name)
