@@ -57,6 +57,15 @@ impl Isa {
     }
 }
 
+/// Whether the processor has AVX-512F, AVX-512DQ and AVX-512VL, which the hand-written loop of
+/// the readiness sums uses.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx512_dq_vl() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512dq")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+}
+
 /// Defines `$name`, which runs the `#[inline(always)]` function `$body` compiled for the
 /// variant it is given (a variant the processor lacks runs the baseline), from one source.
 macro_rules! dispatch {

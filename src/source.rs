@@ -5,11 +5,11 @@
 //! The readiness figures read payloads in place, and the pages they made resident are dropped
 //! every [`RELEASE_EVERY`] bytes ([`MappedSource::release`]).
 //!
-//! One of the crate's two `unsafe` places (the other, `isa`, calls loops compiled for the
-//! vector instructions the processor was found to have): mapping a file is sound as long as no
-//! other process truncates or rewrites it while bnfold runs, the same contract as every
-//! mmap-based reader (ripgrep, tract's own loaders), and so is dropping pages of a mapping
-//! nothing writes. bnfold writes its outputs through a temporary file and a rename, so it
+//! One of the crate's three `unsafe` places (`isa` calls loops compiled for the vector instructions
+//! the processor was found to have, and `readiness::avx512` loads and stores its lanes): mapping a
+//! file is sound as long as no other process truncates or rewrites it while bnfold runs, the same
+//! contract as every mmap-based reader (ripgrep, tract's own loaders), and so is dropping pages of
+//! a mapping nothing writes. bnfold writes its outputs through a temporary file and a rename, so it
 //! never modifies a file it has mapped.
 
 use std::fs::File;

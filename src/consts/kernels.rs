@@ -120,7 +120,7 @@ pub(super) fn reshape(t: &Tensor, shape: &[i64]) -> Option<Tensor> {
     }
     if let Some(i) = infer {
         let known: usize = dims.iter().product();
-        if known == 0 || t.len() % known != 0 {
+        if known == 0 || !t.len().is_multiple_of(known) {
             return None;
         }
         dims[i] = t.len() / known;

@@ -39,10 +39,10 @@ pub(super) const SPAN: usize = 128;
 
 /// The least sum whose binade the lanes use: `2⁻⁹⁶⁰`, far above the subnormals, so `u/2` is a
 /// normal number.
-const LEAST: f64 = f64::MIN_POSITIVE * (1u64 << 62) as f64;
+pub(super) const LEAST: f64 = f64::MIN_POSITIVE * (1u64 << 62) as f64;
 
 /// `2⁻⁵³`: half the step of a binade's grid, relative to its start.
-const HALF_STEP: f64 = 1.0 / (1u64 << 53) as f64;
+pub(super) const HALF_STEP: f64 = 1.0 / (1u64 << 53) as f64;
 
 /// The three kinds of terms of [`SPAN`] elements: the squares and the two noises.
 pub(super) struct Span {
@@ -105,8 +105,7 @@ pub(super) fn add_in_order(
 /// no term is a tie on its grid.
 #[inline(always)]
 fn end_in_binade(start: f64, terms: &[f64; SPAN]) -> Option<f64> {
-    // A negative sum, which sums of squares never are, keeps its sign and fails the test.
-    let base = f64::from_bits(start.to_bits() & 0xfff0_0000_0000_0000);
+    let base = binade_of(start);
     let mut rounded = [0.0; SPAN];
     let mut off = [0.0; SPAN];
     for i in 0..SPAN {
@@ -127,7 +126,22 @@ fn end_in_binade(start: f64, terms: &[f64; SPAN]) -> Option<f64> {
         }
         width /= 2;
     }
-    let (total, worst) = (rounded[0], off[0]);
+    settle(start, base, rounded[0], off[0])
+}
+
+/// The start `b` of the binade of `start`, the sum a span is added to (a negative sum, which
+/// sums of squares never are, keeps its sign and fails the test of [`settle`]).
+#[inline(always)]
+pub(super) fn binade_of(start: f64) -> f64 {
+    f64::from_bits(start.to_bits() & 0xfff0_0000_0000_0000)
+}
+
+/// The sum one after the other of a span's terms from `start`, given `total`, the sum in any
+/// grouping of the terms rounded to the grid of `base = binade_of(start)`, and `worst`, the
+/// largest distance of a term from its rounding: `start + total` when the span stays in the
+/// binade and no term is a tie; `None` when it must be added one term after the other.
+#[inline(always)]
+pub(super) fn settle(start: f64, base: f64, total: f64, worst: f64) -> Option<f64> {
     if total == 0.0 && worst == 0.0 {
         // Every term is zero: the sum stays as it was.
         return Some(start);

@@ -20,7 +20,7 @@ pub(super) const BLOCK: usize = 8;
 /// How far from an integer a step count may lie before the reciprocal is not trusted:
 /// `v·(1/step)` is within 3.4e-16 relative of `v/step` as rounded (two roundings against one),
 /// so within ±127 steps the two round to different integers only within 5e-14 of a half step.
-const NEAR_HALF: f64 = 0.5 - 1e-9;
+pub(super) const NEAR_HALF: f64 = 0.5 - 1e-9;
 
 /// Adding and subtracting 1.5·2^52 rounds an f64 below 2^51 to the nearest integer, ties to
 /// even, in the default rounding mode: no call to the math library on targets without SSE4.1.

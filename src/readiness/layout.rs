@@ -44,7 +44,7 @@ impl ChannelLayout {
     pub fn new(dims: &[usize], axis: usize, group: usize) -> ChannelLayout {
         let rank = dims.len();
         let axis = axis.min(rank - 1);
-        let transpose_groups = axis == 1 && rank > 2 && group > 1 && dims[0] % group == 0;
+        let transpose_groups = axis == 1 && rank > 2 && group > 1 && dims[0].is_multiple_of(group);
         ChannelLayout {
             outer: dims[..axis].iter().product(),
             size: dims[axis],

@@ -11,6 +11,8 @@
 //! [`DEAD_STD`], so the channel is the constant β), the largest amplification `|γ|/√(σ²+ε)`,
 //! and the channels whose running variance is below ε.
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod background;
 mod binade;
 mod early;

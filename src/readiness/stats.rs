@@ -48,7 +48,7 @@ pub fn layer(
         };
         sums.add_channel(channel_values, &tensor_grid, &channel_grid, &mut scratch);
     }
-    figures(node, name, ranges, &sums)
+    figures(node, name, ranges, sums.totals(), sums.non_finite)
 }
 
 /// The largest magnitude among little-endian elements of `dtype` (NaN ignored), as the ranges
@@ -75,19 +75,16 @@ pub(super) fn figures(
     node: &NodeProto,
     name: &str,
     ranges: Vec<f64>,
-    sums: &Sums,
+    totals: Totals,
+    non_finite: usize,
 ) -> LayerReadiness {
     let max_range = ranges.iter().copied().fold(0.0, f64::max);
     let tensor_grid = tensor_grid(&ranges);
-    let Sums {
-        totals:
-            Totals {
-                signal,
-                tensor_noise,
-                channel_noise,
-            },
-        non_finite,
-    } = *sums;
+    let Totals {
+        signal,
+        tensor_noise,
+        channel_noise,
+    } = totals;
     let median = median(&ranges);
     let db = |noise: f64| (noise > 0.0 && non_finite == 0).then(|| 10.0 * (signal / noise).log10());
     let starved = ranges

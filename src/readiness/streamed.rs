@@ -195,15 +195,22 @@ impl Streamed {
     }
 
     /// The figures of each layer that reads the weight.
-    pub fn figures(self) -> Vec<(usize, LayerReadiness)> {
+    pub fn figures(mut self) -> Vec<(usize, LayerReadiness)> {
         let Some(grids) = self.grids else {
             return Vec::new();
         };
         let name = &self.name;
+        let totals = self.sums.totals();
         self.slots
             .iter()
             .map(|slot| {
-                let figures = stats::figures(&slot.node, name, grids.ranges.clone(), &self.sums);
+                let figures = stats::figures(
+                    &slot.node,
+                    name,
+                    grids.ranges.clone(),
+                    totals,
+                    self.sums.non_finite,
+                );
                 (slot.order, figures)
             })
             .collect()

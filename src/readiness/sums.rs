@@ -9,14 +9,20 @@
 //! vector work, so the loop is bound by its vector instructions, not by the three chains of
 //! additions (bench/RESULTS.md, session 22).
 
+#[cfg(target_arch = "x86_64")]
+use super::avx512::Pending;
 use super::binade::Totals;
 use super::lanes::{ChannelValues, Grids, Isa, ROUND};
 
 /// The running sums of a weight's figures, over its channels in order.
-#[derive(Clone, Copy, Default)]
+#[derive(Default)]
 pub(super) struct Sums {
-    /// `ΣW²` and the noise on the per-tensor grid and on each channel's.
-    pub totals: Totals,
+    /// `ΣW²` and the noise on the per-tensor grid and on each channel's, without the span
+    /// still pending.
+    totals: Totals,
+    /// The terms added in lanes and not yet to `totals` ([`avx512`](super::avx512)).
+    #[cfg(target_arch = "x86_64")]
+    pending: Option<Box<Pending>>,
     /// Elements that are NaN or infinite.
     pub non_finite: usize,
 }
@@ -48,16 +54,31 @@ impl Sums {
         scratch: &mut Vec<f64>,
     ) {
         let (Some(t), Some(c)) = (tensor.reciprocal, channel.reciprocal) else {
+            self.settle();
             scratch.clear();
             values.widen_into(scratch);
             self.add_divided(scratch, tensor, channel, true);
             return;
         };
-        let before = self.totals;
         let grids = Grids {
             tensor: (tensor.step, t),
             channel: (channel.step, c),
         };
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx512
+            && super::avx512::accumulate(&mut self.totals, &mut self.pending, values, &grids)
+        {
+            let signal = self
+                .pending
+                .as_ref()
+                .map(|p| p.signal_after(self.totals.signal));
+            if !signal.unwrap_or(self.totals.signal).is_finite() {
+                self.non_finite += values.non_finite();
+            }
+            return;
+        }
+        self.settle();
+        let before = self.totals;
         let near_half = isa.accumulate(&mut self.totals, values, &grids);
         // A NaN or an infinity leaves the signal NaN or infinite for good, so the count is
         // taken only then (an overflow of finite squares counts nothing, as it should).
@@ -70,6 +91,20 @@ impl Sums {
             scratch.clear();
             values.widen_into(scratch);
             self.add_divided(scratch, tensor, channel, false);
+        }
+    }
+
+    /// The sums of every value added (the span still pending added first).
+    pub fn totals(&mut self) -> Totals {
+        self.settle();
+        self.totals
+    }
+
+    /// Adds the span still pending to the sums.
+    fn settle(&mut self) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(pending) = &mut self.pending {
+            pending.settle_into(&mut self.totals);
         }
     }
 
@@ -181,10 +216,11 @@ mod tests {
                         &channel,
                         &mut Vec::new(),
                     );
+                    let totals = sums.totals();
                     let got = (
-                        sums.totals.signal.to_bits(),
-                        sums.totals.tensor_noise.to_bits(),
-                        sums.totals.channel_noise.to_bits(),
+                        totals.signal.to_bits(),
+                        totals.tensor_noise.to_bits(),
+                        totals.channel_noise.to_bits(),
                     );
                     assert_eq!(got, divided(values, step, channel_step), "step {step}");
                 }
@@ -198,10 +234,11 @@ mod tests {
         let mut sums = Sums::default();
         let grids = (Grid::new(tensor), Grid::new(channel));
         sums.add_channel_with(isa, values, &grids.0, &grids.1, &mut Vec::new());
+        let totals = sums.totals();
         [
-            sums.totals.signal.to_bits(),
-            sums.totals.tensor_noise.to_bits(),
-            sums.totals.channel_noise.to_bits(),
+            totals.signal.to_bits(),
+            totals.tensor_noise.to_bits(),
+            totals.channel_noise.to_bits(),
             sums.non_finite as u64,
         ]
     }
@@ -234,6 +271,69 @@ mod tests {
                         let got = sums_with(isa, source, tensor, channel);
                         assert_eq!(got, [s, t, c, 0], "{isa:?}, {len} values, {source:?}");
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn channels_of_every_length_whole_or_in_pieces_give_the_sums_of_the_element_loop() {
+        // A weight of 150 channels, each on its own grid, of every length around a block and a
+        // span, added whole and cut into pieces as written chunks cut them, as f64 values and as
+        // f32 bytes: every variant gives the sums of the division over the channels in order,
+        // one element after the other, to the bit.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32 as f64
+        };
+        let lengths = (1..=40).chain([63, 64, 65, 127, 128, 129, 200, 257, 1000]);
+        let channels: Vec<Vec<f64>> = lengths
+            .cycle()
+            .take(150)
+            .enumerate()
+            .map(|(k, len)| {
+                let scale = (1 + k % 7) as f64;
+                (0..len).map(|_| (next() * scale) as f32 as f64).collect()
+            })
+            .collect();
+        let range = |c: &Vec<f64>| c.iter().fold(0.0, |m: f64, v| m.max(v.abs()));
+        let tensor = Grid::new(channels.iter().map(range).fold(0.0, f64::max) / 127.0);
+        let (mut s, mut t, mut c) = (0.0f64, 0.0f64, 0.0f64);
+        for values in &channels {
+            let channel_step = range(values) / 127.0;
+            for &v in values {
+                s += v * v;
+                t += (v - quantize(v, tensor.step)).powi(2);
+                c += (v - quantize(v, channel_step)).powi(2);
+            }
+        }
+        for isa in Isa::available() {
+            for piece in [usize::MAX, 5, 64] {
+                for as_f32 in [false, true] {
+                    let mut sums = Sums::default();
+                    for values in &channels {
+                        let channel = Grid::new(range(values) / 127.0);
+                        for part in values.chunks(piece.min(values.len())) {
+                            let raw: Vec<u8> = part
+                                .iter()
+                                .flat_map(|&v| (v as f32).to_le_bytes())
+                                .collect();
+                            let source = match as_f32 {
+                                true => ChannelValues::F32(&raw),
+                                false => ChannelValues::Values(part),
+                            };
+                            sums.add_channel_with(isa, source, &tensor, &channel, &mut Vec::new());
+                        }
+                    }
+                    let got = sums.totals();
+                    assert_eq!(
+                        [got.signal, got.tensor_noise, got.channel_noise].map(f64::to_bits),
+                        [s, t, c].map(f64::to_bits),
+                        "{isa:?}, pieces of {piece}, f32 bytes {as_f32}"
+                    );
                 }
             }
         }

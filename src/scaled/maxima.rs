@@ -20,7 +20,7 @@ impl ScaledTensor {
     pub fn has_run_maxima(&self, run: usize) -> bool {
         let shared = self.scalings.iter().fold(run, |g, s| gcd(g, s.run));
         run > 0
-            && self.len() % run == 0
+            && self.len().is_multiple_of(run)
             && (self.scalings.is_empty() || shared >= MIN_SHARED_FACTOR)
     }
 

@@ -158,7 +158,7 @@ pub(super) fn plan_merge(
         for d in 0..spatial {
             let shrink = kernel[d] - g.dims[2 + d];
             let inset = (shrink / 2) as i64 * g.dilations[d];
-            if shrink % 2 != 0
+            if !shrink.is_multiple_of(2)
                 || g.pads[d] != big_pads[d] - inset
                 || g.pads[d + spatial] != big_pads[d + spatial] - inset
             {

@@ -24,7 +24,9 @@ pub fn plan(input: &FoldInput) -> Planned {
     let group = attr::int(input.node, "group")?.unwrap_or(1);
     let group = usize::try_from(group).ok().filter(|&g| g > 0);
     let fits = |g: usize| {
-        w.dims.len() >= 3 && w.dims[0] % g == 0 && w.dims[1].checked_mul(g) == Some(channels)
+        w.dims.len() >= 3
+            && w.dims[0].is_multiple_of(g)
+            && w.dims[1].checked_mul(g) == Some(channels)
     };
     let Some(group) = group.filter(|&g| fits(g)) else {
         return Ok(Err(SkipReason::ShapeMismatch {

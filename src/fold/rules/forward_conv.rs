@@ -28,7 +28,8 @@ pub fn plan(input: &ForwardInput) -> PlannedForward {
     let channels = affine.channels();
     let group = input.group.max(1);
     let rank = w.dims.len();
-    if rank < 3 || w.is_empty() || w.dims[1] * group != channels || w.dims[0] % group != 0 {
+    if rank < 3 || w.is_empty() || w.dims[1] * group != channels || !w.dims[0].is_multiple_of(group)
+    {
         return Err(SkipReason::ShapeMismatch {
             tensor: input.weight_name.to_string(),
             detail: format!(

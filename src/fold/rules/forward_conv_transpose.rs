@@ -23,7 +23,11 @@ pub fn plan(input: &ForwardInput) -> PlannedForward {
     let affine = input.affine;
     let channels = affine.channels();
     let rank = w.dims.len();
-    if rank < 3 || w.is_empty() || w.dims[0] != channels || channels % input.group.max(1) != 0 {
+    if rank < 3
+        || w.is_empty()
+        || w.dims[0] != channels
+        || !channels.is_multiple_of(input.group.max(1))
+    {
         return Err(SkipReason::ShapeMismatch {
             tensor: input.weight_name.to_string(),
             detail: format!(
