@@ -100,7 +100,6 @@ def affine_fixtures():
         """Running statistics from the real input of each FrozenBN, perturbed by ±20 %."""
         frozen = [m for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
         for m in frozen:
-            c = m.weight.numel()
             m.weight.uniform_(0.5, 1.5)
             m.bias.uniform_(-0.5, 0.5)
         for m in frozen:

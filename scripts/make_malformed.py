@@ -9,7 +9,6 @@ import random
 import shutil
 
 import numpy as np
-import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "malformed")

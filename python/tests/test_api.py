@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import threading
 import time
-import warnings
 
 import jsonschema
 import numpy as np
