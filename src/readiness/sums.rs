@@ -243,6 +243,24 @@ mod tests {
         ]
     }
 
+    /// An xorshift generator of f32 values in `[-1, 1)`, widened.
+    fn f32_values(mut state: u64) -> impl FnMut() -> f64 {
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32 as f64
+        }
+    }
+
+    /// `values` as little-endian f32 bytes.
+    fn f32_bytes(values: &[f64]) -> Vec<u8> {
+        values
+            .iter()
+            .flat_map(|&v| (v as f32).to_le_bytes())
+            .collect()
+    }
+
     #[test]
     fn every_instruction_set_gives_the_sums_of_the_element_loop() {
         // Every length around the block of eight, lengths around spans (several spans of
@@ -250,19 +268,10 @@ mod tests {
         // read as f64 and as f32 bytes, on a channel's own grid and on grids that clip: each
         // variant this processor runs gives the sums of the division, one element after the
         // other, to the bit.
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32 as f64
-        };
+        let mut next = f32_values(0x9e37_79b9_7f4a_7c15);
         for len in (0..=41).chain([127, 128, 129, 255, 256, 263, 300, 1000, 5000]) {
             let values: Vec<f64> = (0..len).map(|_| next()).collect();
-            let raw: Vec<u8> = values
-                .iter()
-                .flat_map(|&v| (v as f32).to_le_bytes())
-                .collect();
+            let raw = f32_bytes(&values);
             let range = values.iter().fold(0.0, |m: f64, v| m.max(v.abs()));
             for (tensor, channel) in [(range / 127.0, range / 254.0), (0.01, 0.003)] {
                 let (s, t, c) = divided(&values, tensor, channel);
@@ -282,13 +291,7 @@ mod tests {
         // span, added whole and cut into pieces as written chunks cut them, as f64 values and as
         // f32 bytes: every variant gives the sums of the division over the channels in order,
         // one element after the other, to the bit.
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32 as f64
-        };
+        let mut next = f32_values(0x2545_f491_4f6c_dd1d);
         let lengths = (1..=40).chain([63, 64, 65, 127, 128, 129, 200, 257, 1000]);
         let channels: Vec<Vec<f64>> = lengths
             .cycle()
@@ -317,10 +320,7 @@ mod tests {
                     for values in &channels {
                         let channel = Grid::new(range(values) / 127.0);
                         for part in values.chunks(piece.min(values.len())) {
-                            let raw: Vec<u8> = part
-                                .iter()
-                                .flat_map(|&v| (v as f32).to_le_bytes())
-                                .collect();
+                            let raw = f32_bytes(part);
                             let source = match as_f32 {
                                 true => ChannelValues::F32(&raw),
                                 false => ChannelValues::Values(part),
@@ -346,10 +346,7 @@ mod tests {
             let mut values: Vec<f64> = (0..19).map(|k| (k as f64 * 0.37).sin()).collect();
             values[at] = f64::NAN;
             values[(at + 7) % 19] = f64::NEG_INFINITY;
-            let raw: Vec<u8> = values
-                .iter()
-                .flat_map(|&v| (v as f32).to_le_bytes())
-                .collect();
+            let raw = f32_bytes(&values);
             for isa in Isa::available() {
                 for source in [ChannelValues::Values(&values), ChannelValues::F32(&raw)] {
                     let [signal, .., non_finite] = sums_with(isa, source, 0.01, 0.005);
@@ -380,10 +377,7 @@ mod tests {
             );
             let q = (0.25 * step) as f32 as f64;
             let values = [v, q, q, q, q, q, q, q, v];
-            let raw: Vec<u8> = values
-                .iter()
-                .flat_map(|&v| (v as f32).to_le_bytes())
-                .collect();
+            let raw = f32_bytes(&values);
             let (s, t, c) = divided(&values, step, step);
             for isa in Isa::available() {
                 for source in [ChannelValues::Values(&values), ChannelValues::F32(&raw)] {

@@ -106,34 +106,27 @@ fn accumulate_in_lanes(
     let mut block = 0;
     while block < blocks {
         let run = (blocks - block).min((SPAN - len) / LANES);
+        let at = (len..).step_by(LANES);
         match values {
-            ChannelValues::Values(_) => {
-                for (b, at) in (block..block + run).zip((len..).step_by(LANES)) {
-                    let terms = block_terms(load::<false>(values, b), &lanes);
-                    fold(&mut span, kept, at, terms);
+            ChannelValues::Values(v) => {
+                for (b, at) in (block..block + run).zip(at) {
+                    fold(&mut span, kept, at, block_terms(load_f64(v, b), &lanes));
                 }
             }
-            ChannelValues::F32(_) => {
-                for (b, at) in (block..block + run).zip((len..).step_by(LANES)) {
-                    let terms = block_terms(load::<true>(values, b), &lanes);
-                    fold(&mut span, kept, at, terms);
+            ChannelValues::F32(raw) => {
+                for (b, at) in (block..block + run).zip(at) {
+                    fold(&mut span, kept, at, block_terms(load_f32(raw, b), &lanes));
                 }
             }
         }
         (block, len) = (block + run, len + run * LANES);
-        if len == SPAN {
-            end_span(sums, kept, &mut span);
-            len = 0;
-        }
+        end_span_if_full(sums, kept, &mut len, &mut span);
     }
     if last > 0 {
         let terms = block_terms(load_first(values, blocks, last), &lanes);
         fold(&mut span, kept, len, terms);
         len += LANES;
-        if len == SPAN {
-            end_span(sums, kept, &mut span);
-            len = 0;
-        }
+        end_span_if_full(sums, kept, &mut len, &mut span);
     }
     pending.len = len;
     for (k, sum) in span.iter().enumerate() {
@@ -172,10 +165,26 @@ fn fold(span: &mut [Rounded; 3], kept: &mut [[f64; SPAN]; 3], at: usize, terms: 
     }
 }
 
-/// Adds the full span (`kept`, in lanes `span`) to `sums`; the span is empty again.
+/// Adds the span to `sums` when it is full (`len` terms), and empties it.
+#[target_feature(enable = "avx512f,avx512dq,avx512vl")]
+#[inline]
+fn end_span_if_full(
+    sums: &mut Totals,
+    kept: &[[f64; SPAN]; 3],
+    len: &mut usize,
+    span: &mut [Rounded; 3],
+) {
+    if *len == SPAN {
+        end_span(sums, kept, SPAN, span);
+        *len = 0;
+    }
+}
+
+/// Adds the span (its first `len` terms `kept`, in lanes `span`) to `sums`; the lanes are
+/// empty again.
 #[target_feature(enable = "avx512f,avx512dq,avx512vl")]
 #[inline(never)]
-fn end_span(sums: &mut Totals, kept: &[[f64; SPAN]; 3], span: &mut [Rounded; 3]) {
+fn end_span(sums: &mut Totals, kept: &[[f64; SPAN]; 3], len: usize, span: &mut [Rounded; 3]) {
     let sums_in_order = [
         &mut sums.signal,
         &mut sums.tensor_noise,
@@ -184,7 +193,7 @@ fn end_span(sums: &mut Totals, kept: &[[f64; SPAN]; 3], span: &mut [Rounded; 3])
     for ((sum, lanes), kept) in sums_in_order.into_iter().zip(span.iter_mut()).zip(kept) {
         let total = _mm512_reduce_add_pd(lanes.total);
         let worst = _mm512_reduce_max_pd(lanes.worst);
-        *sum = end_of_span(*sum, total, worst, kept);
+        *sum = end_of_span(*sum, total, worst, &kept[..len]);
         *lanes = Rounded {
             base: _mm512_set1_pd(binade_of(*sum)),
             total: _mm512_setzero_pd(),
@@ -193,24 +202,24 @@ fn end_span(sums: &mut Totals, kept: &[[f64; SPAN]; 3], span: &mut [Rounded; 3])
     }
 }
 
-/// Block `block` of `values`, widened (`F32` says which kind `values` is).
+/// Block `block` of f64 values.
 #[target_feature(enable = "avx512f,avx512dq,avx512vl")]
 #[inline]
 #[allow(unsafe_code)]
-fn load<const F32: bool>(values: ChannelValues, block: usize) -> __m512d {
-    match values {
-        ChannelValues::F32(raw) if F32 => {
-            let bytes = &raw[4 * LANES * block..][..4 * LANES];
-            // SAFETY: `bytes` holds the eight f32 read (unaligned loads).
-            _mm512_cvtps_pd(unsafe { _mm256_loadu_ps(bytes.as_ptr().cast()) })
-        }
-        ChannelValues::Values(v) if !F32 => {
-            let values = &v[LANES * block..][..LANES];
-            // SAFETY: `values` holds the eight f64 read.
-            unsafe { _mm512_loadu_pd(values.as_ptr()) }
-        }
-        _ => _mm512_setzero_pd(),
-    }
+fn load_f64(values: &[f64], block: usize) -> __m512d {
+    let values = &values[LANES * block..][..LANES];
+    // SAFETY: `values` holds the eight f64 read.
+    unsafe { _mm512_loadu_pd(values.as_ptr()) }
+}
+
+/// Block `block` of little-endian f32 elements, widened.
+#[target_feature(enable = "avx512f,avx512dq,avx512vl")]
+#[inline]
+#[allow(unsafe_code)]
+fn load_f32(raw: &[u8], block: usize) -> __m512d {
+    let bytes = &raw[4 * LANES * block..][..4 * LANES];
+    // SAFETY: `bytes` holds the eight f32 read (unaligned loads).
+    _mm512_cvtps_pd(unsafe { _mm256_loadu_ps(bytes.as_ptr().cast()) })
 }
 
 /// The first `count` (1 to 7) elements of block `block` of `values`, widened, the other lanes

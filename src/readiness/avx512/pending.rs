@@ -24,7 +24,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::readiness::binade::{binade_of, settle, Totals, HALF_STEP, LEAST, SPAN};
+use crate::readiness::binade::{add_in_order, binade_of, settle, Totals, HALF_STEP, LEAST, SPAN};
 
 /// Lanes in a block.
 pub(super) const LANES: usize = 8;
@@ -64,25 +64,22 @@ impl Pending {
     /// the other. The span is empty again.
     #[allow(unsafe_code)]
     pub(crate) fn settle_into(&mut self, sums: &mut Totals) {
-        let len = self.len;
-        for (k, sum) in [
-            &mut sums.signal,
-            &mut sums.tensor_noise,
-            &mut sums.channel_noise,
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let total = self.rounded[k].iter().fold(0.0, |sum, r| sum + r);
-            let worst = self.worst[k].iter().copied().fold(0.0, f64::max);
-            let terms = &self.terms[k][..len];
-            *sum = if super::runs() {
-                // SAFETY: the processor has the instruction sets, checked just before.
-                unsafe { end_of_span(*sum, total, worst, terms) }
-            } else {
-                // Never made on such a processor: the terms one after the other all the same.
-                terms.iter().fold(*sum, |sum, t| sum + t)
-            };
+        if super::runs() {
+            // SAFETY: the processor has the instruction sets, checked just before.
+            unsafe {
+                let mut span = super::resume(sums, self);
+                super::end_span(sums, &self.terms, self.len, &mut span);
+            }
+        } else {
+            // Never made on such a processor: the terms one after the other all the same.
+            let [signal, tensor_noise, channel_noise] = &self.terms;
+            let len = self.len;
+            add_in_order(
+                sums,
+                &signal[..len],
+                &tensor_noise[..len],
+                &channel_noise[..len],
+            );
         }
         self.len = 0;
         self.rounded = [[0.0; LANES]; 3];
@@ -155,13 +152,25 @@ mod tests {
         terms.iter().fold(start, |sum, t| sum + t)
     }
 
-    #[test]
+    /// What the scan over the ties and the whole end of a span in the binade `[1, 2)` give;
+    /// `None`, said on stderr, where the processor lacks the instructions.
     #[allow(unsafe_code)]
-    fn ties_on_odd_and_even_sums_end_where_the_terms_one_after_the_other_end() {
+    fn ends(start: f64, total: f64, worst: f64, terms: &[f64]) -> Option<(Option<f64>, f64)> {
         if !super::super::runs() {
             eprintln!("skipped: this processor lacks AVX-512 F, DQ or VL");
-            return;
+            return None;
         }
+        // SAFETY: the processor has the instruction sets, checked just before.
+        unsafe {
+            Some((
+                end_with_ties(start, 1.0, total, terms),
+                end_of_span(start, total, worst, terms),
+            ))
+        }
+    }
+
+    #[test]
+    fn ties_on_odd_and_even_sums_end_where_the_terms_one_after_the_other_end() {
         // Sums in [1, 2), whose grid has the step u = 2⁻⁵², and spans of terms that are ties
         // (an odd number of half steps), on the grid, between, or zero, so that the sum in
         // order is odd at some ties and even at others: the scan over the ties gives the sum in
@@ -190,12 +199,8 @@ mod tests {
                 (total + rounded, worst.max((t - rounded).abs()))
             });
             let want = in_order(start, &terms).to_bits();
-            // SAFETY: the processor has the instruction sets, checked above.
-            let (ties, end) = unsafe {
-                (
-                    end_with_ties(start, 1.0, total, &terms),
-                    end_of_span(start, total, worst, &terms),
-                )
+            let Some((ties, end)) = ends(start, total, worst, &terms) else {
+                return;
             };
             assert_eq!(ties.map(f64::to_bits), Some(want), "trial {trial}");
             assert_eq!(end.to_bits(), want, "trial {trial}");
@@ -205,24 +210,15 @@ mod tests {
     }
 
     #[test]
-    #[allow(unsafe_code)]
     fn a_span_that_leaves_its_binade_is_added_one_term_after_the_other() {
-        if !super::super::runs() {
-            eprintln!("skipped: this processor lacks AVX-512 F, DQ or VL");
-            return;
-        }
         // From just below 2, ties and all, the sum crosses into [2, 4): the scan declines and
         // the terms are added one after the other.
         let u = f64::EPSILON;
         let start = 2.0 - 40.0 * u;
         let terms = [1.5 * u; SPAN];
         let (total, worst) = (SPAN as f64 * 2.0 * u, u / 2.0);
-        // SAFETY: the processor has the instruction sets, checked above.
-        let (ties, end) = unsafe {
-            (
-                end_with_ties(start, 1.0, total, &terms),
-                end_of_span(start, total, worst, &terms),
-            )
+        let Some((ties, end)) = ends(start, total, worst, &terms) else {
+            return;
         };
         assert_eq!(ties, None);
         assert_eq!(end.to_bits(), in_order(start, &terms).to_bits());
