@@ -9,6 +9,9 @@
 //! vector work, so the loop is bound by its vector instructions, not by the three chains of
 //! additions (bench/RESULTS.md, session 22).
 
+#[cfg(test)]
+mod against_order;
+
 #[cfg(target_arch = "x86_64")]
 use super::avx512::Pending;
 use super::binade::Totals;
