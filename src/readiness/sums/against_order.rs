@@ -1,7 +1,7 @@
 //! The sums against the element loop on adversarial weights: every variant of the loop, fed
 //! channels of any length cut into pieces of any size, gives the sums of the division added one
-//! element after the other, to the bit, on values built to reach the loop's rare paths. The
-//! weights of the other tests are uniform in `[-1, 1)`; these have wide ranges inside one
+//! element after the other, to the bit, on values built to reach the loop's rare paths. Most
+//! other tests draw weights uniform in `[-1, 1)`; these have wide ranges inside one
 //! channel (terms far below half a unit of the sum, sums crossing many binades), values on and
 //! next to the grids' half steps, dyadic values whose squares and sums meet ties on the sums'
 //! grids, long runs of one value, zeros of both signs, sums below the smallest normal f64,
