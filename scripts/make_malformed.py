@@ -159,10 +159,10 @@ def main():
     del m.graph.node[0]
     m.graph.node.extend([helper.make_node("Add", ["x", "d"], ["c"], name="a"),
                          helper.make_node("Relu", ["c"], ["d"], name="r")])
-    write("cycle.onnx", m, "on a cycle")
+    write("cycle.onnx", m, "node 'a' (Add) is on a cycle")
     m = conv_bn()
     m.graph.node[0].input[0] = "c"
-    write("self_loop.onnx", m, "on a cycle")
+    write("self_loop.onnx", m, "node 'conv' (Conv) is on a cycle")
     m = conv_bn()
     m.graph.output[0].name = "ghost"
     write("undefined_graph_output.onnx", m, "graph output 'ghost' is not defined")

@@ -16,6 +16,29 @@ pub struct OuterScope<'g> {
     pub initializers: Option<&'g HashMap<String, TensorProto>>,
 }
 
+/// The nodes that use a tensor, once per use: most tensors have one, kept without an allocation
+/// of its own.
+enum Uses {
+    One(usize),
+    Many(Vec<usize>),
+}
+
+impl Uses {
+    fn push(&mut self, node: usize) {
+        match self {
+            Uses::One(first) => *self = Uses::Many(vec![*first, node]),
+            Uses::Many(nodes) => nodes.push(node),
+        }
+    }
+
+    fn as_slice(&self) -> &[usize] {
+        match self {
+            Uses::One(node) => std::slice::from_ref(node),
+            Uses::Many(nodes) => nodes,
+        }
+    }
+}
+
 /// Who produces and consumes each tensor of a graph.
 pub struct GraphIndex<'g> {
     /// The graph indexed.
@@ -23,7 +46,7 @@ pub struct GraphIndex<'g> {
     /// Initializers visible from enclosing graphs.
     pub outer: OuterScope<'g>,
     producer: HashMap<&'g str, usize>,
-    consumers: HashMap<&'g str, Vec<usize>>,
+    consumers: HashMap<&'g str, Uses>,
     initializers: HashMap<&'g str, &'g TensorProto>,
     graph_inputs: HashSet<&'g str>,
     graph_outputs: HashSet<&'g str>,
@@ -33,17 +56,25 @@ pub struct GraphIndex<'g> {
 impl<'g> GraphIndex<'g> {
     /// Indexes `graph`.
     pub fn new(graph: &'g GraphProto, outer: OuterScope<'g>) -> GraphIndex<'g> {
-        let mut producer = HashMap::default();
-        let mut consumers: HashMap<&str, Vec<usize>> = HashMap::default();
+        let outputs = graph.node.iter().map(|n| n.output.len()).sum();
+        let mut producer = HashMap::with_capacity_and_hasher(outputs, Default::default());
+        let mut consumers: HashMap<&str, Uses> =
+            HashMap::with_capacity_and_hasher(outputs + graph.input.len(), Default::default());
+        let mut used_by = |name: &'g str, i: usize| {
+            consumers
+                .entry(name)
+                .and_modify(|uses| uses.push(i))
+                .or_insert(Uses::One(i));
+        };
         for (i, node) in graph.node.iter().enumerate() {
             for out in node.output.iter().filter(|o| !o.is_empty()) {
                 producer.insert(out.as_str(), i);
             }
             for input in node.input.iter().filter(|o| !o.is_empty()) {
-                consumers.entry(input.as_str()).or_default().push(i);
+                used_by(input.as_str(), i);
             }
             for free in subgraph_free_names(node) {
-                consumers.entry(free).or_default().push(i);
+                used_by(free, i);
             }
         }
         let value_info = graph
@@ -77,7 +108,7 @@ impl<'g> GraphIndex<'g> {
 
     /// The nodes consuming `name`, once per use (a subgraph's use counts for its node).
     pub fn consumers(&self, name: &str) -> &[usize] {
-        self.consumers.get(name).map_or(&[], |v| v.as_slice())
+        self.consumers.get(name).map_or(&[], Uses::as_slice)
     }
 
     /// Whether `name` is one of the graph's outputs.

@@ -323,41 +323,73 @@ fn node_attributes(node: &NodeProto, initializers: &HashMap<&str, &TensorProto>)
     Ok(())
 }
 
-/// Kahn's algorithm over the node inputs produced inside this graph; returns a node that never
-/// becomes ready.
+/// Kahn's algorithm over the node inputs produced inside this graph; returns a node on a cycle
+/// when some node never becomes ready.
 fn node_on_cycle<'g>(
     graph: &'g GraphProto,
     producer: &HashMap<&str, usize>,
 ) -> Option<&'g NodeProto> {
     let n = graph.node.len();
     let mut waiting = vec![0usize; n];
-    let mut consumers: Vec<Vec<usize>> = vec![Vec::new(); n];
+    // (source, consumer) pairs in consumer order, then each source's consumers side by side:
+    // node `s`'s are `next[start[s]..start[s + 1]]`. No allocation per node.
+    let mut edges: Vec<(usize, usize)> = Vec::new();
+    let mut sources = Vec::new();
     for (k, node) in graph.node.iter().enumerate() {
-        let mut sources: Vec<usize> = node
-            .input
-            .iter()
-            .filter_map(|i| producer.get(i.as_str()).copied())
-            .collect();
+        sources.clear();
+        sources.extend(
+            node.input
+                .iter()
+                .filter_map(|i| producer.get(i.as_str()).copied()),
+        );
         sources.sort_unstable();
         sources.dedup();
         waiting[k] = sources.len();
-        for s in sources {
-            consumers[s].push(k);
-        }
+        edges.extend(sources.iter().map(|&s| (s, k)));
+    }
+    let mut start = vec![0usize; n + 1];
+    for &(s, _) in &edges {
+        start[s + 1] += 1;
+    }
+    for s in 0..n {
+        start[s + 1] += start[s];
+    }
+    let mut next = vec![0usize; edges.len()];
+    let mut fill = start.clone();
+    for &(s, k) in &edges {
+        next[fill[s]] = k;
+        fill[s] += 1;
     }
     let mut ready: Vec<usize> = (0..n).filter(|&k| waiting[k] == 0).collect();
     let mut done = 0;
     while let Some(k) = ready.pop() {
         done += 1;
-        for &c in &consumers[k] {
+        for &c in &next[start[k]..start[k + 1]] {
             waiting[c] -= 1;
             if waiting[c] == 0 {
                 ready.push(c);
             }
         }
     }
-    (done < n).then(|| {
-        let stuck = (0..n).find(|&k| waiting[k] > 0).unwrap_or(0);
-        &graph.node[stuck]
-    })
+    if done == n {
+        return None;
+    }
+    // A node left waiting waits on a producer left waiting too: walking back from the first,
+    // the first node met twice lies on a cycle (the first node left may only be downstream of
+    // one).
+    let mut at = (0..n).find(|&k| waiting[k] > 0).unwrap_or(0);
+    let mut met = vec![false; n];
+    while !met[at] {
+        met[at] = true;
+        let waits_on = graph.node[at]
+            .input
+            .iter()
+            .filter_map(|i| producer.get(i.as_str()).copied())
+            .find(|&p| waiting[p] > 0);
+        match waits_on {
+            Some(p) => at = p,
+            None => break,
+        }
+    }
+    Some(&graph.node[at])
 }
