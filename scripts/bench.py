@@ -174,14 +174,18 @@ def scaling(bnfold, py, work, runs):
         shutil.rmtree(out_dir, ignore_errors=True)
         os.makedirs(out_dir)
 
-    for direction, flag in (("backward", []), ("forward", ["--forward"])):
+    # Each direction with initializers, and backward with every weight a Constant node (each
+    # fold detaches four, and the weights become initializers: nodes removed per fold).
+    kinds = (("backward", []), ("forward", ["--forward"]), ("backward, Constant nodes", ["--constant-nodes"]))
+    for kind, flag in kinds:
         for blocks in (1000, 4000, 16000):
-            model = os.path.join(work, f"chain{blocks}{direction}.onnx")
+            model = os.path.join(work, f"chain{blocks}{'-'.join(flag)}.onnx")
             sh([py, os.path.join(HERE, "make_chain_model.py"), str(blocks), model] + flag)
             cmd = [bnfold, model, "-o", os.path.join(out_dir, "out.onnx"), "--no-verify", "--no-readiness", "-q"]
             wall, rss, err, _ = measure({"fold-only": cmd}, runs, cleanup)["fold-only"]
             row = f"{wall:.3f} | {rss:.1f}" if wall else f"failed: {err} |"
-            lines.append(f"| {blocks} | {3 * blocks} | {direction} | {row} |")
+            nodes = 8 * blocks if "--constant-nodes" in flag else 3 * blocks
+            lines.append(f"| {blocks} | {nodes} | {kind} | {row} |")
     # A structure-only graph, folded with the defaults (readiness on, verification off).
     for count in (100_000, 300_000, 1_000_000):
         model = os.path.join(work, f"identity{count}.onnx")

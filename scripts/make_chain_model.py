@@ -2,9 +2,11 @@
 """A long model for the benchmark's scaling run: N blocks of Conv (4 channels, 1x1, no bias) ->
 BatchNormalization -> Relu (backward folds), or with --forward BatchNormalization -> Conv -> Relu
 (forward folds), or with --identity N Identity nodes and nothing to fold (a structure-only graph),
-opset 13, seeded weights. Needs onnx and numpy.
+opset 13, seeded weights. With --constant-nodes every weight and BatchNormalization parameter is
+the output of a Constant node, as torch's dynamo exporter and Paddle write them, instead of an
+initializer. Needs onnx and numpy.
 
-    python3 scripts/make_chain_model.py N OUT.onnx [--forward | --identity]"""
+    python3 scripts/make_chain_model.py N OUT.onnx [--forward | --identity] [--constant-nodes]"""
 import sys
 
 import numpy as np
@@ -46,6 +48,11 @@ def main():
         [helper.make_tensor_value_info(x, TensorProto.FLOAT, shape)],
         initializers,
     )
+    if "--constant-nodes" in sys.argv[3:]:
+        constants = [helper.make_node("Constant", [], [t.name], value=t, name=f"{t.name}.constant") for t in graph.initializer]
+        nodes = constants + list(graph.node)
+        del graph.initializer[:], graph.node[:]
+        graph.node.extend(nodes)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.save(model, out)

@@ -7,7 +7,7 @@ use foldhash::HashSet;
 
 use super::options::PassContext;
 use crate::graph::{GraphIndex, OuterScope};
-use crate::proto::{GraphProto, TensorProto, TypeProto, ValueInfoProto};
+use crate::proto::{GraphProto, NodeProto, TensorProto, TypeProto, ValueInfoProto};
 
 /// Removes initializers and nodes that nothing uses any more, starting from `candidates`.
 pub(super) fn remove_dead(graph: &mut GraphProto, candidates: Vec<String>, ctx: &PassContext) {
@@ -48,12 +48,31 @@ pub(super) fn remove_dead(graph: &mut GraphProto, candidates: Vec<String>, ctx: 
                 .input
                 .retain(|v| !dead_initializers.contains(v.name()));
         }
-        work = Vec::new();
-        for &p in dead_nodes.iter().rev() {
-            let node = graph.node.remove(p);
-            work.extend(node.input.into_iter().filter(|i| !i.is_empty()));
+        work = remove_nodes(graph, &dead_nodes)
+            .into_iter()
+            .flat_map(|node| node.input)
+            .filter(|i| !i.is_empty())
+            .collect();
+    }
+}
+
+/// Removes the nodes at `indices` in one pass, the others keeping their order, and returns them
+/// in graph order. Not a removal per node, each shifting the nodes after it: a phase that drops
+/// a node per fold (detached `Constant`s, weights made initializers) would cost the square of
+/// the graph.
+pub(super) fn remove_nodes(graph: &mut GraphProto, indices: &BTreeSet<usize>) -> Vec<NodeProto> {
+    let nodes = std::mem::take(&mut graph.node);
+    let mut removed = Vec::with_capacity(indices.len());
+    graph
+        .node
+        .reserve(nodes.len().saturating_sub(indices.len()));
+    for (i, node) in nodes.into_iter().enumerate() {
+        match indices.contains(&i) {
+            true => removed.push(node),
+            false => graph.node.push(node),
         }
     }
+    removed
 }
 
 /// IR < 4 requires every initializer to be listed in `graph.input`.

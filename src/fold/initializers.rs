@@ -21,7 +21,7 @@
 
 use std::collections::BTreeSet;
 
-use super::cleanup::remove_dead;
+use super::cleanup::{remove_dead, remove_nodes};
 use super::options::PassContext;
 use crate::attr;
 use crate::consts::{constant_node_value, ConstEval};
@@ -106,11 +106,11 @@ pub(super) fn store_weights_as_initializers(
         });
         removed.insert(c.producer);
     }
-    let mut inputs_of_removed = Vec::new();
-    for p in removed.iter().rev() {
-        let node = graph.node.remove(*p);
-        inputs_of_removed.extend(node.input.into_iter().filter(|i| !i.is_empty()));
-    }
+    let inputs_of_removed = remove_nodes(graph, &removed)
+        .into_iter()
+        .flat_map(|node| node.input)
+        .filter(|i| !i.is_empty())
+        .collect();
     graph
         .initializer
         .extend(candidates.into_iter().map(|c| c.tensor));

@@ -7,8 +7,10 @@ mod tree;
 pub(in crate::fold) use tree::is_root_add;
 use tree::{collect, geometry, Leaf};
 
+use foldhash::HashSet;
+
 use super::chain::excluded;
-use super::cleanup::{list_initializers_as_inputs, remove_dead};
+use super::cleanup::{list_initializers_as_inputs, remove_dead, remove_nodes};
 use super::edits::{write_tensor, GraphNames, NewTensor};
 use super::inputs_are_constants;
 use super::options::PassContext;
@@ -362,13 +364,13 @@ pub(super) fn merge_branches(
             max_abs_after: plan.range_after,
         });
     }
-    gone.sort_unstable();
-    for i in gone.into_iter().rev() {
-        let node = graph.node.remove(i);
-        graph
-            .value_info
-            .retain(|v| !node.output.contains(&v.name().to_string()));
-    }
+    let gone_outputs: HashSet<String> = remove_nodes(graph, &gone.into_iter().collect())
+        .into_iter()
+        .flat_map(|node| node.output)
+        .collect();
+    graph
+        .value_info
+        .retain(|v| !gone_outputs.contains(v.name()));
     remove_dead(graph, detached, ctx);
     folded.retain_initializers_of(graph);
     if ctx.ir_version < 4 {
