@@ -237,6 +237,36 @@ fn decompose_standalone_rewrites_a_bn_after_add_into_mul_and_add() {
 }
 
 #[test]
+fn decompose_standalone_reaches_every_bn_of_a_deep_chain() {
+    // 40 Relu -> BN blocks, no value_info: each BN's rank is inferred back through every block
+    // before it (three nodes each once decomposed), far beyond any fixed depth. Every BN is
+    // decomposed, and the result runs as the original does.
+    let mut graph = common::build::Graph::new(13).input("x0", &[1, 3, 4, 4]);
+    for i in 0..40 {
+        let (x, r, y) = (format!("x{i}"), format!("r{i}"), format!("x{}", i + 1));
+        graph = graph
+            .node("Relu", &[&x], &[&r])
+            .bn_params(&format!("bn{i}"), 3)
+            .bn(&format!("bn{i}"), &r, &y);
+    }
+    let model = graph.output("x40").model();
+    let original = Model::from_proto(model, bnfold::external::ExternalStore::none()).unwrap();
+    let mut fused = original.clone();
+    let options = FoldOptions {
+        decompose_standalone: true,
+        ..FoldOptions::default()
+    };
+    let report = fold(&mut fused, &options).unwrap();
+    assert_eq!(report.decompositions.len(), 40);
+    assert_eq!(
+        (ops(&fused, "BatchNormalization"), ops(&fused, "Mul")),
+        (0, 40)
+    );
+    let fused = Model::from_bytes(fused.to_bytes().unwrap()).unwrap();
+    assert!(passes(&original, &fused));
+}
+
+#[test]
 fn convtranspose_takes_the_scale_and_matmul_becomes_gemm() {
     let (original, fused, report) = folded(
         "torch_relu_bn_convtranspose_op13.onnx",

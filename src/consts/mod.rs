@@ -42,6 +42,8 @@ pub struct ConstEval<'a> {
     opset: i64,
     inputs_are_constants: bool,
     cache: RefCell<HashMap<String, std::result::Result<Rc<Tensor>, NotConstant>>>,
+    /// Ranks worked out so far ([`ConstEval::rank`]).
+    ranks: RefCell<HashMap<String, Option<usize>>>,
 }
 
 type Lookup = std::result::Result<Rc<Tensor>, NotConstant>;
@@ -62,6 +64,7 @@ impl<'a> ConstEval<'a> {
             opset,
             inputs_are_constants,
             cache: RefCell::new(HashMap::default()),
+            ranks: RefCell::new(HashMap::default()),
         }
     }
 
@@ -220,27 +223,59 @@ impl<'a> ConstEval<'a> {
         self.value(name).ok()?.ok().map(|t| t.dims.clone())
     }
 
-    /// The rank of `name`, from declarations, constants, or the ops that produce it.
+    /// The rank of `name`, from declarations, constants, or the ops that produce it, however far
+    /// back that takes (models as exported carry no `value_info`). Each tensor's rank is worked
+    /// out once per evaluator, inputs first, with a stack of its own rather than recursion.
     pub fn rank(&self, name: &str) -> Option<usize> {
-        self.rank_at(name, 0)
+        let mut pending = vec![(name.to_string(), false)];
+        while let Some((tensor, inputs_known)) = pending.pop() {
+            if self.ranks.borrow().contains_key(&tensor) {
+                continue;
+            }
+            let producer = self.index.producer(&tensor).map(|p| self.index.node(p));
+            if !inputs_known {
+                let known = self.known_rank(&tensor);
+                let Some(node) = producer.filter(|_| known.is_none()) else {
+                    self.ranks.borrow_mut().insert(tensor, known);
+                    continue;
+                };
+                let ranks = self.ranks.borrow();
+                let missing: Vec<String> = rank_inputs(node)
+                    .filter(|input| !ranks.contains_key(*input))
+                    .map(str::to_string)
+                    .collect();
+                drop(ranks);
+                if !missing.is_empty() {
+                    pending.push((tensor, true));
+                    pending.extend(missing.into_iter().map(|input| (input, false)));
+                    continue;
+                }
+            }
+            let rank = producer.and_then(|node| self.rank_by_op(node));
+            self.ranks.borrow_mut().insert(tensor, rank);
+        }
+        self.ranks.borrow().get(name).copied().flatten()
     }
 
-    fn rank_at(&self, name: &str, depth: usize) -> Option<usize> {
+    /// The rank of `name` without looking at its producer: declared, or a constant's.
+    fn known_rank(&self, name: &str) -> Option<usize> {
         if let Some(dims) = self.index.declared_shape(name) {
             return Some(dims.len());
         }
-        if let Ok(Ok(t)) = self.value(name) {
-            return Some(t.dims.len());
+        match self.value(name) {
+            Ok(Ok(t)) => Some(t.dims.len()),
+            _ => None,
         }
-        if depth > MAX_DEPTH {
-            return None;
-        }
-        let node = self.index.node(self.index.producer(name)?);
+    }
+
+    /// The rank of `node`'s output by its op, from the ranks of its inputs worked out already.
+    fn rank_by_op(&self, node: &NodeProto) -> Option<usize> {
+        let ranks = self.ranks.borrow();
         let input_rank = |i: usize| {
             node.input
                 .get(i)
                 .filter(|n| !n.is_empty())
-                .and_then(|n| self.rank_at(n, depth + 1))
+                .and_then(|n| ranks.get(n.as_str()).copied().flatten())
         };
         match node.op_type() {
             "Flatten" | "Gemm" => Some(2),
@@ -251,14 +286,10 @@ impl<'a> ConstEval<'a> {
                 (a, 1) => Some(a - 1),
                 (a, b) => Some(a.max(b)),
             },
-            "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Where" | "PRelu" => {
-                (0..node.input.len())
-                    .map(input_rank)
-                    .try_fold(0, |m, r| Some(m.max(r?)))
-            }
-            op if crate::graph::keeps_batch_and_rank(op) => input_rank(0),
-            "Cast" | "CastLike" | "Softmax" | "LogSoftmax" | "Erf" | "Exp" | "Log" | "Neg"
-            | "Abs" | "Sqrt" | "Transpose" => input_rank(0),
+            op if rank_of_all_inputs(op) => (0..node.input.len())
+                .map(input_rank)
+                .try_fold(0, |m, r| Some(m.max(r?))),
+            op if rank_of_first_input(op) => input_rank(0),
             _ => None,
         }
     }
@@ -284,6 +315,49 @@ pub fn constant_node_value(node: &NodeProto, store: &ExternalStore) -> Result<Op
         return Ok(Some(Tensor::new(Dtype::I64, vec![data.len()], data)));
     }
     Ok(None)
+}
+
+/// Ops whose output has the largest rank of their inputs (broadcasting).
+fn rank_of_all_inputs(op: &str) -> bool {
+    matches!(
+        op,
+        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Where" | "PRelu"
+    )
+}
+
+/// Ops whose output has the rank of their first input.
+fn rank_of_first_input(op: &str) -> bool {
+    crate::graph::keeps_batch_and_rank(op)
+        || matches!(
+            op,
+            "Cast"
+                | "CastLike"
+                | "Softmax"
+                | "LogSoftmax"
+                | "Erf"
+                | "Exp"
+                | "Log"
+                | "Neg"
+                | "Abs"
+                | "Sqrt"
+                | "Transpose"
+        )
+}
+
+/// The inputs of `node` whose ranks give its output's rank ([`ConstEval::rank`]).
+fn rank_inputs(node: &NodeProto) -> impl Iterator<Item = &str> {
+    let op = node.op_type();
+    let count = match op {
+        "MatMul" => 2,
+        op if rank_of_all_inputs(op) => node.input.len(),
+        op if rank_of_first_input(op) => 1,
+        _ => 0,
+    };
+    node.input
+        .iter()
+        .take(count)
+        .map(String::as_str)
+        .filter(|n| !n.is_empty())
 }
 
 #[cfg(test)]

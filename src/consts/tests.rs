@@ -133,3 +133,56 @@ fn a_value_read_once_is_the_value_and_is_not_kept() {
         Err(NotConstant::Runtime("computed".into()))
     );
 }
+
+#[test]
+fn a_rank_is_inferred_however_deep_its_producer_chain_runs() {
+    // 300 Relu and Add nodes after a rank-4 input, no value_info (as exported): the last
+    // output has rank 4, the Add's per-channel constant broadcasting into it; a name nothing
+    // produces or declares has no rank.
+    use super::ConstEval;
+    use crate::external::ExternalStore;
+    use crate::graph::{GraphIndex, OuterScope};
+    use crate::proto::{
+        tensor_shape_proto::Dimension, type_proto, GraphProto, NodeProto, TensorShapeProto,
+        TypeProto, ValueInfoProto,
+    };
+
+    let node = |op: &str, inputs: &[&str], output: &str| NodeProto {
+        op_type: Some(op.into()),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        ..Default::default()
+    };
+    let dims = [1, 4, 8, 8].map(|d| Dimension {
+        value: Some(crate::proto::tensor_shape_proto::dimension::Value::DimValue(d)),
+        ..Default::default()
+    });
+    let input = ValueInfoProto {
+        name: Some("x0".into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(1),
+                shape: Some(TensorShapeProto { dim: dims.to_vec() }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let nodes = (0..300).map(|i| match i % 2 {
+        0 => node("Relu", &[&format!("x{i}")], &format!("x{}", i + 1)),
+        _ => node("Add", &[&format!("x{i}"), "shift"], &format!("x{}", i + 1)),
+    });
+    let graph = GraphProto {
+        node: nodes.collect(),
+        initializer: vec![t(&[4, 1, 1], &[0.5; 4]).to_proto("shift")],
+        input: vec![input],
+        ..Default::default()
+    };
+    let index = GraphIndex::new(&graph, OuterScope::default());
+    let store = ExternalStore::none();
+    let eval = ConstEval::new(&index, &store, 17, false);
+    assert_eq!(eval.rank("x300"), Some(4));
+    assert_eq!(eval.rank("x151"), Some(4));
+    assert_eq!(eval.rank("shift"), Some(3));
+    assert_eq!(eval.rank("nowhere"), None);
+}
