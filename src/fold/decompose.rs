@@ -1,6 +1,8 @@
 //! The decompose phase (`--decompose-standalone`): each BatchNormalization that folds nowhere
 //! becomes one `Mul` and one `Add` of precomputed constants ([`super::rules::decompose`]).
 
+use foldhash::HashMap;
+
 use super::backward::plan_chain;
 use super::cleanup::{list_initializers_as_inputs, remove_dead};
 use super::edits::{write_tensor, GraphNames, NewTensor};
@@ -28,7 +30,7 @@ pub(super) fn decompose_remaining(
             let index = GraphIndex::new(graph, outer);
             let eval = ConstEval::new(&index, ctx.store, ctx.opset, inputs_are_constants(ctx))
                 .with_folded(folded);
-            let mut found = None;
+            let mut found = Vec::new();
             for i in 0..graph.node.len() {
                 let node = &graph.node[i];
                 if !is_batch_norm(node) {
@@ -53,63 +55,75 @@ pub(super) fn decompose_remaining(
                 if let Ok(constants) =
                     rules::decompose::plan(&affine, rank, dtype, &node_label(node))
                 {
-                    found = Some((i, constants));
-                    break;
+                    found.push((i, constants));
                 }
             }
             found
         };
-        let Some((i, (scale, shift))) = found else {
+        if found.is_empty() {
             return Ok(());
-        };
+        }
+        // Every BN found is rewritten in this pass, in graph order, and the node list is
+        // rebuilt once: one pass per round, not one per BN (each a scan of the whole graph).
         let mut names = GraphNames::new(graph, folded);
-        let bn = graph.node[i].clone();
-        let label = node_label(&bn);
-        let scale_name = write_tensor(
-            graph,
-            &mut names,
-            &format!("{label}_scale"),
-            false,
-            NewTensor::Values(scale),
-            None,
-        )?;
-        let shift_name = write_tensor(
-            graph,
-            &mut names,
-            &format!("{label}_shift"),
-            false,
-            NewTensor::Values(shift),
-            None,
-        )?;
-        let scaled = names.unique(&format!("{}_scaled", bn.output[0]));
-        let mul_name = names.unique(&format!("{label}_mul"));
-        let add_name = names.unique(&format!("{label}_add"));
-        let mul = NodeProto {
-            name: Some(mul_name.clone()),
-            op_type: Some("Mul".into()),
-            input: vec![bn.input[0].clone(), scale_name],
-            output: vec![scaled.clone()],
-            ..Default::default()
-        };
-        let add = NodeProto {
-            name: Some(add_name.clone()),
-            op_type: Some("Add".into()),
-            input: vec![scaled, shift_name],
-            output: vec![bn.output[0].clone()],
-            ..Default::default()
-        };
-        graph.node[i] = mul;
-        graph.node.insert(i + 1, add);
-        remove_dead(graph, bn.input[1..5].to_vec(), ctx);
+        let mut rewritten = HashMap::default();
+        let mut detached = Vec::new();
+        for (i, (scale, shift)) in found {
+            let bn = graph.node[i].clone();
+            let label = node_label(&bn);
+            let scale_name = write_tensor(
+                graph,
+                &mut names,
+                &format!("{label}_scale"),
+                false,
+                NewTensor::Values(scale),
+                None,
+            )?;
+            let shift_name = write_tensor(
+                graph,
+                &mut names,
+                &format!("{label}_shift"),
+                false,
+                NewTensor::Values(shift),
+                None,
+            )?;
+            let scaled = names.unique(&format!("{}_scaled", bn.output[0]));
+            let mul_name = names.unique(&format!("{label}_mul"));
+            let add_name = names.unique(&format!("{label}_add"));
+            let mul = NodeProto {
+                name: Some(mul_name.clone()),
+                op_type: Some("Mul".into()),
+                input: vec![bn.input[0].clone(), scale_name],
+                output: vec![scaled.clone()],
+                ..Default::default()
+            };
+            let add = NodeProto {
+                name: Some(add_name.clone()),
+                op_type: Some("Add".into()),
+                input: vec![scaled, shift_name],
+                output: vec![bn.output[0].clone()],
+                ..Default::default()
+            };
+            rewritten.insert(i, [mul, add]);
+            detached.extend_from_slice(&bn.input[1..5]);
+            out.decompositions.push(DecompositionRecord {
+                graph: path.to_string(),
+                node: label,
+                mul: mul_name,
+                add: add_name,
+            });
+        }
+        let nodes = std::mem::take(&mut graph.node);
+        for (i, node) in nodes.into_iter().enumerate() {
+            match rewritten.remove(&i) {
+                Some(pair) => graph.node.extend(pair),
+                None => graph.node.push(node),
+            }
+        }
+        remove_dead(graph, detached, ctx);
         folded.retain_initializers_of(graph);
         if ctx.ir_version < 4 {
             list_initializers_as_inputs(graph);
         }
-        out.decompositions.push(DecompositionRecord {
-            graph: path.to_string(),
-            node: label,
-            mul: mul_name,
-            add: add_name,
-        });
     }
 }
