@@ -270,6 +270,12 @@ impl<'a> ConstEval<'a> {
 
     /// The rank of `node`'s output by its op, from the ranks of its inputs worked out already.
     fn rank_by_op(&self, node: &NodeProto) -> Option<usize> {
+        match node.op_type() {
+            "Flatten" | "Gemm" => return Some(2),
+            "Reshape" => return self.value(node.input.get(1)?).ok()?.ok().map(|s| s.len()),
+            _ => {}
+        }
+        // Borrowed only once no constant is evaluated (which is free to ask for a rank).
         let ranks = self.ranks.borrow();
         let input_rank = |i: usize| {
             node.input
@@ -278,8 +284,6 @@ impl<'a> ConstEval<'a> {
                 .and_then(|n| ranks.get(n.as_str()).copied().flatten())
         };
         match node.op_type() {
-            "Flatten" | "Gemm" => Some(2),
-            "Reshape" => self.value(node.input.get(1)?).ok()?.ok().map(|s| s.len()),
             "MatMul" => match (input_rank(0)?, input_rank(1)?) {
                 (1, 1) => Some(0),
                 (1, b) => Some(b - 1),
