@@ -71,22 +71,19 @@ pub(super) fn decompose_remaining(
         for (i, (scale, shift)) in found {
             let bn = graph.node[i].clone();
             let label = node_label(&bn);
-            let scale_name = write_tensor(
-                graph,
-                &mut names,
-                &format!("{label}_scale"),
-                false,
-                NewTensor::Values(scale),
-                None,
-            )?;
-            let shift_name = write_tensor(
-                graph,
-                &mut names,
-                &format!("{label}_shift"),
-                false,
-                NewTensor::Values(shift),
-                None,
-            )?;
+            let mut store = |suffix: &str, values| {
+                let name = format!("{label}_{suffix}");
+                write_tensor(
+                    graph,
+                    &mut names,
+                    &name,
+                    false,
+                    NewTensor::Values(values),
+                    None,
+                )
+            };
+            let scale_name = store("scale", scale)?;
+            let shift_name = store("shift", shift)?;
             let scaled = names.unique(&format!("{}_scaled", bn.output[0]));
             let mul_name = names.unique(&format!("{label}_mul"));
             let add_name = names.unique(&format!("{label}_add"));
